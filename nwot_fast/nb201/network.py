@@ -1,0 +1,161 @@
+"""The NAS-Bench-201 TinyNetwork, module for module as in ``xautodl``.
+
+Modules are created in the same order as xautodl's ``get_cell_based_tiny_net`` (stem,
+cells with their edges in string order, residual blocks, final BN, classifier), so the
+same torch seed gives the same parameters, and the state-dict keys are the same, so
+weights load from one into the other.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from .arch import CONV1, CONV3, NONE, POOL, SKIP, Arch, as_arch
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv (no bias) -> BatchNorm (affine, running stats).
+
+    The class name contains ``ReLU`` on purpose: the authors' ``hook_logdet`` hooks every
+    module whose class name contains ``ReLU``, so this wrapper's input is counted as well as
+    that of its inner ``nn.ReLU``.
+    """
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=True, track_running_stats=True),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Zero(nn.Module):
+    """The ``none`` op: multiplies by zero (so NaN and inf propagate as in NB201)."""
+
+    def forward(self, x):
+        return x.mul(0.0)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _Pool(nn.Module):
+    """NB201's ``avg_pool_3x3`` (xautodl ``POOLING`` with C_in == C_out: no preprocessing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def make_op(op: int, C: int) -> nn.Module:
+    if op == NONE:
+        return Zero()
+    if op == SKIP:
+        return Identity()
+    if op == CONV1:
+        return ReLUConvBN(C, C, 1, 1, 0)
+    if op == CONV3:
+        return ReLUConvBN(C, C, 3, 1, 1)
+    if op == POOL:
+        return _Pool()
+    raise ValueError(f"unknown op id {op!r}")
+
+
+class Cell(nn.Module):
+    """One NB201 cell; node j is the sum of its incoming edges in string order."""
+
+    def __init__(self, arch: Arch, C: int):
+        super().__init__()
+        self.arch = arch
+        # One module per edge, in string order, as xautodl's InferCell.layers.
+        self.layers = nn.ModuleList(make_op(op, C) for op in arch.ops)
+        self._edges = list(arch.edges())
+
+    def forward(self, x):
+        nodes: List[torch.Tensor] = [x]
+        for target in (1, 2, 3):
+            total = None
+            for k, (i, j, _) in enumerate(self._edges):
+                if j == target:
+                    y = self.layers[k](nodes[i])
+                    total = y if total is None else total + y
+            nodes.append(total)
+        return nodes[-1]
+
+    def extra_repr(self):
+        return str(self.arch)
+
+
+class ResNetBasicblock(nn.Module):
+    """The reduction block between stages: ReLU-Conv3x3(stride 2)-BN, ReLU-Conv3x3-BN, plus a
+    shortcut of AvgPool2d(2) and a 1x1 convolution without bias."""
+
+    def __init__(self, C_in: int, C_out: int):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
+        self.downsample = nn.Sequential(
+            nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
+            nn.Conv2d(C_in, C_out, kernel_size=1, stride=1, padding=0, bias=False),
+        )
+
+    def forward(self, x):
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+class TinyNetwork(nn.Module):
+    """Stem, three stages of N cells joined by reduction blocks, BN-ReLU, global pool, linear.
+
+    ``forward`` returns the logits only.
+    """
+
+    def __init__(self, arch: Arch, C: int = 16, N: int = 5, num_classes: int = 1):
+        super().__init__()
+        self.arch = arch
+        self.stem = nn.Sequential(nn.Conv2d(3, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
+        cells = []
+        C_prev = C
+        for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
+            if stage > 0:
+                cells.append(ResNetBasicblock(C_prev, C_curr))
+            cells.extend(Cell(arch, C_curr) for _ in range(N))
+            C_prev = C_curr
+        self.cells = nn.ModuleList(cells)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def features(self, x):
+        x = self.stem(x)
+        for cell in self.cells:
+            x = cell(x)
+        x = self.lastact(x)
+        return self.global_pooling(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def build_network(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> TinyNetwork:
+    """Build the NB201 network for ``arch`` (an :class:`Arch`, official string or benchmark index).
+
+    Parameters are drawn from torch's global RNG in xautodl's order: call
+    ``torch.manual_seed(s)`` first to get the same weights as xautodl with seed ``s``.
+    """
+    arch = as_arch(arch)
+    for name, value in (("num_classes", num_classes), ("C", C), ("N", N)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return TinyNetwork(arch, C=C, N=N, num_classes=num_classes)

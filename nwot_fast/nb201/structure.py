@@ -1,0 +1,116 @@
+"""Structure analysis of NB201 cells: live edges, constant output, isomorphism classes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Dict, Tuple
+
+from .arch import CONV1, CONV3, NONE, NUM_NODES, OPS, SKIP, Arch, as_arch
+
+OUTPUT_NODE = NUM_NODES - 1
+
+
+def _reachable_from_input(arch: Arch) -> Tuple[bool, ...]:
+    reach = [True] + [False] * (NUM_NODES - 1)
+    for i, j, op in arch.edges():  # edges are topologically ordered
+        if op != NONE and reach[i]:
+            reach[j] = True
+    return tuple(reach)
+
+
+def _reaches_output(arch: Arch) -> Tuple[bool, ...]:
+    reach = [False] * (NUM_NODES - 1) + [True]
+    for i, j, op in reversed(list(arch.edges())):
+        if op != NONE and reach[j]:
+            reach[i] = True
+    return tuple(reach)
+
+
+def live_edges(arch) -> Tuple[bool, ...]:
+    """For each edge in string order: does it lie on a path input -> output through non-``none`` edges?"""
+    arch = as_arch(arch)
+    fwd, bwd = _reachable_from_input(arch), _reaches_output(arch)
+    return tuple(op != NONE and fwd[i] and bwd[j] for i, j, op in arch.edges())
+
+
+def is_constant_output(arch) -> bool:
+    """True when no path of non-``none`` edges joins input and output: the cell outputs zeros,
+    so the whole network's output does not depend on its input (341 of the 15,625 cells)."""
+    return not _reachable_from_input(as_arch(arch))[OUTPUT_NODE]
+
+
+def relu_sees_only_zeros(arch) -> bool:
+    """True when every ReLU of the network sees an all-zero input (201 cells).
+
+    Then every hooked ReLU code is zero for all samples, the ``hook_logdet`` kernel is a
+    multiple of the all-ones matrix and the score is ``-inf``. That happens when the cell
+    output is constant and no convolution edge reads a node that carries the input.
+    """
+    arch = as_arch(arch)
+    if not is_constant_output(arch):
+        return False
+    fwd = _reachable_from_input(arch)
+    return not any(op in (CONV1, CONV3) and fwd[i] for i, _, op in arch.edges())
+
+
+def canonical_str(arch) -> str:
+    """NAS-Bench-201's isomorphism-unique string (6,466 classes over the whole space).
+
+    This is the benchmark's own convention (the ``UniqueString`` of NATS-Bench): each node is
+    the sorted ``+``-join of its incoming terms; ``skip_connect`` passes its source's string
+    through; any other op gives ``(source)@op``; a ``none`` edge, or an edge leaving a node
+    whose string is exactly ``#``, gives ``#``. Only cells that this rule maps to the same
+    string are treated as one class. (It keeps some zero terms and does not flatten nested
+    sums, so it is finer than true functional equivalence; see :func:`functional_str`.)
+    """
+    arch = as_arch(arch)
+    nodes = ["0"]
+    incoming = [[] for _ in range(NUM_NODES)]
+    for i, j, op in arch.edges():
+        src = nodes[i]
+        if op == NONE or src == "#":
+            term = "#"
+        elif op == SKIP:
+            term = src
+        else:
+            term = f"({src})@{OPS[op]}"
+        incoming[j].append(term)
+        if len(incoming[j]) == j:  # all of node j's inputs are in: it is complete
+            nodes.append("+".join(sorted(incoming[j])))
+    return nodes[OUTPUT_NODE]
+
+
+def functional_str(arch) -> str:
+    """A strictly functional form (4,930 classes): the output as a flattened, sorted sum of op
+    chains applied to the input ``x``; zero terms vanish, and an op applied to zero is zero
+    (ReLU-Conv-BN and average pooling map zeros to zeros at initialisation). Constant-output
+    cells give ``"0"``."""
+    arch = as_arch(arch)
+    terms = [["x"]] + [[] for _ in range(NUM_NODES - 1)]
+    for i, j, op in arch.edges():
+        if op == NONE or not terms[i]:
+            continue
+        if op == SKIP:
+            terms[j].extend(terms[i])
+        else:
+            terms[j].append(f"{OPS[op]}({'+'.join(sorted(terms[i]))})")
+    return "+".join(sorted(terms[OUTPUT_NODE])) or "0"
+
+
+@functools.lru_cache(maxsize=1)
+def _classes() -> Dict[str, int]:
+    from .index import NUM_ARCHS, arch_at
+
+    first: Dict[str, int] = {}
+    for index in range(NUM_ARCHS):
+        first.setdefault(canonical_str(arch_at(index)), index)
+    return first
+
+
+def representative_index(arch) -> int:
+    """The smallest benchmark index in ``arch``'s isomorphism class."""
+    return _classes()[canonical_str(arch)]
+
+
+def num_isomorphism_classes() -> int:
+    return len(_classes())

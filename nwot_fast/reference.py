@@ -1,0 +1,177 @@
+"""The pure-PyTorch / NumPy path: the NASWOT scores written as plainly as possible.
+
+Every faster path in this package (compiled operators, execution plans) is tested against
+the functions here. They follow the authors' method step by step:
+
+``jacob_cov`` (Mellor et al., 2020, the original score)
+    BatchNorm in train mode; ``J = x.grad`` after ``output.backward(ones)`` on ONE batch
+    (train-mode BatchNorm couples the samples, so per-sample Jacobians would differ);
+    rows of J flattened; float64 row correlation with ``np.corrcoef`` semantics; eigenvalues
+    of that symmetric matrix; ``S = -sum(log(l + 1e-5) + 1 / (l + 1e-5))``.
+    Degenerate rule: if any row of J has zero variance (all its entries equal, e.g. a network
+    whose output does not depend on its input), the correlation is undefined and S is NaN.
+
+``hook_logdet`` (Mellor et al., 2021)
+    On one train-mode forward pass, the binary code ``c = (input > 0)`` of every hooked module
+    (by default every module whose class name contains ``ReLU``), flattened per sample;
+    ``K = sum over hooks of c c^T + (1 - c)(1 - c)^T`` accumulated exactly in float64 (entries
+    are integer counts far below 2**53); ``S = log|det K|`` (sign ignored). When K is singular
+    S is ``-inf`` (in NB201: every ReLU sees only zeros).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+EIG_EPS = 1e-5
+METHODS = ("jacob_cov", "hook_logdet")
+RELU_MATCHES = ("name", "exact")
+
+
+def _output(out):
+    """Models may return ``(features, logits)`` like xautodl's TinyNetwork: the last element is the output."""
+    if isinstance(out, (tuple, list)):
+        if not out:
+            raise ValueError("model returned an empty tuple; expected a tensor or a tuple ending with the output")
+        out = out[-1]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"model output must be a tensor (or a tuple ending with one), got {type(out).__name__}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# jacob_cov
+
+
+def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``J [B, D]``: gradient of the summed output w.r.t. the input, from one batched backward."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = _output(model(x))
+    y.backward(torch.ones_like(y))
+    model.zero_grad(set_to_none=True)
+    return x.grad.detach().reshape(x.shape[0], -1)
+
+
+def has_zero_variance_row(J) -> bool:
+    J = np.asarray(J)
+    return bool(np.any(J.max(axis=1) == J.min(axis=1)))
+
+
+def jacobian_correlation(J) -> np.ndarray:
+    """Float64 row correlation of ``J [B, D]`` (``np.corrcoef`` semantics)."""
+    return np.corrcoef(np.asarray(J, dtype=np.float64))
+
+
+def eigenvalue_score(eigenvalues) -> float:
+    v = np.asarray(eigenvalues, dtype=np.float64)
+    return float(-np.sum(np.log(v + EIG_EPS) + 1.0 / (v + EIG_EPS)))
+
+
+def jacob_cov_from_jacobian(J) -> float:
+    """The score of one Jacobian ``J [B, D]``; NaN when a row has zero variance."""
+    J = np.asarray(J.detach().cpu() if isinstance(J, torch.Tensor) else J)
+    if J.ndim != 2:
+        raise ValueError(f"J must be 2-D [batch, features], got {J.ndim}-D")
+    if has_zero_variance_row(J):
+        return float("nan")
+    return eigenvalue_score(np.linalg.eigvalsh(jacobian_correlation(J)))
+
+
+def jacob_cov(model: nn.Module, x: torch.Tensor) -> float:
+    return jacob_cov_from_jacobian(input_jacobian(model, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# hook_logdet
+
+
+def _hooked(module: nn.Module, relu_match: str) -> bool:
+    if relu_match == "name":
+        return "ReLU" in type(module).__name__
+    return type(module) is nn.ReLU
+
+
+def relu_codes(model: nn.Module, x: torch.Tensor, relu_match: str = "name") -> List[torch.Tensor]:
+    """The binary codes ``(input > 0)`` of every hooked module, each ``[B, units]`` bool,
+    in the order the hooks fire, from one train-mode forward pass."""
+    if relu_match not in RELU_MATCHES:
+        raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {relu_match!r}")
+    codes: List[torch.Tensor] = []
+
+    def hook(module, inputs):
+        inp = inputs[0]
+        codes.append((inp.detach().reshape(inp.shape[0], -1) > 0).cpu())
+
+    # A pre-hook sees the input before an in-place ReLU overwrites it (the codes are the same
+    # either way, since relu(x) > 0 exactly when x > 0).
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if _hooked(m, relu_match)]
+    try:
+        model.train()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return codes
+
+
+def hamming_kernel(codes) -> np.ndarray:
+    """``K = sum c c^T + (1 - c)(1 - c)^T`` over the codes, exact (float64 holds these integers)."""
+    K: Optional[np.ndarray] = None
+    for c in codes:
+        c = np.asarray(c, dtype=np.float64)
+        k = c @ c.T + (1.0 - c) @ (1.0 - c).T
+        K = k if K is None else K + k
+    if K is None:
+        raise ValueError("no hooked modules: hook_logdet needs at least one ReLU in the model")
+    return K
+
+
+def logdet_score(K) -> float:
+    """``log|det K|``, sign ignored; ``-inf`` when K is singular."""
+    _, logabsdet = np.linalg.slogdet(np.asarray(K, dtype=np.float64))
+    return float(logabsdet)
+
+
+def hook_logdet(model: nn.Module, x: torch.Tensor, relu_match: str = "name") -> float:
+    return logdet_score(hamming_kernel(relu_codes(model, x, relu_match)))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_input(x) -> None:
+    """Validate an input batch ``[B, C, H, W]``: float, finite, at least two samples."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"input x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"input x must be 4-D [batch, channels, height, width], got shape {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"batch size must be at least 2 (the scores compare samples), got {x.shape[0]}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input x contains NaN or infinite values")
+
+
+def score(model: nn.Module, x: torch.Tensor, method: str = "jacob_cov", *, relu_match: str = "name") -> float:
+    """Score ``model`` on batch ``x`` with the pure path. Puts the model in train mode for the
+    pass (as the authors did; BatchNorm running statistics are updated) and restores its mode."""
+    if method not in METHODS:
+        raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_input(x)
+    was_training = model.training
+    try:
+        if method == "jacob_cov":
+            return jacob_cov(model, x)
+        return hook_logdet(model, x, relu_match)
+    finally:
+        model.train(was_training)
