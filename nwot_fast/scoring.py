@@ -1,0 +1,184 @@
+"""Scoring NB201 architectures by index: one configuration, one place.
+
+A :class:`ScoreConfig` fixes everything a score depends on (method, data, batch size,
+augmentation, seed, engine); :class:`ArchScorer` turns benchmark indices into scores under
+that configuration. The same configuration and index give bitwise the same score on the CPU
+in any process and in any order: the weights come from ``torch.manual_seed(config.seed)``
+and the batch from the data sampler keyed by the architecture's index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from . import reference
+from .nb201 import NUM_ARCHS, Arch, arch_at, build_network
+
+ENGINES = ("fast", "reference")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (CUDA when available)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string (cpu, cuda or auto), got {type(device).__name__}")
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)} (or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)} (or cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {name!r} requested but CUDA is not available in this torch build or on this machine "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda}); use --device cpu"
+        )
+    return dev
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything a score depends on. ``None`` fields take the per-method defaults
+    (see :func:`nwot_fast.data.default_data_settings`)."""
+
+    method: str = "jacob_cov"
+    data: Optional[str] = None  # path to images; None: Gaussian N(0, 1) inputs
+    dataset: Optional[str] = None  # cifar10 / cifar100 / ImageNet16-120; None: inferred from the data
+    batch_size: Optional[int] = None
+    augment: Optional[bool] = None
+    fixed_batch: Optional[bool] = None
+    seed: int = 0
+    relu_match: str = "name"
+    engine: str = "fast"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.method not in reference.METHODS:
+            raise ValueError(f"unknown score method {self.method!r}; allowed: {', '.join(reference.METHODS)}")
+        if self.relu_match not in reference.RELU_MATCHES:
+            raise ValueError(f"relu_match must be one of {reference.RELU_MATCHES}, got {self.relu_match!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; allowed: {', '.join(ENGINES)}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
+        ):
+            raise ValueError(f"batch size must be an int >= 2 (the scores compare samples), got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+
+    def resolved(self) -> "ScoreConfig":
+        """This configuration with the per-method defaults filled in."""
+        from .data import default_data_settings
+
+        d = default_data_settings(self.method)
+        return dataclasses.replace(
+            self,
+            batch_size=d["batch_size"] if self.batch_size is None else self.batch_size,
+            augment=(d["augment"] and self.data is not None) if self.augment is None else self.augment,
+            fixed_batch=d["fixed"] if self.fixed_batch is None else self.fixed_batch,
+        )
+
+    def identity(self) -> dict:
+        """The fields that decide the scores (the device and engine do not, by design)."""
+        c = self.resolved()
+        return {
+            "method": c.method,
+            "data": c.data,
+            "dataset": c.dataset,
+            "batch_size": c.batch_size,
+            "augment": c.augment,
+            "fixed_batch": c.fixed_batch,
+            "seed": c.seed,
+            "relu_match": c.relu_match,
+        }
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ArchScore:
+    index: int
+    arch: Arch
+    score: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"arch_index": self.index, "arch": str(self.arch), "score": self.score, "seconds": self.seconds}
+
+
+def score_with_reference(arch, x: torch.Tensor, *, method: str, seed: int, relu_match: str = "name") -> float:
+    """The pure path for one architecture: ``build_network`` right after ``torch.manual_seed(seed)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_network(arch).to(x.device)
+    return reference.score(model, x, method, relu_match=relu_match)
+
+
+class ArchScorer:
+    """Scores benchmark indices under one :class:`ScoreConfig`."""
+
+    def __init__(self, config: ScoreConfig, images=None):
+        from .data import BatchSampler, load_images
+
+        self.config = config.resolved()
+        self.device = resolve_device(self.config.device)
+        if images is None and self.config.data is not None:
+            images = load_images(self.config.data, dataset=self.config.dataset)
+        self.images = images
+        shape = (3,) + tuple(images.images.shape[1:3]) if images is not None else (3, 32, 32)
+        self.sampler = BatchSampler(
+            images,
+            batch_size=self.config.batch_size,
+            augment=bool(self.config.augment),
+            fixed=bool(self.config.fixed_batch),
+            seed=self.config.seed,
+            image_shape=shape,
+        )
+
+    def describe_data(self) -> str:
+        return self.sampler.describe()
+
+    def batch_for(self, index: int) -> torch.Tensor:
+        return self.sampler.batch(index).to(self.device)
+
+    def score_index(self, index: int) -> ArchScore:
+        arch = arch_at(index)
+        start = time.perf_counter()
+        x = self.batch_for(index)
+        c = self.config
+        try:
+            if c.engine == "fast":
+                from .fast import score_arch
+
+                s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match)
+            else:
+                s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match)
+        except torch.OutOfMemoryError as e:
+            raise MemoryError(
+                f"out of memory scoring architecture {index} with batch size {c.batch_size} on {self.device}; "
+                "lower --batch-size or use another device (the batch is never split: that would change "
+                "train-mode BatchNorm statistics and so the score)"
+            ) from e
+        return ArchScore(index, arch, float(s), time.perf_counter() - start)
+
+    def score_indices(self, indices: Iterable[int]) -> Iterator[ArchScore]:
+        for index in indices:
+            yield self.score_index(int(index))
+
+
+def check_index(index) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < NUM_ARCHS:
+        raise ValueError(f"benchmark index {index!r} out of range; allowed 0..{NUM_ARCHS - 1}")
+    return index
