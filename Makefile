@@ -1,0 +1,52 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - creates .venv, installs nwot_fast (with its compiled extension), runs a short search
+#   make test   - the same install, then the test suite
+# Variables: PYTHON (the interpreter that creates the venv), VENV, TORCH (the torch requirement),
+# DATA (image data for the demo; default: Gaussian inputs), ACCURACIES (NB201 accuracy table).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nwot_fast-installed
+RUNTIME_DEPS := numpy scipy matplotlib nas-bench-201
+BUILD_DEPS := setuptools wheel pybind11 ninja
+TEST_DEPS := pytest pytest-benchmark
+SOURCES := setup.py $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
+
+DEMO_ARGS := --n-samples 10 --runs 3
+ifdef DATA
+DEMO_ARGS += --data $(DATA)
+endif
+ifdef ACCURACIES
+DEMO_ARGS += --accuracies $(ACCURACIES)
+endif
+
+.PHONY: install demo test bench clean check-cuda-build
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH)" $(RUNTIME_DEPS) $(BUILD_DEPS) $(TEST_DEPS)
+	# xautodl is the peer network the tests compare against; its pinned deps are not needed.
+	$(BIN)/python -m pip install --no-deps xautodl
+	# Builds nwot_fast._C against the torch installed above (an isolated build would fetch another torch).
+	$(BIN)/python -m pip install --no-build-isolation -e .
+	touch $@
+
+demo: install
+	$(BIN)/nwot-fast search $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest tests
+
+bench: install
+	$(BIN)/python bench/compare.py
+
+check-cuda-build:
+	bash .ci/check_cuda_build.sh
+
+clean:
+	rm -rf build *.egg-info nwot_fast/_C*.so

@@ -1,0 +1,231 @@
+"""Random search with a training-free score (the paper's Algorithm 2).
+
+Each run draws ``n_samples`` benchmark indices uniformly with replacement, scores them and
+keeps the ``nanargmax``. Runs are independent and reproducible: run ``r`` of a search with
+seed ``s`` uses the seed ``derive_seed(s, r)`` for its draws, its network weights and its
+batches, whatever the other runs do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .nb201 import NUM_ARCHS, Arch, arch_at
+from .scoring import ArchScorer, ScoreConfig
+
+#: (dataset, split) pairs reported for the chosen architecture when a table is given.
+ACCURACY_KEYS = (
+    ("cifar10", "val"),
+    ("cifar10", "test"),
+    ("cifar100", "val"),
+    ("cifar100", "test"),
+    ("ImageNet16-120", "val"),
+    ("ImageNet16-120", "test"),
+)
+
+
+def derive_seed(seed: int, run: int) -> int:
+    """A 31-bit seed for run ``run`` of a search with seed ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([seed, run]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def nanargmax(scores: Sequence[float]) -> Optional[int]:
+    """Position of the largest score, NaN ignored (and -inf only chosen if nothing is larger).
+    ``None`` when every score is NaN."""
+    a = np.asarray(scores, dtype=np.float64)
+    if a.size == 0 or np.all(np.isnan(a)):
+        return None
+    return int(np.nanargmax(a))
+
+
+@dataclass
+class RunResult:
+    run: int
+    seed: int
+    indices: List[int]
+    scores: List[float]
+    chosen_index: Optional[int]
+    chosen_arch: Optional[Arch]
+    chosen_score: float
+    seconds: float
+    accuracies: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "run": self.run,
+            "seed": self.seed,
+            "chosen_index": self.chosen_index,
+            "chosen_arch": None if self.chosen_arch is None else str(self.chosen_arch),
+            "score": _json_float(self.chosen_score),
+            "seconds": self.seconds,
+            "accuracies": self.accuracies,
+            "sampled_indices": self.indices,
+            "sampled_scores": [_json_float(s) for s in self.scores],
+        }
+
+
+def _json_float(v: float):
+    """JSON has no NaN/inf: write them as strings so nothing is lost."""
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+@dataclass
+class SearchResult:
+    config: ScoreConfig
+    n_samples: int
+    data_description: str
+    accuracies_source: Optional[str]
+    runs: List[RunResult]
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        """Mean and (population) std over runs of each reported accuracy, and the median time."""
+        out: Dict[str, Dict[str, float]] = {}
+        keys = sorted({k for r in self.runs for k in r.accuracies})
+        for k in keys:
+            vals = np.array([r.accuracies[k] for r in self.runs if k in r.accuracies])
+            out[k] = {"mean": float(vals.mean()), "std": float(vals.std())}
+        out["seconds"] = {"median": float(np.median([r.seconds for r in self.runs]))}
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.identity(),
+            "engine": self.config.engine,
+            "device": self.config.device,
+            "n_samples": self.n_samples,
+            "data": self.data_description,
+            "accuracies": self.accuracies_source,
+            "runs": [r.to_dict() for r in self.runs],
+            "summary": self.summary(),
+        }
+
+    def format_table(self) -> str:
+        keys = [f"{d}/{s}" for d, s in ACCURACY_KEYS] if self.accuracies_source else []
+        head = ["run", "index", "score", "seconds"] + keys + ["arch"]
+        rows = []
+        for r in self.runs:
+            row = [
+                str(r.run),
+                "-" if r.chosen_index is None else str(r.chosen_index),
+                f"{r.chosen_score:.6g}",
+                f"{r.seconds:.2f}",
+            ]
+            row += [f"{r.accuracies[k]:.2f}" if k in r.accuracies else "-" for k in keys]
+            row.append("-" if r.chosen_arch is None else str(r.chosen_arch))
+            rows.append(row)
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+        lines = [
+            f"NASWOT random search: {len(self.runs)} run(s) x {self.n_samples} architectures, "
+            f"score {self.config.method}, batch {self.config.batch_size}, seed {self.config.seed}",
+            f"inputs: {self.data_description}",
+        ]
+        if self.accuracies_source:
+            lines.append(f"accuracies (NB201, 200 epochs, mean over seeds): {self.accuracies_source}")
+        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        summary = self.summary()
+        if keys:
+            lines.append(
+                "mean +/- std: " + ", ".join(f"{k} {summary[k]['mean']:.2f} +/- {summary[k]['std']:.2f}" for k in keys)
+            )
+        lines.append(f"median search time per run: {summary['seconds']['median']:.2f} s")
+        return "\n".join(lines)
+
+
+def search(
+    *,
+    n_samples: int = 10,
+    runs: int = 1,
+    method: str = "jacob_cov",
+    data: Optional[str] = None,
+    dataset: Optional[str] = None,
+    accuracies=None,
+    batch_size: Optional[int] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    engine: str = "fast",
+    relu_match: str = "name",
+    progress=None,
+) -> SearchResult:
+    """Run ``runs`` independent random searches of ``n_samples`` architectures each.
+
+    ``data``: a dataset path (see :func:`nwot_fast.data.load_images`); ``None`` uses Gaussian
+    inputs. ``accuracies``: a path or a loaded :class:`nwot_fast.benchmark.AccuracyTable`; when
+    given, each run reports the chosen architecture's NB201 val/test accuracies.
+    ``progress``: optional callable ``progress(done, total)`` after each scored architecture.
+    """
+    for name, value, low in (("n_samples", n_samples, 1), ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    base = ScoreConfig(
+        method=method,
+        data=None if data is None else str(data),
+        dataset=dataset,
+        batch_size=batch_size,
+        seed=seed,
+        relu_match=relu_match,
+        engine=engine,
+        device=device,
+    ).resolved()
+    table = None
+    if accuracies is not None:
+        from .benchmark import AccuracyTable, load_accuracies
+
+        table = accuracies if isinstance(accuracies, AccuracyTable) else load_accuracies(accuracies)
+
+    images = None
+    if base.data is not None:
+        from .data import load_images
+
+        images = load_images(base.data, dataset=base.dataset)
+
+    results: List[RunResult] = []
+    total = runs * n_samples
+    for r in range(runs):
+        run_seed = derive_seed(seed, r)
+        start = time.perf_counter()
+        rng = np.random.default_rng(run_seed)
+        indices = [int(i) for i in rng.integers(0, NUM_ARCHS, size=n_samples)]
+        scorer = ArchScorer(dataclasses.replace(base, seed=run_seed), images=images)
+        scores: List[float] = []
+        for i in indices:
+            scores.append(scorer.score_index(i).score)
+            if progress is not None:
+                progress(r * n_samples + len(scores), total)
+        best = nanargmax(scores)
+        seconds = time.perf_counter() - start
+        chosen = None if best is None else indices[best]
+        accs: Dict[str, float] = {}
+        if table is not None and chosen is not None:
+            accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in ACCURACY_KEYS}
+        results.append(
+            RunResult(
+                run=r,
+                seed=run_seed,
+                indices=indices,
+                scores=scores,
+                chosen_index=chosen,
+                chosen_arch=None if chosen is None else arch_at(chosen),
+                chosen_score=float("nan") if best is None else scores[best],
+                seconds=seconds,
+                accuracies=accs,
+            )
+        )
+        data_description = scorer.describe_data()
+    return SearchResult(
+        config=base,
+        n_samples=n_samples,
+        data_description=data_description,
+        accuracies_source=None if table is None else str(getattr(table, "source", accuracies)),
+        runs=results,
+    )

@@ -1,0 +1,28 @@
+"""Shared fixtures: paths to the real data beside the repository, seeded generators."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_file(name: str) -> pathlib.Path:
+    """A file of the real reference data in ``../shared/data``; skips the test if it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data file {path} not present")
+    return path
+
+
+@pytest.fixture
+def accuracies_csv() -> pathlib.Path:
+    return shared_file("nb201_accuracies.csv")
+
+
+@pytest.fixture
+def cifar10_npz() -> pathlib.Path:
+    return shared_file("cifar10_sample.npz")
