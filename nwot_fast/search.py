@@ -39,9 +39,11 @@ def nanargmax(scores: Sequence[float]) -> Optional[int]:
     """Position of the largest score, NaN ignored (and -inf only chosen if nothing is larger).
     ``None`` when every score is NaN."""
     a = np.asarray(scores, dtype=np.float64)
-    if a.size == 0 or np.all(np.isnan(a)):
+    valid = np.flatnonzero(~np.isnan(a))
+    if valid.size == 0:
         return None
-    return int(np.nanargmax(a))
+    # np.nanargmax would return a NaN's position when every other score is -inf.
+    return int(valid[np.argmax(a[valid])])
 
 
 @dataclass

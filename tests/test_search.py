@@ -1,0 +1,73 @@
+"""Random search (Algorithm 2): draws, nanargmax, reproducibility, accuracies of the chosen arch."""
+
+import math
+
+import numpy as np
+import pytest
+
+import nwot_fast
+from nwot_fast import nb201
+from nwot_fast.search import derive_seed, nanargmax, search
+from nwot_fast.scoring import ArchScorer, ScoreConfig
+
+
+def test_nanargmax_rules():
+    assert nanargmax([1.0, float("nan"), 3.0, -math.inf]) == 2
+    assert nanargmax([float("nan"), -math.inf]) == 1
+    assert nanargmax([float("nan")] * 3) is None
+
+
+def test_search_reproducible_and_each_run_is_independent():
+    kw = dict(n_samples=3, batch_size=4, seed=11, engine="reference")
+    a = search(runs=2, **kw)
+    b = search(runs=1, **kw)
+    assert [r.indices for r in a.runs[:1]] == [r.indices for r in b.runs]
+    assert a.runs[0].scores == b.runs[0].scores  # bitwise: same seed, same weights, same batch
+    assert a.runs[0].indices != a.runs[1].indices
+    for r in a.runs:
+        assert r.seed == derive_seed(11, r.run)
+        best = nanargmax(r.scores)
+        assert r.chosen_index == r.indices[best] and r.chosen_arch == nb201.arch_at(r.chosen_index)
+    assert "Gaussian" in a.data_description
+
+
+def test_search_scores_equal_the_scorer_and_the_pure_path():
+    result = search(n_samples=2, runs=1, batch_size=4, seed=3, engine="reference", method="hook_logdet")
+    run = result.runs[0]
+    scorer = ArchScorer(ScoreConfig(method="hook_logdet", batch_size=4, seed=run.seed, engine="reference"))
+    for index, score in zip(run.indices, run.scores):
+        x = scorer.batch_for(index)
+        import torch
+
+        torch.manual_seed(run.seed)
+        expected = nwot_fast.score(nb201.build_network(index), x, "hook_logdet")
+        assert score == expected or (math.isinf(score) and score == expected)
+
+
+def test_search_reports_accuracies_on_real_data(accuracies_csv, cifar10_npz):
+    result = search(n_samples=2, runs=2, batch_size=8, seed=0, data=str(cifar10_npz), accuracies=str(accuracies_csv),
+                    engine="reference")
+    rows = {int(l.split(",")[0]): l.split(",") for l in open(accuracies_csv).read().splitlines()[1:]}
+    for r in result.runs:
+        assert r.accuracies["cifar10/test"] == pytest.approx(float(rows[r.chosen_index][4]))
+        assert set(r.accuracies) == {f"{d}/{s}" for d in ("cifar10", "cifar100", "ImageNet16-120") for s in ("val", "test")}
+    table = result.format_table()
+    assert "cifar10/test" in table and str(result.runs[0].chosen_arch) in table
+    summary = result.to_dict()["summary"]
+    vals = [r.accuracies["cifar10/test"] for r in result.runs]
+    assert summary["cifar10/test"]["mean"] == pytest.approx(np.mean(vals))
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"n_samples": 0}, "n_samples"),
+        ({"runs": -1}, "runs"),
+        ({"batch_size": 1}, "at least 2|>= 2"),
+        ({"method": "grad_norm"}, "jacob_cov"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_search_bad_arguments(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        search(**kwargs)
