@@ -123,6 +123,17 @@ def test_real_cifar10_sample(cifar10_npz):
     assert np.bincount(images.labels).tolist() == [202, 191, 203, 195, 214, 183, 207, 199, 203, 203]
 
 
+def test_real_cifar100_sample_needs_its_dataset_name():
+    from conftest import shared_file
+
+    path = shared_file("cifar100_test_sample.npz")
+    with pytest.raises(ValueError, match="pass dataset='cifar100'"):
+        load_images(path)
+    images = load_images(path, dataset="cifar100")
+    assert images.labels.tolist()[:10] == [49, 33, 72, 51, 71, 92, 15, 14, 23, 0]
+    assert normalize(images.images, "cifar100").shape == (20, 3, 32, 32)
+
+
 def test_npz_dataset_inference_and_shapes(tmp_path):
     rng = _rng(3)
     small = tmp_path / "small16.npz"

@@ -127,6 +127,7 @@ def _load_npz(path: str, dataset: Optional[str]) -> ImageSet:
     check_images(images, path)
     labels = _as_labels(labels, len(images), path)
     side = images.shape[1:3]
+    inferred = dataset is None
     if dataset is None:
         if side == (32, 32):
             dataset = "cifar10"
@@ -136,7 +137,13 @@ def _load_npz(path: str, dataset: Optional[str]) -> ImageSet:
             raise ValueError(f"{path}: images are {side[0]}x{side[1]}; cannot infer the dataset (32x32 CIFAR or "
                              f"16x16 ImageNet16-120); pass dataset= one of {', '.join(DATASETS)}")
     _check_side(images, dataset, path)
-    _check_labels(labels, dataset, path)
+    try:
+        _check_labels(labels, dataset, path)
+    except ValueError as exc:
+        if inferred and dataset == "cifar10":
+            raise ValueError(f"{exc} (a 32x32 .npz is read as CIFAR-10 unless dataset= says otherwise; "
+                             "for CIFAR-100 pass dataset='cifar100')") from None
+        raise
     return ImageSet(np.ascontiguousarray(images), labels, dataset, path)
 
 
