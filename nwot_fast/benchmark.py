@@ -99,6 +99,7 @@ class AccuracyTable:
         present = np.zeros(NUM_ARCHS, dtype=bool)
         for col in self._columns.values():
             present |= ~np.isnan(col)
+        self._present = present
         self.indices = np.flatnonzero(present)
 
     def __len__(self) -> int:
@@ -132,6 +133,8 @@ class AccuracyTable:
         if not 0 <= i < NUM_ARCHS:
             raise ValueError(f"benchmark index {index!r} out of range; allowed 0..{NUM_ARCHS - 1}")
         value = float(col[i])
+        if math.isnan(value) and self._present[i]:
+            raise ValueError(f"{self.source} has results for index {i} but none for {dataset} {split}")
         if math.isnan(value):
             shown = ", ".join(map(str, self.indices[:10])) + (" ..." if len(self.indices) > 10 else "")
             raise ValueError(f"{self.source} has no {dataset} {split} accuracy for index {i}; "

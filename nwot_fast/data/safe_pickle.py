@@ -112,7 +112,7 @@ def load_pickle(path, *, what: str) -> Any:
     except UnsafePickleError:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
+            KeyError, OverflowError, MemoryError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(
             f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); expected {what}; "
             "the file may be truncated or corrupt"

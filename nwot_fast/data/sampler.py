@@ -84,10 +84,11 @@ class BatchSampler:
                  image_shape: Tuple[int, int, int] = (3, 32, 32)):
         self.batch_size = _check_int(batch_size, "batch_size", 2)
         self.seed = _check_int(seed, "seed", 0)
-        if not isinstance(augment, bool) or not isinstance(fixed, bool):
-            raise TypeError("augment and fixed must be bools")
-        self.augment = augment
-        self.fixed = fixed
+        for name, flag in (("augment", augment), ("fixed", fixed)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        self.augment = bool(augment)
+        self.fixed = bool(fixed)
         if images is not None and not isinstance(images, ImageSet):
             raise TypeError(f"images must be an ImageSet (see nwot_fast.data.load_images) or None for Gaussian "
                             f"inputs, got {type(images).__name__}")
