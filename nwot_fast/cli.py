@@ -1,0 +1,643 @@
+"""The ``nwot-fast`` command line (also ``python -m nwot_fast``).
+
+Subcommands: ``search``, ``score``, ``scan``, ``evaluate``, ``report``, ``info``, ``arch``.
+Results go to stdout (a table, or JSON with ``--json`` and nothing else); messages, warnings
+and progress bars go to stderr. Exit codes are documented in :data:`EXIT_CODES_HELP`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import List, Optional, Sequence
+
+# Kept here (not imported) so that `--help` does not import torch; a test checks they match
+# nwot_fast.reference.METHODS and nwot_fast.scoring.ENGINES.
+METHODS = ("jacob_cov", "hook_logdet")
+ENGINES = ("fast", "reference")
+RELU_MATCHES = ("name", "exact")
+PROG = "nwot-fast"
+DEFAULT_DB = "nwot-fast-scan.sqlite"
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_RESOURCE = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    internal error (a bug: please report it with the traceback)
+  2    usage error or bad input (unknown option, arch string, index, score or dataset name,
+       batch size < 2, missing or corrupt data/benchmark file, ...)
+  3    resource problem: CUDA requested but not available, out of memory, scan database
+       locked by another process or read-only
+  130  interrupted (Ctrl-C); results already written to a scan database are kept
+"""
+
+ARCH_EXAMPLE = "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'"
+
+TOP_EPILOG = f"""\
+examples:
+  {PROG} search --n-samples 10 --runs 5 --data ../shared/data/cifar10_sample.npz \\
+      --accuracies ../shared/data/nb201_accuracies.csv
+  {PROG} score 0 42 {ARCH_EXAMPLE}
+  {PROG} scan --indices 0:15625 --db scores.sqlite --dedup --out scores.csv
+  {PROG} arch 1462
+  {PROG} info --json
+
+Without --data, scores use Gaussian N(0, 1) random inputs (said in the output).
+Run '{PROG} COMMAND --help' for the options of a command.
+
+{EXIT_CODES_HELP}"""
+
+SUB_EPILOGS = {
+    "search": f"""\
+examples:
+  {PROG} search --n-samples 10 --runs 5
+  {PROG} search --n-samples 100 --runs 10 --data ../shared/data/cifar10_sample.npz \\
+      --accuracies ../shared/data/nb201_accuracies.csv --json > search.json
+  {PROG} search --method hook_logdet --batch-size 128 --device auto
+
+Each run draws N architectures uniformly (with replacement), scores them and keeps the best
+(NaN scores are never chosen). With --accuracies the chosen architectures' NB201 val/test
+accuracies are shown (CIFAR-10, CIFAR-100, ImageNet16-120).
+
+{EXIT_CODES_HELP}""",
+    "score": f"""\
+examples:
+  {PROG} score 0 1 2
+  {PROG} score {ARCH_EXAMPLE}
+  {PROG} score 1462 --method hook_logdet --data ../shared/data/cifar10_sample.npz --json
+
+ARCH is a benchmark index (0..15624) or an official arch string (quote it: it contains '|').
+A given configuration gives the same score for an index as 'scan' does (the batch and the
+weights depend only on the configuration and the index).
+
+{EXIT_CODES_HELP}""",
+    "scan": f"""\
+examples:
+  {PROG} scan --indices 0:15625 --db scores.sqlite
+  {PROG} scan --indices 0:1000 --db scores.sqlite --method hook_logdet --out hook.jsonl
+  {PROG} scan --db scores.sqlite --dedup --data ../shared/data/cifar10_sample.npz --out all.csv
+
+Every result is committed to the SQLite database (table 'scores', WAL journal) as soon as it
+is computed. If the scan is killed, run the same command again: it skips what the database
+already holds for this configuration and never writes a row twice. --dedup scores one
+architecture per isomorphism class (6,466 for the whole space) and gives the other members
+its score, flagged in the 'representative' column / field. In CSV, non-finite scores are
+written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf".
+
+{EXIT_CODES_HELP}""",
+    "info": f"""\
+examples:
+  {PROG} info
+  {PROG} info --json
+
+{EXIT_CODES_HELP}""",
+    "arch": f"""\
+examples:
+  {PROG} arch 0
+  {PROG} arch {ARCH_EXAMPLE} --json
+
+Shows the index and string of each architecture, its isomorphism-canonical form and class
+representative, the live edges (on a path from input to output), and whether its output is
+constant (jacob_cov then gives NaN) or every ReLU sees only zeros (hook_logdet gives -inf).
+
+{EXIT_CODES_HELP}""",
+}
+
+# Long-running commands print progress; these are the exception kinds that mean bad input.
+_BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class ResourceError(RuntimeError):
+    """A resource the command needs is not there (CUDA, memory)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# output helpers
+
+
+def _jsonable(obj):
+    """Recursively: non-finite floats -> 'nan' / 'inf' / '-inf' (JSON has none), numpy -> Python."""
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if type(obj).__module__ == "numpy":
+        return _jsonable(obj.tolist() if hasattr(obj, "tolist") else obj.item())
+    return obj
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _info(args, message: str) -> None:
+    """A human message: stdout in table mode, stderr in JSON mode (stdout holds only JSON)."""
+    if getattr(args, "quiet", False):
+        return
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    print(message, file=stream)
+
+
+def _fmt_score(s: float) -> str:
+    return repr(s) if not math.isfinite(s) else f"{s:.6f}"
+
+
+def _progress(args, total: int, desc: str):
+    from .progress import Progress
+
+    enabled = None if not getattr(args, "quiet", False) else False
+    return Progress(total, desc=desc, enabled=enabled)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared option groups
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="machine-readable JSON on stdout (and nothing else there)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no informational messages")
+
+
+def _add_score_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scoring")
+    g.add_argument("--method", default="jacob_cov", choices=METHODS,
+                   help="score: jacob_cov (2020, default) or hook_logdet (2021)")
+    g.add_argument("--data", metavar="PATH",
+                   help="images: CIFAR-10/100 or ImageNet16-120 batch directory, or an .npz file with x, y "
+                        "(default: Gaussian N(0, 1) random inputs)")
+    g.add_argument("--dataset", metavar="NAME",
+                   help="cifar10, cifar100 or ImageNet16-120 (default: inferred from --data)")
+    g.add_argument("--batch-size", type=int, metavar="B",
+                   help="images per batch, >= 2 (default: 256 for jacob_cov, 128 for hook_logdet)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default: 0)")
+    g.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                   help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
+    g.add_argument("--engine", default="fast", choices=ENGINES,
+                   help="fast (default: execution plans, compiled operators) or reference (the pure-PyTorch oracle)")
+    g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
+                   help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "
+                        "or only nn.ReLU (exact)")
+
+
+def _config_from(args):
+    from .scoring import ScoreConfig
+
+    return ScoreConfig(
+        method=args.method,
+        data=args.data,
+        dataset=args.dataset,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        relu_match=args.relu_match,
+        engine=args.engine,
+        device=args.device,
+    )
+
+
+def _check_device(args) -> None:
+    """Fail early, with exit code 3, when CUDA is asked for and absent."""
+    from .scoring import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except RuntimeError as e:
+        raise ResourceError(str(e)) from e
+
+
+def _describe_inputs(args) -> str:
+    if args.data is None:
+        return "Gaussian N(0, 1) random inputs (no --data given)"
+    return f"images from {args.data}"
+
+
+# ---------------------------------------------------------------------------------------------
+# arch parsing
+
+
+def parse_arch_argument(text: str):
+    """An index (``"42"``) or an official arch string -> ``(index, Arch)``."""
+    from .nb201 import NUM_ARCHS, Arch, arch_at, index_of
+
+    t = text.strip()
+    if t.lstrip("+-").isdigit():
+        i = int(t)
+        if not 0 <= i < NUM_ARCHS:
+            raise ValueError(f"benchmark index {t!r} out of range; allowed 0..{NUM_ARCHS - 1}")
+        return i, arch_at(i)
+    if "|" not in t:
+        raise ValueError(
+            f"{text!r} is neither a benchmark index (0..{NUM_ARCHS - 1}) nor an arch string like "
+            "|op~0|+|op~0|op~1|+|op~0|op~1|op~2| (ops: none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3)"
+        )
+    arch = Arch.from_str(t)
+    return index_of(arch), arch
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_score(args) -> int:
+    from .scoring import ArchScorer
+
+    targets = [parse_arch_argument(a) for a in args.archs]
+    config = _config_from(args)
+    _check_device(args)
+    scorer = ArchScorer(config)
+    results = []
+    with _progress(args, len(targets), "scoring") as bar:
+        for n, (index, _) in enumerate(targets, start=1):
+            results.append(scorer.score_index(index))
+            bar(n)
+    data = scorer.describe_data()
+    if args.json:
+        _print_json(
+            {
+                "data": data,
+                "config": scorer.config.identity(),
+                "config_hash": config.config_hash(),
+                "engine": config.engine,
+                "device": config.device,
+                "results": [r.to_dict() for r in results],
+            }
+        )
+        return EXIT_OK
+    print(f"inputs: {data}")
+    print(f"score: {scorer.config.method}, engine {config.engine}, device {config.device}")
+    rows = [[str(r.index), _fmt_score(r.score), f"{r.seconds:.3f}", str(r.arch)] for r in results]
+    print(_table(["index", "score", "seconds", "arch"], rows))
+    return EXIT_OK
+
+
+def cmd_scan(args) -> int:
+    from .scan import ScoreDB, check_output_path, parse_indices, scan
+
+    indices = parse_indices(args.indices)  # bad ranges fail before anything is opened
+    if args.out is not None:
+        check_output_path(args.out)
+    config = _config_from(args)
+    _check_device(args)
+    bar = _progress(args, 0, "scoring")
+    try:
+        result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar, db_timeout=args.db_timeout)
+    except KeyboardInterrupt:
+        bar.close()
+        saved = "?"
+        try:
+            with ScoreDB(args.db, readonly=True, timeout=1.0) as store:
+                saved = str(store.count(config.config_hash()))
+        except Exception:  # the count is a courtesy; the interrupt is what we report
+            pass
+        print(
+            f"{PROG}: interrupted; {saved} results for this configuration are saved in {args.db}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        bar.close()
+    if args.out is not None:
+        result.write(args.out)
+    if args.json:
+        _print_json(result.to_dict(records=True))
+        return EXIT_OK
+    print(result.summary())
+    if args.out is not None:
+        print(f"written: {args.out}")
+    top = result.top(5)
+    print("best architectures:")
+    print(_table(["index", "score", "arch"], [[str(r["arch_index"]), _fmt_score(r["score"]), r["arch"]] for r in top]))
+    return EXIT_OK
+
+
+def cmd_search(args) -> int:
+    from .search import search
+
+    _check_device(args)
+    bar = _progress(args, args.n_samples * args.runs if args.n_samples > 0 and args.runs > 0 else 0, "searching")
+    try:
+        result = search(
+            n_samples=args.n_samples,
+            runs=args.runs,
+            method=args.method,
+            data=args.data,
+            dataset=args.dataset,
+            accuracies=args.accuracies,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            engine=args.engine,
+            relu_match=args.relu_match,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(result.format_table())
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    import platform
+    import sqlite3
+
+    import numpy
+    import torch
+
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    info = {
+        "nwot_fast": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "numpy": numpy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        from ._ext import backend_info
+    except ModuleNotFoundError as e:
+        if e.name != "nwot_fast._ext":
+            raise
+        info["backend"] = None
+        info["backend_note"] = "compiled extension loader not present; the pure-PyTorch path is used"
+    else:
+        info["backend"] = backend_info()
+    try:
+        import importlib
+
+        importlib.import_module("nwot_fast.fast")
+        info["engines"] = list(ENGINES)
+    except ModuleNotFoundError as e:
+        if e.name != "nwot_fast.fast":
+            raise
+        info["engines"] = ["reference"]
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        if isinstance(v, dict):
+            print(f"{k.ljust(width)}  " + ", ".join(f"{a}={b}" for a, b in v.items()))
+        elif isinstance(v, list):
+            print(f"{k.ljust(width)}  {', '.join(map(str, v)) or '-'}")
+        else:
+            print(f"{k.ljust(width)}  {v}")
+    return EXIT_OK
+
+
+def cmd_arch(args) -> int:
+    from .nb201 import (
+        EDGES,
+        canonical_str,
+        functional_str,
+        is_constant_output,
+        live_edges,
+        relu_sees_only_zeros,
+        representative_index,
+    )
+
+    records = []
+    for text in args.archs:
+        index, arch = parse_arch_argument(text)
+        live = live_edges(arch)
+        records.append(
+            {
+                "arch_index": index,
+                "arch": str(arch),
+                "canonical": canonical_str(arch),
+                "representative_index": representative_index(arch),
+                "isomorphism_class_size": _class_size(canonical_str(arch)),
+                "functional": functional_str(arch),
+                "live_edges": [
+                    f"{j}<-{i} {name}" for (i, j), name, ok in zip(EDGES, arch.op_names, live) if ok
+                ],
+                "constant_output": is_constant_output(arch),
+                "relu_sees_only_zeros": relu_sees_only_zeros(arch),
+            }
+        )
+    if args.json:
+        _print_json(records if len(records) > 1 else records[0])
+        return EXIT_OK
+    for n, r in enumerate(records):
+        if n:
+            print()
+        notes = []
+        if r["constant_output"]:
+            notes.append("output does not depend on the input: jacob_cov gives NaN")
+        if r["relu_sees_only_zeros"]:
+            notes.append("every ReLU sees only zeros: hook_logdet gives -inf")
+        rows = [
+            ("index", str(r["arch_index"])),
+            ("arch", r["arch"]),
+            ("canonical", r["canonical"]),
+            ("representative", f"{r['representative_index']} (class of {r['isomorphism_class_size']})"),
+            ("functional", r["functional"]),
+            ("live edges", ", ".join(r["live_edges"]) or "none"),
+            ("constant output", "yes" if r["constant_output"] else "no"),
+        ]
+        if notes:
+            rows.append(("note", "; ".join(notes)))
+        for k, v in rows:
+            print(f"{k:<16}{v}")
+    return EXIT_OK
+
+
+def _class_size(canonical: str) -> int:
+    from .nb201 import NUM_ARCHS, arch_at, canonical_str
+
+    global _CLASS_SIZES
+    if _CLASS_SIZES is None:
+        sizes: dict = {}
+        for i in range(NUM_ARCHS):
+            c = canonical_str(arch_at(i))
+            sizes[c] = sizes.get(c, 0) + 1
+        _CLASS_SIZES = sizes
+    return _CLASS_SIZES[canonical]
+
+
+_CLASS_SIZES = None
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+_PLUGINS = {
+    "evaluate": ("nwot_fast.evaluate", "score architectures and correlate the scores with NB201 accuracies"),
+    "report": ("nwot_fast.report", "assemble tables and figures of an evaluation into one Markdown report"),
+}
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser. ``command``: the chosen subcommand; ``evaluate`` and ``report`` are built by
+    their own modules, which are imported only when that subcommand is chosen."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="NASWOT (Neural Architecture Search without Training) on NAS-Bench-201: "
+        "training-free scores, random search, resumable whole-space scans.",
+        epilog=TOP_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+
+    def add(name, help_text, handler):
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                           epilog=SUB_EPILOGS.get(name, EXIT_CODES_HELP), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("search", "random search: draw N architectures per run, keep the best score", cmd_search)
+    p.add_argument("-n", "--n-samples", type=int, default=10, metavar="N", help="architectures per run (default: 10)")
+    p.add_argument("-r", "--runs", type=int, default=1, metavar="R", help="independent runs (default: 1)")
+    p.add_argument("--accuracies", metavar="PATH",
+                   help="NB201 accuracies: the official .pth or a CSV like nb201_accuracies.csv")
+    _add_score_options(p)
+    _add_output_options(p)
+
+    p = add("score", "score architectures given by benchmark index or arch string", cmd_score)
+    p.add_argument("archs", nargs="+", metavar="ARCH", help="benchmark index (0..15624) or official arch string")
+    _add_score_options(p)
+    _add_output_options(p)
+
+    p = add("scan", "score a range of the space into a resumable SQLite database", cmd_scan)
+    p.add_argument("--indices", default="0:15625", metavar="START:STOP",
+                   help="benchmark indices: START:STOP (STOP exclusive), START:STOP:STEP, single indices, "
+                        "comma-separated (default: 0:15625, the whole space)")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                   help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
+    p.add_argument("--dedup", action="store_true",
+                   help="score one architecture per isomorphism class; other members get its score (flagged)")
+    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv or FILE.jsonl")
+    p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a database locked by another process (default: 30)")
+    _add_score_options(p)
+    _add_output_options(p)
+
+    for name, (module_name, help_text) in _PLUGINS.items():
+        if command == name:
+            import importlib
+
+            module = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                               epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.configure_parser(p)
+            p.set_defaults(handler=module.run_cli)
+        else:
+            # Listed in the top-level help; the module is imported only when the command is used.
+            sub.add_parser(name, help=help_text, add_help=False)
+
+    p = add("info", "show versions, the compiled backend and CUDA availability", cmd_info)
+    _add_output_options(p)
+
+    p = add("arch", "convert between index and arch string; canonical form, live edges, constant output", cmd_arch)
+    p.add_argument("archs", nargs="+", metavar="ARCH", help="benchmark index (0..15624) or official arch string")
+    _add_output_options(p)
+    return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> Optional[str]:
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, KeyError) or not text:
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text
+
+
+def _fail(args, code: int, message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if args is not None and getattr(args, "json", False):
+        _print_json({"error": message, "exit_code": code})
+    return code
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code (see ``nwot-fast --help``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+
+    from .scan import ScanDatabaseError
+
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ScanDatabaseError as e:
+        return _fail(args, EXIT_RESOURCE, _one_line(e))
+    except ResourceError as e:
+        return _fail(args, EXIT_RESOURCE, _one_line(e))
+    except MemoryError as e:
+        msg = _one_line(e) if str(e) else "out of memory"
+        return _fail(args, EXIT_RESOURCE, f"{msg} (lower --batch-size, or use a machine with more memory)")
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`): not an error of ours.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except _BAD_INPUT as e:
+        return _fail(args, EXIT_USAGE, _one_line(e))
+    except RuntimeError as e:
+        if _is_out_of_memory(e):
+            return _fail(args, EXIT_RESOURCE, f"out of memory ({_one_line(e)}); lower --batch-size")
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
