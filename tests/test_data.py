@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -73,6 +74,49 @@ def test_cifar10_directory_layout_and_pixels(tmp_path):
     # One batch file on its own works too.
     single = load_images(root / "data_batch_3", dataset="cifar10")
     assert single.labels.tolist() == batches["data_batch_3"][1]
+
+
+def _py2_str(text):
+    raw = text.encode("latin1")
+    return b"U" + bytes([len(raw)]) + raw  # SHORT_BINSTRING: a Python 2 str
+
+
+def _py2_int(value):
+    return b"J" + struct.pack("<i", value)
+
+
+def _python2_batch(data, labels, label_key="labels"):
+    """A batch pickled the way Python 2 + NumPy 1.x wrote CIFAR and ImageNet16: str keys, the
+    pixel buffer as a Python 2 str, and the numpy.core module names."""
+    n, width = data.shape
+    raw = data.tobytes()
+    out = b"\x80\x02}(" + _py2_str("data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str("b") + b"\x87R"
+    out += b"(K\x01" + _py2_int(n) + _py2_int(width) + b"\x86cnumpy\ndtype\n" + _py2_str("u1") + b"\x89\x88\x87R"
+    out += b"(K\x03" + _py2_str("|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + b"K\x00tb"
+    out += b"\x89T" + struct.pack("<i", len(raw)) + raw + b"tb"
+    out += _py2_str(label_key) + b"](" + b"".join(_py2_int(v) for v in labels) + b"eu."
+    return out
+
+
+def test_python2_pickles_as_distributed(tmp_path):
+    rng = _rng(9)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    datas = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(2, 3072), dtype=np.uint8)
+        datas.append(data)
+        (root / name).write_bytes(_python2_batch(data, [3, 9]))
+    train = load_images(root)
+    assert train.images.shape == (10, 32, 32, 3) and train.labels.tolist() == [3, 9] * 5
+    assert np.array_equal(train.images[4].transpose(2, 0, 1).reshape(-1), datas[2][0])
+    one = tmp_path / "val_data"
+    data16 = rng.integers(0, 256, size=(3, 768), dtype=np.uint8)
+    one.write_bytes(_python2_batch(data16, [7, 300, 120]))
+    imagenet = load_images(one)
+    assert imagenet.dataset == "ImageNet16-120" and imagenet.labels.tolist() == [7, 120]
+    assert np.array_equal(imagenet.images[1].transpose(2, 0, 1).reshape(-1), data16[2])
 
 
 def test_cifar100_directory_uses_fine_labels(tmp_path):
