@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data.constants import DATASETS, check_dataset
+from .data.constants import check_dataset
 from .nb201 import NUM_ARCHS, arch_at
 
 #: (dataset, "val" | "test") -> (NB201 dataset, NB201 metric), as the NASWOT evaluation uses them.
@@ -304,6 +304,7 @@ def table_from_benchmark_dict(data, source: str) -> AccuracyTable:
         if getattr(result, "arch_str", None) != meta_archs[idx]:
             raise ValueError(f"{source}: arch2infos[{idx}] is for arch {getattr(result, 'arch_str', None)!r} but "
                              f"meta_archs[{idx}] is {meta_archs[idx]!r}")
+        result.clear_params()  # trained weights are not needed for accuracies; frees most of the memory
         api.arch2infos_dict[idx] = OrderedDict([("200", result)])
 
     columns = {k: np.full(NUM_ARCHS, np.nan) for k in SPLITS}

@@ -17,7 +17,7 @@ from nwot_fast.nb201 import NUM_ARCHS, arch_at
 
 
 @pytest.fixture(scope="module")
-def real_table(request):
+def real_table():
     from conftest import shared_file
 
     return load_accuracies(shared_file("nb201_accuracies.csv"))
