@@ -1,0 +1,601 @@
+"""The fast path: an execution plan per NB201 architecture, run with ``torch.nn.functional``.
+
+The pure path (:mod:`nwot_fast.reference`) runs the whole TinyNetwork module by module,
+including every ``none`` edge (a multiplication by zero), every op whose result never reaches
+the output, and the parameter gradients of the backward pass. None of that changes a score:
+
+* an op whose input is an all-zero tensor (a node no ``none``-free path reaches from the
+  cell input) yields exact zeros at initialisation (ReLU-Conv-BN: the BN of a zero tensor in
+  train mode is ``0 * invstd * 1 + 0``; pooling and skip keep zeros), and ``v + 0 == v``;
+* an op whose result only feeds ``none`` edges receives an exactly-zero gradient;
+* the score only needs ``d(sum y)/dx``, not the parameter gradients.
+
+So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
+network's own weights (built with ``torch.manual_seed(seed)`` and :func:`build_network`, then
+read out), which keeps the scores those of the reference:
+
+``jacob_cov``
+    only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
+    ``relu(node)`` once for all convolutions reading the node; convolutions of the same
+    kernel size that read the same node merged into one (weights concatenated along the
+    output channels; each keeps its own BatchNorm, run as one per-channel call, then split);
+    sums in string order without ``0 + tensor``; the backward w.r.t. the input only (no
+    parameter requires a gradient); constant-output cells answered ``NaN`` without running.
+
+``hook_logdet``
+    one forward pass under ``no_grad``. In the reference every ReLU is hooked, including those
+    of dead edges, so here the plan keeps every op that feeds the output *or* a hooked ReLU
+    input; the ReLU input of a convolution edge reading node ``i`` is node ``i`` itself, so its
+    codes are packed once per node and counted with a multiplicity (two per convolution edge
+    under ``relu_match="name"``: the ``ReLUConvBN`` wrapper and its inner ``nn.ReLU``; one
+    under ``"exact"``). Nodes that carry exact zeros (no path from the input, or any node after
+    a constant cell output) are not computed: all their codes are 0, so they only add their
+    unit count to every entry of K. Cells where every ReLU sees zeros are ``-inf`` at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .nb201 import NUM_ARCHS, build_network, is_constant_output, live_edges, relu_sees_only_zeros
+from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch, as_arch
+from .nb201.structure import _reachable_from_input
+
+METHODS = reference.METHODS
+RELU_MATCHES = reference.RELU_MATCHES
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+# Network macro-structure (NB201 TinyNetwork, C=16, N=5, 32x32 inputs by default).
+C_STEM = 16
+N_CELLS = 5
+STAGE_CHANNELS = (16, 32, 64)
+
+__all__ = ["Step", "Plan", "compile_plan", "score_arch", "score_archs", "plan_flops"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operation of the plan.
+
+    ``op`` is one of ``stem``, ``relu``, ``conv_bn``, ``pool``, ``sum``, ``codes``,
+    ``reduction``, ``head``. ``reads`` / ``writes`` name values (``n<i>`` node i of the current
+    cell, ``r<i>`` relu of node i, ``e<k>`` the result of edge k, ``x`` the network input).
+    ``where`` says in which part of the network the step runs (``stem``, ``cell``,
+    ``reduction1``, ``reduction2``, ``head``); cell steps are run for each of the 15 cells.
+    """
+
+    op: str
+    reads: Tuple[str, ...] = ()
+    writes: Tuple[str, ...] = ()
+    where: str = "cell"
+    kernel: int = 0  # conv_bn: 1 or 3
+    edges: Tuple[int, ...] = ()  # conv_bn / pool: edge indices (string order) it computes
+    multiplicity: int = 0  # codes: how often the reference counts these codes
+
+    def __str__(self):
+        extra = ""
+        if self.op == "conv_bn":
+            extra = f" k={self.kernel} edges={list(self.edges)}"
+        elif self.op == "codes":
+            extra = f" x{self.multiplicity}"
+        return f"{self.where}:{self.op}({', '.join(self.reads)}) -> {', '.join(self.writes)}{extra}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run for one architecture and one score method.
+
+    ``cell_steps`` are run in every cell; ``steps`` is the whole network in order (cell steps
+    listed once per cell stage as ``cell``). ``constant``: the cell output does not depend on the
+    input. ``result``: the score when structure alone decides it (NaN / -inf), else None.
+    ``zero_conv_edges``: per cell, convolution edges whose ReLU input is an exact-zero node
+    (hook_logdet counts their units without computing anything).
+    """
+
+    arch: Arch
+    method: str
+    relu_match: str
+    merge: bool
+    channels_last: bool
+    constant: bool
+    result: Optional[float]
+    cell_steps: Tuple[Step, ...]
+    steps: Tuple[Step, ...]
+    zero_conv_edges: int = 0
+    code_multiplier: int = 2
+
+    @property
+    def runs_network(self) -> bool:
+        return self.result is None
+
+    @property
+    def convs_per_cell(self) -> int:
+        return sum(1 for s in self.cell_steps if s.op == "conv_bn")
+
+    @property
+    def num_convolutions(self) -> int:
+        """Convolution calls of one pass after merging (stem, cells, reductions)."""
+        if not self.runs_network:
+            return 0
+        if self.constant:  # hook_logdet of a constant cell: stem + the first cell only
+            return 1 + self.convs_per_cell
+        return 1 + N_CELLS * 3 * self.convs_per_cell + 2 * 3
+
+    def describe(self) -> str:
+        lines = [f"plan for {self.arch} ({self.method}, relu_match={self.relu_match}):"]
+        if not self.runs_network:
+            lines.append(f"  answered from structure: {self.result}")
+        for s in self.steps:
+            lines.append(f"  {s}")
+        lines.append(f"  convolutions per pass after merging: {self.num_convolutions}")
+        return "\n".join(lines)
+
+
+def _check_method(method, relu_match):
+    if method not in METHODS:
+        raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
+    if relu_match not in RELU_MATCHES:
+        raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {relu_match!r}")
+
+
+def _cell_steps_jacob_cov(arch: Arch, merge: bool) -> List[Step]:
+    live = live_edges(arch)
+    return _cell_steps(arch, compute=live, codes=None, merge=merge)
+
+
+def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, int]], merge: bool) -> List[Step]:
+    """Steps of one cell: node 0 is the input; node j (1..3) the sum of its computed edges in
+    string order. ``compute[k]``: edge k is computed. ``codes``: node -> multiplicity of its
+    ReLU codes (hook_logdet), emitted as soon as the node exists."""
+    ops = arch.ops
+    steps: List[Step] = []
+    ready = {0}
+
+    def emit_node_work(i):
+        if codes and codes.get(i):
+            steps.append(Step("codes", reads=(f"n{i}",), multiplicity=codes[i]))
+        conv_edges = [k for k, (src, _) in enumerate(EDGES) if src == i and compute[k] and ops[k] in (CONV1, CONV3)]
+        if conv_edges:
+            steps.append(Step("relu", reads=(f"n{i}",), writes=(f"r{i}",)))
+            groups: Dict[int, List[int]] = {}
+            for k in conv_edges:
+                groups.setdefault(1 if ops[k] == CONV1 else 3, []).append(k)
+            for kernel in (3, 1):
+                members = groups.get(kernel, [])
+                chunks = [members] if merge else [[k] for k in members]
+                for chunk in chunks:
+                    if chunk:
+                        steps.append(Step("conv_bn", reads=(f"r{i}",), writes=tuple(f"e{k}" for k in chunk),
+                                          kernel=kernel, edges=tuple(chunk)))
+        for k, (src, _) in enumerate(EDGES):
+            if src == i and compute[k] and ops[k] == POOL:
+                steps.append(Step("pool", reads=(f"n{i}",), writes=(f"e{k}",), edges=(k,)))
+
+    emit_node_work(0)
+    for j in range(1, NUM_NODES):
+        terms = []
+        for k, (src, dst) in enumerate(EDGES):
+            if dst == j and compute[k]:
+                terms.append(f"n{src}" if ops[k] == SKIP else f"e{k}")
+        if not terms:
+            continue
+        steps.append(Step("sum", reads=tuple(terms), writes=(f"n{j}",)))
+        ready.add(j)
+        if j < NUM_NODES - 1:
+            emit_node_work(j)
+    return steps
+
+
+def _hook_cell(arch: Arch, per_edge: int):
+    """For hook_logdet: which edges to compute, node code multiplicities, zero-input conv edges."""
+    ops = arch.ops
+    fwd = _reachable_from_input(arch)
+    convs_reading = [0] * NUM_NODES
+    for (i, _), op in zip(EDGES, ops):
+        if op in (CONV1, CONV3):
+            convs_reading[i] += 1
+    needed = [False] * NUM_NODES
+    needed[NUM_NODES - 1] = fwd[NUM_NODES - 1]
+    needed[0] = True
+    for i in range(NUM_NODES - 2, 0, -1):
+        if not fwd[i]:
+            continue
+        needed[i] = convs_reading[i] > 0 or any(
+            src == i and op != NONE and needed[dst] for (src, dst), op in zip(EDGES, ops)
+        )
+    compute = [op != NONE and fwd[i] and needed[j] for (i, j), op in zip(EDGES, ops)]
+    codes = {i: per_edge * convs_reading[i] for i in range(NUM_NODES - 1) if fwd[i] and convs_reading[i]}
+    zero_conv = sum(convs_reading[i] for i in range(NUM_NODES - 1) if not fwd[i])
+    return compute, codes, zero_conv
+
+
+def compile_plan(arch, method: str = "jacob_cov", *, relu_match: str = "name", merge: bool = True,
+                 channels_last: bool = False) -> Plan:
+    """Compile the execution plan of ``arch`` (an Arch, arch string or benchmark index).
+
+    ``merge``: merge convolutions of the same kernel size that read the same node (bitwise the
+    same result: each output channel is computed independently). ``channels_last``: run in
+    the channels-last memory format.
+    """
+    arch = as_arch(arch)
+    _check_method(method, relu_match)
+    constant = is_constant_output(arch)
+    per_edge = 2 if relu_match == "name" else 1
+    result: Optional[float] = None
+    zero_conv = 0
+    if method == "jacob_cov":
+        if constant:
+            # d(output)/d(input) is exactly zero: every row of J has zero variance.
+            result = float("nan")
+            cell = []
+        else:
+            cell = _cell_steps_jacob_cov(arch, merge)
+    else:
+        compute, codes, zero_conv = _hook_cell(arch, per_edge)
+        if relu_sees_only_zeros(arch):
+            result = float("-inf")  # K is a multiple of the all-ones matrix
+            cell = []
+        else:
+            cell = _cell_steps(arch, compute, codes, merge)
+    cell = tuple(cell)
+    steps: List[Step] = []
+    if result is None:
+        steps.append(Step("stem", reads=("x",), writes=("n0",), where="stem", kernel=3))
+        if constant:
+            # hook_logdet: after the first cell everything is exactly zero.
+            steps.extend(Step(s.op, s.reads, s.writes, "cell1", s.kernel, s.edges, s.multiplicity) for s in cell)
+        else:
+            for stage in range(3):
+                if stage:
+                    steps.append(Step("reduction", reads=("n3",), writes=("n0",), where=f"reduction{stage}"))
+                for c in range(N_CELLS):
+                    where = f"cell{stage * N_CELLS + c + 1}"
+                    steps.extend(Step(s.op, s.reads, s.writes, where, s.kernel, s.edges, s.multiplicity) for s in cell)
+                    if c < N_CELLS - 1 or stage < 2:
+                        steps.append(Step("next_cell", reads=("n3",), writes=("n0",), where=where))
+            steps.append(Step("head", reads=("n3",), writes=("y",), where="head"))
+    return Plan(arch=arch, method=method, relu_match=relu_match, merge=merge, channels_last=channels_last,
+                constant=constant, result=result, cell_steps=cell, steps=tuple(steps), zero_conv_edges=zero_conv,
+                code_multiplier=per_edge)
+
+
+def plan_flops(plan: Plan, batch_size: int = 128, height: int = 32, width: int = 32) -> float:
+    """Multiply-add FLOPs (2 per MAC) of the plan's convolutions and classifier for one forward
+    pass; the input-only backward of a convolution costs the same again."""
+    if not plan.runs_network:
+        return 0.0
+    total = 2 * 3 * C_STEM * 9 * height * width  # stem
+    cell_macs_per_pixel_c2 = sum(len(s.edges) * s.kernel * s.kernel for s in plan.cell_steps if s.op == "conv_bn")
+    h, w = height, width
+    stages = 1 if plan.constant else 3
+    for stage in range(stages):
+        C = STAGE_CHANNELS[stage]
+        if stage:
+            Cp = STAGE_CHANNELS[stage - 1]
+            h2, w2 = (h + 1) // 2, (w + 1) // 2
+            total += 2 * (Cp * C * 9 + C * C * 9 + Cp * C) * h2 * w2
+            h, w = h2, w2
+        cells = 1 if plan.constant else N_CELLS
+        total += 2 * cells * cell_macs_per_pixel_c2 * C * C * h * w
+    if not plan.constant:
+        total += 2 * STAGE_CHANNELS[-1]
+    return float(total) * batch_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: those of build_network right after torch.manual_seed(seed)
+
+
+@dataclass
+class _CellWeights:
+    conv: Dict[Tuple[int, ...], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class _Weights:
+    stem: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    cells: List[_CellWeights]
+    reductions: List[Tuple[torch.Tensor, ...]]
+    head: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _conv_bn_params(rcb):
+    conv, bn = rcb.op[1], rcb.op[2]
+    return conv.weight.detach(), bn.weight.detach(), bn.bias.detach()
+
+
+def _weights(plan: Plan, seed: int, device: torch.device) -> _Weights:
+    """Build the network exactly as the reference does (same RNG draws), read its parameters
+    and arrange them for the plan (merged convolutions get concatenated weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(plan.arch)
+    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+
+    def prep(t, conv=False):
+        t = t.to(device)
+        return t.contiguous(memory_format=fmt) if conv else t.contiguous()
+
+    stem = (prep(net.stem[0].weight.detach(), True), prep(net.stem[1].weight.detach()), prep(net.stem[1].bias.detach()))
+    cells: List[_CellWeights] = []
+    reductions: List[Tuple[torch.Tensor, ...]] = []
+    conv_steps = [s for s in plan.cell_steps if s.op == "conv_bn"]
+    # A constant hook_logdet plan runs the first cell only (everything after it is zero).
+    modules = list(net.cells)[:1] if plan.constant else list(net.cells)
+    for module in modules:
+        if hasattr(module, "layers"):
+            cw = _CellWeights()
+            for s in conv_steps:
+                parts = [_conv_bn_params(module.layers[k]) for k in s.edges]
+                cw.conv[s.edges] = tuple(
+                    prep(torch.cat([p[n] for p in parts], 0), n == 0) if len(parts) > 1 else prep(parts[0][n], n == 0)
+                    for n in range(3)
+                )
+            cells.append(cw)
+        else:
+            a, b = _conv_bn_params(module.conv_a), _conv_bn_params(module.conv_b)
+            reductions.append((prep(a[0], True), prep(a[1]), prep(a[2]), prep(b[0], True), prep(b[1]), prep(b[2]),
+                               prep(module.downsample[1].weight.detach(), True)))
+    head = (prep(net.lastact[0].weight.detach()), prep(net.lastact[0].bias.detach()),
+            prep(net.classifier.weight.detach()), prep(net.classifier.bias.detach()))
+    return _Weights(stem, cells, reductions, head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a plan
+
+
+def _bn(x, weight, bias):
+    # Train-mode BatchNorm from batch statistics; the running statistics the reference updates
+    # never reach the output of this pass.
+    return F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)
+
+
+class _Codes:
+    """Collects bit-packed ReLU codes with their multiplicities (hook_logdet)."""
+
+    def __init__(self):
+        self.packed: List[torch.Tensor] = []
+        self.mults: List[int] = []
+        self.units = 0
+
+    def add(self, t: torch.Tensor, multiplicity: int):
+        self.packed.append(_pack_codes(t))
+        self.mults.append(multiplicity)
+        self.units += multiplicity * (t[0].numel())
+
+    def add_zero(self, units: int, multiplicity: int):
+        # All-zero codes: equal for every pair of samples, they add units to each entry of K.
+        self.units += multiplicity * units
+
+
+def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Codes]):
+    env = {"n0": x}
+    for s in plan.cell_steps:
+        op = s.op
+        if op == "relu":
+            env[s.writes[0]] = F.relu(env[s.reads[0]])
+        elif op == "conv_bn":
+            w, g, b = cw.conv[s.edges]
+            y = _bn(F.conv2d(env[s.reads[0]], w, padding=s.kernel // 2), g, b)
+            if len(s.writes) == 1:
+                env[s.writes[0]] = y
+            else:
+                for name, part in zip(s.writes, y.split(x.shape[1], dim=1)):
+                    env[name] = part
+        elif op == "pool":
+            env[s.writes[0]] = F.avg_pool2d(env[s.reads[0]], 3, 1, 1, count_include_pad=False)
+        elif op == "sum":
+            total = env[s.reads[0]]
+            for name in s.reads[1:]:
+                total = total + env[name]
+            env[s.writes[0]] = total
+        elif op == "codes":
+            codes.add(env[s.reads[0]], s.multiplicity)
+        else:  # pragma: no cover - compile_plan emits only the ops above
+            raise RuntimeError(f"unknown cell step {op!r}")
+    if codes is not None and plan.zero_conv_edges:
+        codes.add_zero(x[0].numel(), plan.zero_conv_edges * plan.code_multiplier)
+    return env.get("n3")
+
+
+def _reduction(weights, x, codes: Optional[_Codes], per_edge: int):
+    wa, ga, ba, wb, gb, bb, wd = weights
+    if codes is not None:
+        codes.add(x, per_edge)
+    a = _bn(F.conv2d(F.relu(x), wa, stride=2, padding=1), ga, ba)
+    if codes is not None:
+        codes.add(a, per_edge)
+    b = _bn(F.conv2d(F.relu(a), wb, padding=1), gb, bb)
+    shortcut = F.conv2d(F.avg_pool2d(x, 2, 2), wd)
+    return shortcut + b
+
+
+def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[_Codes]) -> torch.Tensor:
+    """The network pass of the plan: logits (or None for a constant hook_logdet plan)."""
+    h = _bn(F.conv2d(x, w.stem[0], padding=1), w.stem[1], w.stem[2])
+    if plan.constant:
+        _run_cell(plan, w.cells[0], h, codes)
+        _add_zero_rest(plan, codes, x)
+        return None
+    cell_index = 0
+    for stage in range(3):
+        if stage:
+            h = _reduction(w.reductions[stage - 1], h, codes, plan.code_multiplier)
+        for _ in range(N_CELLS):
+            h = _run_cell(plan, w.cells[cell_index], h, codes)
+            cell_index += 1
+    g, b, lw, lb = w.head
+    h = _bn(h, g, b)
+    if codes is not None:
+        codes.add(h, 1)  # lastact's nn.ReLU: counted once under both rules
+    h = F.relu(h)
+    return F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), lw, lb)
+
+
+def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
+    """After a constant cell output every hooked ReLU sees zeros: count their units only."""
+    n_conv = sum(1 for op in plan.arch.ops if op in (CONV1, CONV3))
+    per_edge = plan.code_multiplier
+    H, W = x.shape[2], x.shape[3]
+    h, w_ = H, W
+    for stage in range(3):
+        C = STAGE_CHANNELS[stage]
+        if stage:
+            Cp = STAGE_CHANNELS[stage - 1]
+            codes.add_zero(Cp * h * w_, per_edge)  # conv_a input
+            h, w_ = (h + 1) // 2, (w_ + 1) // 2
+            codes.add_zero(C * h * w_, per_edge)  # conv_b input
+        cells = N_CELLS - 1 if stage == 0 else N_CELLS
+        codes.add_zero(cells * n_conv * C * h * w_, per_edge)
+    codes.add_zero(STAGE_CHANNELS[-1] * h * w_, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-processing: the compiled operators when present, else the pure path
+
+
+def _ops():
+    try:
+        from . import ops  # noqa: F401
+    except ImportError:
+        return None
+    return ops
+
+
+def _jacob_cov_score(J: torch.Tensor) -> float:
+    """Score of one Jacobian ``J [B, D]``."""
+    ops = _ops()
+    if ops is not None and hasattr(ops, "jacob_cov_score"):
+        return float(ops.jacob_cov_score(J[None])[0])
+    return reference.jacob_cov_from_jacobian(J)
+
+
+def _pack_codes(t: torch.Tensor) -> torch.Tensor:
+    """``(t > 0)`` per sample, packed 64 units per int64 word: ``[B, ceil(units / 64)]``."""
+    ops = _ops()
+    if ops is not None and hasattr(ops, "pack_codes"):
+        return ops.pack_codes(t)
+    bits = (t.reshape(t.shape[0], -1) > 0)
+    n = bits.shape[1]
+    pad = (-n) % 64
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    words = bits.reshape(bits.shape[0], -1, 64).to(torch.int64)
+    weights = torch.ones(64, dtype=torch.int64, device=t.device).bitwise_left_shift(
+        torch.arange(64, dtype=torch.int64, device=t.device))
+    return (words * weights).sum(-1)
+
+
+def _unpack_codes(words: torch.Tensor) -> torch.Tensor:
+    shifts = torch.arange(64, dtype=torch.int64, device=words.device)
+    return ((words[..., None] >> shifts) & 1).reshape(words.shape[0], -1)
+
+
+def _hook_logdet_score(codes: _Codes) -> float:
+    ops = _ops()
+    B = codes.packed[0].shape[0] if codes.packed else None
+    if ops is not None and hasattr(ops, "hook_logdet_score"):
+        packed = torch.cat(codes.packed, 1)[None]
+        mult = torch.cat([torch.full((p.shape[1],), m, dtype=torch.int64, device=p.device)
+                          for p, m in zip(codes.packed, codes.mults)])[None]
+        units = torch.tensor([codes.units], dtype=torch.int64, device=packed.device)
+        return float(ops.hook_logdet_score(packed, mult, units)[0])
+    # Pure-torch fallback: K = units - sum_l mult_l * hamming_l, with hamming from exact
+    # float64 Gram matrices of the 0/1 codes.
+    hamming = None
+    for p, m in zip(codes.packed, codes.mults):
+        c = _unpack_codes(p).to(torch.float64)
+        s = c.sum(1)
+        ham = s[:, None] + s[None, :] - 2.0 * (c @ c.T)
+        hamming = m * ham if hamming is None else hamming + m * ham
+    K = float(codes.units) - hamming
+    return reference.logdet_score(K.cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def _resolve_device(device) -> torch.device:
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
+    else:
+        raise TypeError(f"device must be a string or torch.device (cpu, cuda), got {type(device).__name__}")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+    return dev
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
+def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu") -> float:
+    """Score ``x`` with a compiled plan (weights from ``torch.manual_seed(seed)``)."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a Plan from compile_plan, got {type(plan).__name__}")
+    reference.check_input(x)
+    _check_seed(seed)
+    dev = _resolve_device(device)
+    if not plan.runs_network:
+        return plan.result
+    w = _weights(plan, seed, dev)
+    x = x.to(dev)
+    if plan.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if plan.method == "jacob_cov":
+        with torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            y = _forward(plan, w, xg, None)
+            (J,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+        return _jacob_cov_score(J.reshape(J.shape[0], -1))
+    codes = _Codes()
+    with torch.no_grad():
+        _forward(plan, w, x, codes)
+    return _hook_logdet_score(codes)
+
+
+def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name") -> float:
+    """NASWOT score of the NB201 architecture ``arch`` (Arch, arch string or benchmark index) on
+    batch ``x [B, 3, H, W]``, equal to ``reference.score(build_network(arch), x, method)`` with
+    the network built right after ``torch.manual_seed(seed)``. The caller's RNG state is left
+    untouched. NaN (jacob_cov) / -inf (hook_logdet) for the degenerate cells, from structure."""
+    plan = compile_plan(arch, method, relu_match=relu_match)
+    return run_plan(plan, x, seed=seed, device=device)
+
+
+def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", seed: int = 0, device="cpu",
+                relu_match: str = "name") -> Iterator[float]:
+    """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (the item
+    of ``archs`` as given: an index, string or Arch)."""
+    _check_method(method, relu_match)
+    _check_seed(seed)
+    dev = _resolve_device(device)
+    if not callable(x_for):
+        raise TypeError(f"x_for must be a callable returning the batch of an architecture, got {type(x_for).__name__}")
+    for item in archs:
+        plan = compile_plan(item, method, relu_match=relu_match)
+        if not plan.runs_network:
+            yield plan.result
+            continue
+        yield run_plan(plan, x_for(item), seed=seed, device=dev)
