@@ -209,10 +209,15 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
 def _config_from(args):
     from .scoring import ScoreConfig
 
+    dataset = args.dataset
+    if dataset is not None:
+        from .data import check_dataset
+
+        dataset = check_dataset(dataset)  # also with Gaussian inputs: a typo is an error, not ignored
     return ScoreConfig(
         method=args.method,
         data=args.data,
-        dataset=args.dataset,
+        dataset=dataset,
         batch_size=args.batch_size,
         seed=args.seed,
         relu_match=args.relu_match,
@@ -340,6 +345,7 @@ def cmd_scan(args) -> int:
 def cmd_search(args) -> int:
     from .search import search
 
+    config = _config_from(args)  # validates names and sizes before anything is loaded
     _check_device(args)
     bar = _progress(args, args.n_samples * args.runs if args.n_samples > 0 and args.runs > 0 else 0, "searching")
     try:
@@ -348,7 +354,7 @@ def cmd_search(args) -> int:
             runs=args.runs,
             method=args.method,
             data=args.data,
-            dataset=args.dataset,
+            dataset=config.dataset,
             accuracies=args.accuracies,
             batch_size=args.batch_size,
             seed=args.seed,

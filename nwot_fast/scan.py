@@ -564,11 +564,22 @@ def check_output_path(path) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot write output file {path!r}: directory {parent!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"output file {path!r} is a directory; give a file name ending in .csv or .jsonl")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write output file {path!r}: directory {parent!r} is not writable")
     return ext
 
 
 # ---------------------------------------------------------------------------------------------
 # the scan
+
+
+def representatives(indices) -> Dict[int, int]:
+    """``{index: representative}`` for deduplicated scans: the smallest index of each index's
+    isomorphism class (:func:`nwot_fast.nb201.representative_index`). Over the whole space there
+    are 6,466 distinct representatives."""
+    return {i: representative_index(arch_at(i)) for i in parse_indices(indices)}
 
 
 def _now() -> str:
@@ -605,6 +616,10 @@ def scan(
     started = time.perf_counter()
     wanted = parse_indices(indices)
     if config is None:
+        if dataset is not None:
+            from .data import check_dataset
+
+            dataset = check_dataset(dataset)  # one spelling, so one config hash
         config = ScoreConfig(
             method=method,
             data=None if data is None else os.fspath(data),
@@ -623,7 +638,7 @@ def scan(
     chash = config.config_hash()
     identity_json = json.dumps(config.identity(), sort_keys=True)
 
-    rep_of = {i: (representative_index(arch_at(i)) if dedup else i) for i in wanted}
+    rep_of = representatives(wanted) if dedup else {i: i for i in wanted}
 
     store = None if db is None else ScoreDB(db, timeout=db_timeout)
     try:

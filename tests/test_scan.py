@@ -1,0 +1,359 @@
+"""Durable, resumable scans: SIGKILL and resume, bitwise reproducibility, dedup, NaN / -inf storage.
+
+Networks are kept tiny: 16x16 images (an ImageNet16-120-shaped .npz written by the test) and
+batch 4, so each architecture costs a fraction of a second on the reference path.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nwot_fast.nb201 import NUM_ARCHS, arch_at, is_constant_output, relu_sees_only_zeros, representative_index
+from nwot_fast.progress import Progress, format_duration
+from nwot_fast.scan import ScanResult, ScoreDB, load_scores, parse_indices, representatives, scan
+from nwot_fast.scoring import ArchScorer, ScoreConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENGINE = "reference"
+BATCH = 4
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> str:
+    """16 random 16x16 RGB images with ImageNet16-120 labels (1..120): the cheapest real-image input."""
+    rng = np.random.default_rng(20240601)
+    path = tmp_path_factory.mktemp("data") / "tiny16.npz"
+    np.savez(path, x=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), y=rng.integers(1, 121, 16))
+    return str(path)
+
+
+def _rows(db) -> dict:
+    """{arch_index: (id, score_text, representative, created_at)} read straight from SQLite."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {
+            r[0]: r[1:]
+            for r in conn.execute("SELECT arch_index, id, score_text, representative, created_at FROM scores")
+        }
+    finally:
+        conn.close()
+
+
+def _count(db) -> int:
+    if not os.path.exists(db):
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# index parsing
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("0:5", [0, 1, 2, 3, 4]),
+        ("7", [7]),
+        ("0:10:4", [0, 4, 8]),
+        ("3,1,3,0:2", [3, 1, 0]),
+        (" 15620: ", [15620, 15621, 15622, 15623, 15624]),
+        (range(2, 5), [2, 3, 4]),
+        ([9, np.int64(4), 9], [9, 4]),
+        (11, [11]),
+    ],
+)
+def test_parse_indices(spec, expected):
+    assert parse_indices(spec) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# durability: SIGKILL mid-scan, then resume
+
+
+def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_npz):
+    db = str(tmp_path / "killed.sqlite")
+    n = 24
+    cmd = [
+        sys.executable, "-m", "nwot_fast", "scan", "--indices", f"0:{n}", "--db", db,
+        "--batch-size", str(BATCH), "--engine", ENGINE, "--data", tiny_npz, "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(db) < 3:
+            assert proc.poll() is None, f"scan exited early: {proc.communicate()}"
+            assert time.monotonic() < deadline, "scan wrote no rows in 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _rows(db)
+    assert 3 <= len(before) < n, f"the kill should land mid-scan, found {len(before)} rows"
+
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = _rows(db)
+    # Every finished row survived the kill untouched (same row id, score and timestamp) ...
+    for index, row in before.items():
+        assert after[index] == row
+    # ... the resumed run added exactly the missing ones, once each ...
+    assert sorted(after) == list(range(n))
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == n
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+    # ... and the scores are bitwise those of an uninterrupted scan (here in this process).
+    clean_db = str(tmp_path / "clean.sqlite")
+    clean = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=clean_db)
+    assert clean.computed == n
+    assert [after[i][1] for i in range(n)] == [repr(float(s)) for s in clean.scores]
+    assert [_rows(clean_db)[i][1] for i in range(n)] == [after[i][1] for i in range(n)]
+
+    # A third run of the same command scores nothing and writes nothing.
+    again = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert (again.computed, again.resumed, again.scored, again.reused) == (0, n, n, 0)
+    assert _rows(db) == after
+    np.testing.assert_array_equal(again.scores, clean.scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# reproducibility
+
+
+def test_scores_bitwise_reproducible_across_processes(tiny_npz):
+    indices = [3, 17, 101]
+    for method in ("jacob_cov", "hook_logdet"):
+        cmd = [
+            sys.executable, "-m", "nwot_fast", "score", *map(str, indices), "--method", method,
+            "--batch-size", str(BATCH), "--engine", ENGINE, "--data", tiny_npz, "--seed", "5", "--json",
+        ]
+        out = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        other = json.loads(out.stdout)
+        theirs = [r["score"] for r in other["results"]]
+        config = ScoreConfig(method=method, batch_size=BATCH, engine=ENGINE, data=tiny_npz, seed=5)
+        assert other["config_hash"] == config.config_hash()
+        scorer = ArchScorer(config)
+        ours = [scorer.score_index(i).score for i in indices]
+        # JSON floats round-trip repr exactly, so equality here is bitwise equality.
+        assert theirs == ours, method
+        assert all(math.isfinite(s) for s in ours)
+        # scan gives each index the same score as scoring it alone, in any order.
+        scanned = scan(list(reversed(indices)), config=config)
+        assert list(scanned.scores) == list(reversed(ours))
+
+
+def test_config_is_stored_with_every_row(tmp_path, tiny_npz):
+    db = str(tmp_path / "cfg.sqlite")
+    config = ScoreConfig(method="hook_logdet", batch_size=BATCH, engine=ENGINE, data=tiny_npz, seed=3)
+    scan([5, 6], config=config, db=db)
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT arch_index, arch, method, dataset, data, batch_size, seed, config_hash, config, seconds, "
+            "version, created_at FROM scores ORDER BY arch_index"
+        ).fetchall()
+    finally:
+        conn.close()
+    import nwot_fast
+
+    assert [r[0] for r in rows] == [5, 6]
+    for r in rows:
+        assert r[1] == str(arch_at(r[0]))
+        assert (r[2], r[3], r[4], r[5], r[6]) == ("hook_logdet", "ImageNet16-120", tiny_npz, BATCH, 3)
+        assert r[7] == config.config_hash()
+        assert json.loads(r[8]) == config.identity()
+        assert r[9] > 0 and r[10] == nwot_fast.__version__ and r[11].endswith("+00:00")
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup
+
+
+@functools.lru_cache(maxsize=1)
+def _classes() -> dict:
+    """{representative: [members in index order]} over the whole space."""
+    out: dict = {}
+    for i in range(NUM_ARCHS):
+        out.setdefault(representative_index(arch_at(i)), []).append(i)
+    return out
+
+
+def test_dedup_plan_for_the_whole_space_has_6466_representatives():
+    reps = representatives(range(NUM_ARCHS))
+    assert len(reps) == NUM_ARCHS
+    assert len(set(reps.values())) == 6466
+    assert all(reps[r] == r for r in reps.values())
+
+
+def test_dedup_counts_fills_and_later_real_scores(tmp_path, tiny_npz):
+    # Class A: its representative and two members; class B: two members without the
+    # representative (which the scan must score anyway); one architecture alone in its class.
+    classes = _classes()
+    big = [members for members in classes.values() if len(members) >= 3]
+    class_a = big[0][:3]
+    rep_a = class_a[0]
+    rep_b, *rest = big[1]
+    class_b = rest[:2]
+    single = next(members[0] for members in classes.values() if len(members) == 1)
+    indices = class_a + class_b + [single]
+    db = str(tmp_path / "dedup.sqlite")
+    res = scan(indices, dedup=True, batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert res.computed == 3  # rep_a, rep_b (outside the request) and the single one
+    assert (res.scored, res.reused, res.resumed) == (2, 4, 0)
+    expected_rep = [rep_a] * 3 + [rep_b] * 2 + [single]
+    assert list(res.representatives) == expected_rep
+    by_index = dict(zip(res.indices.tolist(), res.scores.tolist()))
+    assert by_index[class_a[1]] == by_index[rep_a] and by_index[class_a[2]] == by_index[rep_a]
+    assert by_index[class_b[0]] == by_index[class_b[1]]
+    recs = {r["arch_index"]: r for r in res.to_records()}
+    assert recs[class_b[0]]["reused"] and not recs[rep_a]["reused"]
+    rows = _rows(db)
+    assert set(rows) == set(indices) | {rep_b}
+    assert all(rows[i][2] == expected_rep[k] for k, i in enumerate(indices))
+    assert load_scores(db, res.config_hash, include_reused=False).keys() == {rep_a, rep_b, single}
+    rep_b_score = load_scores(db, res.config_hash)[rep_b]
+    assert by_index[class_b[0]] == rep_b_score
+
+    # Resuming with dedup computes nothing; without dedup the filled rows get their own scores.
+    again = scan(indices, dedup=True, batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert (again.computed, again.resumed, again.reused) == (0, 6, 4)
+    full = scan(indices, batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert full.computed == 4 and full.reused == 0 and full.resumed == 2
+    own = load_scores(db, full.config_hash, include_reused=False)
+    assert set(own) == set(indices) | {rep_b}
+    assert _count(db) == len(indices) + 1  # replaced in place, never duplicated
+    alone = scan(class_b, batch_size=BATCH, engine=ENGINE, data=tiny_npz)
+    assert [own[i] for i in class_b] == list(alone.scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN and -inf
+
+
+def test_nan_and_minus_inf_are_stored_and_read_back_faithfully(tmp_path, tiny_npz):
+    constant = [i for i in range(200) if is_constant_output(arch_at(i))][:3]
+    zeros = [i for i in constant if relu_sees_only_zeros(arch_at(i))]
+    assert zeros and len(zeros) < len(constant), "need both kinds of constant-output cells"
+    db = str(tmp_path / "nonfinite.sqlite")
+    jc = scan(constant, batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    hl = scan(constant, method="hook_logdet", batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert np.isnan(jc.scores).all()
+    for i, s in zip(constant, hl.scores):
+        assert (s == -np.inf) == (i in zeros), (i, s)
+
+    conn = sqlite3.connect(db)
+    try:
+        raw = conn.execute("SELECT method, score, score_text FROM scores ORDER BY method, arch_index").fetchall()
+    finally:
+        conn.close()
+    for method, score, text in raw:
+        if method == "jacob_cov":
+            assert score is None and text == "nan"
+        elif text == "-inf":
+            assert score == -math.inf
+        else:
+            assert math.isfinite(score) and repr(score) == text
+
+    for result in (jc, hl):
+        back = load_scores(db, result.config)
+        assert list(back) == constant
+        np.testing.assert_array_equal(np.array(list(back.values())), result.scores)  # NaN == NaN here
+
+        csv_path, jsonl_path = tmp_path / "r.csv", tmp_path / "r.jsonl"
+        result.write_csv(csv_path)
+        result.write(jsonl_path)
+        with open(csv_path, newline="") as f:
+            from_csv = [float(r["score"]) for r in csv.DictReader(f)]
+        np.testing.assert_array_equal(from_csv, result.scores)
+        lines = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
+        assert [r["arch_index"] for r in lines] == constant
+        np.testing.assert_array_equal([float(r["score"]) for r in lines], result.scores)
+        json.dumps(result.to_dict(), allow_nan=False)  # strict JSON, no bare NaN
+
+
+def test_scan_without_db_and_result_helpers(tiny_npz):
+    res = scan("40:43", batch_size=BATCH, engine=ENGINE, data=tiny_npz)
+    assert isinstance(res, ScanResult)
+    assert res.db is None and res.computed == 3 and len(res) == 3
+    assert res.archs == [str(arch_at(i)) for i in (40, 41, 42)]
+    assert res.top(1)[0]["score"] == np.nanmax(res.scores)
+    assert "3 own scores" in res.summary() and "ImageNet16-120 images" in res.summary()
+
+
+def test_progress_callback_counts_scored_architectures(tiny_npz):
+    calls = []
+    scan([1, 2], batch_size=BATCH, engine=ENGINE, data=tiny_npz, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# progress bar
+
+
+def test_progress_bar_draws_only_on_a_terminal():
+    quiet = io.StringIO()  # not a TTY
+    with Progress(10, stream=quiet) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = Progress(10, initial=4, stream=tty, desc="scoring", min_interval=0)
+    bar(7)
+    bar.close()
+    text = tty.getvalue()
+    assert text.startswith("\r") and text.endswith("\n")
+    assert "7/10" in text and "ETA" in text and "arch/s" in text
+    assert "10/10" not in text
+    assert Progress(10, stream=Tty(), enabled=False).enabled is False
+
+
+def test_progress_rate_counts_only_new_work():
+    bar = Progress(100, initial=50, stream=io.StringIO())
+    assert bar.rate() == 0.0 and math.isnan(bar.eta())
+    bar._start -= 10.0  # pretend 10 s have passed
+    bar(60)
+    assert bar.rate() == pytest.approx(1.0, rel=0.05)
+    assert bar.eta() == pytest.approx(40.0, rel=0.05)
+    assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05" and format_duration(math.nan) == "?"
+    assert "60/100" in bar.render(width=80) and len(bar.render(width=80)) <= 80
