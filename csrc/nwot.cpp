@@ -1,0 +1,36 @@
+// Operator schemas of nwot_fast, defined once. Backends register kernels in cpu/ and cuda/;
+// fake (meta) kernels live in nwot_fast/ops.py.
+#ifndef NWOT_NO_PYTHON
+#include <Python.h>
+#endif
+
+#include <torch/library.h>
+
+#include "nwot.h"
+
+#ifndef NWOT_NO_PYTHON
+// Importing nwot_fast._C only has to run the static registrations below, so the module is
+// empty; it uses the limited API so that one wheel serves every CPython >= 3.9.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  // name
+      "nwot_fast compiled operators (registered as torch.ops.nwot_fast.*)",
+      -1,    // size
+      nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
+#endif
+
+TORCH_LIBRARY(nwot_fast, m) {
+  m.def("jacob_cov_score(Tensor J) -> Tensor");
+  m.def("pack_codes(Tensor x) -> Tensor");
+  m.def("hamming_kernel(Tensor codes, Tensor multiplicity, Tensor units) -> Tensor");
+  m.def("logdet_score(Tensor K) -> Tensor");
+  m.def("hook_logdet_score(Tensor codes, Tensor multiplicity, Tensor units) -> Tensor");
+  // Backend-independent: what this binary was built with, for the loader's check.
+  m.def("build_info() -> str", &nwot_fast::build_info);
+}

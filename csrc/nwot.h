@@ -1,0 +1,105 @@
+// nwot_fast compiled operators: entry points shared by the CPU and CUDA kernels.
+//
+// Every operator is registered once in nwot.cpp (TORCH_LIBRARY(nwot_fast, m)); each backend
+// file adds its implementations with TORCH_LIBRARY_IMPL. Shapes use A = architectures,
+// B = samples (batch), D = input features, W = 64-bit code words.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace nwot_fast {
+
+// The eigenvalue offset of the NASWOT jacob_cov score (Mellor et al. 2020).
+constexpr double kEigEps = 1e-5;
+
+// jacob_cov_score(J [A, B, D] float32|float64) -> S [A] float64.
+//   Per architecture: rows centred and normalised, B x B correlation in float64 (np.corrcoef
+//   semantics, clipped to [-1, 1]), symmetric eigenvalues l,
+//   S = -sum(log(l + 1e-5) + 1 / (l + 1e-5)). A zero-variance row (all entries equal) makes
+//   the correlation undefined: S[a] = NaN for that architecture only.
+at::Tensor jacob_cov_score_cpu(const at::Tensor& J);
+
+// pack_codes(x [B, ...] floating|bool) -> int64 [B, W], W = ceil(units / 64):
+//   bit k of word w is (x.flatten(1)[:, 64 w + k] > 0); padding bits are 0.
+at::Tensor pack_codes_cpu(const at::Tensor& x);
+
+// hamming_kernel(codes int64 [A, B, W], multiplicity int64 [A, W], units int64 [A])
+//   -> K int64 [A, B, B], K[a, i, j] = units[a] - sum_w multiplicity[a, w] *
+//   popcount(codes[a, i, w] ^ codes[a, j, w]): the number of (unit, hook) pairs on which
+//   samples i and j agree, i.e. sum over hooks of c c^T + (1 - c)(1 - c)^T.
+at::Tensor hamming_kernel_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
+
+// logdet_score(K [A, B, B] int64|float64) -> [A] float64: log|det K| by LU with partial
+//   pivoting in float64 (sign ignored); -inf when a pivot is exactly zero (K singular).
+at::Tensor logdet_score_cpu(const at::Tensor& K);
+
+// hook_logdet_score(codes, multiplicity, units) -> [A] float64: hamming_kernel then
+//   logdet_score in one call, without materialising the int64 K.
+at::Tensor hook_logdet_score_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
+
+// build_info() -> "key=value;..." with torch (version built against), cuda (version or
+// "none"), cusolver, backends ("cpu" or "cpu,cuda") and eigensolver; read by nwot_fast/_ext.py.
+std::string build_info();
+
+#ifdef WITH_CUDA
+// Defined in cuda/*_cuda.cu; used by build_info().
+std::string cuda_build_info();
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks shared by every backend; the Python wrappers and fake kernels (ops.py) say
+// the same words.
+
+inline void check_jacobian(const at::Tensor& J) {
+  TORCH_CHECK(J.dim() == 3, "J must be 3-D [archs, batch, features], got ", J.dim(), "-D");
+  TORCH_CHECK(J.scalar_type() == at::kFloat || J.scalar_type() == at::kDouble,
+              "J must be float32 or float64, got ", J.scalar_type());
+  TORCH_CHECK(J.size(1) >= 2, "J must have at least 2 samples per architecture (batch >= 2), got batch ",
+              J.size(1));
+  TORCH_CHECK(J.size(2) >= 1, "J must have at least 1 feature, got ", J.size(2));
+}
+
+inline void check_activations(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 2, "x must be at least 2-D [batch, units...], got ", x.dim(), "-D");
+  TORCH_CHECK(x.is_floating_point() || x.scalar_type() == at::kBool,
+              "x must be a floating-point or bool tensor, got ", x.scalar_type());
+}
+
+inline void check_codes(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units) {
+  TORCH_CHECK(codes.dim() == 3, "codes must be 3-D [archs, batch, words], got ", codes.dim(), "-D");
+  TORCH_CHECK(codes.scalar_type() == at::kLong, "codes must be int64 (packed bits), got ", codes.scalar_type());
+  TORCH_CHECK(multiplicity.dim() == 2, "multiplicity must be 2-D [archs, words], got ", multiplicity.dim(), "-D");
+  TORCH_CHECK(multiplicity.scalar_type() == at::kLong, "multiplicity must be int64, got ",
+              multiplicity.scalar_type());
+  TORCH_CHECK(units.dim() == 1, "units must be 1-D [archs], got ", units.dim(), "-D");
+  TORCH_CHECK(units.scalar_type() == at::kLong, "units must be int64, got ", units.scalar_type());
+  TORCH_CHECK(multiplicity.size(0) == codes.size(0) && multiplicity.size(1) == codes.size(2),
+              "multiplicity must have shape [archs, words] = [", codes.size(0), ", ", codes.size(2),
+              "] to match codes ", codes.sizes(), ", got ", multiplicity.sizes());
+  TORCH_CHECK(units.size(0) == codes.size(0), "units must have shape [archs] = [", codes.size(0),
+              "] to match codes ", codes.sizes(), ", got ", units.sizes());
+  TORCH_CHECK(multiplicity.device() == codes.device(), "multiplicity must be on the same device as codes (",
+              codes.device(), "), got ", multiplicity.device());
+  TORCH_CHECK(units.device() == codes.device(), "units must be on the same device as codes (", codes.device(),
+              "), got ", units.device());
+}
+
+inline void check_kernel_matrix(const at::Tensor& K) {
+  TORCH_CHECK(K.dim() == 3, "K must be 3-D [archs, batch, batch], got ", K.dim(), "-D");
+  TORCH_CHECK(K.size(1) == K.size(2), "K must be square in its last two dims [archs, batch, batch], got ",
+              K.sizes());
+  TORCH_CHECK(K.scalar_type() == at::kLong || K.scalar_type() == at::kDouble, "K must be int64 or float64, got ",
+              K.scalar_type());
+}
+
+inline double eigenvalue_term(double l) {
+  const double v = l + kEigEps;
+  return std::log(v) + 1.0 / v;
+}
+
+}  // namespace nwot_fast
