@@ -1,0 +1,272 @@
+"""Side by side: the authors' procedure, the pure path and the fast path, in one process.
+
+    python bench/compare.py [--json PATH] [--methods jacob_cov hook_logdet] [--batch-size 128]
+                            [--archs 20] [--repeats 3] [--seed 0]
+
+On the same fixed architectures, batch (real CIFAR-10 training images from
+``../shared/data/cifar10_sample.npz`` when present, else Gaussian N(0, 1)) and weights
+(``torch.manual_seed(seed)`` before building each network), it times per architecture:
+
+1. ``authors``: the procedure as published (NASWOT code): xautodl's network from
+   ``get_cell_based_tiny_net`` (``infer.tiny``, ``num_classes=1``), parameter gradients on,
+   ``y.backward(ones)``, ``x.grad``; ``np.corrcoef`` + ``np.linalg.eig`` and the score from the
+   real parts. hook_logdet: the same forward + backward, then a second forward with a hook on
+   every module whose ``str(type)`` contains ``ReLU``, two B x B float32 products per hook,
+   accumulated into a float64 NumPy K, ``np.linalg.slogdet``. (The published code backpropagates
+   the first element of xautodl's ``(features, logits)``; here the logits are used, as by this
+   project's score, so the three columns compute the same number at the same cost.)
+2. ``pure``: :func:`nwot_fast.reference.score` on :func:`nwot_fast.nb201.build_network`.
+3. ``fast``: :func:`nwot_fast.fast.score_arch`.
+
+Each time includes building the network. The three are interleaved per repeat so that the
+load of a shared machine hits them alike; the per-architecture median is reported. The FLOP
+floor is the plan's convolution FLOPs (forward, plus the input-only backward for jacob_cov)
+at the rate of a large float32 matmul measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nwot_fast import fast, reference  # noqa: E402
+from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
+EPS = 1e-5
+
+
+def fixed_archs(n: int, seed: int = 2020):
+    """A fixed, seeded sample of benchmark indices (the same in every run)."""
+    return random.Random(seed).sample(range(NUM_ARCHS), n)
+
+
+def load_batch(batch_size: int, seed: int = 0):
+    """The first ``batch_size`` real CIFAR-10 images, normalised as NB201 does; else Gaussian."""
+    if DATA.exists():
+        from nwot_fast.data import load_images
+        from nwot_fast.data.sampler import normalize
+
+        images = load_images(str(DATA), dataset="cifar10")
+        if batch_size > len(images):
+            raise ValueError(f"--batch-size {batch_size} exceeds the {len(images)} images in {DATA}")
+        return normalize(images.images[:batch_size], "cifar10"), f"CIFAR-10 training images 0..{batch_size - 1} ({DATA.name})"
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, 3, 32, 32, generator=g), "Gaussian N(0, 1) (no CIFAR-10 sample found)"
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) the authors' procedure
+
+
+def _xautodl_net(arch, seed):
+    from xautodl.models import get_cell_based_tiny_net
+    from xautodl.models.cell_searchs.genotypes import Structure
+
+    torch.manual_seed(seed)
+    config = {"name": "infer.tiny", "C": 16, "N": 5, "genotype": Structure.str2structure(str(arch)), "num_classes": 1}
+    return get_cell_based_tiny_net(config)
+
+
+def _authors_jacobian(net, x):
+    net.train()
+    net.zero_grad()
+    x = x.clone().requires_grad_(True)
+    _, logits = net(x)
+    logits.backward(torch.ones_like(logits))
+    return x.grad.detach()
+
+
+def authors_jacob_cov(arch, x, seed):
+    with torch.random.fork_rng(devices=[]):
+        net = _xautodl_net(arch, seed)
+    jacob = _authors_jacobian(net, x).reshape(x.shape[0], -1).cpu().numpy()
+    corrs = np.corrcoef(jacob)
+    v, _ = np.linalg.eig(corrs)
+    return float(np.real(-np.sum(np.log(v + EPS) + 1.0 / (v + EPS))))
+
+
+def authors_hook_logdet(arch, x, seed):
+    with torch.random.fork_rng(devices=[]):
+        net = _xautodl_net(arch, seed)
+    _authors_jacobian(net, x)
+    B = x.shape[0]
+    K = np.zeros((B, B))
+
+    def hook(module, inp, out):
+        nonlocal K
+        inp = inp[0] if isinstance(inp, tuple) else inp
+        c = (inp.detach().reshape(B, -1) > 0).float()
+        K = K + (c @ c.t()).numpy() + ((1.0 - c) @ (1.0 - c.t())).numpy()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if "ReLU" in str(type(m))]
+    try:
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    _, ld = np.linalg.slogdet(K)
+    return float(ld)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pure_score(arch, x, method, seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(arch)
+    return reference.score(net, x, method)
+
+
+def fast_score(arch, x, method, seed):
+    return fast.score_arch(arch, x, method=method, seed=seed)
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    s = fn()
+    return s, time.perf_counter() - t
+
+
+def _rel(a, b):
+    if (math.isnan(a) and math.isnan(b)) or a == b:
+        return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def compare(methods, batch_size, n_archs, repeats, seed, log=print):
+    x, data_note = load_batch(batch_size, seed)
+    indices = fixed_archs(n_archs)
+    gflops = matmul_gflops()
+    authors = {"jacob_cov": authors_jacob_cov, "hook_logdet": authors_hook_logdet}
+    report = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": os.getloadavg(),
+        "batch_size": batch_size,
+        "data": data_note,
+        "seed": seed,
+        "repeats": repeats,
+        "archs": indices,
+        "matmul_gflops": gflops,
+        "methods": {},
+    }
+    for method in methods:
+        rows = []
+        log(f"\n{method}  (batch {batch_size}, {len(indices)} archs, median of {repeats}; {data_note})")
+        log(f"{'index':>6} {'convs':>5} {'authors s':>10} {'pure s':>9} {'fast s':>9} {'ratio':>6} "
+            f"{'floor%':>6} {'score':>14} {'rel diff':>9}")
+        for index in indices:
+            arch = arch_at(index)
+            times = {"authors": [], "pure": [], "fast": []}
+            scores = {}
+            for _ in range(repeats):
+                scores["authors"], t = _timed(lambda: authors[method](arch, x, seed))
+                times["authors"].append(t)
+                scores["pure"], t = _timed(lambda: pure_score(arch, x, method, seed))
+                times["pure"].append(t)
+                scores["fast"], t = _timed(lambda: fast_score(arch, x, method, seed))
+                times["fast"].append(t)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            plan = fast.compile_plan(arch, method)
+            flops = fast.plan_flops(plan, batch_size) * (2 if method == "jacob_cov" else 1)
+            floor_s = flops / (gflops * 1e9)
+            row = {
+                "index": index,
+                "arch": str(arch),
+                "convolutions": plan.num_convolutions,
+                "plan_gflop": flops / 1e9,
+                "scores": scores,
+                "median_s": med,
+                "ratio_authors_over_fast": med["authors"] / med["fast"],
+                "ratio_authors_over_pure": med["authors"] / med["pure"],
+                "floor_fraction_fast": (floor_s / med["fast"]) if flops else None,
+                "rel_diff_fast_vs_pure": _rel(scores["fast"], scores["pure"]),
+                "rel_diff_fast_vs_authors": _rel(scores["fast"], scores["authors"]),
+            }
+            rows.append(row)
+            floor = f"{100 * row['floor_fraction_fast']:5.1f}%" if flops else "    -"
+            log(f"{index:>6} {plan.num_convolutions:>5} {med['authors']:>10.3f} {med['pure']:>9.3f} {med['fast']:>9.3f} "
+                f"{row['ratio_authors_over_fast']:>6.2f} {floor:>6} {scores['fast']:>14.8g} {row['rel_diff_fast_vs_pure']:>9.1e}")
+        total = {k: sum(r["median_s"][k] for r in rows) for k in ("authors", "pure", "fast")}
+        total_flops = sum(r["plan_gflop"] for r in rows) * 1e9
+        summary = {
+            "sum_median_s": total,
+            "mean_fast_s_per_arch": total["fast"] / len(rows),
+            "ratio_authors_over_fast": total["authors"] / total["fast"],
+            "ratio_authors_over_pure": total["authors"] / total["pure"],
+            "floor_fraction_fast": total_flops / (gflops * 1e9) / total["fast"],
+            "max_rel_diff_fast_vs_pure": max(r["rel_diff_fast_vs_pure"] for r in rows),
+            "max_rel_diff_fast_vs_authors": max(r["rel_diff_fast_vs_authors"] for r in rows),
+            "max_rel_diff_pure_vs_authors": max(_rel(r["scores"]["pure"], r["scores"]["authors"]) for r in rows),
+            "full_space_estimate_s": {k: v / len(rows) * NUM_ARCHS for k, v in total.items()},
+        }
+        log(f"{'sum':>6} {'':>5} {total['authors']:>10.3f} {total['pure']:>9.3f} {total['fast']:>9.3f} "
+            f"{summary['ratio_authors_over_fast']:>6.2f} {100 * summary['floor_fraction_fast']:5.1f}%")
+        log(f"ratio authors/fast {summary['ratio_authors_over_fast']:.2f}x, authors/pure "
+            f"{summary['ratio_authors_over_pure']:.2f}x; max rel. score diff fast vs pure "
+            f"{summary['max_rel_diff_fast_vs_pure']:.1e}, fast vs authors {summary['max_rel_diff_fast_vs_authors']:.1e}; "
+            f"full space ({NUM_ARCHS} archs) estimate: fast {summary['full_space_estimate_s']['fast'] / 3600:.2f} h, "
+            f"authors {summary['full_space_estimate_s']['authors'] / 3600:.2f} h")
+        report["methods"][method] = {"rows": rows, "summary": summary}
+    report["load_average_end"] = os.getloadavg()
+    log(f"\nlarge-matmul rate {gflops:.1f} GFLOP/s; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"load average start {report['load_average_start']}, end {report['load_average_end']}")
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    p.add_argument("--methods", nargs="+", default=list(reference.METHODS), choices=reference.METHODS)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--archs", type=int, default=20, help="number of fixed architectures (default 20)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per architecture; the median is reported")
+    p.add_argument("--seed", type=int, default=0, help="torch seed for the weights")
+    a = p.parse_args(argv)
+    if a.batch_size < 2:
+        p.error(f"--batch-size must be at least 2, got {a.batch_size}")
+    if not 1 <= a.archs <= NUM_ARCHS:
+        p.error(f"--archs must be in 1..{NUM_ARCHS}, got {a.archs}")
+    if a.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {a.repeats}")
+    report = compare(a.methods, a.batch_size, a.archs, a.repeats, a.seed)
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2, default=float))
+        print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
