@@ -39,6 +39,18 @@ def _env():
     return env
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine two threads on these tiny networks spend
+    most of their time waiting for each other (20-30x slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory) -> str:
     """16 random 16x16 RGB images with ImageNet16-120 labels (1..120): the cheapest real-image input."""
