@@ -565,6 +565,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                                epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
             module.configure_parser(p)
+            if "exit codes:" not in (p.epilog or ""):
+                p.epilog = ((p.epilog or "").rstrip() + "\n\n" + EXIT_CODES_HELP).lstrip()
             p.set_defaults(handler=module.run_cli)
         else:
             # Listed in the top-level help; the module is imported only when the command is used.
