@@ -1,0 +1,298 @@
+"""evaluate(): correlations, score files, the search table; one small real-data evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from nwot_fast import stats
+from nwot_fast.benchmark import AccuracyTable
+from nwot_fast.evaluate import (
+    ACCURACY_KEYS,
+    _pick,
+    configure_parser,
+    correlations,
+    evaluate,
+    read_scores,
+    run_cli,
+    sample_indices,
+    search_table,
+    write_scores,
+)
+from nwot_fast.nb201 import NUM_ARCHS, arch_at
+from nwot_fast.search import nanargmax
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _shared(name):
+    p = SHARED / name
+    if not p.exists():
+        pytest.skip(f"real data file {p} not present")
+    return p
+
+
+@pytest.fixture(scope="module")
+def synthetic_table():
+    """A made-up accuracy table over the whole space: each column a different noisy function."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(10, 95, NUM_ARCHS)
+    cols = {k: np.round(base + rng.normal(0, 3 + j, NUM_ARCHS), 2) for j, k in enumerate(ACCURACY_KEYS)}
+    return AccuracyTable(cols, [str(arch_at(i)) for i in range(NUM_ARCHS)], source="synthetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and score files
+
+
+def test_sample_indices_seeded_distinct_and_nested():
+    a = sample_indices(1000, seed=0)
+    assert a.shape == (1000,) and np.unique(a).size == 1000
+    np.testing.assert_array_equal(a[:100], sample_indices(100, seed=0))
+    assert not np.array_equal(a[:100], sample_indices(100, seed=1))
+    assert 0 <= a.min() and a.max() < NUM_ARCHS
+    for bad in (0, NUM_ARCHS + 1):
+        with pytest.raises(ValueError, match="n_archs"):
+            sample_indices(bad)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".json"])
+def test_scores_file_round_trip(tmp_path, ext):
+    idx = np.array([5, 17, 341, 15624])
+    sc = np.array([1.25, float("nan"), float("-inf"), -233.1045194638792])
+    secs = np.array([0.5, 0.25, np.nan, 1.0])
+    path = write_scores(tmp_path / f"s{ext}", idx, sc, seconds=secs, method="jacob_cov")
+    back = read_scores(path, method="jacob_cov")
+    np.testing.assert_array_equal(back.indices, idx)
+    np.testing.assert_array_equal(back.scores, sc)  # bitwise, NaN and -inf included
+    np.testing.assert_array_equal(back.seconds, secs)
+    assert back.method == "jacob_cov"
+    with pytest.raises(ValueError, match="not hook_logdet|no rows"):
+        read_scores(path, method="hook_logdet")
+
+
+def test_read_scores_per_method_columns_and_bad_files(tmp_path):
+    p = tmp_path / "both.jsonl"
+    p.write_text("\n".join(json.dumps({"arch_index": i, "jacob_cov": -float(i), "hook_logdet": float(i)})
+                           for i in (1, 2, 3)) + "\n")
+    assert read_scores(p, method="hook_logdet").scores.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="say which"):
+        read_scores(p)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text(f"arch_index,arch,score\n0,{arch_at(1)},1.0\n")
+    with pytest.raises(ValueError, match="another index order"):
+        read_scores(wrong)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("arch_index,score\n3,1.0\n3,2.0\n")
+    with pytest.raises(ValueError, match="twice"):
+        read_scores(dup)
+    junk = tmp_path / "junk.csv"
+    junk.write_text("arch_index,score\n3,abc\n")
+    with pytest.raises(ValueError, match="not a number"):
+        read_scores(junk)
+    with pytest.raises(FileNotFoundError):
+        read_scores(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="extension"):
+        write_scores(tmp_path / "s.txt", [1], [1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# correlations
+
+
+def test_correlations_exclude_non_finite_and_match_stats(synthetic_table, tmp_path):
+    idx = sample_indices(300, seed=3)
+    acc = synthetic_table.column("cifar10", "test")[idx]
+    rng = np.random.default_rng(0)
+    sc = acc + rng.normal(0, 10, idx.size)
+    sc[:7] = np.nan
+    sc[7:10] = -np.inf
+    path = write_scores(tmp_path / "s.csv", idx, sc, method="hook_logdet")
+    res = evaluate(scores_in=path, method="hook_logdet", accuracies=synthetic_table)
+    assert (res.n_archs, res.n_nan, res.n_neg_inf, res.n_finite) == (300, 7, 3, 290)
+    c = res.correlation("cifar10", "test")
+    assert c["n"] == 290
+    assert c["kendall_tau"] == pytest.approx(stats.kendall_tau(sc[10:], acc[10:]), abs=1e-12)
+    assert c["spearman_rho"] == pytest.approx(stats.spearman_rho(sc[10:], acc[10:]), abs=1e-12)
+    assert c["kendall_tau"] > 0.3
+    d = res.to_dict()
+    assert set(d["correlations"]) == {"cifar10", "cifar100", "ImageNet16-120"}
+    for ds in d["correlations"].values():
+        assert set(ds) == {"val", "test"}
+        for v in ds.values():
+            assert set(v) == {"kendall_tau", "spearman_rho", "n"}
+    assert d["excluded"] == {"nan": 7, "neg_inf": 3, "pos_inf": 0}
+    json.dumps(d)  # serialisable
+    # a selection taken from the file
+    sub = evaluate(scores_in=path, method="hook_logdet", accuracies=synthetic_table, n_archs=100, seed=3)
+    np.testing.assert_array_equal(sub.indices, idx[:100])
+    with pytest.raises(ValueError, match="no score for"):
+        evaluate(scores_in=path, method="hook_logdet", accuracies=synthetic_table, n_archs=301, seed=3)
+
+
+def test_evaluate_bad_input(synthetic_table):
+    with pytest.raises(ValueError, match="say which architectures"):
+        evaluate(accuracies=synthetic_table)
+    with pytest.raises(ValueError, match="only one"):
+        evaluate(n_archs=3, all_archs=True, accuracies=synthetic_table)
+    with pytest.raises(ValueError, match="method"):
+        evaluate(n_archs=3, method="synflow", accuracies=synthetic_table)
+    with pytest.raises(ValueError, match="accuracies is required"):
+        evaluate(n_archs=3)
+    with pytest.raises(FileNotFoundError):
+        evaluate(n_archs=3, accuracies="/nonexistent/acc.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# the search table on a synthetic table whose answer is known
+
+
+def test_pick_matches_search_nanargmax():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(400, 6))
+    s[rng.random(s.shape) < 0.3] = np.nan
+    s[rng.random(s.shape) < 0.3] = -np.inf
+    s[0] = np.nan
+    pick, all_nan = _pick(s)
+    for row, p, a in zip(s, pick, all_nan):
+        want = nanargmax(row)
+        assert (want is None) == a
+        assert p == (0 if want is None else want)
+
+
+def test_search_table_with_oracle_scores_equals_optimal(synthetic_table):
+    test_acc = synthetic_table.column("cifar10", "test")
+    scores = {i: float(a) for i, a in enumerate(test_acc)}
+    t = search_table(scores, synthetic_table, Ns=(10, 100), runs=200, seed=1)
+    assert t.mode == "table" and t.pool == "the whole space"
+    for n in (10, 100):
+        got, best = t.row(f"NASWOT (N={n})"), t.row(f"Optimal (N={n})")
+        key = ("cifar10", "test")
+        assert got["mean"][key] == pytest.approx(best["mean"][key], abs=1e-9)
+        assert got["std"][key] == pytest.approx(best["std"][key], abs=1e-9)
+        # other columns: the chosen arch is not necessarily the best there
+        assert got["mean"][("cifar100", "val")] <= best["mean"][("cifar100", "val")] + 1e-9
+    rnd = t.row("Random")
+    for key in ACCURACY_KEYS:
+        col = synthetic_table.column(*key)
+        assert rnd["mean"][key] == pytest.approx(col.mean())
+        assert rnd["std"][key] == pytest.approx(col.std())
+    # more samples, better pick
+    assert t.row("NASWOT (N=100)")["mean"][("cifar10", "test")] > t.row("NASWOT (N=10)")["mean"][("cifar10", "test")]
+
+
+def test_search_table_adversarial_scores_and_pool(synthetic_table):
+    idx = sample_indices(500, seed=2)
+    acc = synthetic_table.column("cifar10", "val")[idx]
+    worst = search_table((idx, -acc), synthetic_table, Ns=(25,), runs=100, seed=0)
+    assert "sample of 500" in worst.pool and "not the whole space" in worst.pool
+    row = worst.row("NASWOT (N=25)")
+    assert row["mean"][("cifar10", "val")] < worst.row("Random")["mean"][("cifar10", "val")] - 10
+    # every chosen arch is the worst of its draw: mean equals the mean of the draw minima
+    draws = np.random.default_rng(0).integers(0, idx.size, size=(100, 25))
+    assert row["mean"][("cifar10", "val")] == pytest.approx(acc[draws].min(axis=1).mean())
+    # NaN scores are never chosen when something else is there
+    sc = acc.copy()
+    sc[acc > np.median(acc)] = np.nan  # hide the better half: only the worse half can be picked
+    t = search_table((idx, sc), synthetic_table, Ns=(10,), runs=100, seed=0)
+    assert t.row("NASWOT (N=10)")["mean"][("cifar10", "val")] <= np.median(acc)
+
+
+def test_search_table_outputs(synthetic_table, tmp_path):
+    idx = sample_indices(200, seed=4)
+    sc = synthetic_table.column("cifar10", "test")[idx]
+    secs = np.full(idx.size, 0.5)
+    t = search_table((idx, sc), synthetic_table, Ns=(10, 25), runs=50, seed=0, seconds=secs)
+    assert t.row("NASWOT (N=10)")["search_seconds"] == pytest.approx(5.0)
+    assert t.row("NASWOT (N=25)")["search_seconds"] == pytest.approx(12.5)
+    text = t.format_text()
+    for word in ("Method", "Search (s)", "CIFAR-10 (val)", "ImageNet16-120 (test)", "Random", "Optimal (N=25)",
+                 "mode 'table'", "+-"):
+        assert word in text
+    md, cs = t.write(tmp_path / "table")
+    assert pathlib.Path(md).read_text().count("\n| ") == len(t.rows) + 1
+    rows = list(csv.DictReader(io.StringIO(pathlib.Path(cs).read_text())))
+    assert [r["method"] for r in rows] == ["NASWOT (N=10)", "NASWOT (N=25)", "Random", "Optimal (N=10)",
+                                          "Optimal (N=25)"]
+    assert float(rows[0]["cifar10_test_mean"]) == pytest.approx(t.rows[0]["mean"][("cifar10", "test")], rel=1e-5)
+    json.dumps(t.to_dict())
+    with pytest.raises(ValueError, match="mode"):
+        search_table((idx, sc), synthetic_table, mode="fast")
+    with pytest.raises(TypeError, match="rescore"):
+        search_table((idx, sc), synthetic_table, mode="rescore")
+    with pytest.raises(ValueError, match="N must"):
+        search_table((idx, sc), synthetic_table, Ns=(0,))
+
+
+def test_search_table_rescore_mode(synthetic_table):
+    from nwot_fast.scoring import ScoreConfig
+
+    cfg = ScoreConfig(method="hook_logdet", batch_size=4, engine="reference")
+    t = search_table(cfg, synthetic_table, Ns=(3,), runs=2, mode="rescore", seed=0)
+    assert t.mode == "rescore" and "afresh" in t.pool
+    row = t.row("NASWOT (N=3)")
+    assert row["search_seconds"] > 0
+    assert t.row("Optimal (N=3)")["mean"][("cifar10", "test")] >= row["mean"][("cifar10", "test")] - 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_scores_in_json(tmp_path, capsys):
+    acc = _shared("nb201_accuracies.csv")
+    idx = sample_indices(50, seed=0)
+    from nwot_fast.benchmark import load_accuracies
+
+    table = load_accuracies(acc)
+    sc = table.column("cifar10", "val")[idx] + np.random.default_rng(0).normal(0, 5, idx.size)
+    path = write_scores(tmp_path / "s.csv", idx, sc, method="jacob_cov")
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(["--scores-in", str(path), "--accuracies", str(acc), "--json",
+                              "--search-table", "10", "--runs", "20", "--table-out", str(tmp_path / "t")])
+    assert run_cli(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_archs"] == 50
+    assert out["correlations"]["cifar10"]["val"]["kendall_tau"] > 0.2
+    assert "spearman_rho" in out["correlations"]["ImageNet16-120"]["test"]
+    assert out["search_table"]["mode"] == "table"
+    assert (tmp_path / "t.md").exists() and (tmp_path / "t.csv").exists()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--accuracies", str(acc), "--n-archs", "5", "--all"])
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on the real data: the method works, it does not just run
+
+
+def test_real_data_small_evaluation_is_positively_correlated(tmp_path):
+    data = _shared("cifar10_sample.npz")
+    acc = _shared("nb201_accuracies.csv")
+    res = evaluate(n_archs=N_REAL, method="hook_logdet", data=data, accuracies=acc, batch_size=BATCH_REAL,
+                   augment=False, fixed_batch=True, seed=0, engine="fast", scores_out=tmp_path / "s.csv")
+    assert res.n_archs == N_REAL
+    # the sample holds a few degenerate cells (-inf), reported and excluded
+    assert res.n_neg_inf + res.n_nan + res.n_finite == N_REAL
+    c10 = res.correlation("cifar10", "val")
+    assert c10["n"] == res.n_finite
+    assert c10["kendall_tau"] > TAU_MIN, res.format_table()
+    assert res.correlation("cifar10", "test")["spearman_rho"] > TAU_MIN
+    again = read_scores(tmp_path / "s.csv", method="hook_logdet")
+    np.testing.assert_array_equal(again.scores, res.scores)
+
+
+# Sized for the CI budget (< 3 minutes on 2 cores): measured 95 s with the fast engine on 2 cores
+# shared with 4 other jobs (load ~8), one thread. The margin is set from measurement: these 60
+# architectures (the first 60 of the seeded sample of docs/RESULTS.md) give Kendall tau 0.42
+# against CIFAR-10 val at batch 32 (0.53 for the first 100); the assertion asks for > 0.3.
+N_REAL = 60
+BATCH_REAL = 32
+TAU_MIN = 0.3
