@@ -296,3 +296,85 @@ def test_real_data_small_evaluation_is_positively_correlated(tmp_path):
 N_REAL = 60
 BATCH_REAL = 32
 TAU_MIN = 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# figures and the report
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_figure_files(paths):
+    png, svg = paths
+    assert png.endswith(".png") and svg.endswith(".svg")
+    assert _is_png(png) and pathlib.Path(png).stat().st_size > 5000
+    text = pathlib.Path(svg).read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text and text.count("<path") > 10
+
+
+def test_figure3_and_figure6(synthetic_table, tmp_path):
+    pytest.importorskip("matplotlib")
+    from nwot_fast import figures
+
+    idx = sample_indices(300, seed=5)
+    sc = synthetic_table.column("cifar10", "test")[idx] + np.random.default_rng(1).normal(0, 5, idx.size)
+    sc[:4] = np.nan
+    out = figures.figure3_score_vs_accuracy(idx, sc, synthetic_table, tmp_path / "fig3", method="jacob_cov")
+    _check_figure_files(out["paths"])
+    assert out["kendall_tau"]["cifar10"] > 0.3
+    pts = [{"label": "ours (N=10)", "seconds": 3.0, "accuracy": 91.0, "std": 1.5}]
+    out6 = figures.figure6_time_vs_accuracy(pts, tmp_path / "fig6")
+    _check_figure_files(out6["paths"])
+    assert [p["label"] for p in out6["published"]] == [p["label"] for p in figures.PUBLISHED_SEARCH_POINTS]
+    with pytest.raises(ValueError, match="> 0"):
+        figures.figure6_time_vs_accuracy([{"label": "x", "seconds": 0.0, "accuracy": 90.0}], tmp_path / "bad")
+    with pytest.raises(FileNotFoundError):
+        figures.figure6_time_vs_accuracy(pts, tmp_path / "no_such_dir" / "fig6")
+
+
+def test_figure1_jacobian_histograms(synthetic_table, tmp_path):
+    pytest.importorskip("matplotlib")
+    import torch
+
+    from nwot_fast import figures
+
+    by_bin = figures.archs_by_accuracy_bin(synthetic_table, per_bin=1, seed=0)
+    assert len(by_bin) == 5 and all(len(b) == 1 for b in by_bin)
+    acc = synthetic_table.column("cifar10", "val")
+    assert acc[by_bin[0][0]] < 60 and acc[by_bin[4][0]] >= 90
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    entries = figures.jacobian_correlation_entries(by_bin[2][0], x)
+    assert entries.shape == (8 * 7 // 2,) and np.all(np.abs(entries) <= 1 + 1e-12)
+    out = figures.figure1_jacobian_histograms(x, synthetic_table, tmp_path / "fig1", indices_by_bin=by_bin)
+    _check_figure_files(out["paths"])
+    assert [len(b["archs"]) for b in out["bins"]] == [1, 1, 1, 1, 1]
+
+
+def test_report_assembles_tables_and_figures(synthetic_table, tmp_path):
+    pytest.importorskip("matplotlib")
+    from nwot_fast.report import build_report, configure_parser as report_parser
+
+    idx = sample_indices(120, seed=0)
+    sc = synthetic_table.column("cifar10", "test")[idx] + np.random.default_rng(2).normal(0, 5, idx.size)
+    path = write_scores(tmp_path / "hl.csv", idx, sc, seconds=np.full(idx.size, 0.2), method="hook_logdet")
+    summary = build_report(scores={"hook_logdet": str(path)}, accuracies=synthetic_table, out=tmp_path / "r.md",
+                           Ns=(10,), runs=30)
+    text = (tmp_path / "r.md").read_text()
+    for word in ("## hook_logdet", "Kendall tau", "NASWOT hook_logdet (N=10)", "Optimal (N=10)", "tau 0.574",
+                 "91.53 +- 1.62", "figures/fig3_hook_logdet_score_vs_accuracy.png", "fig6_time_vs_accuracy.png",
+                 "could not be verified"):
+        assert word in text, word
+    for paths in summary["figures"].values():
+        for p in paths:
+            assert pathlib.Path(p).stat().st_size > 0
+    assert (tmp_path / "figures" / "search_table_hook_logdet.csv").exists()
+    json.dumps(summary, default=str)
+    parser = argparse.ArgumentParser()
+    report_parser(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--scores", "synflow=x.csv", "--accuracies", "a.csv"])
+    with pytest.raises(ValueError, match="method"):
+        build_report(scores={"synflow": str(path)}, accuracies=synthetic_table, out=tmp_path / "r2.md")
