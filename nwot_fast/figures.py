@@ -185,7 +185,7 @@ def figure3_score_vs_accuracy(indices, scores, table, out_prefix, *, method: str
         keep = keep_s & np.isfinite(acc)
         tau = kendall_tau(scores[keep], acc[keep]) if keep.sum() >= 2 else float("nan")
         taus[ds] = tau
-        ax.scatter(acc[keep], scores[keep], s=4, alpha=0.5, linewidths=0)
+        ax.scatter(acc[keep], scores[keep], s=4, alpha=0.5, linewidths=0, rasterized=True)
         ax.set_xlabel(f"{DATASET_LABELS.get(ds, ds)} {split} accuracy (%)", fontsize=9)
         ax.set_title(f"{DATASET_LABELS.get(ds, ds)}: tau = {tau:.3f} (n = {int(keep.sum())})", fontsize=9)
         ax.tick_params(labelsize=7)
