@@ -26,7 +26,7 @@ from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
 from nwot_fast.scoring import ScoreConfig, resolve_device
 
-ENGINE = "reference"
+ENGINE = "fast"
 BATCH = 4
 GOOD = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -60,7 +60,12 @@ def files(tmp_path_factory):
     (d / "not_a_db.sqlite").write_text("these are my notes, not a database\n")
     # A database that already holds two results for the scan configuration used below.
     template = d / "template.sqlite"
-    scan([0, 1], batch_size=BATCH, engine=ENGINE, data=str(npz), db=str(template))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the one_thread fixture
+    try:
+        scan([0, 1], batch_size=BATCH, engine=ENGINE, data=str(npz), db=str(template))
+    finally:
+        torch.set_num_threads(threads)
     return {
         "dir": str(d),
         "npz": str(npz),

@@ -21,7 +21,7 @@ from nwot_fast.cli import main
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, index_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENGINE = "reference"
+ENGINE = "fast"
 BATCH = "4"
 CONSTANT_OUTPUT = 10  # '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|'
 

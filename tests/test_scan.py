@@ -28,7 +28,7 @@ from nwot_fast.scan import ScanResult, ScoreDB, load_scores, parse_indices, repr
 from nwot_fast.scoring import ArchScorer, ScoreConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENGINE = "reference"
+ENGINE = "fast"
 BATCH = 4
 
 
@@ -168,27 +168,43 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, tin
 # reproducibility
 
 
+_OTHER_PROCESS = """
+import json, sys
+from nwot_fast.scoring import ArchScorer, ScoreConfig
+from nwot_fast.scan import scan
+data, engine, batch, indices = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+out = {}
+for method in ("jacob_cov", "hook_logdet"):
+    config = ScoreConfig(method=method, batch_size=batch, engine=engine, data=data, seed=5)
+    scorer = ArchScorer(config)
+    out[method] = {"hash": config.config_hash(),
+                   "scores": [repr(scorer.score_index(i).score) for i in indices],
+                   "scan": [repr(float(s)) for s in scan(indices[::-1], config=config).scores]}
+print(json.dumps(out))
+"""
+
+
 def test_scores_bitwise_reproducible_across_processes(tiny_npz):
     indices = [3, 17, 101]
+    # The other process scores the indices one by one and then as a scan in reverse order.
+    proc = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS, tiny_npz, ENGINE, str(BATCH), json.dumps(indices)],
+        cwd=REPO_ROOT, env=_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    other = json.loads(proc.stdout)
     for method in ("jacob_cov", "hook_logdet"):
-        cmd = [
-            sys.executable, "-m", "nwot_fast", "score", *map(str, indices), "--method", method,
-            "--batch-size", str(BATCH), "--engine", ENGINE, "--data", tiny_npz, "--seed", "5", "--json",
-        ]
-        out = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
-        other = json.loads(out.stdout)
-        theirs = [r["score"] for r in other["results"]]
         config = ScoreConfig(method=method, batch_size=BATCH, engine=ENGINE, data=tiny_npz, seed=5)
-        assert other["config_hash"] == config.config_hash()
+        assert other[method]["hash"] == config.config_hash()
         scorer = ArchScorer(config)
         ours = [scorer.score_index(i).score for i in indices]
-        # JSON floats round-trip repr exactly, so equality here is bitwise equality.
-        assert theirs == ours, method
         assert all(math.isfinite(s) for s in ours)
-        # scan gives each index the same score as scoring it alone, in any order.
-        scanned = scan(list(reversed(indices)), config=config)
-        assert list(scanned.scores) == list(reversed(ours))
+        # repr round-trips a float exactly: equal strings are bitwise-equal scores.
+        assert other[method]["scores"] == [repr(s) for s in ours], method
+        assert other[method]["scan"] == [repr(s) for s in reversed(ours)], method
+        # In this process too, a scan gives each index the score it gets alone, in any order.
+        assert list(scan(indices[::-1], config=config).scores) == ours[::-1]
 
 
 def test_config_is_stored_with_every_row(tmp_path, tiny_npz):
