@@ -55,6 +55,7 @@ class Progress:
         self._start = time.monotonic()
         self._last_draw = -float("inf")
         self._drawn = False
+        self._drawn_state = None
         self._closed = False
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -105,7 +106,10 @@ class Progress:
         now = time.monotonic()
         if not force and now - self._last_draw < self.min_interval and self.done < self.total:
             return
+        if (self.done, self.total) == self._drawn_state and self.done >= self.total:
+            return  # the final state is already on screen
         self._last_draw = now
+        self._drawn_state = (self.done, self.total)
         self.stream.write("\r" + self.render() + "\x1b[K")
         self.stream.flush()
         self._drawn = True
