@@ -20,6 +20,7 @@ def _pairs(rng, n, ties):
     return x, y
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore:An input array is constant")
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 16, 33, 100, 1000, 4099])
 @pytest.mark.parametrize("ties", ["none", "x", "both", "heavy"])
 def test_against_scipy(n, ties):
