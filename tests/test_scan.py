@@ -1,7 +1,7 @@
 """Durable, resumable scans: SIGKILL and resume, bitwise reproducibility, dedup, NaN / -inf storage.
 
-Networks are kept tiny: 16x16 images (an ImageNet16-120-shaped .npz written by the test) and
-batch 4, so each architecture costs a fraction of a second on the reference path.
+Networks are kept tiny: batch 8 on Gaussian inputs for the kill-and-resume test (the scan users
+run), otherwise 16x16 images (an ImageNet16-120-shaped .npz written by the test) and batch 4.
 """
 
 from __future__ import annotations
@@ -110,12 +110,13 @@ def test_parse_indices(spec, expected):
 # durability: SIGKILL mid-scan, then resume
 
 
-def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_npz):
+def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
+    # The scan users run: Gaussian inputs (the default), small batch, 40 architectures.
     db = str(tmp_path / "killed.sqlite")
-    n = 24
+    n = 40
     cmd = [
         sys.executable, "-m", "nwot_fast", "scan", "--indices", f"0:{n}", "--db", db,
-        "--batch-size", str(BATCH), "--engine", ENGINE, "--data", tiny_npz, "--quiet",
+        "--batch-size", "8", "--engine", ENGINE, "--quiet",
     ]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -152,13 +153,13 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path, tin
 
     # ... and the scores are bitwise those of an uninterrupted scan (here in this process).
     clean_db = str(tmp_path / "clean.sqlite")
-    clean = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=clean_db)
+    clean = scan(range(n), batch_size=8, engine=ENGINE, db=clean_db)
     assert clean.computed == n
     assert [after[i][1] for i in range(n)] == [repr(float(s)) for s in clean.scores]
     assert [_rows(clean_db)[i][1] for i in range(n)] == [after[i][1] for i in range(n)]
 
     # A third run of the same command scores nothing and writes nothing.
-    again = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    again = scan(range(n), batch_size=8, engine=ENGINE, db=db)
     assert (again.computed, again.resumed, again.scored, again.reused) == (0, n, n, 0)
     assert _rows(db) == after
     np.testing.assert_array_equal(again.scores, clean.scores)
