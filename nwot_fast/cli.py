@@ -8,9 +8,11 @@ and progress bars go to stderr. Exit codes are documented in :data:`EXIT_CODES_H
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 from typing import List, Optional, Sequence
 
@@ -27,6 +29,7 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_RESOURCE = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -37,6 +40,7 @@ exit codes:
   3    resource problem: CUDA requested but not available, out of memory, scan database
        locked by another process or read-only
   130  interrupted (Ctrl-C); results already written to a scan database are kept
+  143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
 
 ARCH_EXAMPLE = "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'"
@@ -117,6 +121,28 @@ _BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotAD
 
 class ResourceError(RuntimeError):
     """A resource the command needs is not there (CUDA, memory)."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived during a scan (schedulers send it before killing a preempted job)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_scan():
+    """Turn SIGTERM into :class:`Terminated` so that the scan stops between two database
+    transactions and says what is saved (a transaction in flight is rolled back)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM on this platform
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -311,21 +337,24 @@ def cmd_scan(args) -> int:
     _check_device(args)
     bar = _progress(args, 0, "scoring")
     try:
-        result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar, db_timeout=args.db_timeout)
-    except KeyboardInterrupt:
+        with _sigterm_stops_scan():
+            result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
+                          db_timeout=args.db_timeout)
+    except (KeyboardInterrupt, Terminated) as e:
         bar.close()
         saved = "?"
         try:
             with ScoreDB(args.db, readonly=True, timeout=1.0) as store:
                 saved = str(store.count(config.config_hash()))
-        except Exception:  # the count is a courtesy; the interrupt is what we report
+        except Exception:  # the count is a courtesy; the interruption is what we report
             pass
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(
-            f"{PROG}: interrupted; {saved} results for this configuration are saved in {args.db}; "
+            f"{PROG}: {what}; {saved} results for this configuration are saved in {args.db}; "
             "run the same command again to resume",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     finally:
         bar.close()
     if args.out is not None:

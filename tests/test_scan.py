@@ -110,7 +110,25 @@ def test_parse_indices(spec, expected):
 # durability: SIGKILL mid-scan, then resume
 
 
-def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
+def _run_until(cmd, db, rows: int, sig) -> subprocess.CompletedProcess:
+    """Start ``cmd``, wait until the database holds ``rows`` rows, send ``sig``, wait for the end."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(db) < rows:
+            assert proc.poll() is None, f"scan exited early: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"scan did not reach {rows} rows in 120 s"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
     # The scan users run: Gaussian inputs (the default), small batch, 40 architectures.
     db = str(tmp_path / "killed.sqlite")
     n = 40
@@ -118,22 +136,21 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
         sys.executable, "-m", "nwot_fast", "scan", "--indices", f"0:{n}", "--db", db,
         "--batch-size", "8", "--engine", ENGINE, "--quiet",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _count(db) < 3:
-            assert proc.poll() is None, f"scan exited early: {proc.communicate()}"
-            assert time.monotonic() < deadline, "scan wrote no rows in 120 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # SIGTERM (a scheduler preempting the job): a clean stop with exit code 143 and a message.
+    stopped = _run_until(cmd, db, 2, signal.SIGTERM)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "terminated (SIGTERM)" in stopped.stderr and "saved in" in stopped.stderr
+    first = _rows(db)
+    assert 2 <= len(first) < n
+    assert f"{len(first)} results" in stopped.stderr
+
+    # SIGKILL (no chance to clean up) during the resumed run.
+    killed = _run_until(cmd, db, len(first) + 3, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     before = _rows(db)
-    assert 3 <= len(before) < n, f"the kill should land mid-scan, found {len(before)} rows"
+    assert len(first) + 3 <= len(before) < n, f"the kill should land mid-scan, found {len(before)} rows"
+    for index, row in first.items():
+        assert before[index] == row
 
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
