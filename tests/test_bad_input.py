@@ -57,6 +57,12 @@ def files(tmp_path_factory):
     np.savez(d / "float_images.npz", x=rng.random((8, 16, 16, 3)), y=np.ones(8, dtype=np.int64))
     torch.save({"meta_archs": ["|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"] * 10, "arch2infos": {},
                 "evaluated_indexes": []}, d / "other_version.pth")
+    header = ("index,arch,cifar10_valid_acc,cifar10valid_test_acc,cifar10_test_acc,cifar100_valid_acc,"
+              "cifar100_test_acc,imagenet16_valid_acc,imagenet16_test_acc,params_mb")
+    rows = [f"{i},{arch_at(i)},80,80,85,60,60,30,30,1.0" for i in range(3)]
+    (d / "truncated.csv").write_text("\n".join([header] + rows) + "\n")
+    pth = (d / "other_version.pth").read_bytes()
+    (d / "truncated.pth").write_bytes(pth[: len(pth) // 2])
     (d / "not_a_db.sqlite").write_text("these are my notes, not a database\n")
     # A database that already holds two results for the scan configuration used below.
     template = d / "template.sqlite"
@@ -74,6 +80,8 @@ def files(tmp_path_factory):
         "corrupt": str(d / "corrupt.npz"),
         "float_images": str(d / "float_images.npz"),
         "bad_csv": str(d / "bad.csv"),
+        "truncated_csv": str(d / "truncated.csv"),
+        "truncated_pth": str(d / "truncated.pth"),
         "other_version": str(d / "other_version.pth"),
         "missing_csv": str(d / "no_such_accuracies.csv"),
         "not_a_db": str(d / "not_a_db.sqlite"),
@@ -206,6 +214,12 @@ CASES = [
     Case("benchmark file without accuracies", ["bad.csv", "accuracy column"],
          call=lambda f: nwot_fast.benchmark.load_accuracies(f["bad_csv"]),
          argv=lambda f: ["search", "-n", "2", "--accuracies", f["bad_csv"], "--engine", ENGINE]),
+    Case("truncated benchmark CSV", ["truncated.csv", "3 data rows", "15625"],
+         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_csv"]),
+         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_csv"], "--engine", ENGINE]),
+    Case("truncated benchmark .pth", ["truncated.pth", "corrupt"],
+         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_pth"]),
+         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_pth"], "--engine", ENGINE]),
     Case("benchmark file of another version", ["other_version.pth", "15625", "another benchmark"],
          call=lambda f: nwot_fast.benchmark.load_accuracies(f["other_version"]),
          argv=lambda f: ["search", "-n", "2", "--accuracies", f["other_version"], "--engine", ENGINE]),
