@@ -24,7 +24,7 @@ import pytest
 
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, is_constant_output, relu_sees_only_zeros, representative_index
 from nwot_fast.progress import Progress, format_duration
-from nwot_fast.scan import ScanResult, ScoreDB, load_scores, parse_indices, representatives, scan
+from nwot_fast.scan import ScanResult, load_scores, parse_indices, representatives, scan
 from nwot_fast.scoring import ArchScorer, ScoreConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
