@@ -51,6 +51,7 @@ examples:
       --accuracies ../shared/data/nb201_accuracies.csv
   {PROG} score 0 42 {ARCH_EXAMPLE}
   {PROG} scan --indices 0:15625 --db scores.sqlite --dedup --out scores.csv
+  {PROG} db scores.sqlite
   {PROG} arch 1462
   {PROG} info --json
 
@@ -95,6 +96,16 @@ already holds for this configuration and never writes a row twice. --dedup score
 architecture per isomorphism class (6,466 for the whole space) and gives the other members
 its score, flagged in the 'representative' column / field. In CSV, non-finite scores are
 written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf".
+
+{EXIT_CODES_HELP}""",
+    "db": f"""\
+examples:
+  {PROG} db scores.sqlite
+  {PROG} db scores.sqlite --json
+
+Lists every configuration stored (method, data, batch size, seed, config hash) with how many
+architectures are done, how many were filled from an isomorphic representative, and the
+NaN / -inf counts. Opens the database read-only: safe while a scan is writing to it.
 
 {EXIT_CODES_HELP}""",
     "info": f"""\
@@ -371,6 +382,35 @@ def cmd_scan(args) -> int:
     return EXIT_OK
 
 
+def cmd_db(args) -> int:
+    from .nb201 import NUM_ARCHS
+    from .scan import ScoreDB
+
+    with ScoreDB(args.db, readonly=True, timeout=args.db_timeout) as store:
+        configs = store.configurations()
+    if args.json:
+        _print_json({"db": args.db, "configurations": configs})
+        return EXIT_OK
+    if not configs:
+        print(f"{args.db}: no scores yet")
+        return EXIT_OK
+    print(f"{args.db}: {len(configs)} configuration(s)")
+    for c in configs:
+        cfg = c["config"]
+        data = cfg.get("data") or "Gaussian inputs"
+        print(
+            f"\n{c['config_hash']}  {cfg.get('method')}  batch {cfg.get('batch_size')}  seed {cfg.get('seed')}  "
+            f"data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
+        )
+        print(
+            f"  {c['rows']}/{NUM_ARCHS} architectures ({c['reused']} reused from a representative), "
+            f"{c['nan']} NaN, {c['neg_inf']} -inf; {c['scoring_seconds']:.0f} s of scoring"
+        )
+        print(f"  written {c['first']} .. {c['last']} by nwot_fast {', '.join(c['versions'])} "
+              f"(engine {', '.join(c['engines'])})")
+    return EXIT_OK
+
+
 def cmd_search(args) -> int:
     from .search import search
 
@@ -600,6 +640,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         else:
             # Listed in the top-level help; the module is imported only when the command is used.
             sub.add_parser(name, help=help_text, add_help=False)
+
+    p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
+    p.add_argument("db", metavar="PATH", help="SQLite database written by 'nwot-fast scan'")
+    p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a database locked by another process (default: 30)")
+    _add_output_options(p)
 
     p = add("info", "show versions, the compiled backend and CUDA availability", cmd_info)
     _add_output_options(p)

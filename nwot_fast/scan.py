@@ -369,6 +369,34 @@ class ScoreDB:
                 self.conn.execute("SELECT COUNT(*) FROM scores WHERE config_hash = ?", (config_hash,)).fetchone()[0]
             )
 
+    def configurations(self) -> List[dict]:
+        """One summary per configuration stored: its identity, row counts and time span."""
+        with self._errors("summarising"):
+            rows = self.conn.execute(
+                "SELECT config_hash, MIN(config), COUNT(*), SUM(representative != arch_index), "
+                "SUM(score_text = 'nan'), SUM(score_text = '-inf'), SUM(seconds), MIN(created_at), "
+                "MAX(created_at), GROUP_CONCAT(DISTINCT version), GROUP_CONCAT(DISTINCT engine) "
+                "FROM scores GROUP BY config_hash ORDER BY MIN(id)"
+            ).fetchall()
+        out = []
+        for h, cfg, n, reused, nan, neg_inf, secs, first, last, versions, engines in rows:
+            out.append(
+                {
+                    "config_hash": h,
+                    "config": json.loads(cfg),
+                    "rows": int(n),
+                    "reused": int(reused or 0),
+                    "nan": int(nan or 0),
+                    "neg_inf": int(neg_inf or 0),
+                    "scoring_seconds": float(secs or 0.0),
+                    "first": first,
+                    "last": last,
+                    "versions": sorted((versions or "").split(",")),
+                    "engines": sorted((engines or "").split(",")),
+                }
+            )
+        return out
+
     def close(self) -> None:
         conn = getattr(self, "conn", None)
         if conn is not None:

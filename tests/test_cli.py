@@ -62,14 +62,14 @@ def small(tiny_npz):
 def test_top_level_help_lists_commands_examples_and_exit_codes(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("search", "score", "scan", "evaluate", "report", "info", "arch"):
+    for command in ("search", "score", "scan", "evaluate", "report", "db", "info", "arch"):
         assert command in out
     assert "examples:" in out and "exit codes:" in out
     for code_line in ("0 ", "2 ", "3 ", "130"):
         assert code_line in out.split("exit codes:")[1]
 
 
-@pytest.mark.parametrize("command", ["search", "score", "scan", "info", "arch"])
+@pytest.mark.parametrize("command", ["search", "score", "scan", "db", "info", "arch"])
 def test_subcommand_help_has_examples_and_exit_codes(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0
@@ -192,6 +192,21 @@ def test_scan_outputs_csv_jsonl_and_json(capsys, tmp_path, tiny_npz):
     assert [str(r["score"]) for r in lines] == [
         ("nan" if r["score"] == "nan" else str(float(r["score"]))) for r in rows
     ]
+
+
+def test_db_summarises_a_scan_database(capsys, tmp_path, tiny_npz):
+    db = str(tmp_path / "summary.sqlite")
+    assert run(capsys, "scan", "--indices", "9:12", "--db", db, *small(tiny_npz), "--quiet")[0] == 0
+    assert run(capsys, "scan", "--indices", "9:11", "--db", db, *small(tiny_npz), "--method", "hook_logdet")[0] == 0
+    code, out, _ = run(capsys, "db", db, "--json")
+    assert code == 0
+    configs = json.loads(out)["configurations"]
+    assert [(c["config"]["method"], c["rows"], c["nan"]) for c in configs] == [("jacob_cov", 3, 1), ("hook_logdet", 2, 0)]
+    assert configs[0]["config"]["batch_size"] == int(BATCH) and configs[0]["engines"] == [ENGINE]
+    code, out, _ = run(capsys, "db", db)
+    assert code == 0 and "2 configuration(s)" in out and "3/15625 architectures" in out
+    code, _, err = run(capsys, "db", str(tmp_path / "missing.sqlite"))
+    assert code == 2 and "does not exist" in err
 
 
 def test_scan_dedup_flag(capsys, tmp_path, tiny_npz):
