@@ -186,14 +186,6 @@ def _print_json(obj) -> None:
     sys.stdout.flush()
 
 
-def _info(args, message: str) -> None:
-    """A human message: stdout in table mode, stderr in JSON mode (stdout holds only JSON)."""
-    if getattr(args, "quiet", False):
-        return
-    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
-    print(message, file=stream)
-
-
 def _fmt_score(s: float) -> str:
     return repr(s) if not math.isfinite(s) else f"{s:.6f}"
 
@@ -271,12 +263,6 @@ def _check_device(args) -> None:
         resolve_device(args.device)
     except RuntimeError as e:
         raise ResourceError(str(e)) from e
-
-
-def _describe_inputs(args) -> str:
-    if args.data is None:
-        return "Gaussian N(0, 1) random inputs (no --data given)"
-    return f"images from {args.data}"
 
 
 # ---------------------------------------------------------------------------------------------
