@@ -95,7 +95,10 @@ is computed. If the scan is killed, run the same command again: it skips what th
 already holds for this configuration and never writes a row twice. --dedup scores one
 architecture per isomorphism class (6,466 for the whole space) and gives the other members
 its score, flagged in the 'representative' column / field. In CSV, non-finite scores are
-written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf".
+written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf". Rows are keyed by the
+configuration (method, data, dataset, batch size, augmentation, fixed batch, seed, ReLU rule);
+the engine and device are recorded per row but are not part of that key. SIGTERM stops the
+scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds.
 
 {EXIT_CODES_HELP}""",
     "db": f"""\
