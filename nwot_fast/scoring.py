@@ -46,6 +46,13 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _device_type(device) -> str:
+    name = str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else name
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """Everything a score depends on. ``None`` fields take the per-method defaults
@@ -75,6 +82,11 @@ class ScoreConfig:
             raise ValueError(f"batch size must be an int >= 2 (the scores compare samples), got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if self.dataset is not None:
+            from .data import check_dataset
+
+            # Canonical spelling, so that "CIFAR10" and "cifar10" are one configuration.
+            object.__setattr__(self, "dataset", check_dataset(self.dataset))
 
     def resolved(self) -> "ScoreConfig":
         """This configuration with the per-method defaults filled in."""
@@ -89,7 +101,9 @@ class ScoreConfig:
         )
 
     def identity(self) -> dict:
-        """The fields that decide the scores (the device and engine do not, by design)."""
+        """The fields that decide the scores, bit for bit. The engine and the device type are
+        part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
+        1e-9 relative, not bitwise, so their results are kept apart."""
         c = self.resolved()
         return {
             "method": c.method,
@@ -100,6 +114,8 @@ class ScoreConfig:
             "fixed_batch": c.fixed_batch,
             "seed": c.seed,
             "relu_match": c.relu_match,
+            "engine": c.engine,
+            "device_type": _device_type(c.device),
         }
 
     def config_hash(self) -> str:
