@@ -24,6 +24,14 @@ start=$(date +%s)
 say() { echo "[check_cuda_build $(($(date +%s) - start))s] $*"; }
 
 command -v nvcc >/dev/null || { echo "nvcc not found on PATH: cannot check the CUDA build" >&2; exit 2; }
+# torch derives CUDA_HOME from the nvcc on PATH; a wrapper script in /usr/local/bin would make
+# it /usr/local (no libcudart there), so prefer the toolkit directory.
+if [ -z "${CUDA_HOME:-}" ]; then
+  for d in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"; do
+    if [ -x "$d/bin/nvcc" ] && ls "$d"/lib64/libcudart.so* >/dev/null 2>&1; then export CUDA_HOME="$d"; break; fi
+  done
+fi
+say "CUDA_HOME=${CUDA_HOME:-<torch decides>}"
 say "nvcc: $(nvcc --version | tail -1)"
 
 venv_ok() {
@@ -60,13 +68,18 @@ say "torch $("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.vers
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nwot_cuda_check.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+# Object files are kept next to the venv so that a re-run only recompiles what changed
+# (ninja); the linked module goes to the temporary directory.
+BUILD_TEMP="${NWOT_CUDA_BUILD_TEMP:-$(dirname "$VENV")/cuda-build-temp}"
+mkdir -p "$BUILD_TEMP"
 cd "$REPO"
 say "building nwot_fast._C with FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST in $WORK"
-FORCE_CUDA=1 $NICE "$PY" setup.py -q build_ext --build-temp "$WORK/temp" --build-lib "$WORK/lib" >"$WORK/build.log" 2>&1 || {
-  tail -60 "$WORK/build.log"; echo "CUDA build FAILED" >&2; exit 1; }
+FORCE_CUDA=1 $NICE "$PY" setup.py -q build_ext --build-temp "$BUILD_TEMP" --build-lib "$WORK/lib" >"$WORK/build.log" 2>&1 || {
+  grep -n -i -E "error|undefined|cannot find|not found" "$WORK/build.log" | head -60
+  tail -5 "$WORK/build.log"; echo "CUDA build FAILED" >&2; exit 1; }
 SO="$(ls "$WORK"/lib/nwot_fast/_C*.so)"
 say "built $(basename "$SO") ($(du -h "$SO" | cut -f1))"
-ls "$WORK"/temp/csrc/cuda/*.o >/dev/null || { echo "no CUDA objects were compiled" >&2; exit 1; }
+ls "$BUILD_TEMP"/csrc/cuda/*.o >/dev/null || { echo "no CUDA objects were compiled" >&2; exit 1; }
 
 # Library resolution: the wheels' lib dirs (what torch preloads at run time) and torch/lib.
 NV_LIBS="$("$PY" - <<'PY'

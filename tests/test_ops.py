@@ -1,0 +1,328 @@
+"""The compiled operators (nwot_fast.ops over torch.ops.nwot_fast.*) against the pure path
+(nwot_fast.reference) on fresh random inputs, their fallback, opcheck and argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nwot_fast import _ext, ops, reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+RTOL = 1e-9
+
+
+def compiled(device: str) -> bool:
+    return _ext.available(device)
+
+
+def need_compiled(device: str):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if not compiled(device):
+        pytest.skip(f"nwot_fast._C has no {device} backend here: {_ext.backend_info()['reason']}")
+
+
+def rng(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_scores_equal(got: torch.Tensor, want, rtol: float = RTOL) -> None:
+    got = got.detach().cpu().numpy()
+    want = np.asarray(want, dtype=np.float64)
+    assert got.dtype == np.float64 and got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
+    assert np.array_equal(np.isneginf(got), np.isneginf(want)), (got, want)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input builders (shared with bench/)
+
+
+def random_jacobians(A: int, B: int, D: int, dtype, seed: int) -> torch.Tensor:
+    g = rng(seed)
+    # Correlated rows, as real Jacobians are: a shared component plus per-sample noise.
+    shared = torch.randn(A, 1, D, generator=g, dtype=torch.float64)
+    J = 0.7 * shared + torch.randn(A, B, D, generator=g, dtype=torch.float64)
+    return J.to(dtype)
+
+
+def random_layers(B: int, seed: int, sizes=((3, 5, 5), (40,), (2, 8, 8)), p: float = 0.5):
+    """Activations of a few hooked layers (float, ~p positive) with units not multiples of 64."""
+    g = rng(seed)
+    return [torch.rand((B,) + tuple(s), generator=g) - (1.0 - p) for s in sizes]
+
+
+def reference_kernel(layers, multiplicities) -> np.ndarray:
+    codes = []
+    for layer, m in zip(layers, multiplicities):
+        codes += [(layer.reshape(layer.shape[0], -1) > 0).numpy()] * m
+    return reference.hamming_kernel(codes)
+
+
+def random_architectures(A: int, B: int, seed: int):
+    """A architectures with different layer sizes and multiplicities, as one batch."""
+    items, kernels = [], []
+    for a in range(A):
+        # Enough units (> 2 B) for a full-rank K: a rank-deficient K has a logdet made of rounding.
+        sizes = [(1 + (a + k) % 3, 3 + a % 4, 5) for k in range(1 + a % 3)] + [(17 + 11 * a,), (2 * B + 13 * a,)]
+        mults = [1 + (a + k) % 2 for k in range(len(sizes))]
+        layers = random_layers(B, seed * 100 + a, sizes)
+        items.append(ops.pack_layers(layers, mults))
+        kernels.append(reference_kernel(layers, mults))
+    return ops.stack_codes(items), np.stack(kernels)
+
+
+# ---------------------------------------------------------------------------------------------
+# jacob_cov_score
+
+JACOB_GRID = [
+    (A, B, D, dtype)
+    for A in (1, 7)
+    for B in (2, 16, 128, 256)
+    for D in (1, 3072)
+    for dtype in (torch.float32, torch.float64)
+    if not (A == 7 and B == 256 and D == 3072 and dtype == torch.float64)  # keep the run short
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("A,B,D,dtype", JACOB_GRID)
+def test_jacob_cov_score_matches_reference(device, A, B, D, dtype):
+    need_compiled(device)
+    J = random_jacobians(A, B, D, dtype, seed=hash((A, B, D, str(dtype))) % 2**31)
+    want = [reference.jacob_cov_from_jacobian(J[a]) for a in range(A)]
+    got = ops.jacob_cov_score(J.to(device))
+    assert got.device.type == device
+    assert_scores_equal(got, want)
+    if D == 1:  # a single feature per row: every row has zero variance
+        assert np.isnan(got.cpu().numpy()).all()
+
+
+@pytest.mark.parametrize("B,D", [(2, 3072), (16, 1), (16, 3072), (128, 3072)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jacob_cov_score_fallback_matches_reference(B, D, dtype):
+    J = random_jacobians(3, B, D, dtype, seed=B + D)
+    J[1, B // 2] = 0.25  # a zero-variance row: NaN for architecture 1 only
+    want = [reference.jacob_cov_from_jacobian(J[a]) for a in range(3)]
+    assert_scores_equal(ops.jacob_cov_score_fallback(J), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# pack_codes
+
+
+def unpack(codes: torch.Tensor, units: int) -> torch.Tensor:
+    bits = (codes.cpu().unsqueeze(-1) >> torch.arange(64)) & 1
+    return bits.reshape(codes.shape[0], -1).bool(), units
+
+
+PACK_SHAPES = [(2, 1), (3, 63), (3, 64), (2, 65), (4, 3, 7, 9), (16, 16, 32, 32), (5, 200)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", PACK_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool])
+def test_pack_codes_bits(device, shape, dtype):
+    need_compiled(device)
+    x = torch.randn(shape, generator=rng(len(shape) + shape[-1]))
+    x = (x > 0.3) if dtype == torch.bool else x.to(dtype)
+    codes = ops.pack_codes(x.to(device))
+    units = x[0].numel()
+    assert codes.dtype == torch.int64 and tuple(codes.shape) == (shape[0], math.ceil(units / 64))
+    bits, _ = unpack(codes, units)
+    assert torch.equal(bits[:, :units], x.reshape(shape[0], -1) > 0)
+    assert not bits[:, units:].any(), "padding bits must be 0"
+    assert torch.equal(ops.pack_codes_fallback(x), codes.cpu())
+
+
+def test_pack_codes_tiny_positive_values_count_as_positive():
+    need_compiled("cpu")
+    x = torch.tensor([[1e-300, -1e-300, 0.0, -0.0, 5e-324]], dtype=torch.float64)
+    assert ops.pack_codes(x).item() == 0b10001
+    assert ops.pack_codes_fallback(x).item() == 0b10001
+
+
+def test_pack_codes_sign_bit_word():
+    need_compiled("cpu")
+    x = torch.ones(2, 64)
+    assert ops.pack_codes(x).tolist() == [[-1], [-1]]
+    assert ops.pack_codes_fallback(x).tolist() == [[-1], [-1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# hamming_kernel, logdet_score, hook_logdet_score
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("A", [1, 7])
+@pytest.mark.parametrize("B", [2, 16, 128, 256])
+def test_hamming_kernel_exact(device, A, B):
+    need_compiled(device)
+    (codes, mult, units), want = random_architectures(A, B, seed=A * 1000 + B)
+    K = ops.hamming_kernel(codes.to(device), mult.to(device), units.to(device))
+    assert K.dtype == torch.int64 and tuple(K.shape) == (A, B, B)
+    assert np.array_equal(K.cpu().numpy(), want.astype(np.int64))
+    assert torch.equal(ops.hamming_kernel_fallback(codes, mult, units), K.cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("A", [1, 7])
+@pytest.mark.parametrize("B", [2, 16, 128, 256])
+def test_hook_logdet_score_matches_reference(device, A, B):
+    need_compiled(device)
+    (codes, mult, units), kernels = random_architectures(A, B, seed=A * 7 + B)
+    want = [reference.logdet_score(k) for k in kernels]
+    assert_scores_equal(ops.hook_logdet_score(codes.to(device), mult.to(device), units.to(device)), want)
+    assert_scores_equal(ops.hook_logdet_score_fallback(codes, mult, units), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("A", [1, 7])
+@pytest.mark.parametrize("B", [2, 16, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_logdet_score_matches_reference(device, A, B, dtype):
+    need_compiled(device)
+    g = rng(A * 31 + B)
+    if dtype == torch.int64:
+        c = (torch.rand(A, B, 500, generator=g) > 0.5).to(torch.int64)
+        K = c @ c.transpose(1, 2) + (1 - c) @ (1 - c).transpose(1, 2)
+    else:  # a general (non-symmetric) matrix: LU with pivoting, sign ignored
+        K = torch.randn(A, B, B, generator=g, dtype=torch.float64) * 3.0
+    want = [reference.logdet_score(K[a].numpy()) for a in range(A)]
+    assert_scores_equal(ops.logdet_score(K.to(device)), want)
+    assert_scores_equal(ops.logdet_score_fallback(K), want)
+
+
+def test_pack_layers_counts_units_with_multiplicity():
+    layers = random_layers(4, seed=3, sizes=((3, 5, 5), (40,)))
+    codes, mult, units = ops.pack_layers(layers, [2, 1])
+    assert tuple(codes.shape) == (1, 4, 2 + 1)  # 75 units -> 2 words, 40 units -> 1 word
+    assert mult.tolist() == [[2, 2, 1]]
+    assert units.tolist() == [2 * 75 + 40]
+    K = ops.hamming_kernel(codes, mult, units)[0].numpy()
+    assert np.array_equal(K, reference_kernel(layers, [2, 1]))
+    assert np.all(np.diag(K) == 2 * 75 + 40)
+
+
+def test_stack_codes_pads_with_zero_multiplicity():
+    a = ops.pack_layers(random_layers(3, seed=1, sizes=((10,),)), [1])
+    b = ops.pack_layers(random_layers(3, seed=2, sizes=((200,),)), [3])
+    codes, mult, units = ops.stack_codes([a, b])
+    assert tuple(codes.shape) == (2, 3, 4) and mult[0].tolist() == [1, 0, 0, 0]
+    K = ops.hamming_kernel(codes, mult, units)
+    assert torch.equal(K[0], ops.hamming_kernel(*a)[0]) and torch.equal(K[1], ops.hamming_kernel(*b)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck
+
+
+def _opcheck_cases(device):
+    J = random_jacobians(3, 8, 40, torch.float64, seed=5).to(device)
+    x = torch.randn(4, 3, 5, 5, generator=rng(6)).to(device)
+    (codes, mult, units), _ = random_architectures(3, 8, seed=7)
+    codes, mult, units = codes.to(device), mult.to(device), units.to(device)
+    K = ops.hamming_kernel(codes, mult, units)
+    return [
+        ("jacob_cov_score", (J,)),
+        ("jacob_cov_score", (J.float(),)),
+        ("pack_codes", (x,)),
+        ("hamming_kernel", (codes, mult, units)),
+        ("logdet_score", (K,)),
+        ("logdet_score", (K.double(),)),
+        ("hook_logdet_score", (codes, mult, units)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_operator(device):
+    need_compiled(device)
+    checked = set()
+    for name, args in _opcheck_cases(device):
+        torch.library.opcheck(getattr(torch.ops.nwot_fast, name).default, args)
+        checked.add(name)
+    assert checked == {"jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument errors name the argument (wrappers: ValueError / TypeError; C++: RuntimeError)
+
+J_OK = torch.randn(2, 4, 6, dtype=torch.float64)
+CODES_OK = torch.zeros(2, 4, 3, dtype=torch.int64)
+MULT_OK = torch.ones(2, 3, dtype=torch.int64)
+UNITS_OK = torch.full((2,), 192, dtype=torch.int64)
+
+BAD_CALLS = [
+    ("jacob_cov_score", (J_OK[0],), ValueError, "J must be 3-D [archs, batch, features], got 2-D"),
+    ("jacob_cov_score", (J_OK.long(),), TypeError, "J must be float32 or float64, got torch.int64"),
+    ("jacob_cov_score", (J_OK[:, :1],), ValueError, "J must have at least 2 samples"),
+    ("jacob_cov_score", (J_OK.numpy(),), TypeError, "J must be a torch.Tensor"),
+    ("jacob_cov_score", (J_OK.to("meta"),), ValueError, "J must be on a CPU or CUDA device, got meta"),
+    ("pack_codes", (torch.randn(5),), ValueError, "x must be at least 2-D [batch, units...], got 1-D"),
+    ("pack_codes", (torch.ones(2, 3, dtype=torch.int32),), TypeError, "x must be a floating-point or bool tensor"),
+    ("hamming_kernel", (CODES_OK[0], MULT_OK, UNITS_OK), ValueError, "codes must be 3-D [archs, batch, words], got 2-D"),
+    ("hamming_kernel", (CODES_OK.int(), MULT_OK, UNITS_OK), TypeError, "codes must be int64"),
+    ("hamming_kernel", (CODES_OK, MULT_OK[:, :2], UNITS_OK), ValueError, "multiplicity must have shape [archs, words] = [2, 3]"),
+    ("hamming_kernel", (CODES_OK, MULT_OK.float(), UNITS_OK), TypeError, "multiplicity must be int64"),
+    ("hamming_kernel", (CODES_OK, MULT_OK, UNITS_OK[:1]), ValueError, "units must have shape [archs] = [2]"),
+    ("hamming_kernel", (CODES_OK, MULT_OK, UNITS_OK[None]), ValueError, "units must be 1-D [archs], got 2-D"),
+    ("hamming_kernel", (CODES_OK, MULT_OK.to("meta"), UNITS_OK), ValueError, "multiplicity must be on the same device as codes"),
+    ("hook_logdet_score", (CODES_OK, MULT_OK, UNITS_OK.float()), TypeError, "units must be int64"),
+    ("logdet_score", (torch.zeros(3, 3),), ValueError, "K must be 3-D [archs, batch, batch], got 2-D"),
+    ("logdet_score", (torch.zeros(2, 3, 4, dtype=torch.int64),), ValueError, "K must be square"),
+    ("logdet_score", (torch.zeros(2, 3, 3, dtype=torch.float32),), TypeError, "K must be int64 or float64, got torch.float32"),
+]
+
+
+@pytest.mark.parametrize("name,args,exc,message", BAD_CALLS, ids=[f"{c[0]}-{c[3][:30]}" for c in BAD_CALLS])
+def test_wrappers_reject_bad_arguments(name, args, exc, message):
+    with pytest.raises(exc, match=re_escape(message)):
+        getattr(ops, name)(*args)
+    fallback = getattr(ops, name + "_fallback")
+    if "device" not in message and "on a CPU" not in message:
+        with pytest.raises(exc, match=re_escape(message)):
+            fallback(*args)
+
+
+CPP_BAD_CALLS = [(n, a, m) for n, a, _, m in BAD_CALLS if all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in a)]
+
+
+@pytest.mark.parametrize("name,args,message", CPP_BAD_CALLS, ids=[f"{c[0]}-{c[2][:30]}" for c in CPP_BAD_CALLS])
+def test_compiled_ops_reject_bad_arguments(name, args, message):
+    need_compiled("cpu")
+    message = message.replace("torch.int64", "Long").replace("torch.float32", "Float")
+    with pytest.raises(RuntimeError, match=re_escape(message)):
+        getattr(torch.ops.nwot_fast, name)(*args)
+
+
+def test_compiled_ops_reject_mixed_devices():
+    need_compiled("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device to mix devices")
+    with pytest.raises(RuntimeError, match="multiplicity must be on the same device as codes"):
+        torch.ops.nwot_fast.hamming_kernel(CODES_OK.cuda(), MULT_OK, UNITS_OK.cuda())
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_operators():
+    need_compiled("cuda")
+    J = random_jacobians(9, 128, 3072, torch.float32, seed=11)
+    J[4, 5] = 1.0
+    assert_scores_equal(ops.jacob_cov_score(J.cuda()), ops.jacob_cov_score(J).numpy())
+    (codes, mult, units), _ = random_architectures(5, 128, seed=12)
+    Kc = ops.hamming_kernel(codes.cuda(), mult.cuda(), units.cuda())
+    assert torch.equal(Kc.cpu(), ops.hamming_kernel(codes, mult, units))
+    assert_scores_equal(ops.hook_logdet_score(codes.cuda(), mult.cuda(), units.cuda()),
+                        ops.hook_logdet_score(codes, mult, units).numpy())
