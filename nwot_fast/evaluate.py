@@ -221,12 +221,14 @@ def read_scores(path, method: Optional[str] = None) -> ScoreFile:
     found_method = column if column in METHODS else method
     idx, sc, secs = [], [], []
     seen = set()
+    other_methods = set()
     for n, row in enumerate(rows, start=2 if ext == ".csv" else 1):
         where = f"{path} row {n}"
         row_method = row.get("method") or None
         if row_method and row_method not in METHODS:
             raise ValueError(f"{where}: unknown method {row_method!r}")
         if column == "score" and method is not None and row_method and row_method != method:
+            other_methods.add(row_method)
             continue
         if column == "score" and row_method:
             if found_method not in (None, row_method) and method is None:
@@ -253,7 +255,8 @@ def read_scores(path, method: Optional[str] = None) -> ScoreFile:
         except (TypeError, ValueError):
             secs.append(float("nan"))
     if not idx:
-        raise ValueError(f"{path}: no rows for method {method!r}")
+        held = f"; it holds {', '.join(sorted(other_methods))} scores" if other_methods else ""
+        raise ValueError(f"{path}: no rows for method {method!r}{held}")
     if method is not None and found_method is not None and found_method != method:
         raise ValueError(f"{path}: holds {found_method} scores, not {method}")
     return ScoreFile(np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float64),
