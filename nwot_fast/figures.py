@@ -14,7 +14,7 @@ only here (it is not a dependency of the scoring library).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 

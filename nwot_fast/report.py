@@ -13,7 +13,6 @@ import datetime
 import json
 import math
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np

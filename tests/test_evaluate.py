@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import pathlib
 
 import numpy as np
