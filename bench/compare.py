@@ -163,7 +163,8 @@ def _rel(a, b):
     return abs(a - b) / max(abs(a), abs(b))
 
 
-def compare(methods, batch_size, n_archs, repeats, seed, log=print):
+def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=None):
+    """Run the comparison; with ``json_path`` the figures so far are rewritten after every architecture."""
     x, data_note = load_batch(batch_size, seed)
     indices = fixed_archs(n_archs)
     gflops = matmul_gflops()
@@ -217,6 +218,9 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print):
                 "rel_diff_fast_vs_authors": _rel(scores["fast"], scores["authors"]),
             }
             rows.append(row)
+            if json_path:
+                report["methods"][method] = {"rows": rows, "summary": None}
+                Path(json_path).write_text(json.dumps(report, indent=2, default=float))
             floor = f"{100 * row['floor_fraction_fast']:5.1f}%" if flops else "    -"
             log(f"{index:>6} {plan.num_convolutions:>5} {med['authors']:>10.3f} {med['pure']:>9.3f} {med['fast']:>9.3f} "
                 f"{row['ratio_authors_over_fast']:>6.2f} {floor:>6} {scores['fast']:>14.8g} {row['rel_diff_fast_vs_pure']:>9.1e}")
@@ -262,7 +266,8 @@ def main(argv=None):
         p.error(f"--archs must be in 1..{NUM_ARCHS}, got {a.archs}")
     if a.repeats < 1:
         p.error(f"--repeats must be at least 1, got {a.repeats}")
-    report = compare(a.methods, a.batch_size, a.archs, a.repeats, a.seed)
+    report = compare(a.methods, a.batch_size, a.archs, a.repeats, a.seed, log=lambda *m: print(*m, flush=True),
+                     json_path=a.json)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {a.json}")

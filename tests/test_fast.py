@@ -1,0 +1,272 @@
+"""The fast path (execution plans) against the pure path (nwot_fast.reference)."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+
+from nwot_fast import fast, reference
+from nwot_fast.nb201 import Arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
+from nwot_fast.nb201.arch import NONE
+
+S = Arch.from_str
+ALL_CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+ALL_CONV_MIXED = "|nor_conv_1x1~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+ALL_POOL = "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|"
+ALL_NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+# Constant output, but convolutions read the cell input: hook_logdet is finite.
+CONSTANT_CONVS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|none~0|none~1|none~2|"
+# Constant output and every ReLU sees zeros: -inf.
+CONSTANT_ZEROS = "|none~0|+|skip_connect~0|nor_conv_3x3~1|+|none~0|nor_conv_1x1~1|none~2|"
+# Nodes 1 and 2 do not reach the output; their convolutions still run (and are hooked) in the reference.
+DEAD_TARGETS = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_1x1~0|none~1|none~2|"
+# Node 1 carries zeros (no path from the input): the convolution reading it sees only zeros.
+DEAD_SOURCE = "|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
+SKIP_ONLY_TO_OUTPUT = "|nor_conv_1x1~0|+|avg_pool_3x3~0|none~1|+|skip_connect~0|none~1|none~2|"
+SAME_NODE_TWO_KERNELS = "|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_1x1~1|skip_connect~2|"
+
+ARCHS = [
+    ALL_CONV3, ALL_CONV_MIXED, ALL_SKIP, ALL_POOL, ALL_NONE, CONSTANT_CONVS, CONSTANT_ZEROS, DEAD_TARGETS,
+    DEAD_SOURCE, SKIP_ONLY_TO_OUTPUT, SAME_NODE_TWO_KERNELS,
+    # benchmark indices: the CIFAR-10/100/ImageNet16 optima and a few others
+    6111, 1459, 9930, 857, 10676, 0, 5, 17, 100, 333, 4242, 15624,
+]
+
+
+def _batch(seed: int, b: int = 8, side: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, side, side, generator=g)
+
+
+def _reference(arch, x, method, seed=0, relu_match="name"):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(arch)
+    return reference.score(net, x, method, relu_match=relu_match)
+
+
+def _assert_same(fast_score, ref_score, rel=1e-6):
+    if math.isnan(ref_score):
+        assert math.isnan(fast_score)
+    elif math.isinf(ref_score):
+        assert fast_score == ref_score
+    else:
+        assert math.isfinite(fast_score)
+        assert abs(fast_score - ref_score) <= rel * abs(ref_score), (fast_score, ref_score)
+
+
+def test_fixed_archs_cover_the_degenerate_cases():
+    archs = [Arch.from_str(a) if isinstance(a, str) else a for a in ARCHS]
+    assert len(ARCHS) >= 20
+    assert any(is_constant_output(a) and relu_sees_only_zeros(a) for a in archs)
+    assert any(is_constant_output(a) and not relu_sees_only_zeros(a) for a in archs)
+    assert any(not all(live_edges(a)[k] or op == NONE for k, op in enumerate(S(a).ops)) for a in ARCHS[:11])
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=str)
+def test_jacob_cov_equals_pure_path(arch):
+    x = _batch(zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
+    ref = _reference(arch, x, "jacob_cov", seed=3)
+    _assert_same(fast.score_arch(arch, x, method="jacob_cov", seed=3), ref)
+
+
+@pytest.mark.parametrize("arch", [6111, ALL_CONV_MIXED, DEAD_SOURCE], ids=str)
+def test_jacob_cov_equals_pure_path_32x32(arch):
+    x = _batch(50 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=32)
+    _assert_same(fast.score_arch(arch, x, method="jacob_cov", seed=0), _reference(arch, x, "jacob_cov", seed=0))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=str)
+def test_hook_logdet_equals_pure_path(arch):
+    x = _batch(1 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
+    ref = _reference(arch, x, "hook_logdet", seed=1)
+    _assert_same(fast.score_arch(arch, x, method="hook_logdet", seed=1), ref)
+
+
+@pytest.mark.parametrize("arch", [ALL_CONV_MIXED, CONSTANT_CONVS, CONSTANT_ZEROS, DEAD_TARGETS, DEAD_SOURCE, 1459], ids=str)
+@pytest.mark.parametrize("relu_match", ["exact"])
+def test_hook_logdet_exact_rule_equals_pure_path(arch, relu_match):
+    x = _batch(2 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
+    ref = _reference(arch, x, "hook_logdet", seed=1, relu_match=relu_match)
+    _assert_same(fast.score_arch(arch, x, method="hook_logdet", seed=1, relu_match=relu_match), ref)
+
+
+@pytest.mark.parametrize("arch, relu_match", [(DEAD_TARGETS, "name"), (DEAD_SOURCE, "exact"), (CONSTANT_CONVS, "name")])
+def test_hook_kernel_is_exact(arch, relu_match):
+    """K from the packed codes and multiplicities equals the reference K entry for entry."""
+    x = _batch(7, b=9, side=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_network(arch)
+    K_ref = torch.from_numpy(reference.hamming_kernel(reference.relu_codes(net, x, relu_match)))
+    plan = fast.compile_plan(arch, "hook_logdet", relu_match=relu_match)
+    codes = fast._Codes()
+    with torch.no_grad():
+        fast._forward(plan, fast._weights(plan, 0, torch.device("cpu")), x, codes)
+    hamming = torch.zeros(9, 9, dtype=torch.float64)
+    for p, m in zip(codes.packed, codes.mults):
+        c = fast._unpack_codes(p).to(torch.float64)
+        hamming += m * ((c[:, None, :] != c[None, :, :]).sum(-1)).to(torch.float64)
+    assert torch.equal(codes.units - hamming, K_ref)
+
+
+def test_degenerate_archs_are_answered_without_running(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the network must not run")
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", boom)
+    monkeypatch.setattr(fast, "build_network", boom)
+    x = _batch(11)
+    for arch in (ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS):
+        assert math.isnan(fast.score_arch(arch, x, method="jacob_cov"))
+    for arch in (ALL_NONE, CONSTANT_ZEROS):
+        for rm in ("name", "exact"):
+            assert fast.score_arch(arch, x, method="hook_logdet", relu_match=rm) == float("-inf")
+    with pytest.raises(AssertionError, match="must not run"):
+        fast.score_arch(CONSTANT_CONVS, x, method="hook_logdet")
+
+
+def test_constant_hook_plan_runs_stem_and_first_cell_only(monkeypatch):
+    calls = []
+    real = torch.nn.functional.conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", counting)
+    plan = fast.compile_plan(CONSTANT_CONVS, "hook_logdet")
+    fast.run_plan(plan, _batch(2, b=6, side=16))
+    assert len(calls) == plan.num_convolutions == 1 + plan.convs_per_cell
+
+
+@pytest.mark.parametrize(
+    "arch, convs_per_cell, unmerged",
+    [(6111, 3, 5), (ALL_CONV3, 3, 6), (ALL_CONV_MIXED, 5, 6), (SAME_NODE_TWO_KERNELS, 4, 5), (ALL_SKIP, 0, 0),
+     (DEAD_TARGETS, 1, 1), (DEAD_SOURCE, 1, 1)],
+)
+def test_jacob_cov_plan_merges_and_drops(arch, convs_per_cell, unmerged, monkeypatch):
+    plan = fast.compile_plan(arch, "jacob_cov")
+    assert plan.runs_network and not plan.constant
+    assert plan.convs_per_cell == convs_per_cell
+    assert plan.num_convolutions == 1 + 15 * convs_per_cell + 6
+    assert fast.compile_plan(arch, "jacob_cov", merge=False).convs_per_cell == unmerged
+    # one ReLU per node read by convolutions, never a sum with a dropped (none) edge
+    relus = [s.reads[0] for s in plan.cell_steps if s.op == "relu"]
+    assert len(relus) == len(set(relus))
+    ops = fast.as_arch(arch).ops
+    for s in plan.cell_steps:
+        if s.op == "sum":
+            assert all(ops[int(name[1:])] != NONE for name in s.reads if name.startswith("e"))
+    # the plan runs exactly its convolutions
+    calls = []
+    real = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast.run_plan(plan, _batch(4, b=4, side=16))
+    assert len(calls) == plan.num_convolutions
+
+
+def test_hook_plan_keeps_hooked_dead_edges():
+    # jacob_cov drops nodes 1 and 2; hook_logdet must still compute node 1 (read by a hooked conv)
+    jc = fast.compile_plan(DEAD_TARGETS, "jacob_cov")
+    hl = fast.compile_plan(DEAD_TARGETS, "hook_logdet")
+    assert [s.edges for s in jc.cell_steps if s.op == "conv_bn"] == [(3,)]
+    assert [s.edges for s in hl.cell_steps if s.op == "conv_bn"] == [(0,), (3,)]
+    assert {s.reads[0]: s.multiplicity for s in hl.cell_steps if s.op == "codes"} == {"n0": 6, "n1": 2}
+    ex = fast.compile_plan(DEAD_TARGETS, "hook_logdet", relu_match="exact")
+    assert {s.reads[0]: s.multiplicity for s in ex.cell_steps if s.op == "codes"} == {"n0": 3, "n1": 1}
+    assert fast.compile_plan(DEAD_SOURCE, "hook_logdet").zero_conv_edges == 2
+    assert fast.compile_plan(ALL_NONE, "hook_logdet").result == float("-inf")
+    assert math.isnan(fast.compile_plan(CONSTANT_CONVS, "jacob_cov").result)
+    assert "convolutions per pass" in fast.compile_plan(6111).describe()
+
+
+def test_merge_and_channels_last_give_the_same_scores():
+    # Merging is exact per output channel; channels-last convolutions sum in another order
+    # (not bitwise), so that option is only close.
+    x = _batch(5, b=8, side=16)
+    base = fast.run_plan(fast.compile_plan(ALL_CONV_MIXED, "jacob_cov", merge=False), x)
+    merged = fast.run_plan(fast.compile_plan(ALL_CONV_MIXED, "jacob_cov"), x)
+    cl = fast.run_plan(fast.compile_plan(ALL_CONV_MIXED, "jacob_cov", channels_last=True), x)
+    _assert_same(merged, base)
+    _assert_same(cl, base, rel=1e-4)
+
+
+def test_rng_state_untouched_and_independent_of_it():
+    x = _batch(6, b=6, side=16)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    a = fast.score_arch(1459, x, method="jacob_cov", seed=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(17)  # move the global RNG: the score must not depend on it
+    b = fast.score_arch(1459, x, method="jacob_cov", seed=2)
+    assert a == b
+    c = fast.score_arch(1459, x, method="jacob_cov", seed=3)
+    assert c != a  # other weights
+
+
+def test_accepts_arch_string_index_and_arch():
+    x = _batch(8, b=6, side=16)
+    arch = fast.as_arch(857)
+    s = [fast.score_arch(a, x, method="hook_logdet") for a in (857, str(arch), arch)]
+    assert s[0] == s[1] == s[2]
+
+
+def test_score_archs_uses_the_batch_of_each_arch():
+    batches = {a: _batch(20 + i, b=6, side=16) for i, a in enumerate([6111, ALL_NONE, 100])}
+    calls = []
+
+    def x_for(a):
+        calls.append(a)
+        return batches[a]
+
+    got = list(fast.score_archs(list(batches), x_for, method="jacob_cov", seed=0))
+    want = [fast.score_arch(a, batches[a], method="jacob_cov", seed=0) for a in batches]
+    assert got[0] == want[0] and got[2] == want[2] and math.isnan(got[1]) and math.isnan(want[1])
+    assert ALL_NONE not in calls  # answered from structure, no batch needed
+
+
+@pytest.mark.parametrize(
+    "kwargs, x, exc, words",
+    [
+        ({"method": "naswot"}, None, ValueError, "unknown score method"),
+        ({"relu_match": "fuzzy"}, None, ValueError, "relu_match"),
+        ({"seed": -1}, None, ValueError, "seed"),
+        ({"seed": 1.5}, None, ValueError, "seed"),
+        ({"device": "tpu"}, None, ValueError, "device"),
+        ({"device": 3}, None, TypeError, "device"),
+        ({}, torch.zeros(1, 3, 16, 16), ValueError, "batch size"),
+        ({}, torch.zeros(4, 3, 16, 16, dtype=torch.int64), TypeError, "floating"),
+        ({}, torch.zeros(4, 16, 16), ValueError, "4-D"),
+        ({}, torch.full((4, 3, 16, 16), float("nan")), ValueError, "NaN"),
+        ({}, [[1.0]], TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input(kwargs, x, exc, words):
+    x = _batch(9, b=4, side=16) if x is None else x
+    with pytest.raises(exc, match=words):
+        fast.score_arch(6111, x, **kwargs)
+
+
+def test_bad_input_on_degenerate_arch_still_raises():
+    with pytest.raises(ValueError, match="batch size"):
+        fast.score_arch(ALL_NONE, torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("arch, exc", [("|conv~0|+|x|", ValueError), (15625, ValueError), (-1, ValueError), (2.0, TypeError)])
+def test_bad_arch(arch, exc):
+    with pytest.raises(exc):
+        fast.score_arch(arch, _batch(0, b=2, side=16))
+    with pytest.raises(exc):
+        fast.compile_plan(arch)
+
+
+def test_bad_plan_and_x_for():
+    with pytest.raises(TypeError, match="plan"):
+        fast.run_plan("not a plan", _batch(0, b=2, side=16))
+    with pytest.raises(TypeError, match="x_for"):
+        list(fast.score_archs([0], None))
