@@ -230,6 +230,21 @@ def test_score_archs_uses_the_batch_of_each_arch():
     assert ALL_NONE not in calls  # answered from structure, no batch needed
 
 
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_score_archs_batched_post_processing_equals_one_by_one(method):
+    """Post-processing batched across architectures (as on CUDA) gives the one-by-one scores;
+    cells of different code widths are padded with zero words."""
+    archs = [DEAD_SOURCE, ALL_NONE, 6111, CONSTANT_CONVS, ALL_SKIP]
+    x = _batch(30, b=6, side=16)
+    one = list(fast.score_archs(archs, lambda _: x, method=method, chunk=1))
+    many = list(fast.score_archs(archs, lambda _: x, method=method, chunk=3))
+    assert len(one) == len(many) == len(archs)
+    for a, b in zip(many, one):
+        _assert_same(a, b, rel=1e-9)
+    with pytest.raises(ValueError, match="chunk"):
+        list(fast.score_archs(archs, lambda _: x, method=method, chunk=0))
+
+
 @pytest.mark.parametrize(
     "kwargs, x, exc, words",
     [
