@@ -90,6 +90,11 @@ def get_extensions():
         include_dirs += nv_includes
         library_dirs += nv_libdirs
         link += _link_args_for("cusolver", nv_libdirs) + _link_args_for("cublas", nv_libdirs)
+        # at::cuda::getCurrentCUDASolverDnHandle lives in libtorch_cuda_linalg, which torch
+        # itself only loads lazily; link it and find it next to torch at run time.
+        torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+        if glob.glob(os.path.join(torch_lib, "libtorch_cuda_linalg.so")):
+            link += ["-ltorch_cuda_linalg", "-Wl,-rpath,$ORIGIN/../torch/lib"]
         # Find the wheels' libraries at run time next to the installed package as well.
         for d in nv_libdirs:
             rel = os.path.relpath(d, os.path.dirname(os.path.dirname(torch.__file__)))

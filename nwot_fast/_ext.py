@@ -63,6 +63,19 @@ def mismatch_reason(info: Dict[str, str], torch_version: str, cuda_version: Opti
     return None
 
 
+def _preload_torch_cuda_linalg() -> None:
+    """The CUDA kernels use at::cuda::getCurrentCUDASolverDnHandle from libtorch_cuda_linalg,
+    which torch loads only on first use; load it (globally) before _C needs its symbols."""
+    if torch.version.cuda is None:
+        return
+    import ctypes
+    import os
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cuda_linalg.so")
+    if os.path.exists(path):
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+
 def _load() -> dict:
     torch_version, cuda_version = _running_versions()
     state = {
@@ -75,6 +88,7 @@ def _load() -> dict:
         "reason": None,
     }
     try:
+        _preload_torch_cuda_linalg()
         importlib.import_module("nwot_fast._C")
         info = parse_build_info(torch.ops.nwot_fast.build_info())
     except Exception as exc:  # any import failure means: use the fallback, and say why
