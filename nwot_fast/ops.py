@@ -307,7 +307,14 @@ def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, uni
 
 def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     _check_kernel_matrix(K)
-    return torch.linalg.slogdet(K.to(torch.float64)).logabsdet
+    K = K.to(torch.float64)
+    if K.device.type != "cpu":
+        return torch.linalg.slogdet(K).logabsdet
+    # One matrix per call on the CPU. torch's batched CPU LU runs LAPACK getrf on several pool
+    # threads at once for large matrices, and with MKL that returns wrong determinants once
+    # torch.set_num_threads has been called (seen with torch 2.13: log|det| off by ~20 for
+    # 7 x 256 x 256; pytorch/pytorch#142815, #181570). The compiled operator has its own LU.
+    return torch.stack([torch.linalg.slogdet(k).logabsdet for k in K]) if len(K) else K.new_empty(0)
 
 
 def hook_logdet_score_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

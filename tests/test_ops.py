@@ -199,6 +199,24 @@ def test_logdet_score_matches_reference(device, A, B, dtype):
     assert_scores_equal(ops.logdet_score_fallback(K), want)
 
 
+def test_logdet_fallback_survives_set_num_threads():
+    # torch's batched CPU LU gives wrong determinants for large batched matrices once
+    # torch.set_num_threads has been called (MKL getrf on several pool threads); the fallback
+    # must not depend on that, and neither may the compiled operator.
+    g = rng(5)
+    K = torch.randn(7, 256, 256, generator=g, dtype=torch.float64)
+    want = [reference.logdet_score(K[a].numpy()) for a in range(7)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.set_num_threads(max(2, before))
+        assert_scores_equal(ops.logdet_score_fallback(K), want)
+        if compiled("cpu"):
+            assert_scores_equal(ops.logdet_score(K), want)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pack_layers_counts_units_with_multiplicity():
     layers = random_layers(4, seed=3, sizes=((3, 5, 5), (40,)))
     codes, mult, units = ops.pack_layers(layers, [2, 1])
