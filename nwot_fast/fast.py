@@ -553,7 +553,7 @@ def _check_seed(seed):
 def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device):
     """The network work of one plan: ``J [B, D]`` (jacob_cov) or the collected codes (hook_logdet)."""
     w = _weights(plan, seed, dev)
-    x = x.to(dev)
+    x = x.to(device=dev, dtype=torch.float32)
     if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if plan.method == "jacob_cov":
@@ -591,11 +591,20 @@ def _post_process(method: str, results: list) -> List[float]:
     return [float(v) for v in ops.hook_logdet_score(codes, mults, units).tolist()]
 
 
+def _check_nb201_input(x) -> None:
+    """An NB201 batch: what ``reference.check_input`` asks, and 3 channels (the stem's input).
+    Other floating dtypes are accepted and cast to float32, the network's dtype, as
+    ``build_network(arch)(x.float())`` would need."""
+    reference.check_input(x)
+    if x.shape[1] != 3:
+        raise ValueError(f"input x must have 3 channels (RGB) for an NB201 network, got shape {tuple(x.shape)}")
+
+
 def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu") -> float:
     """Score ``x`` with a compiled plan (weights from ``torch.manual_seed(seed)``)."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan from compile_plan, got {type(plan).__name__}")
-    reference.check_input(x)
+    _check_nb201_input(x)
     _check_seed(seed)
     dev = _resolve_device(device)
     if not plan.runs_network:
@@ -605,7 +614,7 @@ def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu") -> flo
 
 def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name") -> float:
     """NASWOT score of the NB201 architecture ``arch`` (Arch, arch string or benchmark index) on
-    batch ``x [B, 3, H, W]``, equal to ``reference.score(build_network(arch), x, method)`` with
+    batch ``x [B, 3, H, W]`` (cast to float32), equal to ``reference.score(build_network(arch), x, method)`` with
     the network built right after ``torch.manual_seed(seed)``. The caller's RNG state is left
     untouched. NaN (jacob_cov) / -inf (hook_logdet) for the degenerate cells, from structure."""
     plan = compile_plan(arch, method, relu_match=relu_match)
@@ -649,7 +658,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
             out[-1] = plan.result
         else:
             x = x_for(item)
-            reference.check_input(x)
+            _check_nb201_input(x)
             if pending and x.shape[0] != _batch_size_of(pending[0][1]):
                 flush()
             pending.append((len(out) - 1, _network_pass(plan, x, seed, dev)))

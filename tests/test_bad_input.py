@@ -174,9 +174,7 @@ CASES = [
     Case("not a tensor", ["torch.tensor", "list"], exc=TypeError,
          call=lambda f: nwot_fast.score(build_network(arch_at(0)), [[1.0, 2.0]])),
     Case("one-channel input to an NB201 network", ["3 channels"],
-         call=lambda f: nwot_fast.score_arch(0, torch.randn(4, 1, 16, 16)),
-         marks=[pytest.mark.xfail(reason="nwot_fast.fast.score_arch does not check the channel count yet; "
-                                         "torch raises RuntimeError from the stem convolution", strict=False)]),
+         call=lambda f: nwot_fast.score_arch(0, torch.randn(4, 1, 16, 16))),
     Case("float images in a data file", ["uint8", "float_images.npz"],
          call=lambda f: scan([0], batch_size=BATCH, engine=ENGINE, data=f["float_images"]),
          argv=lambda f: _scan_args(f, "--data", f["float_images"])),

@@ -245,6 +245,20 @@ def test_score_archs_batched_post_processing_equals_one_by_one(method):
         list(fast.score_archs(archs, lambda _: x, method=method, chunk=0))
 
 
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_float64_and_float16_batches_are_scored_as_float32(method):
+    """The NB201 network is float32; a batch of another floating dtype is cast, as the pure
+    path would need (``build_network(arch)(x.float())``)."""
+    x = _batch(31, b=6, side=16)
+    want = fast.score_arch(6111, x, method=method)
+    _assert_same(want, _reference(6111, x, method))
+    assert fast.score_arch(6111, x.double(), method=method) == want
+    half = x.half()
+    assert fast.score_arch(6111, half, method=method) == fast.score_arch(6111, half.float(), method=method)
+    got = list(fast.score_archs([6111], lambda _: x.double(), method=method))
+    assert got == [want]
+
+
 @pytest.mark.parametrize(
     "kwargs, x, exc, words",
     [
@@ -257,6 +271,7 @@ def test_score_archs_batched_post_processing_equals_one_by_one(method):
         ({}, torch.zeros(1, 3, 16, 16), ValueError, "batch size"),
         ({}, torch.zeros(4, 3, 16, 16, dtype=torch.int64), TypeError, "floating"),
         ({}, torch.zeros(4, 16, 16), ValueError, "4-D"),
+        ({}, torch.zeros(4, 1, 16, 16), ValueError, "3 channels"),
         ({}, torch.full((4, 3, 16, 16), float("nan")), ValueError, "NaN"),
         ({}, [[1.0]], TypeError, "torch.Tensor"),
     ],
