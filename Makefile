@@ -22,7 +22,7 @@ ifdef ACCURACIES
 DEMO_ARGS += --accuracies $(ACCURACIES)
 endif
 
-.PHONY: install demo test bench clean check-cuda-build
+.PHONY: install demo test test-cpp bench clean check-cuda-build
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# The second build of csrc/ (CMake against the venv's torch) and its C++ tests (ctest).
+CMAKE ?= $(shell command -v cmake 2>/dev/null || echo $(BIN)/cmake)
+test-cpp: install
+	test -x "$(CMAKE)" || $(BIN)/python -m pip install cmake
+	"$(CMAKE)" -S . -B build/cmake -DPYTHON=$(abspath $(BIN)/python)
+	"$(CMAKE)" --build build/cmake -j2
+	cd build/cmake && "$(dir $(CMAKE))ctest" --output-on-failure
 
 bench: install
 	$(BIN)/python bench/compare.py
