@@ -58,6 +58,15 @@ def _published_search_markdown(keys) -> str:
     return "\n".join(out)
 
 
+def figure6_points(method: str, st) -> List[dict]:
+    """This project's points of Figure 6 from a search table: one per N with a recorded search
+    time, CIFAR-10 test accuracy mean +/- std."""
+    return [{"label": f"{method}, this project (N={r['n']})", "seconds": r["search_seconds"],
+             "accuracy": r["mean"][("cifar10", "test")], "std": r["std"][("cifar10", "test")]}
+            for r in st.rows
+            if r["name"].startswith("NASWOT") and math.isfinite(r["search_seconds"]) and r["search_seconds"] > 0]
+
+
 def build_report(
     *,
     scores: Dict[str, str],
@@ -116,10 +125,7 @@ def build_report(
                                                  method=method)
         summary["methods"][method] = {"evaluation": res.to_dict(), "search_table": st.to_dict()}
         summary["figures"][f"fig3_{method}"] = fig3["paths"]
-        for r in st.rows:
-            if r["name"].startswith("NASWOT") and math.isfinite(r["search_seconds"]) and r["search_seconds"] > 0:
-                fig6_points.append({"label": f"{method}, this project (N={r['n']})", "seconds": r["search_seconds"],
-                                    "accuracy": r["mean"][("cifar10", "test")], "std": r["std"][("cifar10", "test")]})
+        fig6_points += figure6_points(method, st)
 
         md += ["", f"## {method}", "",
                f"{res.n_archs} architectures: {res.selection}. Scoring: {res.data_description}. "
@@ -141,13 +147,14 @@ def build_report(
     summary["figures"]["fig6"] = fig6["paths"]
     md += ["## Search time vs accuracy (Figure 6)", "", f"![search time vs accuracy]({_rel(fig6['paths'][0], out_dir)})",
            "", "This project's search times are the sums of the recorded per-architecture scoring times of the "
-           "drawn architectures (table mode), on this project's machine; the published ones are the authors' "
-           "(one GPU). Published points drawn: "
+           "drawn architectures (table mode), on this project's machine; the published ones were measured on "
+           "one GPU. Published points drawn: "
            + ", ".join(p["label"] for p in fig6["published"]) + "."
-           + ("" if published_points is not None else
-              " The other methods of the paper's Table 1 (" + ", ".join(figures.UNVERIFIED_BASELINES)
-              + ") are not drawn: their published numbers could not be verified here (pass them with "
-              "--published FILE)."), ""]
+           + (" They were given to the report (--published)." if published_points is not None else
+              " The NASWOT points are the authors' (repository README, v1); the other methods are those of the "
+              "paper's NAS-Bench-201 table (Mellor et al., ICML 2021, Table 2(a)), whose baselines come from "
+              "NAS-Bench-201 (Dong & Yang, ICLR 2020): search time on one GTX 1080 Ti, CIFAR-10 test accuracy "
+              "over 500 runs (non-weight-sharing) or 3 runs (weight-sharing)."), ""]
 
     if data is not None:
         from .data import BatchSampler, load_images
@@ -204,7 +211,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="sample sizes of the search table (default 10,25,50,75,100)")
     parser.add_argument("--runs", type=int, default=500, help="runs per N (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search runs and Figure 1 (default 0)")
-    parser.add_argument("--published", metavar="CSV", help="published points for Figure 6: label,seconds,accuracy[,std]")
+    parser.add_argument("--published", metavar="CSV",
+                        help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
+                        "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
     parser.add_argument("--fig1-per-bin", type=int, default=3, help="architectures per bin in Figure 1 (default 3)")
     parser.add_argument("--fig1-batch", type=int, default=64, help="batch size for Figure 1 (default 64)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")

@@ -327,7 +327,34 @@ def test_figure3_and_figure6(synthetic_table, tmp_path):
     pts = [{"label": "ours (N=10)", "seconds": 3.0, "accuracy": 91.0, "std": 1.5}]
     out6 = figures.figure6_time_vs_accuracy(pts, tmp_path / "fig6")
     _check_figure_files(out6["paths"])
-    assert [p["label"] for p in out6["published"]] == [p["label"] for p in figures.PUBLISHED_SEARCH_POINTS]
+    # by default: the NASWOT paper's own points and the ten other methods of its NB201 table
+    assert out6["published"] == list(figures.PUBLISHED_SEARCH_POINTS + figures.PUBLISHED_BASELINES)
+    baselines = {p["label"]: p for p in out6["published"] if p["kind"] != "training-free"}
+    assert set(baselines) == {"REA", "RS", "REINFORCE", "BOHB", "RSPS", "DARTS-V1", "DARTS-V2", "GDAS", "SETN",
+                              "ENAS"}
+    for p in baselines.values():
+        assert p["seconds"] > 0 and 0 < p["accuracy"] < 100 and p["std"] >= 0
+        assert p["kind"] in figures.PUBLISHED_KINDS
+    assert {p["label"] for p in baselines.values() if p["kind"] == "non-weight-sharing"} == {"REA", "RS", "REINFORCE",
+                                                                                          "BOHB"}
+    # every label is written once, the four at 12000 s stacked in one
+    svg = pathlib.Path(out6["paths"][1]).read_text()
+    for label in list(baselines) + ["N=100", "ours (N=10)"]:
+        assert label in svg, label
+    assert [len(g) for g in figures._label_groups(figures.PUBLISHED_BASELINES) if len(g) > 1] == [2, 4]
+    # published= replaces the defaults; a CSV may give the kind
+    csv_path = tmp_path / "published.csv"
+    csv_path.write_text("label,seconds,accuracy,std,kind\nA,100,90.5,0.5,weight-sharing\nB,2000,93,,\n")
+    given = figures.read_published_points(csv_path)
+    assert given == [{"label": "A", "seconds": 100.0, "accuracy": 90.5, "std": 0.5, "kind": "weight-sharing"},
+                     {"label": "B", "seconds": 2000.0, "accuracy": 93.0, "std": 0.0}]
+    out6b = figures.figure6_time_vs_accuracy(pts, tmp_path / "fig6b", published=given)
+    assert [p["label"] for p in out6b["published"]] == ["A", "B"]
+    csv_path.write_text("label,seconds,accuracy,std,kind\nA,100,90.5,0.5,one-shot\n")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        figures.read_published_points(csv_path)
+    with pytest.raises(ValueError, match="kind of 'A'"):
+        figures.figure6_time_vs_accuracy(pts, tmp_path / "bad", published=[dict(given[0], kind="one-shot")])
     with pytest.raises(ValueError, match="> 0"):
         figures.figure6_time_vs_accuracy([{"label": "x", "seconds": 0.0, "accuracy": 90.0}], tmp_path / "bad")
     with pytest.raises(FileNotFoundError):
@@ -364,7 +391,7 @@ def test_report_assembles_tables_and_figures(synthetic_table, tmp_path):
     text = (tmp_path / "r.md").read_text()
     for word in ("## hook_logdet", "Kendall tau", "NASWOT hook_logdet (N=10)", "Optimal (N=10)", "tau 0.574",
                  "91.53 +- 1.62", "figures/fig3_hook_logdet_score_vs_accuracy.png", "fig6_time_vs_accuracy.png",
-                 "could not be verified"):
+                 "Table 2(a)", "REINFORCE", "DARTS-V2"):
         assert word in text, word
     for paths in summary["figures"].values():
         for p in paths:
