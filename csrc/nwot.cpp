@@ -31,6 +31,10 @@ TORCH_LIBRARY(nwot_fast, m) {
   m.def("hamming_kernel(Tensor codes, Tensor multiplicity, Tensor units) -> Tensor");
   m.def("logdet_score(Tensor K) -> Tensor");
   m.def("hook_logdet_score(Tensor codes, Tensor multiplicity, Tensor units) -> Tensor");
+  // CPU only: ATen's NCHW avg_pool2d is the slow op of the fast path there; on CUDA the
+  // Python wrapper (ops.avg_pool3x3) uses ATen's pooling.
+  m.def("avg_pool3x3(Tensor x) -> Tensor");
+  m.def("avg_pool3x3_backward(Tensor grad) -> Tensor");
   // Backend-independent: what this binary was built with, for the loader's check.
   m.def("build_info() -> str", &nwot_fast::build_info);
 }

@@ -42,6 +42,12 @@ at::Tensor logdet_score_cpu(const at::Tensor& K);
 //   logdet_score in one call, without materialising the int64 K.
 at::Tensor hook_logdet_score_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
 
+// avg_pool3x3(x [N, C, H, W] float32) -> [N, C, H, W]: AvgPool2d(3, stride 1, padding 1,
+//   count_include_pad=False), bitwise equal to ATen's NCHW CPU kernel; avg_pool3x3_backward
+//   (grad of the output) -> grad of the input, bitwise equal to ATen's avg_pool2d_backward.
+at::Tensor avg_pool3x3_cpu(const at::Tensor& x);
+at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad);
+
 // build_info() -> "key=value;..." with torch (version built against), cuda (version or
 // "none"), cusolver, backends ("cpu" or "cpu,cuda") and eigensolver; read by nwot_fast/_ext.py.
 std::string build_info();

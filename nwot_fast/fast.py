@@ -395,7 +395,7 @@ def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Co
                 for name, part in zip(s.writes, y.split(x.shape[1], dim=1)):
                     env[name] = part
         elif op == "pool":
-            env[s.writes[0]] = F.avg_pool2d(env[s.reads[0]], 3, 1, 1, count_include_pad=False)
+            env[s.writes[0]] = _avg_pool3x3(env[s.reads[0]])
         elif op == "sum":
             total = env[s.reads[0]]
             for name in s.reads[1:]:
@@ -472,6 +472,15 @@ def _ops():
     except ImportError:
         return None
     return ops
+
+
+def _avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
+    """``avg_pool_3x3``: the compiled CPU kernel (bitwise equal to ATen's, ~4x faster forward
+    and backward) when present, else ATen's."""
+    ops = _ops()
+    if ops is not None and hasattr(ops, "avg_pool3x3"):
+        return ops.avg_pool3x3(x)
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
 
 def _jacob_cov_score(J: torch.Tensor) -> float:

@@ -15,6 +15,8 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
 - :func:`logdet_score` ``K [A, B, B] int64|float64 -> [A] float64``: ``log|det K|`` (sign
   ignored), ``-inf`` when K is singular.
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
+- :func:`avg_pool3x3` ``x [N, C, H, W] float32``: NB201's ``avg_pool_3x3`` with autograd, the
+  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU).
 - :func:`pack_layers` / :func:`stack_codes`: build the ``codes, multiplicity, units`` triple
   from per-layer activations, and batch several architectures.
 
@@ -41,6 +43,7 @@ __all__ = [
     "hamming_kernel",
     "logdet_score",
     "hook_logdet_score",
+    "avg_pool3x3",
     "pack_layers",
     "stack_codes",
     "jacob_cov_score_fallback",
@@ -127,6 +130,14 @@ def _check_kernel_matrix(K) -> None:
         raise TypeError(f"K must be int64 or float64, got {K.dtype}")
 
 
+def _check_pool_input(x, name: str) -> None:
+    _tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {x.dim()}-D")
+    if x.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Public wrappers
 
@@ -167,6 +178,17 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
     if _ext.available(K.device.type):
         return torch.ops.nwot_fast.logdet_score(K)
     return logdet_score_fallback(K)
+
+
+def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
+    """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
+    autograd. On the CPU (float32, 4-D) the compiled kernel, bitwise equal to ATen's NCHW
+    kernel in both directions and several times faster; elsewhere ATen's pooling (also for
+    non-contiguous input, e.g. channels-last, whose memory format ATen's kernel keeps)."""
+    if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous() and _ext.available("cpu")):
+        return torch.ops.nwot_fast.avg_pool3x3(x)
+    return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
 
 def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -361,3 +383,20 @@ def _register_fakes() -> None:
     def _hook_logdet_score_fake(codes, multiplicity, units):
         _check_codes(codes, multiplicity, units)
         return codes.new_empty((codes.shape[0],), dtype=torch.float64)
+
+    def _pool_fake(name):
+        def fake(x):
+            _check_pool_input(x, name)
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+        return fake
+
+    torch.library.register_fake("nwot_fast::avg_pool3x3")(_pool_fake("x"))
+    torch.library.register_fake("nwot_fast::avg_pool3x3_backward")(_pool_fake("grad"))
+
+    # The pooling is linear: its backward is the adjoint (nothing saved from the forward), and
+    # the adjoint of the backward is the forward again (double backward).
+    torch.library.register_autograd(
+        "nwot_fast::avg_pool3x3", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3_backward(grad))
+    torch.library.register_autograd(
+        "nwot_fast::avg_pool3x3_backward", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3(grad))

@@ -268,6 +268,69 @@ def test_opcheck_every_operator(device):
     assert checked == {"jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"}
 
 
+def test_opcheck_avg_pool3x3():
+    need_compiled("cpu")
+    x = torch.randn(2, 3, 5, 4, generator=rng(8), requires_grad=True)
+    torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3.default, (x,))
+    torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3_backward.default, (x,))
+
+
+# ---------------------------------------------------------------------------------------------
+# avg_pool3x3: bitwise equal to ATen's NCHW kernels, forward and backward
+
+
+def _aten_pool(t):
+    return torch.nn.functional.avg_pool2d(t, 3, 1, 1, count_include_pad=False)
+
+
+@pytest.mark.parametrize("shape", [(128, 16, 32, 32), (16, 64, 8, 8), (3, 2, 1, 1), (2, 3, 1, 5), (2, 2, 5, 1),
+                                   (2, 2, 2, 2), (4, 5, 7, 3), (0, 3, 4, 4)])
+def test_avg_pool3x3_bitwise_equals_aten(shape):
+    need_compiled("cpu")
+    g = rng(sum(shape))
+    x = torch.randn(shape, generator=g) * 3.0
+    grad = torch.randn(shape, generator=g)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = _aten_pool(xa), ops.avg_pool3x3(xb)
+    assert torch.equal(ya, yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
+    assert torch.equal(torch.ops.nwot_fast.avg_pool3x3_backward(grad), xa.grad)
+
+
+def test_avg_pool3x3_backward_is_the_adjoint_and_differentiable():
+    need_compiled("cpu")
+    x = torch.randn(2, 2, 4, 5, generator=rng(9))
+    u = torch.randn(2, 2, 4, 5, generator=rng(12))
+    # <P x, u> == <x, P^T u>
+    lhs = (ops.avg_pool3x3(x).double() * u.double()).sum()
+    rhs = (x.double() * torch.ops.nwot_fast.avg_pool3x3_backward(u).double()).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-5)
+    v = torch.randn(2, 2, 4, 5, generator=rng(10), requires_grad=True)
+    back = torch.ops.nwot_fast.avg_pool3x3_backward(v)
+    (w,) = torch.autograd.grad(back, v, torch.ones_like(back))
+    assert torch.allclose(w, _aten_pool(torch.ones_like(v)))  # adjoint of the adjoint
+
+
+def test_avg_pool3x3_other_inputs_use_aten():
+    x = torch.randn(2, 3, 6, 6, generator=rng(11))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    y = ops.avg_pool3x3(cl)
+    assert torch.equal(y, _aten_pool(cl)) and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ops.avg_pool3x3(x.double()), _aten_pool(x.double()))
+
+
+def test_avg_pool3x3_argument_errors():
+    need_compiled("cpu")
+    with pytest.raises(RuntimeError, match="x must be 4-D"):
+        torch.ops.nwot_fast.avg_pool3x3(torch.zeros(3, 4, 4))
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        torch.ops.nwot_fast.avg_pool3x3(torch.zeros(1, 1, 4, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="grad must be 4-D"):
+        torch.ops.nwot_fast.avg_pool3x3_backward(torch.zeros(4, 4))
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument errors name the argument (wrappers: ValueError / TypeError; C++: RuntimeError)
 
