@@ -184,9 +184,11 @@ def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
     autograd. On the CPU (float32, 4-D) the compiled kernel, bitwise equal to ATen's NCHW
     kernel in both directions and several times faster; elsewhere ATen's pooling (also for
-    non-contiguous input, e.g. channels-last, whose memory format ATen's kernel keeps)."""
+    channels-last input, which ATen pools in that layout; other strides, such as a channel
+    slice, ATen makes contiguous first, as this kernel does)."""
     if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous() and _ext.available("cpu")):
+            and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last))
+            and _ext.available("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
     return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 

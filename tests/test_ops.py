@@ -313,6 +313,21 @@ def test_avg_pool3x3_backward_is_the_adjoint_and_differentiable():
     assert torch.allclose(w, _aten_pool(torch.ones_like(v)))  # adjoint of the adjoint
 
 
+def test_avg_pool3x3_channel_slice_bitwise_equals_aten():
+    # The merged convolutions of the fast path hand out channel slices (non-contiguous views).
+    need_compiled("cpu")
+    g = rng(13)
+    whole = torch.randn(8, 32, 16, 16, generator=g)
+    grad = torch.randn(8, 16, 16, 16, generator=g)
+    wa, wb = whole.clone().requires_grad_(True), whole.clone().requires_grad_(True)
+    ya, yb = _aten_pool(wa[:, 16:]), ops.avg_pool3x3(wb[:, 16:])
+    assert not wb[:, 16:].is_contiguous()
+    assert torch.equal(ya, yb)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(wa.grad, wb.grad)
+
+
 def test_avg_pool3x3_other_inputs_use_aten():
     x = torch.randn(2, 3, 6, 6, generator=rng(11))
     cl = x.contiguous(memory_format=torch.channels_last)
