@@ -565,16 +565,17 @@ def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device):
     x = x.to(device=dev, dtype=torch.float32)
     if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if plan.method == "jacob_cov":
-        with torch.enable_grad():
-            xg = x.detach().clone().requires_grad_(True)
-            y = _forward(plan, w, xg, None)
-            (J,) = torch.autograd.grad(y, xg, torch.ones_like(y))
-        return J.reshape(J.shape[0], -1)
-    codes = _Codes()
-    with torch.no_grad():
-        _forward(plan, w, x, codes)
-    return codes
+    with reference.full_float32():  # no TF32 on CUDA: the scores are those of float32
+        if plan.method == "jacob_cov":
+            with torch.enable_grad():
+                xg = x.detach().clone().requires_grad_(True)
+                y = _forward(plan, w, xg, None)
+                (J,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+            return J.reshape(J.shape[0], -1)
+        codes = _Codes()
+        with torch.no_grad():
+            _forward(plan, w, x, codes)
+        return codes
 
 
 def _post_process(method: str, results: list) -> List[float]:

@@ -21,6 +21,7 @@ the functions here. They follow the authors' method step by step:
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 import numpy as np
@@ -160,6 +161,30 @@ def check_input(x) -> None:
         raise ValueError("input x contains NaN or infinite values")
 
 
+@contextlib.contextmanager
+def full_float32():
+    """float32 math as defined, without TF32, for cuDNN convolutions and cuBLAS matmuls inside
+    the block (torch lets cuDNN use TF32 by default on Ampere and later GPUs, which changes the
+    scores); the previous settings are restored after. No effect on CPU computations."""
+    cudnn_conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if cudnn_conv is not None and matmul is not None:  # torch >= 2.9: the precision API
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.conv.fp32_precision = cudnn_conv
+            torch.backends.cuda.matmul.fp32_precision = matmul
+        return
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def score(model: nn.Module, x: torch.Tensor, method: str = "jacob_cov", *, relu_match: str = "name") -> float:
     """Score ``model`` on batch ``x`` with the pure path. Puts the model in train mode for the
     pass (as the authors did; BatchNorm running statistics are updated) and restores its mode."""
@@ -170,8 +195,9 @@ def score(model: nn.Module, x: torch.Tensor, method: str = "jacob_cov", *, relu_
     check_input(x)
     was_training = model.training
     try:
-        if method == "jacob_cov":
-            return jacob_cov(model, x)
-        return hook_logdet(model, x, relu_match)
+        with full_float32():
+            if method == "jacob_cov":
+                return jacob_cov(model, x)
+            return hook_logdet(model, x, relu_match)
     finally:
         model.train(was_training)

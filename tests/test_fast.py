@@ -210,6 +210,22 @@ def test_rng_state_untouched_and_independent_of_it():
     assert c != a  # other weights
 
 
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_network_pass_runs_without_tf32_and_restores_the_settings(method, monkeypatch):
+    seen = []
+    real = fast._forward
+
+    def spy(*args):
+        seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        return real(*args)
+
+    monkeypatch.setattr(fast, "_forward", spy)
+    before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    fast.score_arch(6111, _batch(3, b=4, side=16), method=method)
+    assert seen == [("ieee", "ieee")]
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
 def test_accepts_arch_string_index_and_arch():
     x = _batch(8, b=6, side=16)
     arch = fast.as_arch(857)
