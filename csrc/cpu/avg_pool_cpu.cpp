@@ -61,50 +61,45 @@ void box_sum_plane(const float* in, float* out, int64_t H, int64_t W, bool divid
   }
 }
 
-void check_pool_input(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be 4-D [batch, channels, height, width], got ", x.dim(), "-D");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, name, " must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", x.device());
+// Runs plane(in, out, H, W) for every (n, c) plane of the contiguous float32 input, in
+// parallel, into a new contiguous tensor of the same shape.
+template <typename PlaneFn>
+at::Tensor map_planes(const at::Tensor& in_, const char* name, PlaneFn plane) {
+  TORCH_CHECK(in_.dim() == 4, name, " must be 4-D [batch, channels, height, width], got ", in_.dim(), "-D");
+  TORCH_CHECK(in_.scalar_type() == at::kFloat, name, " must be float32, got ", in_.scalar_type());
+  TORCH_CHECK(in_.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", in_.device());
+  const at::Tensor in = in_.contiguous();
+  at::Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
+  if (in.numel() == 0) return out;
+  const int64_t planes = in.size(0) * in.size(1), H = in.size(2), W = in.size(3);
+  const float* ip = in.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(W), scratch;
+    for (int64_t p = begin; p < end; ++p) plane(ip + p * H * W, op + p * H * W, H, W, acc.data(), scratch);
+  });
+  return out;
 }
 
 }  // namespace
 
-at::Tensor avg_pool3x3_cpu(const at::Tensor& x_in) {
-  check_pool_input(x_in, "x");
-  const at::Tensor x = x_in.contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
-  if (x.numel() == 0) return out;
-  const float* xp = x.const_data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(W);
-    for (int64_t p = begin; p < end; ++p) box_sum_plane(xp + p * H * W, op + p * H * W, H, W, true, acc.data());
+at::Tensor avg_pool3x3_cpu(const at::Tensor& x) {
+  return map_planes(x, "x", [](const float* in, float* out, int64_t H, int64_t W, float* acc, std::vector<float>&) {
+    box_sum_plane(in, out, H, W, true, acc);
   });
-  return out;
 }
 
-at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad_in) {
-  check_pool_input(grad_in, "grad");
-  const at::Tensor grad = grad_in.contiguous();
-  at::Tensor out = at::empty_like(grad, at::MemoryFormat::Contiguous);
-  const int64_t planes = grad.size(0) * grad.size(1), H = grad.size(2), W = grad.size(3);
-  if (grad.numel() == 0) return out;
-  const float* gp = grad.const_data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(W), scaled(H * W);
-    for (int64_t p = begin; p < end; ++p) {
-      const float* g = gp + p * H * W;
-      // Each output's share, grad / taps, as ATen computes it before scattering.
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t th = taps(h, H);
-        for (int64_t w = 0; w < W; ++w) scaled[h * W + w] = g[h * W + w] / static_cast<float>(th * taps(w, W));
-      }
-      box_sum_plane(scaled.data(), op + p * H * W, H, W, false, acc.data());
+at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad) {
+  return map_planes(grad, "grad", [](const float* g, float* out, int64_t H, int64_t W, float* acc,
+                                     std::vector<float>& scaled) {
+    // Each output's share, grad / taps, as ATen computes it before scattering.
+    scaled.resize(H * W);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t th = taps(h, H);
+      for (int64_t w = 0; w < W; ++w) scaled[h * W + w] = g[h * W + w] / static_cast<float>(th * taps(w, W));
     }
+    box_sum_plane(scaled.data(), out, H, W, false, acc);
   });
-  return out;
 }
 
 TORCH_LIBRARY_IMPL(nwot_fast, CPU, m) {
