@@ -11,8 +11,9 @@ the output, and the parameter gradients of the backward pass. None of that chang
 * the score only needs ``d(sum y)/dx``, not the parameter gradients.
 
 So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
-network's own weights (built with ``torch.manual_seed(seed)`` and :func:`build_network`, then
-read out), which keeps the scores those of the reference:
+network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
+draws them, by :func:`nwot_fast.nb201.initial_parameters`), which keeps the scores those of the
+reference:
 
 ``jacob_cov``
     only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from .nb201 import NUM_ARCHS, build_network, is_constant_output, live_edges, relu_sees_only_zeros
+from .nb201 import NUM_ARCHS, initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch, as_arch
 from .nb201.structure import _reachable_from_input
 
@@ -310,45 +311,43 @@ class _Weights:
     head: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _conv_bn_params(rcb):
-    conv, bn = rcb.op[1], rcb.op[2]
-    return conv.weight.detach(), bn.weight.detach(), bn.bias.detach()
-
-
 def _weights(plan: Plan, seed: int, device: torch.device) -> _Weights:
-    """Build the network exactly as the reference does (same RNG draws), read its parameters
-    and arrange them for the plan (merged convolutions get concatenated weights)."""
+    """The network's parameters exactly as the reference builds them (same RNG draws, bit for
+    bit: :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
+    convolutions get concatenated weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_network(plan.arch)
+        p = initial_parameters(plan.arch)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
 
-    def prep(t, conv=False):
-        t = t.to(device)
+    def prep(name, conv=False):
+        t = p[name].to(device)
         return t.contiguous(memory_format=fmt) if conv else t.contiguous()
 
-    stem = (prep(net.stem[0].weight.detach(), True), prep(net.stem[1].weight.detach()), prep(net.stem[1].bias.detach()))
+    def conv_bn(prefix):
+        return (prep(f"{prefix}.op.1.weight", True), prep(f"{prefix}.op.2.weight"), prep(f"{prefix}.op.2.bias"))
+
+    stem = (prep("stem.0.weight", True), prep("stem.1.weight"), prep("stem.1.bias"))
     cells: List[_CellWeights] = []
     reductions: List[Tuple[torch.Tensor, ...]] = []
     conv_steps = [s for s in plan.cell_steps if s.op == "conv_bn"]
     # A constant hook_logdet plan runs the first cell only (everything after it is zero).
-    modules = list(net.cells)[:1] if plan.constant else list(net.cells)
-    for module in modules:
-        if hasattr(module, "layers"):
-            cw = _CellWeights()
-            for s in conv_steps:
-                parts = [_conv_bn_params(module.layers[k]) for k in s.edges]
-                cw.conv[s.edges] = tuple(
-                    prep(torch.cat([p[n] for p in parts], 0), n == 0) if len(parts) > 1 else prep(parts[0][n], n == 0)
-                    for n in range(3)
-                )
-            cells.append(cw)
-        else:
-            a, b = _conv_bn_params(module.conv_a), _conv_bn_params(module.conv_b)
-            reductions.append((prep(a[0], True), prep(a[1]), prep(a[2]), prep(b[0], True), prep(b[1]), prep(b[2]),
-                               prep(module.downsample[1].weight.detach(), True)))
-    head = (prep(net.lastact[0].weight.detach()), prep(net.lastact[0].bias.detach()),
-            prep(net.classifier.weight.detach()), prep(net.classifier.bias.detach()))
+    n_modules = 1 if plan.constant else 3 * N_CELLS + 2
+    for index in range(n_modules):
+        if index in (N_CELLS, 2 * N_CELLS + 1):  # the two reduction blocks
+            a, b = conv_bn(f"cells.{index}.conv_a"), conv_bn(f"cells.{index}.conv_b")
+            reductions.append(a + b + (prep(f"cells.{index}.downsample.1.weight", True),))
+            continue
+        cw = _CellWeights()
+        for s in conv_steps:
+            parts = [conv_bn(f"cells.{index}.layers.{k}") for k in s.edges]
+            cw.conv[s.edges] = tuple(
+                torch.cat([q[n] for q in parts], 0).contiguous(memory_format=fmt if n == 0 else torch.contiguous_format)
+                if len(parts) > 1 else parts[0][n]
+                for n in range(3)
+            )
+        cells.append(cw)
+    head = (prep("lastact.0.weight"), prep("lastact.0.bias"), prep("classifier.weight"), prep("classifier.bias"))
     return _Weights(stem, cells, reductions, head)
 
 

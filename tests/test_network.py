@@ -1,10 +1,12 @@
 """The network builder against xautodl's TinyNetwork: same parameters, same order, same outputs."""
 
+import random
+
 import pytest
 import torch
 
 from nwot_fast import nb201
-from nwot_fast.nb201 import Arch, build_network
+from nwot_fast.nb201 import Arch, build_network, initial_parameters
 
 xautodl_models = pytest.importorskip("xautodl.models", reason="pip install --no-deps xautodl")
 from xautodl.config_utils import dict2config  # noqa: E402
@@ -69,3 +71,24 @@ def test_sizes_and_parameter_count():
 def test_bad_sizes(kwargs):
     with pytest.raises(ValueError):
         build_network(ARCHS[0], **kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_initial_parameters_equal_the_built_network_bit_for_bit(seed):
+    """initial_parameters draws what build_network draws, in the same order: same names, same
+    values, and the global RNG left in the same state."""
+    archs = random.Random(seed).sample(range(nb201.NUM_ARCHS), 12) + ARCHS
+    for arch in archs:
+        torch.manual_seed(seed)
+        net = build_network(arch)
+        after_build = torch.rand(3)
+        torch.manual_seed(seed)
+        params = initial_parameters(arch)
+        after_draw = torch.rand(3)
+        named = dict(net.named_parameters())
+        assert list(named) == list(params)
+        for name, value in params.items():
+            assert torch.equal(named[name], value), (arch, name)
+        assert torch.equal(after_build, after_draw)
+    with pytest.raises(ValueError, match="C must be a positive int"):
+        initial_parameters(0, C=0)

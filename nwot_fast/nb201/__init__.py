@@ -2,7 +2,7 @@
 
 from .arch import EDGES, OPS, Arch
 from .index import NUM_ARCHS, arch_at, index_of
-from .network import build_network
+from .network import build_network, initial_parameters
 from .structure import (
     canonical_str,
     functional_str,
@@ -20,6 +20,7 @@ __all__ = [
     "arch_at",
     "index_of",
     "build_network",
+    "initial_parameters",
     "canonical_str",
     "functional_str",
     "is_constant_output",

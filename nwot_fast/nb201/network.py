@@ -8,7 +8,8 @@ weights load from one into the other.
 
 from __future__ import annotations
 
-from typing import List
+import math
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -148,6 +149,12 @@ class TinyNetwork(nn.Module):
         return self.classifier(self.features(x))
 
 
+def _check_sizes(num_classes, C, N) -> None:
+    for name, value in (("num_classes", num_classes), ("C", C), ("N", N)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def build_network(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> TinyNetwork:
     """Build the NB201 network for ``arch`` (an :class:`Arch`, official string or benchmark index).
 
@@ -155,7 +162,55 @@ def build_network(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> Tin
     ``torch.manual_seed(s)`` first to get the same weights as xautodl with seed ``s``.
     """
     arch = as_arch(arch)
-    for name, value in (("num_classes", num_classes), ("C", C), ("N", N)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_sizes(num_classes, C, N)
     return TinyNetwork(arch, C=C, N=N, num_classes=num_classes)
+
+
+def initial_parameters(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> Dict[str, torch.Tensor]:
+    """The parameters ``build_network(arch, ...)`` would create, by their names in its state
+    dict, drawn from torch's global RNG in the same order with the same initialisers (kaiming
+    uniform with a = sqrt(5) for convolutions and the classifier weight, uniform(+-1/sqrt(fan_in))
+    for its bias; BatchNorm weights 1 and biases 0, no draw), without building any module:
+    about 10x less time. Equal to the built network's parameters bit for bit (tested).
+    BatchNorm running statistics are not included."""
+    arch = as_arch(arch)
+    _check_sizes(num_classes, C, N)
+    params: Dict[str, torch.Tensor] = {}
+
+    def conv(name: str, c_in: int, c_out: int, k: int) -> None:
+        w = torch.empty(c_out, c_in, k, k)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Conv2d.reset_parameters
+        params[name + ".weight"] = w
+
+    def bn(name: str, c: int) -> None:
+        params[name + ".weight"] = torch.ones(c)
+        params[name + ".bias"] = torch.zeros(c)
+
+    def relu_conv_bn(name: str, c_in: int, c_out: int, k: int) -> None:
+        conv(name + ".op.1", c_in, c_out, k)
+        bn(name + ".op.2", c_out)
+
+    conv("stem.0", 3, C, 3)
+    bn("stem.1", C)
+    index = 0
+    C_prev = C
+    for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
+        if stage > 0:
+            relu_conv_bn(f"cells.{index}.conv_a", C_prev, C_curr, 3)
+            relu_conv_bn(f"cells.{index}.conv_b", C_curr, C_curr, 3)
+            conv(f"cells.{index}.downsample.1", C_prev, C_curr, 1)
+            index += 1
+        for _ in range(N):
+            for k, op in enumerate(arch.ops):
+                if op in (CONV1, CONV3):
+                    relu_conv_bn(f"cells.{index}.layers.{k}", C_curr, C_curr, 1 if op == CONV1 else 3)
+            index += 1
+        C_prev = C_curr
+    bn("lastact.0", C_prev)
+    w = torch.empty(num_classes, C_prev)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear.reset_parameters
+    bound = 1 / math.sqrt(C_prev)
+    params["classifier.weight"] = w
+    params["classifier.bias"] = torch.empty(num_classes).uniform_(-bound, bound)
+    return params
+
