@@ -334,7 +334,7 @@ def _weights(plan: Plan, seed: int, device: torch.device) -> _Weights:
     # A constant hook_logdet plan runs the first cell only (everything after it is zero).
     n_modules = 1 if plan.constant else 3 * N_CELLS + 2
     for index in range(n_modules):
-        if index in (N_CELLS, 2 * N_CELLS + 1):  # the two reduction blocks
+        if f"cells.{index}.conv_a.op.1.weight" in p:  # a reduction block
             a, b = conv_bn(f"cells.{index}.conv_a"), conv_bn(f"cells.{index}.conv_b")
             reductions.append(a + b + (prep(f"cells.{index}.downsample.1.weight", True),))
             continue

@@ -163,18 +163,16 @@ def test_unknown_method_and_relu_match():
 
 
 def test_score_runs_without_tf32_and_restores_the_settings(monkeypatch):
-    import nwot_fast.reference as ref
-
     seen = []
-    real = ref.jacob_cov
+    real = reference.jacob_cov
 
     def spy(model, x):
         seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
         return real(model, x)
 
-    monkeypatch.setattr(ref, "jacob_cov", spy)
+    monkeypatch.setattr(reference, "jacob_cov", spy)
     before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
     torch.manual_seed(0)
-    ref.score(build_network(nb201.arch_at(6111)), torch.randn(4, 3, 16, 16))
+    reference.score(build_network(nb201.arch_at(6111)), torch.randn(4, 3, 16, 16))
     assert seen == [("ieee", "ieee")]
     assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before

@@ -213,4 +213,3 @@ def initial_parameters(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -
     params["classifier.weight"] = w
     params["classifier.bias"] = torch.empty(num_classes).uniform_(-bound, bound)
     return params
-
