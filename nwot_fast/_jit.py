@@ -118,26 +118,45 @@ def _locked(path: str, waiting_message: str):
 
 
 def _compile(the_plan: dict, why: str) -> str:
-    """Builds (and loads) the library into the plan's directory; returns its path."""
-    from torch.utils.cpp_extension import load
-
+    """Builds (and loads) the library into the plan's directory, announced; returns its path."""
     spec, directory = the_plan["spec"], the_plan["directory"]
     what = "C++ and CUDA" if spec["with_cuda"] else "C++"
     archs = f" for CUDA arch {spec['record']['cuda_arch_list']}" if spec["with_cuda"] else ""
     print(f"nwot_fast: {why}; compiling its {what} operators{archs} against torch "
           f"{spec['record']['torch']} into {directory}. This takes {_EXPECTED[spec['with_cuda']]}, "
           f"once: later runs load the build from there.", file=sys.stderr, flush=True)
-    defines = _build.define_flags(spec["define_macros"])
+    start = time.monotonic()
+    try:
+        library = _run_build(spec, directory)
+    except Exception as exc:
+        with open(os.path.join(directory, ERROR_LOG), "w") as f:
+            f.write(f"{type(exc).__name__}: {exc}\n")
+        raise JitBuildError(f"compiling the operators failed ({type(exc).__name__}: {_tail(str(exc))}); "
+                            f"full log: {os.path.join(directory, ERROR_LOG)}") from exc
+    seconds = time.monotonic() - start
+    stamp = {"library": os.path.basename(library), "sha256": _sha256(library), "seconds": round(seconds, 1),
+             "record": the_plan["record"]}
+    tmp = os.path.join(directory, STAMP + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(stamp, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(directory, STAMP))  # the stamp appears whole or not at all
+    print(f"nwot_fast: compiled in {seconds:.0f} s ({library}).", file=sys.stderr, flush=True)
+    return library
+
+
+def _run_build(spec: dict, directory: str) -> str:
+    """torch.utils.cpp_extension.load with the spec's sources and flags; builds and loads the
+    library, returns its path."""
     from torch.utils import cpp_extension
 
+    defines = _build.define_flags(spec["define_macros"])
     if getattr(cpp_extension, "min_supported_cpython", None):  # what setup.py's py_limited_api=True adds
         defines.append(f"-DPy_LIMITED_API={cpp_extension.min_supported_cpython}")
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if spec["with_cuda"]:
         os.environ["TORCH_CUDA_ARCH_LIST"] = spec["record"]["cuda_arch_list"]
-    start = time.monotonic()
     try:
-        library = load(
+        return cpp_extension.load(
             name=LIBRARY_NAME,
             sources=spec["sources"],
             extra_cflags=spec["cxx_flags"] + defines,
@@ -148,26 +167,12 @@ def _compile(the_plan: dict, why: str) -> str:
             with_cuda=spec["with_cuda"],
             is_python_module=False,
         )
-    except Exception as exc:
-        with open(os.path.join(directory, ERROR_LOG), "w") as f:
-            f.write(f"{type(exc).__name__}: {exc}\n")
-        raise JitBuildError(f"compiling the operators failed ({type(exc).__name__}: {_tail(str(exc))}); "
-                            f"full log: {os.path.join(directory, ERROR_LOG)}") from exc
     finally:
         if spec["with_cuda"]:
             if saved_arch is None:
                 os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
-    seconds = time.monotonic() - start
-    stamp = {"library": os.path.basename(library), "sha256": _sha256(library), "seconds": round(seconds, 1),
-             "record": the_plan["record"]}
-    tmp = os.path.join(directory, STAMP + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(stamp, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, STAMP))  # the stamp appears whole or not at all
-    print(f"nwot_fast: compiled in {seconds:.0f} s ({library}).", file=sys.stderr, flush=True)
-    return library
 
 
 def _tail(text: str, lines: int = 12) -> str:
@@ -192,7 +197,7 @@ def load_or_build(the_plan: dict, why: str, allow_build: bool = True) -> dict:
             raise JitBuildError(f"compiling the operators failed before; see {os.path.join(directory, ERROR_LOG)} "
                                 f"(delete {directory} to try again)")
         elif os.path.exists(directory):
-            why += " (the cached build in it is incomplete or damaged: rebuilding it)"
+            why += "; the cached build there is incomplete or damaged, so it is rebuilt"
         if not allow_build:
             return None
         shutil.rmtree(directory, ignore_errors=True)
