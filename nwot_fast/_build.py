@@ -17,7 +17,9 @@ import site
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-CXX_FLAGS = ["-O3"]
+# -fwrapv and NDEBUG: what setuptools adds from Python's own CFLAGS ahead of time; given here
+# so that a first-use build (which does not add them) compiles the same code.
+CXX_FLAGS = ["-O3", "-fwrapv"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 # The architecture built for when TORCH_CUDA_ARCH_LIST is not set and no GPU is visible
 # (torch would otherwise build for every architecture it knows).
@@ -98,16 +100,25 @@ def nvidia_wheel_dirs(site_dirs: Optional[Sequence[str]] = None) -> Tuple[List[s
     return list(dict.fromkeys(includes)), list(dict.fromkeys(libdirs))
 
 
-def _link_args_for(libname: str, libdirs: Sequence[str]) -> List[str]:
-    """-l flags for ``libname``: the wheels ship only versioned sonames (libcusolver.so.12)."""
+def library_file(libname: str, libdirs: Sequence[str]) -> Optional[str]:
+    """The file of ``lib<libname>`` in ``libdirs``: the unversioned name, else the shortest
+    versioned soname (the wheels ship only those, e.g. libcusolver.so.12)."""
     for d in libdirs:
         if os.path.exists(os.path.join(d, f"lib{libname}.so")):
-            return [f"-l{libname}"]
+            return os.path.join(d, f"lib{libname}.so")
     for d in libdirs:
         found = sorted(glob.glob(os.path.join(d, f"lib{libname}.so.*")), key=len)
         if found:
-            return [f"-l:{os.path.basename(found[0])}"]
-    return [f"-l{libname}"]
+            return found[0]
+    return None
+
+
+def _link_args_for(libname: str, libdirs: Sequence[str]) -> List[str]:
+    """-l flags for ``libname`` (``-l:libcusolver.so.12`` for a versioned soname)."""
+    path = library_file(libname, libdirs)
+    if path is None or path.endswith(".so"):
+        return [f"-l{libname}"]
+    return [f"-l:{os.path.basename(path)}"]
 
 
 def header_define(include_dirs: Sequence[str], header: str, names: Sequence[str]) -> Optional[Tuple[int, ...]]:
@@ -166,7 +177,7 @@ def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optiona
     the build stays where it was made).
     """
     with_cuda = want_cuda(environ, facts["torch_cuda"], facts["cuda_home"])
-    defines = [("NWOT_TORCH_VERSION", facts["torch_version"])]
+    defines = [("NDEBUG", None), ("NWOT_TORCH_VERSION", facts["torch_version"])]
     cxx = list(CXX_FLAGS)
     link: List[str] = []
     if facts["openmp"]:
@@ -180,7 +191,7 @@ def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optiona
               "cuda_arch_list": None}
     if with_cuda:
         defines.append(("WITH_CUDA", None))
-        nv_includes, nv_libdirs = nvidia_wheel_dirs()
+        nv_includes, nv_libdirs = nvidia_wheel_dirs(facts.get("site_dirs"))
         include_dirs += nv_includes
         library_dirs += nv_libdirs
         link += _link_args_for("cusolver", nv_libdirs) + _link_args_for("cublas", nv_libdirs)

@@ -115,6 +115,7 @@ NaN / -inf counts. Opens the database read-only: safe while a scan is writing to
 examples:
   {PROG} info
   {PROG} info --json
+  {PROG} info --build        # compile the operators now if this install has none (exit 3 if it cannot)
 
 {EXIT_CODES_HELP}""",
     "arch": f"""\
@@ -460,7 +461,7 @@ def cmd_info(args) -> int:
         info["backend"] = None
         info["backend_note"] = "compiled extension loader not present; the pure-PyTorch path is used"
     else:
-        info["backend"] = backend_info()
+        info["backend"] = backend_info(build=args.build)
     try:
         import importlib
 
@@ -470,9 +471,10 @@ def cmd_info(args) -> int:
         if e.name != "nwot_fast.fast":
             raise
         info["engines"] = ["reference"]
+    code = EXIT_RESOURCE if args.build and not (info["backend"] or {}).get("compiled") else EXIT_OK
     if args.json:
         _print_json(info)
-        return EXIT_OK
+        return code
     width = max(len(k) for k in info)
     for k, v in info.items():
         if isinstance(v, dict):
@@ -481,7 +483,7 @@ def cmd_info(args) -> int:
             print(f"{k.ljust(width)}  {', '.join(map(str, v)) or '-'}")
         else:
             print(f"{k.ljust(width)}  {v}")
-    return EXIT_OK
+    return code
 
 
 def cmd_arch(args) -> int:
@@ -637,6 +639,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     _add_output_options(p)
 
     p = add("info", "show versions, the compiled backend and CUDA availability", cmd_info)
+    p.add_argument("--build", action="store_true",
+                   help="compile the operators now when no build is installed or cached (otherwise on first use)")
     _add_output_options(p)
 
     p = add("arch", "convert between index and arch string; canonical form, live edges, constant output", cmd_arch)

@@ -121,3 +121,55 @@ def test_build_definition_is_torch_free():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["9.0", "8.0;9.0", "8.6"]
+
+
+def _fake_cuda_install(tmp_path):
+    """A site-packages with the nvidia wheel layout, a torch lib dir and a CUDA toolkit: files only."""
+    nv = tmp_path / "site" / "nvidia" / "cu13"
+    (nv / "include").mkdir(parents=True)
+    (nv / "lib").mkdir()
+    (nv / "include" / "cusolverDn.h").write_text("")
+    (nv / "include" / "cublas_v2.h").write_text("")
+    (nv / "include" / "cusolver_common.h").write_text(
+        "#define CUSOLVER_VER_MAJOR 12\n#define CUSOLVER_VER_MINOR 0\n#define CUSOLVER_VER_PATCH 4\n")
+    for lib in ("libcusolver.so.12", "libcublas.so.13", "libcublasLt.so.13"):
+        (nv / "lib" / lib).write_text("")
+    torch_lib = tmp_path / "site" / "torch" / "lib"
+    torch_lib.mkdir(parents=True)
+    (torch_lib / "libtorch_cuda_linalg.so").write_text("")
+    toolkit = tmp_path / "cuda"
+    (toolkit / "include").mkdir(parents=True)
+    (toolkit / "include" / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13000\n")
+    return {"torch_version": "2.14.1+cu130", "torch_cuda": "13.0", "cuda_home": str(toolkit),
+            "visible_capabilities": [], "openmp": True, "torch_lib": str(torch_lib),
+            "site_dirs": [str(tmp_path / "site")]}, nv
+
+
+def test_cuda_build_spec_is_the_same_for_both_routes(tmp_path):
+    """One definition: the ahead-of-time and first-use specs differ only in how run paths are
+    written ($ORIGIN-relative for an installed _C, absolute for a cached build)."""
+    facts, nv = _fake_cuda_install(tmp_path)
+    csrc = _build.find_csrc(_jit.package_dir())
+    aot = _build.build_spec(csrc, facts, {}, rpath_origin=str(tmp_path / "site" / "nwot_fast"))
+    jit = _build.build_spec(csrc, facts, {"TORCH_CUDA_ARCH_LIST": "8.0;9.0"})
+    assert aot["with_cuda"] and jit["with_cuda"]
+    assert any(s.endswith(".cu") for s in aot["sources"]) and aot["sources"] == jit["sources"]
+    assert aot["define_macros"] == jit["define_macros"] == [
+        ("NDEBUG", None), ("NWOT_TORCH_VERSION", "2.14.1+cu130"), ("WITH_CUDA", None)]
+    assert aot["cxx_flags"] == jit["cxx_flags"] and "-fopenmp" in aot["cxx_flags"]
+    assert aot["nvcc_flags"] == jit["nvcc_flags"] == _build.NVCC_FLAGS
+    assert aot["include_dirs"] == jit["include_dirs"] == [csrc, str(nv / "include")]
+    assert [f for f in aot["link_flags"] if "rpath" not in f] == [f for f in jit["link_flags"] if "rpath" not in f] == [
+        "-fopenmp", "-l:libcusolver.so.12", "-l:libcublas.so.13", "-ltorch_cuda_linalg"]
+    assert "-Wl,-rpath,$ORIGIN/../torch/lib" in aot["link_flags"]
+    assert "-Wl,-rpath,$ORIGIN/../nvidia/cu13/lib" in aot["link_flags"]
+    assert f"-Wl,-rpath,{nv / 'lib'}" in jit["link_flags"]
+    assert aot["record"] == dict(jit["record"], cuda_arch_list="9.0") == {
+        "torch": "2.14.1+cu130", "backends": "cpu,cuda", "cuda": "13.0", "cusolver": "12004", "cuda_arch_list": "9.0"}
+    assert jit["record"]["cuda_arch_list"] == "8.0;9.0"
+    cpu_only = _build.build_spec(csrc, facts, {"FORCE_ONLY_CPU": "1"})
+    assert not cpu_only["with_cuda"] and not any(s.endswith(".cu") for s in cpu_only["sources"])
+    assert cpu_only["record"]["backends"] == "cpu" and cpu_only["nvcc_flags"] == []
+    no_toolkit = dict(facts, cuda_home=None)
+    assert not _build.build_spec(csrc, no_toolkit, {})["with_cuda"]
+    assert _build.build_spec(csrc, no_toolkit, {"FORCE_CUDA": "1"})["with_cuda"]
