@@ -103,9 +103,9 @@ done
 # Import with the CUDA torch: every op has a CUDA kernel; the loader reports the backend.
 mkdir -p "$WORK/pkg"
 cp -r "$REPO/nwot_fast" "$WORK/pkg/"
-find "$WORK/pkg" -name "_C*.so" -delete
-cp "$SO" "$WORK/pkg/nwot_fast/"
-(cd "$WORK" && PYTHONPATH="$WORK/pkg" "$PY" - <<'PY'
+find "$WORK/pkg" -name "_C*" -delete  # the checkout's own build and its record
+cp "$SO" "$(dirname "$SO")/_C.build.json" "$WORK/pkg/nwot_fast/"
+(cd "$WORK" && PYTHONPATH="$WORK/pkg" NWOT_FAST_NO_JIT=1 "$PY" - <<'PY'
 import warnings
 import torch
 warnings.simplefilter("error")  # a loader warning here means the build is not usable
@@ -113,7 +113,7 @@ import nwot_fast
 from nwot_fast import _ext
 info = _ext.backend_info()
 print("backend_info:", info)
-assert info["compiled"] and "cuda" in info["backends"], info
+assert info["compiled"] and info["route"] == "aot" and "cuda" in info["backends"], info
 ops = ["jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"]
 for op in ops:
     dump = torch._C._dispatch_dump(f"nwot_fast::{op}")
@@ -121,6 +121,11 @@ for op in ops:
     assert "CUDA" in kernels and "CPU" in kernels, (op, dump)
     print(f"nwot_fast::{op}: kernels for", ", ".join(k for k in kernels if k in ("CPU", "CUDA")))
 print("cuda available here:", torch.cuda.is_available())
+# What the loader compares with the build's cuSOLVER before it imports _C (issue 11 item 10).
+runtime = _ext.runtime_cusolver_version()
+built = _ext.parse_build_info(torch.ops.nwot_fast.build_info()).get("cusolver")
+print("cuSOLVER: built against", built, "found at run time", runtime)
+assert runtime is not None and built is not None and int(runtime) >= int(built), (runtime, built)
 PY
 )
 

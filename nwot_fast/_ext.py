@@ -202,10 +202,8 @@ def _try_jit(why: str, allow_build: bool) -> Tuple[Optional[dict], Optional[str]
     return parse_build_info(torch.ops.nwot_fast.build_info()), None, result
 
 
-def _load(allow_build: bool = True) -> Optional[dict]:
-    """The loader's decision; None when a build would be needed and ``allow_build`` is False."""
-    torch_version, cuda_version = _running_versions()
-    state = {
+def _blank_state(torch_version: str) -> dict:
+    return {
         "compiled": False,
         "route": "fallback",
         "backends": [],
@@ -218,6 +216,12 @@ def _load(allow_build: bool = True) -> Optional[dict]:
         "build_seconds": None,
         "reason": None,
     }
+
+
+def _load(allow_build: bool = True) -> Optional[dict]:
+    """The loader's decision; None when a build would be needed and ``allow_build`` is False."""
+    torch_version, cuda_version = _running_versions()
+    state = _blank_state(torch_version)
     if _loaded is not None:  # loaded earlier in this process (the tests forget the decision)
         info = parse_build_info(torch.ops.nwot_fast.build_info())
         reason = mismatch_reason(info, torch_version, cuda_version, _cusolver_runtime_if_needed(info))
@@ -288,9 +292,10 @@ def backend_info(build: bool = True) -> dict:
     """
     state = _get(allow_build=build)
     if state is None:
-        return {"compiled": False, "route": "jit", "in_use": "not built yet", "backends": [],
-                "torch_running": _running_versions()[0], "build_dir": _jit.plan()["directory"],
-                "reason": "compiled on first use (or now with `nwot-fast info --build`)"}
+        state = dict(_blank_state(_running_versions()[0]), route="jit", in_use="not built yet",
+                     build_dir=_jit.plan()["directory"],
+                     reason="compiled on first use (or now with `nwot-fast info --build`)")
+        return state
     state = dict(state)
     state["backends"] = list(state["backends"])
     state["in_use"] = "compiled" if state["compiled"] else "fallback"

@@ -208,3 +208,34 @@ def test_first_use_build_needs_a_compiler_and_ninja(monkeypatch):
     assert "ninja" in _ext._jit.unavailable_reason()
     monkeypatch.setenv("NWOT_FAST_NO_JIT", "1")
     assert _ext._jit.unavailable_reason() == "compiling on first use is turned off (NWOT_FAST_NO_JIT=1)"
+
+
+def test_info_build_exit_codes(fresh_loader, capsys):
+    """`nwot-fast info --build`: 0 with compiled operators, 3 (a resource problem) without."""
+    from nwot_fast import cli
+
+    fresh_loader.setattr(_ext, "_loaded", None)
+    fresh_loader.setattr(_ext, "_try_aot", lambda *a: (None, "nwot_fast._C is not built (simulated)"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _ext.ExtensionWarning)
+        assert cli.main(["info", "--build", "--json"]) == 3
+    backend = json.loads(capsys.readouterr().out)["backend"]
+    assert backend["route"] == "fallback" and "NWOT_FAST_NO_JIT=1" in backend["reason"]
+    assert cli.main(["info", "--json"]) == 0  # without --build, informative only
+    capsys.readouterr()
+
+
+def test_backend_info_without_build_does_not_compile(fresh_loader):
+    """`nwot-fast info` (build=False) reports a needed first-use build instead of running it."""
+    fresh_loader.setattr(_ext, "_loaded", None)
+    fresh_loader.setattr(_ext, "_try_aot", lambda *a: (None, "nwot_fast._C is not built (simulated)"))
+    fresh_loader.delenv("NWOT_FAST_NO_JIT")
+    fresh_loader.setattr(_ext._jit, "unavailable_reason", lambda: None)
+    fresh_loader.setattr(_ext._jit, "plan", lambda: {"directory": "/cache/nwot_fast/key"})
+    calls = []
+    fresh_loader.setattr(_ext._jit, "load_or_build", lambda plan, why, allow_build=True: calls.append(allow_build))
+    info = _ext.backend_info(build=False)
+    assert calls == [False]
+    assert info["in_use"] == "not built yet" and info["route"] == "jit" and info["compiled"] is False
+    assert info["build_dir"] == "/cache/nwot_fast/key" and set(info) >= {"backends", "library", "torch_running"}
+    assert _ext._state is None  # nothing decided: the next use may still build
