@@ -182,6 +182,10 @@ def _try_aot(torch_version: str, cuda_version: Optional[str]) -> Tuple[Optional[
     return info, None
 
 
+def _namespace_registered() -> bool:
+    return hasattr(torch.ops.nwot_fast, "build_info")
+
+
 def _try_jit(why: str, allow_build: bool) -> Tuple[Optional[dict], Optional[str], Optional[dict]]:
     """(build info, None, load result) after loading or compiling the cached build; (None,
     why not, None) when it cannot; (None, None, None) when a build is needed but not allowed."""
@@ -191,6 +195,10 @@ def _try_jit(why: str, allow_build: bool) -> Tuple[Optional[dict], Optional[str]
     reason = _jit.unavailable_reason()
     if reason is not None:
         return None, reason, None
+    if _namespace_registered():
+        # A second library registering the namespace would abort the process (its static
+        # initialisers throw), so a half-loaded nwot_fast._C rules out compiling on first use.
+        return None, "torch.ops.nwot_fast is already registered in this process by a library that failed its checks", None
     try:
         the_plan = _jit.plan()
         result = _jit.load_or_build(the_plan, why, allow_build=allow_build)

@@ -178,6 +178,7 @@ def test_unusable_aot_build_is_replaced_by_the_first_use_build(fresh_loader, tmp
     imported = _fake_aot_package(tmp_path, fresh_loader, {"torch": "1.0.0", "backends": "cpu"})
     fresh_loader.delenv("NWOT_FAST_NO_JIT")
     fresh_loader.setattr(_ext._jit, "unavailable_reason", lambda: None)
+    fresh_loader.setattr(_ext, "_namespace_registered", lambda: False)  # the real _C is loaded here
     plan = {"directory": str(tmp_path / "cache" / "key")}
     fresh_loader.setattr(_ext._jit, "plan", lambda: plan)
     calls = []
@@ -231,6 +232,7 @@ def test_backend_info_without_build_does_not_compile(fresh_loader):
     fresh_loader.setattr(_ext, "_try_aot", lambda *a: (None, "nwot_fast._C is not built (simulated)"))
     fresh_loader.delenv("NWOT_FAST_NO_JIT")
     fresh_loader.setattr(_ext._jit, "unavailable_reason", lambda: None)
+    fresh_loader.setattr(_ext, "_namespace_registered", lambda: False)
     fresh_loader.setattr(_ext._jit, "plan", lambda: {"directory": "/cache/nwot_fast/key"})
     calls = []
     fresh_loader.setattr(_ext._jit, "load_or_build", lambda plan, why, allow_build=True: calls.append(allow_build))
@@ -239,3 +241,16 @@ def test_backend_info_without_build_does_not_compile(fresh_loader):
     assert info["in_use"] == "not built yet" and info["route"] == "jit" and info["compiled"] is False
     assert info["build_dir"] == "/cache/nwot_fast/key" and set(info) >= {"backends", "library", "torch_running"}
     assert _ext._state is None  # nothing decided: the next use may still build
+
+
+@pytest.mark.skipif(not BUILT, reason="nwot_fast._C is not built in this checkout")
+def test_no_second_library_when_the_namespace_is_taken(fresh_loader):
+    """A library that registered torch.ops.nwot_fast but is not accounted for (a half-loaded
+    _C) rules out loading a first-use build, which would abort the process."""
+    _ext.backend_info()  # the real _C registers the namespace
+    fresh_loader.setattr(_ext, "_loaded", None)
+    fresh_loader.delenv("NWOT_FAST_NO_JIT")
+    fresh_loader.setattr(_ext._jit, "unavailable_reason", lambda: None)
+    fresh_loader.setattr(_ext._jit, "load_or_build", lambda *a, **k: pytest.fail("must not load a second library"))
+    info, reason, result = _ext._try_jit("simulated", allow_build=True)
+    assert info is None and result is None and "already registered in this process" in reason
