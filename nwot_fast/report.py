@@ -8,37 +8,18 @@ which needs the images (``--data``) to compute the Jacobians of a few untrained 
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
+from ._common import ACCURACY_KEYS, METHODS, accuracy_label
+from .accuracies import as_table
+from .evaluate import evaluate
+from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
+from .searchtable import search_table
 
-from .evaluate import ACCURACY_KEYS, _int_list, _label, _load_table, evaluate, search_table
-from .reference import METHODS
-
-__all__ = ["PUBLISHED_CORRELATIONS", "PUBLISHED_SEARCH", "build_report", "configure_parser", "run_cli"]
-
-#: Published rank correlations on NB201 (whole space) that the report quotes. hook_logdet:
-#: Kendall tau from the 2021 paper (Mellor et al., ICML); jacob_cov: the Spearman rho range
-#: quoted for the original score against CIFAR-10 test accuracy.
-PUBLISHED_CORRELATIONS: Dict[str, Dict[str, str]] = {
-    "hook_logdet": {"cifar10": "tau 0.574", "cifar100": "tau 0.611", "ImageNet16-120": "tau 0.549"},
-    "jacob_cov": {"cifar10": "rho ~0.69-0.73 (test)"},
-}
-
-#: Published search results of the original score (500 runs; the authors' README, v1).
-PUBLISHED_SEARCH = {
-    10: {"seconds": 1.73435, ("cifar10", "val"): (88.47, 1.33), ("cifar10", "test"): (91.53, 1.62),
-         ("cifar100", "val"): (66.49, 3.08), ("cifar100", "test"): (66.63, 3.14),
-         ("ImageNet16-120", "val"): (38.33, 4.98), ("ImageNet16-120", "test"): (38.33, 5.22)},
-    100: {"seconds": 17.4139, ("cifar10", "val"): (88.45, 1.46), ("cifar10", "test"): (91.61, 1.71),
-          ("cifar100", "val"): (66.42, 3.27), ("cifar100", "test"): (66.56, 3.28),
-          ("ImageNet16-120", "val"): (36.56, 6.70), ("ImageNet16-120", "test"): (36.37, 6.97)},
-}
+__all__ = ["build_report", "figure6_points"]
 
 
 def _rel(path: str, start: str) -> str:
@@ -50,7 +31,7 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 
 def _published_search_markdown(keys) -> str:
-    head = ["Method", "Search (s)"] + [_label(d, s) for d, s in keys]
+    head = ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in keys]
     out = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
     for n, row in PUBLISHED_SEARCH.items():
         cells = [f"{row[k][0]:.2f} +- {row[k][1]:.2f}" for k in keys]
@@ -103,7 +84,7 @@ def build_report(
         raise FileNotFoundError(f"{out}: directory {out_dir} does not exist")
     figures_dir = os.path.join(out_dir, "figures") if figures_dir is None else os.fspath(figures_dir)
     os.makedirs(figures_dir, exist_ok=True)
-    table = _load_table(accuracies)
+    table = as_table(accuracies)
     keys = tuple(k for k in ACCURACY_KEYS if k in table.splits)
 
     from . import figures
@@ -134,7 +115,7 @@ def build_report(
         pub = PUBLISHED_CORRELATIONS.get(method, {})
         md += ["| accuracy | n | Kendall tau | Spearman rho | published |", "|:--|--:|--:|--:|:--|"]
         for c in res.correlations:
-            md.append(f"| {_label(c['dataset'], c['split'])} | {c['n']} | {_fmt(c['kendall_tau'])} | "
+            md.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {_fmt(c['kendall_tau'])} | "
                       f"{_fmt(c['spearman_rho'])} | {pub.get(c['dataset'], '') if c['split'] == 'test' else ''} |")
         md += ["", f"Search table ({st.describe()}):", "", st.to_markdown(), "",
                f"CSV: [{_rel(md_prefix + '.csv', out_dir)}]({_rel(md_prefix + '.csv', out_dir)})", "",
@@ -177,85 +158,3 @@ def build_report(
         f.write("\n".join(md).rstrip() + "\n")
     summary["report"] = out
     return summary
-
-
-def _scores_arg(text: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected METHOD=FILE (METHOD one of {', '.join(METHODS)}), got {text!r}")
-    method, path = text.split("=", 1)
-    if method not in METHODS:
-        raise argparse.ArgumentTypeError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
-    return method, path
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``nwot-fast report``."""
-    parser.description = ("Assemble correlations, search tables (table mode) and figures from score files into "
-                          "one Markdown report, next to the published numbers.")
-    parser.epilog = (
-        "example:\n"
-        "  nwot-fast report --scores jacob_cov=jc.csv --scores hook_logdet=hl.csv \\\n"
-        "      --accuracies ../shared/data/nb201_accuracies.csv --data ../shared/data/cifar10_sample.npz \\\n"
-        "      --search-ns 10,100 --out report.md"
-    )
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
-                        help="a scores file of one method (repeat for several methods)")
-    parser.add_argument("--accuracies", required=True, metavar="PATH", help="NB201 accuracies (CSV or .pth)")
-    parser.add_argument("--out", default="report.md", metavar="FILE", help="Markdown report (default report.md)")
-    parser.add_argument("--figures-dir", metavar="DIR", help="figures and CSV tables (default: figures/ beside --out)")
-    parser.add_argument("--data", metavar="PATH", help="images for Figure 1 (left out without)")
-    parser.add_argument("--n-archs", type=int, metavar="K", help="use only the seeded sample of K from each file")
-    parser.add_argument("--sample-seed", type=int, default=0, help="seed of that sample (default 0)")
-    parser.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
-                        help="sample sizes of the search table (default 10,25,50,75,100)")
-    parser.add_argument("--runs", type=int, default=500, help="runs per N (default 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the search runs and Figure 1 (default 0)")
-    parser.add_argument("--published", metavar="CSV",
-                        help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
-                        "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
-    parser.add_argument("--fig1-per-bin", type=int, default=3, help="architectures per bin in Figure 1 (default 3)")
-    parser.add_argument("--fig1-batch", type=int, default=64, help="batch size for Figure 1 (default 64)")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
-
-
-def run_cli(args) -> int:
-    from .figures import read_published_points
-
-    scores: Dict[str, str] = {}
-    for method, path in args.scores:
-        if method in scores:
-            raise ValueError(f"--scores given twice for {method}")
-        scores[method] = path
-    summary = build_report(
-        scores=scores,
-        accuracies=args.accuracies,
-        out=args.out,
-        figures_dir=args.figures_dir,
-        data=args.data,
-        n_archs=args.n_archs,
-        sample_seed=args.sample_seed,
-        Ns=args.search_ns,
-        runs=args.runs,
-        seed=args.seed,
-        published_points=None if args.published is None else read_published_points(args.published),
-        fig1_per_bin=args.fig1_per_bin,
-        fig1_batch=args.fig1_batch,
-    )
-    if args.json:
-        print(json.dumps(summary, indent=2, default=_json_default))
-    else:
-        print(f"report written to {summary['report']}")
-        for name, paths in summary["figures"].items():
-            print(f"  {name}: {', '.join(paths)}")
-    return 0
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)

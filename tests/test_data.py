@@ -22,7 +22,6 @@ from nwot_fast.data import (
     ImageSet,
     default_data_settings,
     load_images,
-    nb201_cifar10_valid_split,
     normalize,
 )
 
@@ -259,23 +258,6 @@ def test_normalize_matches_formula():
         assert np.array_equal(out[:, c].numpy(), expected)
     with pytest.raises(ValueError, match="uint8"):
         normalize(images.astype(np.float32), "cifar10")
-
-
-def test_cifar10_valid_split():
-    state = random.getstate()
-    train, valid = nb201_cifar10_valid_split()
-    assert random.getstate() == state  # no global random state touched
-    assert len(train) == len(valid) == 25000
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
-    assert np.array_equal(np.sort(np.concatenate([train, valid])), np.arange(50000))
-    # The documented procedure, spelled out with the global generator as NB201's script did.
-    order = list(range(50000))
-    random.seed(1021)
-    random.shuffle(order)
-    random.setstate(state)
-    assert train.tolist() == sorted(order[:25000])
-    again, _ = nb201_cifar10_valid_split()
-    assert np.array_equal(again, train)
 
 
 # ---------------------------------------------------------------------------------------------
