@@ -29,15 +29,8 @@ from nwot_fast.scoring import ScoreConfig, resolve_device
 ENGINE = "fast"
 BATCH = 4
 GOOD = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,18 +269,24 @@ def test_not_a_database_file_is_left_untouched(files):
     assert open(files["not_a_db"], "rb").read() == before
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes to read-only files anyway")
-def test_read_only_database_file(files, tmp_path, capsys):
+def test_read_only_database_file(files, tmp_path, capsys, monkeypatch):
+    """A database the process may not write. File modes do not stop root (CI runs as root), so
+    SQLite itself opens the file read-only here, which is what it does for a 0444 file."""
+    import sqlite3
+
     db = tmp_path / "ro.sqlite"
     shutil.copy(files["template"], db)
     before = _rows(db)
-    db.chmod(0o444)
-    try:
-        code = main(_scan_args(files)[:-2] + ["--db", str(db), "--quiet"])
-        _, err = capsys.readouterr()
-        assert code == 3 and "read-only" in err
-    finally:
-        db.chmod(0o644)
+    connect = sqlite3.connect
+
+    def read_only(path, *args, uri=False, **kwargs):
+        return connect(f"file:{os.path.abspath(path)}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    code = main(_scan_args(files)[:-3] + ["--db", str(db), "--quiet"])
+    _, err = capsys.readouterr()
+    assert code == 3 and "read-only" in err, err
+    monkeypatch.undo()
     assert _rows(db) == before
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import random
 import struct
 import subprocess
 import sys
