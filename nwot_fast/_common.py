@@ -80,12 +80,7 @@ def check_int(value, name: str, low: Optional[int] = None, high: Optional[int] =
 
 def check_index(value, name: str = "benchmark index") -> int:
     """A benchmark index, 0..15624."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool {value!r}")
-    try:
-        i = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    i = check_int(value, name)
     if not 0 <= i < NUM_ARCHS:
         raise ValueError(f"{name} {i} out of range; allowed 0..{NUM_ARCHS - 1}")
     return i

@@ -464,33 +464,25 @@ def cmd_info(args) -> int:
 
 
 def cmd_arch(args) -> int:
-    from .nb201 import (
-        EDGES,
-        canonical_str,
-        functional_str,
-        is_constant_output,
-        live_edges,
-        relu_sees_only_zeros,
-        representative_index,
-    )
+    from . import nb201
 
     records = []
     for text in args.archs:
         index, arch = parse_arch_argument(text)
-        live = live_edges(arch)
+        live = nb201.live_edges(arch)
         records.append(
             {
                 "arch_index": index,
                 "arch": str(arch),
-                "canonical": canonical_str(arch),
-                "representative_index": representative_index(arch),
-                "isomorphism_class_size": _class_size(canonical_str(arch)),
-                "functional": functional_str(arch),
+                "canonical": nb201.canonical_str(arch),
+                "representative_index": nb201.representative_index(arch),
+                "isomorphism_class_size": _class_size(nb201.canonical_str(arch)),
+                "functional": nb201.functional_str(arch),
                 "live_edges": [
-                    f"{j}<-{i} {name}" for (i, j), name, ok in zip(EDGES, arch.op_names, live) if ok
+                    f"{j}<-{i} {name}" for (i, j), name, ok in zip(nb201.EDGES, arch.op_names, live) if ok
                 ],
-                "constant_output": is_constant_output(arch),
-                "relu_sees_only_zeros": relu_sees_only_zeros(arch),
+                "constant_output": nb201.is_constant_output(arch),
+                "relu_sees_only_zeros": nb201.relu_sees_only_zeros(arch),
             }
         )
     if args.json:

@@ -55,21 +55,10 @@ class EvaluationResult:
     def n_archs(self) -> int:
         return int(self.indices.shape[0])
 
-    @property
-    def n_nan(self) -> int:
-        return int(np.count_nonzero(np.isnan(self.scores)))
-
-    @property
-    def n_neg_inf(self) -> int:
-        return int(np.count_nonzero(np.isneginf(self.scores)))
-
-    @property
-    def n_pos_inf(self) -> int:
-        return int(np.count_nonzero(np.isposinf(self.scores)))
-
-    @property
-    def n_finite(self) -> int:
-        return int(np.count_nonzero(np.isfinite(self.scores)))
+    n_nan = property(lambda self: int(np.count_nonzero(np.isnan(self.scores))))
+    n_neg_inf = property(lambda self: int(np.count_nonzero(np.isneginf(self.scores))))
+    n_pos_inf = property(lambda self: int(np.count_nonzero(np.isposinf(self.scores))))
+    n_finite = property(lambda self: int(np.count_nonzero(np.isfinite(self.scores))))
 
     def correlation(self, dataset: str, split: str) -> dict:
         for c in self.correlations:
@@ -156,15 +145,10 @@ def _selection(n_archs, all_archs, indices, seed) -> Tuple[Optional[np.ndarray],
 
 def evaluate(
     *,
-    n_archs: Optional[int] = None,
-    all_archs: bool = False,
-    indices=None,
+    n_archs: Optional[int] = None, all_archs: bool = False, indices=None,
     accuracies=None,
-    scores_out=None,
-    scores_in=None,
-    db=None,
-    progress=None,
-    config=None,
+    scores_out=None, scores_in=None,
+    db=None, progress=None, config=None,
     **options,
 ) -> EvaluationResult:
     """Score architectures and correlate the scores with NB201 accuracies.

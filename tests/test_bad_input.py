@@ -113,6 +113,12 @@ class Case:
     marks: list = field(default_factory=list)
 
 
+def _bad_table(id: str, key: str, words, exc=ValueError) -> Case:
+    """An accuracy-table file ``files[key]`` that both the reader and ``search --accuracies`` refuse."""
+    return Case(id, words, exc=exc, call=lambda f: nwot_fast.accuracies.load_accuracies(f[key]),
+                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE])
+
+
 def _model_and_batch(shape=(4, 3, 16, 16), dtype=torch.float32, fill=None):
     torch.manual_seed(0)
     x = torch.randn(shape).to(dtype) if fill is None else torch.full(shape, fill, dtype=dtype)
@@ -199,21 +205,12 @@ CASES = [
     Case("corrupt dataset file", ["corrupt.npz"],
          call=lambda f: scan([0], data=f["corrupt"], batch_size=BATCH, engine=ENGINE),
          argv=lambda f: ["score", "0", "--data", f["corrupt"], "--engine", ENGINE]),
-    Case("missing benchmark file", ["no_such_accuracies.csv", "no such file"], exc=FileNotFoundError,
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["missing_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["missing_csv"], "--engine", ENGINE]),
-    Case("benchmark file without accuracies", ["bad.csv", "accuracy column"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["bad_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["bad_csv"], "--engine", ENGINE]),
-    Case("truncated benchmark CSV", ["truncated.csv", "3 data rows", "15625"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_csv"], "--engine", ENGINE]),
-    Case("truncated benchmark .pth", ["truncated.pth", "corrupt"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_pth"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_pth"], "--engine", ENGINE]),
-    Case("benchmark file of another version", ["other_version.pth", "15625", "another benchmark"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["other_version"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["other_version"], "--engine", ENGINE]),
+    _bad_table("missing benchmark file", "missing_csv", ["no_such_accuracies.csv", "no such file"],
+               exc=FileNotFoundError),
+    _bad_table("benchmark file without accuracies", "bad_csv", ["bad.csv", "accuracy column"]),
+    _bad_table("truncated benchmark CSV", "truncated_csv", ["truncated.csv", "3 data rows", "15625"]),
+    _bad_table("truncated benchmark .pth", "truncated_pth", ["truncated.pth", "corrupt"]),
+    _bad_table("benchmark file of another version", "other_version", ["other_version.pth", "15625", "another benchmark"]),
     Case("output file of unknown kind", ["results.parquet", ".csv", ".jsonl"],
          argv=lambda f: _scan_args(f, "--out", os.path.join(f["dir"], "results.parquet"))),
     Case("output file in a missing directory", ["no_such_dir", "does not exist"],

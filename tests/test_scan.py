@@ -362,7 +362,7 @@ def test_nan_and_minus_inf_are_stored_and_read_back_faithfully(tmp_path, tiny_np
         np.testing.assert_array_equal(np.array(list(back.values())), result.scores)  # NaN == NaN here
 
         csv_path, jsonl_path = tmp_path / "r.csv", tmp_path / "r.jsonl"
-        result.write_csv(csv_path)
+        result.write(csv_path)
         result.write(jsonl_path)
         with open(csv_path, newline="") as f:
             from_csv = [float(r["score"]) for r in csv.DictReader(f)]
