@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._common import __version__
+from ._common import __version__  # noqa: F401  (the package version)
 
 # Public name -> module that defines it; resolved lazily so that importing the package is cheap.
 _LAZY = {

@@ -687,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
     p.add_argument("--dedup", action="store_true",
                    help="score one architecture per isomorphism class; other members get its score (flagged)")
-    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv or FILE.jsonl")
+    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
     p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_score_options(p)

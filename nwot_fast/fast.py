@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from . import reference
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
-from .nb201 import NUM_ARCHS, initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
+from .nb201 import initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
 from . import ops
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch
 from .nb201.index import as_arch

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The real reference data: ../shared/data beside the checkout, or the folder NWOT_SHARED_DATA names.
+SHARED_DATA = pathlib.Path(os.environ.get("NWOT_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 
 
 def shared_file(name: str) -> pathlib.Path:
@@ -53,8 +55,6 @@ def tiny_npz(tmp_path_factory) -> str:
 
 def subprocess_env() -> dict:
     """The environment for a child process that must import this checkout, on one thread."""
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"

@@ -11,7 +11,7 @@ import functools
 import random
 from typing import Dict, Tuple
 
-from .._common import NUM_ARCHS, check_index
+from .._common import NUM_ARCHS, check_index  # noqa: F401  (NUM_ARCHS: re-exported)
 from .arch import Arch
 _SHUFFLE_SEED = 88
 
