@@ -229,6 +229,7 @@ def test_search_table_outputs(synthetic_table, tmp_path):
         search_table((idx, sc), synthetic_table, Ns=(0,))
 
 
+@pytest.mark.slow
 def test_search_table_rescore_mode(synthetic_table):
     from nwot_fast.scoring import ScoreConfig
 
@@ -283,6 +284,7 @@ def test_cli_report_json(synthetic_table, synthetic_csv, tmp_path, capsys):
 # end to end on the real data: the method works, it does not just run
 
 
+@pytest.mark.slow
 def test_real_data_small_evaluation_is_positively_correlated(tmp_path):
     data = _shared("cifar10_sample.npz")
     acc = _shared("nb201_accuracies.csv")
@@ -372,6 +374,7 @@ def test_figure3_and_figure6(synthetic_table, tmp_path):
         figures.figure6_time_vs_accuracy(pts, tmp_path / "no_such_dir" / "fig6")
 
 
+@pytest.mark.slow
 def test_figure1_jacobian_histograms(synthetic_table, tmp_path):
     pytest.importorskip("matplotlib")
     import torch

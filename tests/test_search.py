@@ -17,6 +17,7 @@ def test_nanargmax_rules():
     assert nanargmax([float("nan")] * 3) is None
 
 
+@pytest.mark.slow
 def test_search_reproducible_and_each_run_is_independent():
     kw = dict(n_samples=3, batch_size=4, seed=11, engine="reference")
     a = search(runs=2, **kw)
@@ -44,6 +45,7 @@ def test_search_scores_equal_the_scorer_and_the_pure_path():
         assert score == expected
 
 
+@pytest.mark.slow
 def test_search_reports_accuracies_on_real_data(accuracies_csv, cifar10_npz):
     result = search(n_samples=2, runs=2, batch_size=8, seed=0, data=str(cifar10_npz), accuracies=str(accuracies_csv),
                     engine="reference")
