@@ -122,8 +122,9 @@ setup(
     description="Neural Architecture Search without Training (NASWOT) on NAS-Bench-201, fast and exact",
     packages=find_packages(include=["nwot_fast", "nwot_fast.*"]),
     python_requires=">=3.10",
-    # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it.
-    install_requires=["torch>=2.4", "numpy", "ninja"],
+    # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it. torch >= 2.9: the
+    # range README states (the tests use its fp32_precision API).
+    install_requires=["torch>=2.9", "numpy", "scipy", "tqdm", "ninja"],
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=EXTENSIONS,
     cmdclass=_cmdclass(EXTENSIONS),
