@@ -351,7 +351,7 @@ def _pure(arch, x, method, seed, dtype):
     torch.manual_seed(seed)
     net = build_network(arch)
     torch.random.set_rng_state(state)
-    return reference.score(net.to(dtype), x.to(dtype), method)
+    return reference.score(net, x, method, dtype=dtype)
 
 
 def _accepts(fn, name: str) -> bool:
