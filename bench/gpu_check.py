@@ -24,8 +24,8 @@ after every step, so that a run cut short still leaves its report):
               is extrapolated and the report says so.
 6. scores     the scores of step 5 as DIR/nb201_scores.csv.
 
-Data: ../shared/data/cifar10_sample.npz relative to the repository if present, else Gaussian
-inputs (the report says which). Needs only python3 with torch, numpy, pytest (no network).
+Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data relative to the repository if
+present, else Gaussian inputs (the report says which). Needs only python3 with torch, numpy, pytest (no network).
 """
 
 from __future__ import annotations
@@ -409,7 +409,8 @@ def precision(args) -> dict:
 def _sampler(args):
     from nwot_fast.data import BatchSampler, default_data_settings, load_images
 
-    path = os.path.join(ROOT, "..", "shared", "data", "cifar10_sample.npz")
+    shared = os.environ.get("NWOT_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
+    path = os.path.join(shared, "cifar10_sample.npz")
     images, source = None, "Gaussian N(0, 1) inputs (no ../shared/data/cifar10_sample.npz)"
     if os.path.exists(path) and not args.gaussian:
         images = load_images(path)

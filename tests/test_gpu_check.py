@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # about a minute on 2 loaded cores
 def test_gpu_check_smoke(tmp_path):
     """With --time-budget 0 the timing step takes its extrapolation branch (make gpu-check-smoke
     in .ci/run takes the whole-space one)."""
