@@ -146,16 +146,17 @@ class _Builder:
         self.tensors: List[Tuple[int, Tuple[int, ...]]] = []  # (element offset, shape)
         self.size = 0
 
-    def weight(self, names_per_group: Sequence[Tuple[int, str]], shape_per_group: Tuple[int, ...]) -> int:
-        """Register a grouped weight: the groups' parameters (arch position, name) stacked along
-        dim 0. Returns a handle for :meth:`get`."""
+    def weight(self, parameters: Sequence[Tuple[int, str]], shape: Tuple[int, ...]) -> int:
+        """Register a weight of ``shape``: the parameters (arch position, name), each flattened,
+        one after the other. Returns a handle for :meth:`get`."""
         start = self.size
-        for a, name in names_per_group:
+        for a, name in parameters:
             o, n, b, _ = weights.arch_segments(self.archs[a])[name]
             self.segments.append((o, n, b))
             self.size += n
-        shape = (len(names_per_group) * shape_per_group[0],) + tuple(shape_per_group[1:])
-        self.tensors.append((start, shape))
+        if self.size - start != int(np.prod(shape)):  # pragma: no cover - a layout bug
+            raise RuntimeError(f"weight of shape {shape} got {self.size - start} values")
+        self.tensors.append((start, tuple(shape)))
         return len(self.tensors) - 1
 
     def materialise(self):
@@ -188,7 +189,8 @@ class _Group:
     pairs: List[Tuple[int, int]]
     gather: Optional[torch.Tensor]  # channel index into the source node (None: all, in order)
     scatter: torch.Tensor  # channel index into the [B, 3*A*C, ...] accumulator
-    weight: List[int]  # builder handles per cell of the stage (convolutions)
+    weight: Optional[int]  # builder handle of the stage's weights [N_CELLS, pairs*C, C, k, k]
+    cell_weights: Tuple[torch.Tensor, ...] = ()
 
 
 def _stage_groups(uses: List[_CellUse], A: int, C: int, stage: int, builder: _Builder, device):
@@ -211,16 +213,39 @@ def _stage_groups(uses: List[_CellUse], A: int, C: int, stage: int, builder: _Bu
             gather_list = [c for a, _ in pairs for c in _channels(a, C)]
             gather = None if gather_list == list(range(A * C)) else _index(gather_list, device)
             scatter = _index([c for a, k in pairs for c in _channels(a, C, (EDGES[k][1] - 1) * A * C)], device)
-            handles = []
+            handle = None
             if kind.startswith("conv"):
                 kernel = 3 if kind == "conv3" else 1
-                for cell in range(N_CELLS):
-                    module = _STAGE_FIRST_MODULE[stage] + cell
-                    handles.append(builder.weight([(a, f"cells.{module}.layers.{k}.op.1.weight") for a, k in pairs],
-                                                  (C, C, kernel, kernel)))
-            groups.append(_Group(kind, pairs, gather, scatter, handles))
+                first = _STAGE_FIRST_MODULE[stage]
+                handle = builder.weight([(a, f"cells.{first + cell}.layers.{k}.op.1.weight")
+                                         for cell in range(N_CELLS) for a, k in pairs],
+                                        (N_CELLS, len(pairs) * C, C, kernel, kernel))
+            groups.append(_Group(kind, pairs, gather, scatter, handle))
         per_node.append(groups)
     return per_node
+
+
+class _ScatterAdd(torch.autograd.Function):
+    """``acc.index_add_(1, index, src)`` whose backward saves only the index (autograd's own
+    index_add saves ``src`` for its shape, which would keep every op output alive until the
+    backward and fails when ``src`` is a view of ``acc``)."""
+
+    @staticmethod
+    def forward(ctx, acc, index, src):
+        ctx.save_for_backward(index)
+        ctx.mark_dirty(acc)
+        return acc.index_add_(1, index, src)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad, None, grad.index_select(1, index)
+
+
+def _scatter_add(acc, index, src):
+    if torch.is_grad_enabled() and (acc.requires_grad or src.requires_grad):
+        return _ScatterAdd.apply(acc, index, src)
+    return acc.index_add_(1, index, src)
 
 
 def _bn(x):
@@ -265,11 +290,18 @@ def _run_cell(h, groups, cell: int, builder: _Builder, A: int, C: int, codes: Op
                     relu = F.relu(node)
                 src = relu if g.gather is None else relu.index_select(1, g.gather)
                 kernel = 3 if g.kind == "conv3" else 1
-                y = _bn(F.conv2d(src, builder.get(g.weight[cell]), padding=kernel // 2, groups=len(g.pairs)))
+                y = _bn(F.conv2d(src, g.cell_weights[cell], padding=kernel // 2, groups=len(g.pairs)))
             else:
                 src = node if g.gather is None else node.index_select(1, g.gather)
-                y = _pool(src) if g.kind == "pool" else src
-            acc.index_add_(1, g.scatter, y)
+                if g.kind == "pool":
+                    if src is node and i:
+                        # ATen's pooling (float64, or no compiled kernel) saves its input for
+                        # the backward: not a view of the accumulator written to after.
+                        src = node.clone()
+                    y = _pool(src)
+                else:
+                    y = src
+            acc = _scatter_add(acc, g.scatter, y)
     if codes is not None:
         codes.add_zero(zero_units * H * W * C)
     return acc.narrow(1, (NUM_NODES - 2) * A * C, A * C)
@@ -293,19 +325,24 @@ def _forward(xs: torch.Tensor, uses: List[_CellUse], builder: _Builder, codes: O
     zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
     code_mult = _code_mults(uses)
     all_archs = range(A)
-    stem = builder.weight([(a, "stem.0.weight") for a in all_archs], (C_STEM, 3, 3, 3))
+    stem = builder.weight([(a, "stem.0.weight") for a in all_archs], (A * C_STEM, 3, 3, 3))
     stages = []
     for stage, C in enumerate(STAGE_CHANNELS):
         red = None
         if stage:
             Cp = STAGE_CHANNELS[stage - 1]
             m = _STAGE_FIRST_MODULE[stage] - 1
-            red = (builder.weight([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (C, Cp, 3, 3)),
-                   builder.weight([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (C, C, 3, 3)),
-                   builder.weight([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (C, Cp, 1, 1)))
+            red = (builder.weight([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (A * C, Cp, 3, 3)),
+                   builder.weight([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (A * C, C, 3, 3)),
+                   builder.weight([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (A * C, Cp, 1, 1)))
         stages.append((red, _stage_groups(uses, A, C, stage, builder, device)))
-    head = builder.weight([(a, "classifier.weight") for a in all_archs], (1, STAGE_CHANNELS[-1]))
+    head = builder.weight([(a, "classifier.weight") for a in all_archs], (A, STAGE_CHANNELS[-1]))
     builder.materialise()
+    for _, groups in stages:
+        for node_groups in groups:
+            for g in node_groups:
+                if g.weight is not None:
+                    g.cell_weights = builder.get(g.weight).unbind(0)
 
     h = _bn(F.conv2d(xs, builder.get(stem), padding=1, groups=A))
     for stage, (red, groups) in enumerate(stages):
