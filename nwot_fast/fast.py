@@ -12,8 +12,8 @@ the output, and the parameter gradients of the backward pass. None of that chang
 
 So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
 network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
-draws them, by :func:`nwot_fast.nb201.initial_parameters`), which keeps the scores those of the
-reference:
+draws them: :mod:`nwot_fast.weights`, bit for bit :func:`nwot_fast.nb201.initial_parameters`),
+which keeps the scores those of the reference:
 
 ``jacob_cov``
     only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
@@ -43,9 +43,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import reference, weights
 from ._common import torch_dtype
-from .nb201 import NUM_ARCHS, initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
+from .nb201 import NUM_ARCHS, is_constant_output, live_edges, relu_sees_only_zeros
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch, as_arch
 from .nb201.structure import _reachable_from_input
 
@@ -314,11 +314,9 @@ class _Weights:
 
 def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = torch.float32) -> _Weights:
     """The network's parameters exactly as the reference builds them (same RNG draws, bit for
-    bit: :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
+    bit: :mod:`nwot_fast.weights`, equal to :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
     convolutions get concatenated weights)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        p = initial_parameters(plan.arch)
+    p = weights.for_seed(seed).parameters(plan.arch)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
 
     def prep(name, conv=False):

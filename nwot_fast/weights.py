@@ -74,12 +74,20 @@ class StreamWeights:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
-        """Every drawn parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
-        gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams)."""
-        segs = arch_segments(as_arch(arch))
+        """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
+        gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
+        BatchNorm weights 1 and biases 0)."""
+        arch = as_arch(arch)
+        segs = arch_segments(arch)
         need = max((o + n for o, n, _, _ in segs.values()), default=0)
-        return {name: torch.from_numpy(self._stream(b, need)[o:o + n].copy()).view(shape)
-                for name, (o, n, b, shape) in segs.items()}
+        out: Dict[str, torch.Tensor] = {}
+        for spec in parameter_layout(arch):
+            if spec.name in segs:
+                o, n, b, shape = segs[spec.name]
+                out[spec.name] = torch.from_numpy(self._stream(b, need)[o:o + n].copy()).view(shape)
+            else:
+                out[spec.name] = (torch.ones if spec.init == "ones" else torch.zeros)(spec.shape)
+        return out
 
 
 @functools.lru_cache(maxsize=1)

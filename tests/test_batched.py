@@ -47,9 +47,8 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
             torch.manual_seed(seed)
             want = initial_parameters(arch)
         got = stream.parameters(arch)
-        drawn = [s.name for s in parameter_layout(arch) if s.draws]
-        assert sorted(got) == sorted(drawn)
-        for name in drawn:
+        assert list(got) == list(want) == [s.name for s in parameter_layout(arch)]
+        for name in want:
             assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is not touched
 
@@ -61,6 +60,7 @@ def test_stream_values_concatenate_segments_in_order():
     got = stream.values([segs[n][:3] for n in names])
     params = stream.parameters(857)
     assert np.array_equal(got, np.concatenate([params[n].numpy().ravel() for n in names]))
+    assert not any(s.draws for s in parameter_layout(857) if s.name not in segs)
     assert weights.for_seed(3) is stream
 
 

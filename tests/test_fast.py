@@ -119,7 +119,7 @@ def test_degenerate_archs_are_answered_without_running(monkeypatch):
         raise AssertionError("the network must not run")
 
     monkeypatch.setattr(torch.nn.functional, "conv2d", boom)
-    monkeypatch.setattr(fast, "initial_parameters", boom)
+    monkeypatch.setattr(fast, "_weights", boom)
     x = _batch(11)
     for arch in (ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS):
         assert math.isnan(fast.score_arch(arch, x, method="jacob_cov"))
