@@ -8,13 +8,15 @@ backward, weights, post-processing; views included, host-side NumPy not) while s
 fixed random sample of architectures on the CPU, with ``batched=False`` (one plan per
 architecture) and ``batched=True`` (default chunk unless ``--chunk``), and prints the count
 per architecture (all sampled architectures in the denominator, also those that structure
-answers) and the most frequent operators.
+answers) and the most frequent operators. ``--merge-kernels`` counts the batched engine as it
+runs on CUDA (1x1 convolutions zero-padded into the 3x3 group of their node).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import random
 import sys
 from pathlib import Path
@@ -57,8 +59,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2020, help="seed of the architecture sample")
     p.add_argument("--chunk", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--merge-kernels", action="store_true",
+                   help="batched engine as on CUDA: 1x1 convolutions zero-padded into the 3x3 group")
     p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
     a = p.parse_args(argv)
+    if a.merge_kernels:
+        from nwot_fast import batched as engine
+
+        engine.run_chunk = functools.partial(engine.run_chunk, merge_kernels=True)
     archs = random.Random(a.seed).sample(range(NUM_ARCHS), a.archs)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     dtype = getattr(torch, a.dtype)

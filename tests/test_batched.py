@@ -85,6 +85,22 @@ def test_batched_equals_per_arch_in_float64(method, relu_match, chunk):
     assert any(math.isnan(p) or math.isinf(p) for p in per) and any(math.isfinite(p) for p in per)
 
 
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_merged_kernels_equal_per_arch_in_float64(method, monkeypatch):
+    """The CUDA layout (1x1 kernels zero-padded into the 3x3 group), run on the CPU."""
+    archs = [ALL_CONV_MIXED, SAME_NODE_TWO_KERNELS, DEAD_SOURCE, 6111, CONSTANT_CONVS]
+    x = _batch(50)
+    kw = dict(method=method, seed=2, dtype=torch.float64)
+    per = list(fast.score_archs(archs, lambda _: x, batched=False, **kw))
+    real = batched.run_chunk
+    merged = []
+    monkeypatch.setattr(batched, "run_chunk", lambda *a: merged.append(1) or real(*a, merge_kernels=True))
+    got = list(fast.score_archs(archs, lambda _: x, batched=True, **kw))
+    assert merged
+    for a, g, p in zip(archs, got, per):
+        assert _same(g, p, 1e-9), (a, g, p)
+
+
 def _truth_and_reference_errors(archs, x, method, seed):
     """Per arch: the float64 truth, and the float32 pure path's error against it, the larger of
     1 and 2 threads (the contract's envelope)."""
