@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, reference, weights
-from .nb201.arch import CONV1, CONV3, EDGES, NUM_NODES, POOL, SKIP
+from .nb201.arch import CONV3, EDGES, NUM_NODES, Arch
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -107,19 +107,21 @@ def available_memory(device: torch.device) -> int:
 
 
 def bytes_per_arch(method: str, batch_size: int, height: int = 32, width: int = 32, dtype=torch.float32) -> int:
-    """Upper estimate of one architecture's share of a chunk's peak memory: the activations a
-    cell keeps (jacob_cov: everything saved for the backward, ~16 tensors of the node size per
-    cell, measured peak ~10; hook_logdet: the live nodes of one cell, ~12) over all cells."""
+    """Upper estimate of one architecture's share of a chunk's peak memory: its weights (the
+    largest cell's, on the host and on the device) and the activations a pass keeps, counted
+    in node-sized tensors over all cells: jacob_cov everything saved for the backward (10 per
+    cell; measured peak 4-7 at batch 8 and 32, 32x32), hook_logdet 3 (the accumulators and
+    gathered copies alive at once; measured 1.4-1.6, weights included)."""
     item = torch.empty(0, dtype=dtype).element_size()
     h, w, per_cell = height, width, 0
     for stage, C in enumerate(STAGE_CHANNELS):
         if stage:
             h, w = (h + 1) // 2, (w + 1) // 2
         per_cell += (N_CELLS + 2) * C * h * w
-    node = batch_size * per_cell * item
+    params = weights.stream_length(Arch((CONV3,) * len(EDGES))) * (4 + item)
     if method == "jacob_cov":
-        return 16 * node
-    return 12 * batch_size * STAGE_CHANNELS[0] * height * width * item + node // 4
+        return params + 10 * batch_size * per_cell * item
+    return params + 3 * batch_size * per_cell * item
 
 
 def choose_chunk(method: str, batch_size: int, height: int, width: int, dtype, device: torch.device,

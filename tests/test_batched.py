@@ -169,8 +169,8 @@ def test_x_for_is_called_for_running_archs_only_and_batches_are_their_own():
 def test_choose_chunk_follows_the_memory():
     per = batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32)
     assert per > batched.bytes_per_arch("hook_logdet", 128, 32, 32, torch.float32)
-    assert batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) == 2 * per
-    assert batched.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) == per // 2
+    assert per < batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
+    assert batched.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
     cpu = torch.device("cpu")
     assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
     assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1
