@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .nb201 import parameter_layout
-from .nb201.arch import Arch, as_arch
+from .nb201.arch import Arch
+from .nb201.index import as_arch
 
 __all__ = ["StreamWeights", "arch_segments"]
 
