@@ -639,12 +639,13 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
 
 # The CPU batch size up to which the batched engine is faster than one plan per architecture
 # (bench/RESULTS.md, "Batched engine": measured in one process, alternating the two).
-CPU_BATCHED_MAX_BATCH = 16
+CPU_BATCHED_MAX_BATCH = 32
 
 
 def use_batched(device, batch_size: int) -> bool:
     """The default engine of :func:`score_archs`: batched on CUDA (kernel launches dominate);
     on the CPU batched only for batches of at most :data:`CPU_BATCHED_MAX_BATCH` samples, where
-    it measured faster (grouped convolutions lose to separate ones at larger batches)."""
+    it measured faster (bench/engine_ab.py); above, one plan per architecture (one grouped
+    convolution over 16 archs measured 2.3x slower than 16 separate ones at batch 128)."""
     dev = device if isinstance(device, torch.device) else torch.device(device)
     return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH

@@ -121,11 +121,18 @@ def _truth_and_reference_errors(archs, x, method, seed):
     return truth, errors
 
 
+# 16 benchmark indices drawn with random.Random(5) among the cells that run a network: a median
+# over hand-picked cells of a few is noise (float32 errors of jacob_cov span 1e-9..1e-3 per cell).
+CONTRACT_ARCHS = [10205, 4185, 12153, 5874, 13028, 11312, 15441, 13787, 12122, 10682, 15111, 8684, 475, 13768,
+                  7628, 12713]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
 def test_batched_float32_within_the_contract(method):
     """The batched engine's float32 error against the float64 truth: max and median over the
     archs at most twice the authors' float32 procedure's (pure path, 1 and 2 threads)."""
-    archs = [6111, 857, 15624, 4242, ALL_CONV_MIXED, SAME_NODE_TWO_KERNELS, ALL_POOL]
+    archs = CONTRACT_ARCHS
     x = _batch(60, b=12)
     truth, ref_err = _truth_and_reference_errors(archs, x, method, seed=1)
     got = list(fast.score_archs(archs, lambda _: x, method=method, seed=1, batched=True))
