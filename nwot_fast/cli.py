@@ -16,6 +16,8 @@ import signal
 import sys
 from typing import List, Optional, Sequence
 
+from .distributed import add_ray_option
+
 # Kept here (not imported) so that `--help` does not import torch; a test checks they match
 # nwot_fast.reference.METHODS and nwot_fast.scoring.ENGINES.
 METHODS = ("jacob_cov", "hook_logdet")
@@ -36,9 +38,9 @@ exit codes:
   0    success
   1    internal error (a bug: please report it with the traceback)
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
-       batch size < 2, missing or corrupt data/benchmark file, ...)
+       batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
-       locked by another process or read-only
+       locked by another process or read-only, no Ray cluster at the --ray address
   130  interrupted (Ctrl-C); results already written to a scan database are kept
   143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
@@ -89,6 +91,8 @@ examples:
   {PROG} scan --indices 0:15625 --db scores.sqlite
   {PROG} scan --indices 0:1000 --db scores.sqlite --method hook_logdet --out hook.jsonl
   {PROG} scan --db scores.sqlite --dedup --data ../shared/data/cifar10_sample.npz --out all.csv
+  {PROG} scan --indices 0:15625 --db scores.sqlite --ray          # a local Ray instance, all cores
+  {PROG} scan --indices 0:15625 --db scores.sqlite --ray auto     # join the cluster 'ray start' runs
 
 Every result is committed to the SQLite database (table 'scores', WAL journal) as soon as it
 is computed. If the scan is killed, run the same command again: it skips what the database
@@ -98,7 +102,9 @@ its score, flagged in the 'representative' column / field. In CSV, non-finite sc
 written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf". Rows are keyed by the
 configuration (method, data, dataset, batch size, augmentation, fixed batch, seed, ReLU rule);
 the engine and device are recorded per row but are not part of that key. SIGTERM stops the
-scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds.
+scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds. With --ray the
+chunks are scored on Ray workers and this process alone writes the database, with the same
+rows; killed and run again, it sends only what the database lacks.
 
 {EXIT_CODES_HELP}""",
     "db": f"""\
@@ -339,7 +345,7 @@ def cmd_scan(args) -> int:
     try:
         with _sigterm_stops_scan():
             result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
-                          db_timeout=args.db_timeout)
+                          db_timeout=args.db_timeout, ray=args.ray)
     except (KeyboardInterrupt, Terminated) as e:
         bar.close()
         saved = "?"
@@ -612,6 +618,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv or FILE.jsonl")
     p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
+    add_ray_option(p)  # Ray hook (issue 12)
     _add_score_options(p)
     _add_output_options(p)
 
@@ -682,6 +689,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
 
+    from .distributed import ClusterError, RayNotInstalledError
     from .scan import ScanDatabaseError
 
     try:
@@ -689,7 +697,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ScanDatabaseError as e:
+    except RayNotInstalledError as e:  # an optional dependency the command line asked for
+        return _fail(args, EXIT_USAGE, _one_line(e))
+    except (ScanDatabaseError, ClusterError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))
     except ResourceError as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))

@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .distributed import add_ray_option
 from .nb201 import NUM_ARCHS, arch_at
 from .reference import METHODS
 from .stats import kendall_tau, spearman_rho
@@ -451,6 +452,7 @@ def evaluate(
     scores_in=None,
     db=None,
     progress=None,
+    ray=None,
 ) -> EvaluationResult:
     """Score architectures and correlate the scores with NB201 accuracies.
 
@@ -463,6 +465,8 @@ def evaluate(
     earlier run instead of scoring (with a selection given, those indices are taken from the
     file). ``scores_out`` writes the per-architecture scores (``.csv``, ``.jsonl`` or ``.json``).
     ``accuracies``: a path to the NB201 accuracy CSV / official ``.pth``, or an AccuracyTable.
+    ``ray``: score on a Ray cluster, as :func:`nwot_fast.scan.scan` does (``True``: a local
+    instance; or an address).
     """
     started = time.perf_counter()
     if method not in METHODS:
@@ -510,7 +514,7 @@ def evaluate(
             engine=engine,
             device=device,
         )
-        result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress)
+        result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress, ray=ray)
         idx = np.asarray(result.indices, dtype=np.int64)
         sc = np.asarray(result.scores, dtype=np.float64)
         secs = np.asarray(result.seconds, dtype=np.float64)
@@ -874,6 +878,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="fast", choices=("fast", "reference"), help="default: fast")
     parser.add_argument("--db", metavar="PATH", help="SQLite scan database: results are kept as they come and a "
                         "rerun resumes")
+    add_ray_option(parser)  # Ray hook (issue 12)
     parser.add_argument("--scores-out", metavar="FILE", help="write per-architecture scores (.csv/.jsonl/.json)")
     parser.add_argument("--scores-in", metavar="FILE", help="reuse scores from FILE instead of scoring")
     parser.add_argument("--search-table", type=_int_list, metavar="N,N,...",
@@ -908,6 +913,7 @@ def run_cli(args) -> int:
         scores_in=args.scores_in,
         db=args.db,
         progress=progress,
+        ray=args.ray,
     )
     table = None
     if args.search_table:

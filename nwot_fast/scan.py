@@ -630,6 +630,7 @@ def scan(
     progress=None,
     config: Optional[ScoreConfig] = None,
     db_timeout: float = 30.0,
+    ray=None,
 ) -> ScanResult:
     """Score the benchmark ``indices`` (a range, a list, or ``"START:STOP"``) and return a
     :class:`ScanResult`.
@@ -640,6 +641,9 @@ def scan(
     representative per isomorphism class and give the other members its score (flagged).
     ``progress``: ``True`` for a progress bar on stderr (drawn only on a terminal), or a
     callable ``progress(done, total)`` called after each scored architecture.
+    ``ray``: score on a Ray cluster (:mod:`nwot_fast.distributed`): ``True`` starts a local
+    instance for the run, ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:10001"`` joins one;
+    this process stays the only writer of ``db``.
     """
     started = time.perf_counter()
     wanted = parse_indices(indices)
@@ -662,6 +666,10 @@ def scan(
         raise TypeError(f"config must be a ScoreConfig, got {type(config).__name__}")
     if not isinstance(dedup, bool):
         raise TypeError(f"dedup must be True or False, got {dedup!r}")
+    if ray is not None and ray is not False:  # Ray hook (issue 12): the target is checked before any work
+        from .distributed import check_ray_target
+
+        ray = check_ray_target(ray)
     resolved = config.resolved()
     chash = config.config_hash()
     identity_json = json.dumps(config.identity(), sort_keys=True)
@@ -732,9 +740,17 @@ def scan(
             store.write([row_for(m, results[m].score, results[m].representative, None) for m in fill_now])
 
         bar = _make_progress(progress, len(todo))
+        if not todo:
+            scored = (s for s in ())
+        elif ray is None or ray is False:
+            scored = scorer.score_indices(todo)
+        else:  # Ray hook (issue 12): the same scores from a cluster, in completion order
+            from .distributed import score_on_ray
+
+            scored = score_on_ray(config, todo, ray=ray)
         try:
-            for done, r in enumerate(todo, start=1):
-                s = scorer.score_index(r)
+            for done, s in enumerate(scored, start=1):
+                r = s.index
                 rows = [row_for(r, s.score, r, s.seconds)]
                 for m in members[r]:
                     if m == r:
@@ -747,6 +763,7 @@ def scan(
                 if bar is not None:
                     bar(done, len(todo))
         finally:
+            scored.close()
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
     finally:
