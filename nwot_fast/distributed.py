@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
@@ -133,23 +134,33 @@ def _probe(address: str, shown: str) -> None:
 
 
 class _Connection:
-    """A Ray session for one run: joins the cluster, or starts a local instance that it stops."""
+    """A Ray session for one run: joins the cluster, or starts a local instance that it stops.
+
+    While connected, this process's ``sys.stdout`` is its stderr: Ray prints cluster events
+    ("a worker died ...") to stdout from a thread of its own, which would corrupt ``--json``."""
 
     def __init__(self, target: RayTarget):
         self.ray = _import_ray()
         self.owned = False
+        self._stdout = None
         if self.ray.is_initialized():  # the caller already connected (a notebook, a Ray job)
             return
-        kwargs = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
+        self._stdout, sys.stdout = sys.stdout, sys.stderr
+        try:
+            self._connect(target)
+        except BaseException:
+            self.owned = True  # whatever a failed ray.init left behind is ours to stop
+            self.close()
+            raise
+
+    def _connect(self, target: RayTarget) -> None:
+        if target is True and os.environ.get("RAY_ADDRESS", "").strip():
+            # Ray's own convention: inside a Ray job RAY_ADDRESS names the cluster to join.
+            target = check_ray_target(os.environ["RAY_ADDRESS"])
         if target is True:
-            if os.environ.get("RAY_ADDRESS"):
-                # Ray's own convention: inside a Ray job RAY_ADDRESS names the cluster to join.
-                address = os.environ["RAY_ADDRESS"]
-                _probe(address, f"RAY_ADDRESS={address!r}")
-                self.ray.init(address=address, log_to_driver=False, configure_logging=False)
-            else:
-                # One worker per local core; each task is single-threaded.
-                self.ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            # One worker per local core; each task is single-threaded.
+            self.ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=False, configure_logging=False,
+                          include_dashboard=False)
             self.owned = True
             return
         probe = _resolve_auto() if target == "auto" else target
@@ -159,16 +170,24 @@ class _Connection:
         try:
             self.ray.init(address=target, **join)
         except ConnectionError as e:
-            raise ClusterError(f"cannot join the Ray cluster at {target!r}: {e}") from e
+            raise ClusterError(
+                f"cannot join the Ray cluster at {target!r}: {e}; if the cluster uses token authentication "
+                "(Ray's default), set RAY_AUTH_MODE=token here and give its token (RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token)"
+            ) from e
         self.owned = True
 
     def cpus(self) -> int:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def close(self) -> None:
-        if self.owned:
-            self.owned = False
-            self.ray.shutdown()
+        try:
+            if self.owned:
+                self.owned = False
+                self.ray.shutdown()
+        finally:
+            if self._stdout is not None:
+                sys.stdout, self._stdout = self._stdout, None
 
 
 # ---------------------------------------------------------------------------------------------
