@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from ._common import torch_dtype
 from .nb201 import NUM_ARCHS, initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch, as_arch
 from .nb201.structure import _reachable_from_input
@@ -311,7 +312,7 @@ class _Weights:
     head: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _weights(plan: Plan, seed: int, device: torch.device) -> _Weights:
+def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = torch.float32) -> _Weights:
     """The network's parameters exactly as the reference builds them (same RNG draws, bit for
     bit: :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
     convolutions get concatenated weights)."""
@@ -321,7 +322,7 @@ def _weights(plan: Plan, seed: int, device: torch.device) -> _Weights:
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
 
     def prep(name, conv=False):
-        t = p[name].to(device)
+        t = p[name].to(device=device, dtype=dtype)
         return t.contiguous(memory_format=fmt) if conv else t.contiguous()
 
     def conv_bn(prefix):
@@ -558,13 +559,14 @@ def _check_seed(seed):
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
-def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device):
-    """The network work of one plan: ``J [B, D]`` (jacob_cov) or the collected codes (hook_logdet)."""
-    w = _weights(plan, seed, dev)
-    x = x.to(device=dev, dtype=torch.float32)
+def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):
+    """The network work of one plan in ``dtype``: ``J [B, D]`` (jacob_cov) or the collected
+    codes (hook_logdet). The weights are drawn in float32 as the reference draws them, then cast."""
+    w = _weights(plan, seed, dev, dtype)
+    x = x.to(device=dev, dtype=dtype)
     if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with reference.full_float32():  # no TF32 on CUDA: the scores are those of float32
+    with reference.full_float32():  # no TF32 on CUDA: float32 scores are those of float32
         if plan.method == "jacob_cov":
             with torch.enable_grad():
                 xg = x.detach().clone().requires_grad_(True)
@@ -602,36 +604,42 @@ def _post_process(method: str, results: list) -> List[float]:
 
 def _check_nb201_input(x) -> None:
     """An NB201 batch: what ``reference.check_input`` asks, and 3 channels (the stem's input).
-    Other floating dtypes are accepted and cast to float32, the network's dtype, as
+    Other floating dtypes are accepted and cast to the scoring dtype, as
     ``build_network(arch)(x.float())`` would need."""
     reference.check_input(x)
     if x.shape[1] != 3:
         raise ValueError(f"input x must have 3 channels (RGB) for an NB201 network, got shape {tuple(x.shape)}")
 
 
-def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu") -> float:
-    """Score ``x`` with a compiled plan (weights from ``torch.manual_seed(seed)``)."""
+def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu", dtype=torch.float32) -> float:
+    """Score ``x`` with a compiled plan (weights from ``torch.manual_seed(seed)``), in ``dtype``
+    (``torch.float32`` or ``torch.float64``)."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan from compile_plan, got {type(plan).__name__}")
     _check_nb201_input(x)
     _check_seed(seed)
     dev = _resolve_device(device)
+    dt = torch_dtype(dtype)
     if not plan.runs_network:
         return plan.result
-    return _post_process(plan.method, [_network_pass(plan, x, seed, dev)])[0]
+    return _post_process(plan.method, [_network_pass(plan, x, seed, dev, dt)])[0]
 
 
-def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name") -> float:
+def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name",
+               dtype=torch.float32) -> float:
     """NASWOT score of the NB201 architecture ``arch`` (Arch, arch string or benchmark index) on
-    batch ``x [B, 3, H, W]`` (cast to float32), equal to ``reference.score(build_network(arch), x, method)`` with
-    the network built right after ``torch.manual_seed(seed)``. The caller's RNG state is left
-    untouched. NaN (jacob_cov) / -inf (hook_logdet) for the degenerate cells, from structure."""
+    batch ``x [B, 3, H, W]`` (cast to ``dtype``), equal to
+    ``reference.score(build_network(arch), x, method, dtype=dtype)`` with the network built right
+    after ``torch.manual_seed(seed)``. ``dtype``: ``torch.float32`` (default, the authors'
+    precision) or ``torch.float64`` (the machine-independent truth; weights drawn in float32 as
+    usual, then cast). The caller's RNG state is left untouched. NaN (jacob_cov) / -inf
+    (hook_logdet) for the degenerate cells, from structure."""
     plan = compile_plan(arch, method, relu_match=relu_match)
-    return run_plan(plan, x, seed=seed, device=device)
+    return run_plan(plan, x, seed=seed, device=device, dtype=dtype)
 
 
 def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", seed: int = 0, device="cpu",
-                relu_match: str = "name", chunk: Optional[int] = None) -> Iterator[float]:
+                relu_match: str = "name", chunk: Optional[int] = None, dtype=torch.float32) -> Iterator[float]:
     """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (called
     with the item of ``archs`` as given: an index, string or Arch; not called for cells whose
     score structure decides).
@@ -639,10 +647,12 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     ``chunk``: how many network passes to collect before one batched post-processing call
     (default 1 on the CPU, where the passes dominate; 16 on CUDA, where the batched
     eigensolver / popcount kernels amortise their launch over many architectures).
+    ``dtype``: as for :func:`score_arch`.
     """
     _check_method(method, relu_match)
     _check_seed(seed)
     dev = _resolve_device(device)
+    dt = torch_dtype(dtype)
     if not callable(x_for):
         raise TypeError(f"x_for must be a callable returning the batch of an architecture, got {type(x_for).__name__}")
     if chunk is None:
@@ -670,7 +680,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
             _check_nb201_input(x)
             if pending and x.shape[0] != _batch_size_of(pending[0][1]):
                 flush()
-            pending.append((len(out) - 1, _network_pass(plan, x, seed, dev)))
+            pending.append((len(out) - 1, _network_pass(plan, x, seed, dev, dt)))
             if len(pending) >= chunk:
                 flush()
         while emitted < len(out) and out[emitted] is not None:

@@ -22,11 +22,14 @@ the functions here. They follow the authors' method step by step:
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import List, Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from ._common import torch_dtype
 
 EIG_EPS = 1e-5
 METHODS = ("jacob_cov", "hook_logdet")
@@ -185,14 +188,22 @@ def full_float32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def score(model: nn.Module, x: torch.Tensor, method: str = "jacob_cov", *, relu_match: str = "name") -> float:
+def score(model: nn.Module, x: torch.Tensor, method: str = "jacob_cov", *, relu_match: str = "name",
+          dtype=torch.float32) -> float:
     """Score ``model`` on batch ``x`` with the pure path. Puts the model in train mode for the
-    pass (as the authors did; BatchNorm running statistics are updated) and restores its mode."""
+    pass (as the authors did; BatchNorm running statistics are updated) and restores its mode.
+
+    ``dtype=torch.float32`` (default) runs the model and batch as given: the authors'
+    procedure. ``torch.float64`` scores a float64 copy of the model on ``x`` cast to float64
+    (the model itself is left unchanged): the machine-independent truth of the score."""
     if method not in METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_input(x)
+    if torch_dtype(dtype) == torch.float64:
+        model = copy.deepcopy(model).to(torch.float64)
+        x = x.to(torch.float64)
     was_training = model.training
     try:
         with full_float32():
