@@ -22,8 +22,11 @@ import math
 import os
 import socket
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # torch-free at import: the scoring types are imported where they are used
+    from .scoring import ArchScore, ArchScorer, ScoreConfig
 
 __all__ = ["score_on_ray", "ClusterError", "RayNotInstalledError", "check_ray_target", "add_ray_option", "INSTALL_HINT"]
 
@@ -194,7 +197,7 @@ class _Connection:
 # the worker side
 
 
-_SCORERS: Dict[str, "ArchScorer"] = {}  # per worker process: one scorer (data, sampler) per configuration
+_SCORERS: Dict[str, ArchScorer] = {}  # per worker process: one scorer (data, sampler) per configuration
 
 
 def _scorer_for(config: ScoreConfig) -> ArchScorer:

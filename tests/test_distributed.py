@@ -129,6 +129,25 @@ def test_ray_target_validation():
     assert chunk_size(24, 2) == 3 and chunk_size(10**6, 64) == 16 and chunk_size(1, 8) == 1
 
 
+def test_worker_side_scores_like_a_local_scan():
+    """The task body, run here: the same scores as the oracle, and the data loaded once."""
+    from nwot_fast import distributed
+    from nwot_fast.scoring import ScoreConfig
+
+    threads = torch.get_num_threads()
+    try:
+        config = ScoreConfig(batch_size=int(BATCH))
+        first = distributed.score_chunk(config, [5, 3])
+        scorer = distributed._SCORERS[config.config_hash() + "/cpu"]
+        second = distributed.score_chunk(config, [7])
+        assert distributed._SCORERS[config.config_hash() + "/cpu"] is scorer  # cached per configuration
+    finally:
+        torch.set_num_threads(threads)
+    expected = _local_scores([5, 3, 7])
+    assert [i for i, _, _ in first + second] == [5, 3, 7]
+    assert all(_same(s, expected[i]) for i, s, _ in first + second)
+
+
 def test_without_ray_installed_exit_2(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     code = cli.main(["scan", "--indices", "0:2", "--batch-size", BATCH, "--db", str(tmp_path / "x.db"), "--ray"])
