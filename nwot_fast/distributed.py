@@ -13,7 +13,7 @@ data, the batch sampler) once per configuration, then scores its chunks with the
 a local scan uses, so its scores equal a local single-threaded scan's bit for bit.
 
 Ray is optional (``pip install .[ray]``): this module imports it only when a cluster is used,
-and imports neither Ray nor torch at import (the CLI builds its options from it).
+and imports neither Ray nor torch at import (the CLI imports it for its messages).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:  # torch-free at import: the scoring types are imported where they are used
     from .scoring import ArchScore, ArchScorer, ScoreConfig
 
-__all__ = ["score_on_ray", "ClusterError", "RayNotInstalledError", "check_ray_target", "add_ray_option", "INSTALL_HINT"]
+__all__ = ["score_on_ray", "ClusterError", "RayNotInstalledError", "check_ray_target", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'nwot_fast[ray]' (from a checkout: pip install .[ray])"
 CONNECT_TIMEOUT_S = 5.0  # to decide that nothing listens at an address; ray.init itself would wait minutes
@@ -37,16 +37,6 @@ TASK_RETRIES = 3  # re-runs of a chunk whose worker process or node died
 
 # ``ray`` argument: True (or "local") starts a local instance; a string joins that cluster.
 RayTarget = Union[bool, str]
-
-
-def add_ray_option(parser) -> None:
-    """``--ray [ADDRESS]`` of ``nwot-fast scan`` and ``nwot-fast evaluate``."""
-    parser.add_argument(
-        "--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
-        help="score on a Ray cluster; this process alone writes --db. Without ADDRESS: a local Ray instance, "
-             "one single-threaded worker per core; auto, HOST:PORT or ray://HOST:10001: join that cluster "
-             f"(needs Ray: {INSTALL_HINT})",
-    )
 
 
 class RayNotInstalledError(ImportError):

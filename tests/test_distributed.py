@@ -323,7 +323,8 @@ def test_killed_driver_resumes(cluster, tmp_path):
 
 
 def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
-    from nwot_fast.evaluate import evaluate, read_scores
+    from nwot_fast.evaluate import evaluate
+    from nwot_fast.scorefile import read_scores
 
     db, scores_out = tmp_path / "e.db", tmp_path / "e.csv"
     proc = subprocess.run(
