@@ -125,6 +125,7 @@ setup(
     # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it. torch >= 2.9: the
     # range README states (the tests use its fp32_precision API).
     install_requires=["torch>=2.9", "numpy", "scipy", "tqdm", "ninja"],
+    extras_require={"ray": ["ray>=2.60,<3"]},  # scans over a Ray cluster (nwot_fast.distributed)
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=EXTENSIONS,
     cmdclass=_cmdclass(EXTENSIONS),
