@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pathlib
+import random
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -26,3 +29,13 @@ def accuracies_csv() -> pathlib.Path:
 @pytest.fixture
 def cifar10_npz() -> pathlib.Path:
     return shared_file("cifar10_sample.npz")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs():
+    """Every test starts from the same global RNG states (torch, NumPy's legacy generator,
+    ``random``), whatever ran before it: an input drawn without an explicit generator is still
+    the same in every run, order and process."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
