@@ -129,7 +129,7 @@ setup(
     description="Neural Architecture Search without Training (NASWOT) on NAS-Bench-201, fast and exact",
     packages=find_packages(include=["nwot_fast", "nwot_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=get_extensions(),
     cmdclass=_cmdclass(),

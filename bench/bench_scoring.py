@@ -66,13 +66,13 @@ def test_post_processing_alone(benchmark, method):
     x = _batch(BATCH)
     if method == "jacob_cov":
         J = torch.randn(BATCH, 3 * 32 * 32, generator=torch.Generator().manual_seed(1))
-        benchmark(fast._jacob_cov_score, J)
+        benchmark(fast._post_process, method, [J])
     else:
         plan = fast.compile_plan(6111, method)
         codes = fast._Codes()
         with torch.no_grad():
             fast._forward(plan, fast._weights(plan, 0, torch.device("cpu")), x, codes)
-        benchmark(fast._hook_logdet_score, codes)
+        benchmark(fast._post_process, method, [codes])
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ._common import __version__  # noqa: F401  (the package version)
 
 # Public name -> module that defines it; resolved lazily so that importing the package is cheap.
 _LAZY = {
-    "score": "nwot_fast.scores",
+    "score": "nwot_fast.reference",
     "score_arch": "nwot_fast.fast",
     "scan": "nwot_fast.scan",
     "search": "nwot_fast.search",
@@ -19,7 +19,9 @@ _LAZY = {
     "evaluate": "nwot_fast.evaluate",
     "backend_info": "nwot_fast._ext",
 }
-_SUBMODULES = ("nb201", "reference", "ops", "data", "benchmark")
+_SUBMODULES = ("nb201", "reference", "ops", "data", "accuracies")
+# Old module names, still reachable as attributes of the package.
+_RENAMED = {"benchmark": "accuracies"}
 
 __all__ = sorted(list(_LAZY) + list(_SUBMODULES) + ["__version__"])
 
@@ -27,8 +29,8 @@ __all__ = sorted(list(_LAZY) + list(_SUBMODULES) + ["__version__"])
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"nwot_fast.{name}")
+    if name in _SUBMODULES or name in _RENAMED:
+        return importlib.import_module(f"nwot_fast.{_RENAMED.get(name, name)}")
     raise AttributeError(f"module 'nwot_fast' has no attribute {name!r}")
 
 

@@ -1,6 +1,6 @@
 """The ``nwot-fast`` command line (also ``python -m nwot_fast``).
 
-Subcommands: ``search``, ``score``, ``scan``, ``evaluate``, ``report``, ``info``, ``arch``.
+Subcommands: ``search``, ``score``, ``scan``, ``db``, ``evaluate``, ``report``, ``info``, ``arch``.
 Results go to stdout (a table, or JSON with ``--json`` and nothing else); messages, warnings
 and progress bars go to stderr. Exit codes are documented in :data:`EXIT_CODES_HELP`.
 """
@@ -16,11 +16,9 @@ import signal
 import sys
 from typing import List, Optional, Sequence
 
-# Kept here (not imported) so that `--help` does not import torch; a test checks they match
-# nwot_fast.reference.METHODS and nwot_fast.scoring.ENGINES.
-METHODS = ("jacob_cov", "hook_logdet")
-ENGINES = ("fast", "reference")
-RELU_MATCHES = ("name", "exact")
+# torch-free, so that `--help` does not import torch
+from ._common import DTYPES, ENGINES, METHODS, RELU_MATCHES, __version__, jsonable
+
 PROG = "nwot-fast"
 DEFAULT_DB = "nwot-fast-scan.sqlite"
 
@@ -96,9 +94,33 @@ already holds for this configuration and never writes a row twice. --dedup score
 architecture per isomorphism class (6,466 for the whole space) and gives the other members
 its score, flagged in the 'representative' column / field. In CSV, non-finite scores are
 written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf". Rows are keyed by the
-configuration (method, data, dataset, batch size, augmentation, fixed batch, seed, ReLU rule);
-the engine and device are recorded per row but are not part of that key. SIGTERM stops the
+configuration (method, data, dataset, batch size, augmentation, fixed batch, seed, ReLU rule,
+engine, device type, and dtype when float64): scores of another engine, device type or dtype
+are kept apart. Several scan processes may share one database (each takes the write lock
+for one transaction per architecture); give them disjoint --indices. SIGTERM stops the
 scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds.
+
+{EXIT_CODES_HELP}""",
+    "evaluate": f"""\
+examples:
+  {PROG} evaluate --n-archs 1000 --method hook_logdet --data ../shared/data/cifar10_sample.npz \\
+      --accuracies ../shared/data/nb201_accuracies.csv --db scan.sqlite --scores-out s.csv
+  {PROG} evaluate --scores-in s.csv --method hook_logdet --accuracies nb201_accuracies.csv \\
+      --search-table 10,100 --runs 500 --json
+
+Kendall tau and Spearman rho against the NB201 val and test accuracies; NaN and -inf scores are
+counted and left out. With --scores-in nothing is scored (the scoring options other than
+--method and --seed are not used).
+
+{EXIT_CODES_HELP}""",
+    "report": f"""\
+example:
+  {PROG} report --scores jacob_cov=jc.csv --scores hook_logdet=hl.csv \\
+      --accuracies ../shared/data/nb201_accuracies.csv --data ../shared/data/cifar10_sample.npz \\
+      --search-ns 10,100 --out report.md
+
+Correlations, search tables (table mode) and figures from score files, next to the published
+numbers; nothing is rescored except the few networks of Figure 1 (with --data).
 
 {EXIT_CODES_HELP}""",
     "db": f"""\
@@ -169,23 +191,8 @@ class _Parser(argparse.ArgumentParser):
 # output helpers
 
 
-def _jsonable(obj):
-    """Recursively: non-finite floats -> 'nan' / 'inf' / '-inf' (JSON has none), numpy -> Python."""
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return obj
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if type(obj).__module__ == "numpy":
-        return _jsonable(obj.tolist() if hasattr(obj, "tolist") else obj.item())
-    return obj
-
-
 def _print_json(obj) -> None:
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2, allow_nan=False, default=str) + "\n")
     sys.stdout.flush()
 
 
@@ -236,31 +243,30 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
                    help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "
                         "or only nn.ReLU (exact)")
+    g.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="precision of the network pass and the score: float32 (default, the authors') or "
+                        "float64 (the machine-independent truth, docs/PRECISION.md)")
+    aug = g.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="random flip + padded crop (default for jacob_cov with --data)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation")
+    fixed = g.add_mutually_exclusive_group()
+    fixed.add_argument("--fixed-batch", dest="fixed_batch", action="store_true", default=None,
+                       help="one batch for every architecture (default for hook_logdet)")
+    fixed.add_argument("--batch-per-arch", dest="fixed_batch", action="store_false",
+                       help="a new batch for every architecture (default for jacob_cov)")
 
 
 def _config_from(args):
-    from .scoring import ScoreConfig
+    """The ScoreConfig of the scoring options (validated: a typo in --dataset is an error)."""
+    from .scoring import config_from_namespace
 
-    dataset = args.dataset
-    if dataset is not None:
-        from .data import check_dataset
-
-        dataset = check_dataset(dataset)  # also with Gaussian inputs: a typo is an error, not ignored
-    return ScoreConfig(
-        method=args.method,
-        data=args.data,
-        dataset=dataset,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        relu_match=args.relu_match,
-        engine=args.engine,
-        device=args.device,
-    )
+    return config_from_namespace(args)
 
 
 def _check_device(args) -> None:
     """Fail early, with exit code 3, when CUDA is asked for and absent."""
-    from .scoring import resolve_device
+    from ._common import resolve_device
 
     try:
         resolve_device(args.device)
@@ -372,8 +378,8 @@ def cmd_scan(args) -> int:
 
 
 def cmd_db(args) -> int:
-    from .nb201 import NUM_ARCHS
-    from .scan import ScoreDB
+    from ._common import NUM_ARCHS
+    from .store import ScoreDB
 
     with ScoreDB(args.db, readonly=True, timeout=args.db_timeout) as store:
         configs = store.configurations()
@@ -389,7 +395,7 @@ def cmd_db(args) -> int:
         data = cfg.get("data") or "Gaussian inputs"
         print(
             f"\n{c['config_hash']}  {cfg.get('method')}  batch {cfg.get('batch_size')}  seed {cfg.get('seed')}  "
-            f"data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
+            f"{cfg.get('dtype', 'float32')}  data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
         )
         print(
             f"  {c['rows']}/{NUM_ARCHS} architectures ({c['reused']} reused from a representative), "
@@ -407,20 +413,8 @@ def cmd_search(args) -> int:
     _check_device(args)
     bar = _progress(args, args.n_samples * args.runs if args.n_samples > 0 and args.runs > 0 else 0, "searching")
     try:
-        result = search(
-            n_samples=args.n_samples,
-            runs=args.runs,
-            method=args.method,
-            data=args.data,
-            dataset=config.dataset,
-            accuracies=args.accuracies,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            engine=args.engine,
-            relu_match=args.relu_match,
-            progress=bar,
-        )
+        result = search(n_samples=args.n_samples, runs=args.runs, accuracies=args.accuracies, config=config,
+                        progress=bar)
     finally:
         bar.close()
     if args.json:
@@ -437,7 +431,7 @@ def cmd_info(args) -> int:
     import numpy
     import torch
 
-    from . import __version__
+    from ._ext import backend_info
 
     cuda = torch.cuda.is_available()
     info = {
@@ -451,25 +445,10 @@ def cmd_info(args) -> int:
         "numpy": numpy.__version__,
         "sqlite": sqlite3.sqlite_version,
         "cpu_threads": torch.get_num_threads(),
+        "backend": backend_info(),
+        "engines": list(ENGINES),
+        "dtypes": list(DTYPES),
     }
-    try:
-        from ._ext import backend_info
-    except ModuleNotFoundError as e:
-        if e.name != "nwot_fast._ext":
-            raise
-        info["backend"] = None
-        info["backend_note"] = "compiled extension loader not present; the pure-PyTorch path is used"
-    else:
-        info["backend"] = backend_info()
-    try:
-        import importlib
-
-        importlib.import_module("nwot_fast.fast")
-        info["engines"] = list(ENGINES)
-    except ModuleNotFoundError as e:
-        if e.name != "nwot_fast.fast":
-            raise
-        info["engines"] = ["reference"]
     if args.json:
         _print_json(info)
         return EXIT_OK
@@ -485,33 +464,25 @@ def cmd_info(args) -> int:
 
 
 def cmd_arch(args) -> int:
-    from .nb201 import (
-        EDGES,
-        canonical_str,
-        functional_str,
-        is_constant_output,
-        live_edges,
-        relu_sees_only_zeros,
-        representative_index,
-    )
+    from . import nb201
 
     records = []
     for text in args.archs:
         index, arch = parse_arch_argument(text)
-        live = live_edges(arch)
+        live = nb201.live_edges(arch)
         records.append(
             {
                 "arch_index": index,
                 "arch": str(arch),
-                "canonical": canonical_str(arch),
-                "representative_index": representative_index(arch),
-                "isomorphism_class_size": _class_size(canonical_str(arch)),
-                "functional": functional_str(arch),
+                "canonical": nb201.canonical_str(arch),
+                "representative_index": nb201.representative_index(arch),
+                "isomorphism_class_size": _class_size(nb201.canonical_str(arch)),
+                "functional": nb201.functional_str(arch),
                 "live_edges": [
-                    f"{j}<-{i} {name}" for (i, j), name, ok in zip(EDGES, arch.op_names, live) if ok
+                    f"{j}<-{i} {name}" for (i, j), name, ok in zip(nb201.EDGES, arch.op_names, live) if ok
                 ],
-                "constant_output": is_constant_output(arch),
-                "relu_sees_only_zeros": relu_sees_only_zeros(arch),
+                "constant_output": nb201.is_constant_output(arch),
+                "relu_sees_only_zeros": nb201.relu_sees_only_zeros(arch),
             }
         )
     if args.json:
@@ -557,21 +528,128 @@ def _class_size(canonical: str) -> int:
 _CLASS_SIZES = None
 
 
+def _int_list(text: str) -> List[int]:
+    try:
+        out = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 10,100, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 10,100, got {text!r}")
+    return out
+
+
+def cmd_evaluate(args) -> int:
+    from .accuracies import as_table
+    from .evaluate import evaluate
+    from .searchtable import search_table
+
+    config = None if args.scores_in is not None else _config_from(args)
+    if config is not None:
+        _check_device(args)
+        if args.data is None and not args.quiet:
+            print("note: no --data given: architectures are scored on Gaussian N(0,1) inputs", file=sys.stderr)
+    accuracies = as_table(args.accuracies)
+    progress = None if args.quiet or config is None else True
+    result = evaluate(n_archs=args.n_archs, all_archs=args.all_archs, indices=args.indices, accuracies=accuracies,
+                      scores_out=args.scores_out, scores_in=args.scores_in, db=args.db, progress=progress,
+                      config=config, **({"method": args.method, "seed": args.seed} if config is None else {}))
+    table = None
+    if args.search_table:
+        table = search_table(result, accuracies, Ns=args.search_table, runs=args.runs, mode="table", seed=args.seed)
+        if args.table_out:
+            table.write(args.table_out)
+    if args.json:
+        out = result.to_dict()
+        if table is not None:
+            out["search_table"] = table.to_dict()
+        _print_json(out)
+    else:
+        print(result.format_table())
+        if table is not None:
+            print()
+            print(table.format_text())
+    return EXIT_OK
+
+
+def _scores_arg(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected METHOD=FILE (METHOD one of {', '.join(METHODS)}), got {text!r}")
+    method, path = text.split("=", 1)
+    if method not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
+    return method, path
+
+
+def cmd_report(args) -> int:
+    from .figures import read_published_points
+    from .report import build_report
+
+    scores: dict = {}
+    for method, path in args.scores:
+        if method in scores:
+            raise ValueError(f"--scores given twice for {method}")
+        scores[method] = path
+    summary = build_report(
+        scores=scores, accuracies=args.accuracies, out=args.out, figures_dir=args.figures_dir, data=args.data,
+        n_archs=args.n_archs, sample_seed=args.sample_seed, Ns=args.search_ns, runs=args.runs, seed=args.seed,
+        published_points=None if args.published is None else read_published_points(args.published),
+        fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch,
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"report written to {summary['report']}")
+        for name, paths in summary["figures"].items():
+            print(f"  {name}: {', '.join(paths)}")
+    return EXIT_OK
+
+
+def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--n-archs", type=int, metavar="K", help="a seeded random sample of K architectures")
+    which.add_argument("--all", action="store_true", dest="all_archs", help="all 15,625 architectures")
+    which.add_argument("--indices", metavar="START:STOP", help="these benchmark indices (START:STOP or a,b,c)")
+    p.add_argument("--accuracies", metavar="PATH", required=True,
+                   help="NB201 accuracies: nb201_accuracies.csv or the official .pth")
+    p.add_argument("--db", metavar="PATH", help="SQLite scan database: results are kept as they come and a "
+                   "rerun resumes")
+    p.add_argument("--scores-out", metavar="FILE", help="write per-architecture scores (.csv/.jsonl/.json)")
+    p.add_argument("--scores-in", metavar="FILE", help="reuse scores from FILE instead of scoring")
+    p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
+                   help="also the search table (mode 'table', over the evaluated architectures) for these N")
+    p.add_argument("--runs", type=int, default=500, help="runs per N for --search-table (default 500)")
+    p.add_argument("--table-out", metavar="PREFIX", help="write the search table to PREFIX.md and PREFIX.csv")
+    _add_score_options(p)
+    _add_output_options(p)
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
+                   help="a scores file of one method (repeat for several methods)")
+    p.add_argument("--accuracies", required=True, metavar="PATH", help="NB201 accuracies (CSV or .pth)")
+    p.add_argument("--out", default="report.md", metavar="FILE", help="Markdown report (default report.md)")
+    p.add_argument("--figures-dir", metavar="DIR", help="figures and CSV tables (default: figures/ beside --out)")
+    p.add_argument("--data", metavar="PATH", help="images for Figure 1 (left out without)")
+    p.add_argument("--n-archs", type=int, metavar="K", help="use only the seeded sample of K from each file")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
+                   help="sample sizes of the search table (default 10,25,50,75,100)")
+    p.add_argument("--runs", type=int, default=500, help="runs per N (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search runs and Figure 1 (default 0)")
+    p.add_argument("--published", metavar="CSV",
+                   help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
+                   "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
+    p.add_argument("--fig1-per-bin", type=int, default=3, help="architectures per bin in Figure 1 (default 3)")
+    p.add_argument("--fig1-batch", type=int, default=64, help="batch size for Figure 1 (default 64)")
+    _add_output_options(p)
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 
 
-_PLUGINS = {
-    "evaluate": ("nwot_fast.evaluate", "score architectures and correlate the scores with NB201 accuracies"),
-    "report": ("nwot_fast.report", "assemble tables and figures of an evaluation into one Markdown report"),
-}
-
-
-def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
-    """The parser. ``command``: the chosen subcommand; ``evaluate`` and ``report`` are built by
-    their own modules, which are imported only when that subcommand is chosen."""
-    from . import __version__
-
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (imports nothing heavy: the commands import what they use)."""
     parser = _Parser(
         prog=PROG,
         description="NASWOT (Neural Architecture Search without Training) on NAS-Bench-201: "
@@ -609,26 +687,17 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                    help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
     p.add_argument("--dedup", action="store_true",
                    help="score one architecture per isomorphism class; other members get its score (flagged)")
-    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv or FILE.jsonl")
+    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
     p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_score_options(p)
     _add_output_options(p)
 
-    for name, (module_name, help_text) in _PLUGINS.items():
-        if command == name:
-            import importlib
+    p = add("evaluate", "score architectures and correlate the scores with NB201 accuracies", cmd_evaluate)
+    _add_evaluate_options(p)
 
-            module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
-                               epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-            module.configure_parser(p)
-            if "exit codes:" not in (p.epilog or ""):
-                p.epilog = ((p.epilog or "").rstrip() + "\n\n" + EXIT_CODES_HELP).lstrip()
-            p.set_defaults(handler=module.run_cli)
-        else:
-            # Listed in the top-level help; the module is imported only when the command is used.
-            sub.add_parser(name, help=help_text, add_help=False)
+    p = add("report", "assemble tables and figures of an evaluation into one Markdown report", cmd_report)
+    _add_report_options(p)
 
     p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
     p.add_argument("db", metavar="PATH", help="SQLite database written by 'nwot-fast scan'")
@@ -643,13 +712,6 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("archs", nargs="+", metavar="ARCH", help="benchmark index (0..15624) or official arch string")
     _add_output_options(p)
     return parser
-
-
-def _chosen_command(argv: Sequence[str]) -> Optional[str]:
-    for a in argv:
-        if not a.startswith("-"):
-            return a
-    return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -676,13 +738,13 @@ def _is_out_of_memory(e: BaseException) -> bool:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (see ``nwot-fast --help``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_chosen_command(argv))
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
 
-    from .scan import ScanDatabaseError
+    from .store import ScanDatabaseError
 
     try:
         return int(args.handler(args) or EXIT_OK)

@@ -36,7 +36,6 @@ reference:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -44,9 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
-from .nb201 import NUM_ARCHS, initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
-from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch, as_arch
+from .nb201 import initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
+from . import ops
+from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch
+from .nb201.index import as_arch
 from .nb201.structure import _reachable_from_input
 
 METHODS = reference.METHODS
@@ -371,13 +373,21 @@ class _Codes:
         self.units = 0
 
     def add(self, t: torch.Tensor, multiplicity: int):
-        self.packed.append(_pack_codes(t))
+        self.packed.append(ops.pack_codes(t))
         self.mults.append(multiplicity)
         self.units += multiplicity * (t[0].numel())
 
     def add_zero(self, units: int, multiplicity: int):
         # All-zero codes: equal for every pair of samples, they add units to each entry of K.
         self.units += multiplicity * units
+
+    def triple(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes [1, B, W], multiplicity [1, W], units [1])`` for ``ops.hook_logdet_score``."""
+        device = self.packed[0].device
+        mult = torch.cat([torch.full((p.shape[1],), m, dtype=torch.int64, device=device)
+                          for p, m in zip(self.packed, self.mults)])
+        units = torch.tensor([self.units], dtype=torch.int64, device=device)
+        return torch.cat(self.packed, 1)[None], mult[None], units
 
 
 def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Codes]):
@@ -463,95 +473,17 @@ def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------------
-# Post-processing: the compiled operators when present, else the pure path
-
-
-def _ops():
-    try:
-        from . import ops  # noqa: F401
-    except ImportError:
-        return None
-    return ops
+# Post-processing: the operators of nwot_fast.ops (compiled, or their own pure fallback)
 
 
 def _avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """``avg_pool_3x3``: ``ops.avg_pool3x3`` (the compiled CPU kernel, bitwise equal to ATen's
-    and ~4x faster forward and backward; it falls back to ATen by itself), else ATen's."""
-    ops = _ops()
-    if ops is not None:
-        return ops.avg_pool3x3(x)
-    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-
-
-def _jacob_cov_score(J: torch.Tensor) -> float:
-    """Score of one Jacobian ``J [B, D]``."""
-    ops = _ops()
-    if ops is not None and hasattr(ops, "jacob_cov_score"):
-        return float(ops.jacob_cov_score(J[None])[0])
-    return reference.jacob_cov_from_jacobian(J)
-
-
-def _pack_codes(t: torch.Tensor) -> torch.Tensor:
-    """``(t > 0)`` per sample, packed 64 units per int64 word: ``[B, ceil(units / 64)]``."""
-    ops = _ops()
-    if ops is not None and hasattr(ops, "pack_codes"):
-        return ops.pack_codes(t)
-    bits = (t.reshape(t.shape[0], -1) > 0)
-    n = bits.shape[1]
-    pad = (-n) % 64
-    if pad:
-        bits = F.pad(bits, (0, pad))
-    words = bits.reshape(bits.shape[0], -1, 64).to(torch.int64)
-    weights = torch.ones(64, dtype=torch.int64, device=t.device).bitwise_left_shift(
-        torch.arange(64, dtype=torch.int64, device=t.device))
-    return (words * weights).sum(-1)
-
-
-def _unpack_codes(words: torch.Tensor) -> torch.Tensor:
-    shifts = torch.arange(64, dtype=torch.int64, device=words.device)
-    return ((words[..., None] >> shifts) & 1).reshape(words.shape[0], -1)
-
-
-def _hook_logdet_score(codes: _Codes) -> float:
-    ops = _ops()
-    B = codes.packed[0].shape[0] if codes.packed else None
-    if ops is not None and hasattr(ops, "hook_logdet_score"):
-        packed = torch.cat(codes.packed, 1)[None]
-        mult = torch.cat([torch.full((p.shape[1],), m, dtype=torch.int64, device=p.device)
-                          for p, m in zip(codes.packed, codes.mults)])[None]
-        units = torch.tensor([codes.units], dtype=torch.int64, device=packed.device)
-        return float(ops.hook_logdet_score(packed, mult, units)[0])
-    # Pure-torch fallback: K = units - sum_l mult_l * hamming_l, with hamming from exact
-    # float64 Gram matrices of the 0/1 codes.
-    hamming = None
-    for p, m in zip(codes.packed, codes.mults):
-        c = _unpack_codes(p).to(torch.float64)
-        s = c.sum(1)
-        ham = s[:, None] + s[None, :] - 2.0 * (c @ c.T)
-        hamming = m * ham if hamming is None else hamming + m * ham
-    K = float(codes.units) - hamming
-    return reference.logdet_score(K.cpu().numpy())
+    and ~4x faster forward and backward; ATen's pooling elsewhere)."""
+    return ops.avg_pool3x3(x)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
-
-
-def _resolve_device(device) -> torch.device:
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, str):
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
-    else:
-        raise TypeError(f"device must be a string or torch.device (cpu, cuda), got {type(device).__name__}")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
-    return dev
 
 
 def _check_seed(seed):
@@ -580,25 +512,14 @@ def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dty
 
 
 def _post_process(method: str, results: list) -> List[float]:
-    """Scores of several network passes of the same batch size, in one operator call where the
-    compiled operators are present (the codes of different cells are padded with zero words of
-    multiplicity 0, which add nothing to K)."""
-    ops = _ops()
-    if ops is None or len(results) == 1:
-        if method == "jacob_cov":
-            return [_jacob_cov_score(J) for J in results]
-        return [_hook_logdet_score(c) for c in results]
+    """Scores of several network passes of the same batch size, in one operator call (the codes
+    of different cells are padded with zero words of multiplicity 0 by ``ops.stack_codes``,
+    which add nothing to K)."""
     if method == "jacob_cov":
         if len({tuple(J.shape) for J in results}) == 1:
             return [float(v) for v in ops.jacob_cov_score(torch.stack(results)).tolist()]
-        return [_jacob_cov_score(J) for J in results]
-    packed = [torch.cat(c.packed, 1) for c in results]
-    mult = [torch.cat([torch.full((p.shape[1],), m, dtype=torch.int64, device=p.device)
-                       for p, m in zip(c.packed, c.mults)]) for c in results]
-    width = max(p.shape[1] for p in packed)
-    codes = torch.stack([F.pad(p, (0, width - p.shape[1])) for p in packed])
-    mults = torch.stack([F.pad(m, (0, width - m.shape[0])) for m in mult])
-    units = torch.tensor([c.units for c in results], dtype=torch.int64, device=codes.device)
+        return [float(ops.jacob_cov_score(J[None])[0]) for J in results]
+    codes, mults, units = ops.stack_codes([c.triple() for c in results])
     return [float(v) for v in ops.hook_logdet_score(codes, mults, units).tolist()]
 
 

@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .evaluate import DATASET_LABELS
+from ._common import DATASET_LABELS
+from .published import PUBLISHED_BASELINES, PUBLISHED_SEARCH_POINTS
 
 __all__ = [
     "ACCURACY_BINS",
@@ -37,37 +38,6 @@ __all__ = [
 #: Figure 1 bins of CIFAR-10 val accuracy (percent): [low, high), None = open.
 ACCURACY_BINS: Tuple[Tuple[Optional[float], Optional[float]], ...] = (
     (None, 60.0), (60.0, 70.0), (70.0, 80.0), (80.0, 90.0), (90.0, None),
-)
-
-#: Published NASWOT search results on NB201 (the original jacob_cov score, 500 runs), as the
-#: authors list them in the README of BayesWatch/nas-without-training (v1, commit 07a991b),
-#: "which is the same as what we report in the paper": median search time (s, one GPU) and
-#: CIFAR-10 test accuracy mean +/- std of the chosen architecture.
-PUBLISHED_SEARCH_POINTS: Tuple[dict, ...] = (
-    {"label": "NASWOT, published (N=10)", "seconds": 1.73435, "accuracy": 91.53, "std": 1.62,
-     "kind": "training-free", "tag": "N=10"},
-    {"label": "NASWOT, published (N=100)", "seconds": 17.4139, "accuracy": 91.61, "std": 1.71,
-     "kind": "training-free", "tag": "N=100"},
-)
-
-#: The other NAS methods of the paper's NAS-Bench-201 search table: Mellor et al., "Neural
-#: Architecture Search without Training", ICML 2021, Table 2(a), whose baselines are taken from
-#: NAS-Bench-201 (Dong & Yang, ICLR 2020). Search time in seconds on one GTX 1080 Ti, CIFAR-10
-#: test accuracy mean +/- std over 500 runs (non-weight-sharing) or 3 runs (weight-sharing);
-#: every search ran on CIFAR-10. All ten rows were checked, number by number, against a text copy
-#: of that table on 2026-11-28. Other papers quote some of these NAS-Bench-201 baselines with
-#: other values (e.g. GDAS 93.61 +- 0.09); these are the ones the NASWOT paper compares against.
-PUBLISHED_BASELINES: Tuple[dict, ...] = (
-    {"label": "REA", "seconds": 12000.0, "accuracy": 93.92, "std": 0.30, "kind": "non-weight-sharing"},
-    {"label": "RS", "seconds": 12000.0, "accuracy": 93.70, "std": 0.36, "kind": "non-weight-sharing"},
-    {"label": "REINFORCE", "seconds": 12000.0, "accuracy": 93.85, "std": 0.37, "kind": "non-weight-sharing"},
-    {"label": "BOHB", "seconds": 12000.0, "accuracy": 93.61, "std": 0.52, "kind": "non-weight-sharing"},
-    {"label": "RSPS", "seconds": 7587.0, "accuracy": 87.66, "std": 1.69, "kind": "weight-sharing"},
-    {"label": "DARTS-V1", "seconds": 10890.0, "accuracy": 54.30, "std": 0.00, "kind": "weight-sharing"},
-    {"label": "DARTS-V2", "seconds": 29902.0, "accuracy": 54.30, "std": 0.00, "kind": "weight-sharing"},
-    {"label": "GDAS", "seconds": 28926.0, "accuracy": 93.51, "std": 0.13, "kind": "weight-sharing"},
-    {"label": "SETN", "seconds": 31010.0, "accuracy": 86.19, "std": 4.63, "kind": "weight-sharing"},
-    {"label": "ENAS", "seconds": 13315.0, "accuracy": 54.30, "std": 0.00, "kind": "weight-sharing"},
 )
 
 #: Kinds a published point may have (optional ``kind`` key), each drawn with its own marker.

@@ -33,8 +33,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from nwot_fast import _ext, exact
-
-EIG_EPS = 1e-5
+from nwot_fast._common import EIG_EPS
 # Bytes of float64 temporaries the fallbacks allow themselves per step (they chunk above it).
 _FALLBACK_BYTES = 256 << 20
 

@@ -31,11 +31,7 @@ import torch
 from torch import nn
 
 from . import exact
-from ._common import torch_dtype
-
-EIG_EPS = 1e-5
-METHODS = ("jacob_cov", "hook_logdet")
-RELU_MATCHES = ("name", "exact")
+from ._common import EIG_EPS, METHODS, RELU_MATCHES, torch_dtype  # noqa: F401  (EIG_EPS, RELU_MATCHES: re-exported)
 
 
 def _output(out):

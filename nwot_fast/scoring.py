@@ -1,7 +1,8 @@
 """Scoring NB201 architectures by index: one configuration, one place.
 
 A :class:`ScoreConfig` fixes everything a score depends on (method, data, batch size,
-augmentation, seed, engine); :class:`ArchScorer` turns benchmark indices into scores under
+augmentation, seed, engine, device type, dtype); :func:`score_config` is the one way the API
+functions and the CLI build it from their arguments; :class:`ArchScorer` turns benchmark indices into scores under
 that configuration. The same configuration and index give bitwise the same score on the CPU
 in any process and in any order: the weights come from ``torch.manual_seed(config.seed)``
 and the batch from the data sampler keyed by the architecture's index.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -19,39 +21,8 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from . import reference
-from .nb201 import NUM_ARCHS, Arch, arch_at, build_network
-
-ENGINES = ("fast", "reference")
-DEVICES = ("cpu", "cuda", "auto")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (CUDA when available)."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a string (cpu, cuda or auto), got {type(device).__name__}")
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)} (or cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)} (or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} requested but CUDA is not available in this torch build or on this machine "
-            f"(torch {torch.__version__}, CUDA {torch.version.cuda}); use --device cpu"
-        )
-    return dev
-
-
-def _device_type(device) -> str:
-    name = str(device)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cuda" if name.startswith("cuda") else name
-
+from ._common import ENGINES, METHODS, RELU_MATCHES, device_type, dtype_name, resolve_device
+from .nb201 import Arch, arch_at, build_network
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -68,12 +39,13 @@ class ScoreConfig:
     relu_match: str = "name"
     engine: str = "fast"
     device: str = "cpu"
+    dtype: str = "float32"  # or "float64"; a torch.dtype is accepted and stored by name
 
     def __post_init__(self):
-        if self.method not in reference.METHODS:
-            raise ValueError(f"unknown score method {self.method!r}; allowed: {', '.join(reference.METHODS)}")
-        if self.relu_match not in reference.RELU_MATCHES:
-            raise ValueError(f"relu_match must be one of {reference.RELU_MATCHES}, got {self.relu_match!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown score method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.relu_match not in RELU_MATCHES:
+            raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {self.relu_match!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; allowed: {', '.join(ENGINES)}")
         if self.batch_size is not None and (
@@ -82,6 +54,9 @@ class ScoreConfig:
             raise ValueError(f"batch size must be an int >= 2 (the scores compare samples), got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        if self.data is not None:
+            object.__setattr__(self, "data", os.fspath(self.data))
         if self.dataset is not None:
             from .data import check_dataset
 
@@ -103,9 +78,11 @@ class ScoreConfig:
     def identity(self) -> dict:
         """The fields that decide the scores, bit for bit. The engine and the device type are
         part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
-        1e-9 relative, not bitwise, so their results are kept apart."""
+        1e-9 relative, not bitwise, so their results are kept apart. ``dtype`` is part of it
+        only when it is float64, so that float32 configurations keep the hash they had before
+        the option existed (rows of older databases are float32 rows)."""
         c = self.resolved()
-        return {
+        ident = {
             "method": c.method,
             "data": c.data,
             "dataset": c.dataset,
@@ -115,12 +92,41 @@ class ScoreConfig:
             "seed": c.seed,
             "relu_match": c.relu_match,
             "engine": c.engine,
-            "device_type": _device_type(c.device),
+            "device_type": device_type(c.device),
         }
+        if c.dtype != "float32":
+            ident["dtype"] = c.dtype
+        return ident
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: The arguments of :class:`ScoreConfig`, which ``scan``, ``search``, ``evaluate`` and the CLI take.
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ScoreConfig))
+
+
+def score_config(config: Optional[ScoreConfig] = None, **options) -> ScoreConfig:
+    """The :class:`ScoreConfig` of an API call: ``config`` itself, or one built from
+    ``options`` (any of :data:`CONFIG_FIELDS`; ``None`` values take the defaults). Giving both,
+    or an unknown option, is a TypeError."""
+    unknown = sorted(set(options) - set(CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown scoring option(s) {', '.join(unknown)}; allowed: {', '.join(CONFIG_FIELDS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if config is not None:
+        if not isinstance(config, ScoreConfig):
+            raise TypeError(f"config must be a ScoreConfig, got {type(config).__name__}")
+        if given:
+            raise TypeError(f"give either config= or the scoring options ({', '.join(sorted(given))}), not both")
+        return config
+    return ScoreConfig(**given)
+
+
+def config_from_namespace(args) -> ScoreConfig:
+    """:func:`score_config` from the parsed command line (the attributes named like the fields)."""
+    return score_config(**{f: getattr(args, f) for f in CONFIG_FIELDS if hasattr(args, f)})
 
 
 @dataclass(frozen=True)
@@ -134,12 +140,13 @@ class ArchScore:
         return {"arch_index": self.index, "arch": str(self.arch), "score": self.score, "seconds": self.seconds}
 
 
-def score_with_reference(arch, x: torch.Tensor, *, method: str, seed: int, relu_match: str = "name") -> float:
+def score_with_reference(arch, x: torch.Tensor, *, method: str, seed: int, relu_match: str = "name",
+                         dtype="float32") -> float:
     """The pure path for one architecture: ``build_network`` right after ``torch.manual_seed(seed)``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_network(arch).to(x.device)
-    return reference.score(model, x, method, relu_match=relu_match)
+    return reference.score(model, x, method, relu_match=relu_match, dtype=dtype)
 
 
 class ArchScorer:
@@ -178,9 +185,11 @@ class ArchScorer:
             if c.engine == "fast":
                 from .fast import score_arch
 
-                s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match)
+                s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match,
+                               dtype=c.dtype)
             else:
-                s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match)
+                s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match,
+                                         dtype=c.dtype)
         except torch.OutOfMemoryError as e:
             raise MemoryError(
                 f"out of memory scoring architecture {index} with batch size {c.batch_size} on {self.device}; "
@@ -193,8 +202,3 @@ class ArchScorer:
         for index in indices:
             yield self.score_index(int(index))
 
-
-def check_index(index) -> int:
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < NUM_ARCHS:
-        raise ValueError(f"benchmark index {index!r} out of range; allowed 0..{NUM_ARCHS - 1}")
-    return index

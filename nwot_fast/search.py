@@ -9,26 +9,15 @@ batches, whatever the other runs do.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .nb201 import NUM_ARCHS, Arch, arch_at
-from .scoring import ArchScorer, ScoreConfig
-
-#: (dataset, split) pairs reported for the chosen architecture when a table is given.
-ACCURACY_KEYS = (
-    ("cifar10", "val"),
-    ("cifar10", "test"),
-    ("cifar100", "val"),
-    ("cifar100", "test"),
-    ("ImageNet16-120", "val"),
-    ("ImageNet16-120", "test"),
-)
-
+from ._common import ACCURACY_KEYS, NUM_ARCHS, check_int, json_float
+from .nb201 import Arch, arch_at
+from .scoring import ArchScorer, ScoreConfig, score_config
 
 def derive_seed(seed: int, run: int) -> int:
     """A 31-bit seed for run ``run`` of a search with seed ``seed`` (independent streams)."""
@@ -64,21 +53,12 @@ class RunResult:
             "seed": self.seed,
             "chosen_index": self.chosen_index,
             "chosen_arch": None if self.chosen_arch is None else str(self.chosen_arch),
-            "score": _json_float(self.chosen_score),
+            "score": json_float(self.chosen_score),
             "seconds": self.seconds,
             "accuracies": self.accuracies,
             "sampled_indices": self.indices,
-            "sampled_scores": [_json_float(s) for s in self.scores],
+            "sampled_scores": [json_float(s) for s in self.scores],
         }
-
-
-def _json_float(v: float):
-    """JSON has no NaN/inf: write them as strings so nothing is lost."""
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return v
 
 
 @dataclass
@@ -104,6 +84,7 @@ class SearchResult:
             "config": self.config.identity(),
             "engine": self.config.engine,
             "device": self.config.device,
+            "dtype": self.config.dtype,
             "n_samples": self.n_samples,
             "data": self.data_description,
             "accuracies": self.accuracies_source,
@@ -148,86 +129,71 @@ def search(
     *,
     n_samples: int = 10,
     runs: int = 1,
-    method: str = "jacob_cov",
-    data: Optional[str] = None,
-    dataset: Optional[str] = None,
     accuracies=None,
-    batch_size: Optional[int] = None,
-    seed: int = 0,
-    device: str = "cpu",
-    engine: str = "fast",
-    relu_match: str = "name",
     progress=None,
+    config: Optional[ScoreConfig] = None,
+    images=None,
+    **options,
 ) -> SearchResult:
     """Run ``runs`` independent random searches of ``n_samples`` architectures each.
 
-    ``data``: a dataset path (see :func:`nwot_fast.data.load_images`); ``None`` uses Gaussian
-    inputs. ``accuracies``: a path or a loaded :class:`nwot_fast.benchmark.AccuracyTable`; when
-    given, each run reports the chosen architecture's NB201 val/test accuracies.
+    The scoring configuration: ``config`` or its fields as keyword options (``method``,
+    ``data``, ``dataset``, ``batch_size``, ``seed``, ``engine``, ``device``, ``dtype``, ...; see
+    :func:`nwot_fast.scoring.score_config`); ``data=None`` uses Gaussian inputs. ``images``: the
+    already loaded images of ``data`` (saves loading them again). ``accuracies``: a path or a
+    loaded :class:`nwot_fast.accuracies.AccuracyTable`; when given, each run reports the chosen
+    architecture's NB201 val/test accuracies.
     ``progress``: optional callable ``progress(done, total)`` after each scored architecture.
     """
-    for name, value, low in (("n_samples", n_samples, 1), ("runs", runs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    base = ScoreConfig(
-        method=method,
-        data=None if data is None else str(data),
-        dataset=dataset,
-        batch_size=batch_size,
-        seed=seed,
-        relu_match=relu_match,
-        engine=engine,
-        device=device,
-    ).resolved()
+    n_samples = check_int(n_samples, "n_samples", 1)
+    runs = check_int(runs, "runs", 1)
+    base = score_config(config, **options).resolved()
     table = None
     if accuracies is not None:
-        from .benchmark import AccuracyTable, load_accuracies
+        from .accuracies import as_table
 
-        table = accuracies if isinstance(accuracies, AccuracyTable) else load_accuracies(accuracies)
-
-    images = None
-    if base.data is not None:
+        table = as_table(accuracies)
+    if images is None and base.data is not None:
         from .data import load_images
 
         images = load_images(base.data, dataset=base.dataset)
-
-    results: List[RunResult] = []
-    total = runs * n_samples
-    for r in range(runs):
-        run_seed = derive_seed(seed, r)
-        start = time.perf_counter()
-        rng = np.random.default_rng(run_seed)
-        indices = [int(i) for i in rng.integers(0, NUM_ARCHS, size=n_samples)]
-        scorer = ArchScorer(dataclasses.replace(base, seed=run_seed), images=images)
-        scores: List[float] = []
-        for i in indices:
-            scores.append(scorer.score_index(i).score)
-            if progress is not None:
-                progress(r * n_samples + len(scores), total)
-        best = nanargmax(scores)
-        seconds = time.perf_counter() - start
-        chosen = None if best is None else indices[best]
-        accs: Dict[str, float] = {}
-        if table is not None and chosen is not None:
-            accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in ACCURACY_KEYS}
-        results.append(
-            RunResult(
-                run=r,
-                seed=run_seed,
-                indices=indices,
-                scores=scores,
-                chosen_index=chosen,
-                chosen_arch=None if chosen is None else arch_at(chosen),
-                chosen_score=float("nan") if best is None else scores[best],
-                seconds=seconds,
-                accuracies=accs,
-            )
-        )
-        data_description = scorer.describe_data()
+    results = [_run(base, r, n_samples, images, table, progress, runs * n_samples) for r in range(runs)]
     return SearchResult(
         config=base,
         n_samples=n_samples,
-        data_description=data_description,
+        data_description=results[-1][1],
         accuracies_source=None if table is None else str(getattr(table, "source", accuracies)),
-        runs=results,
+        runs=[r for r, _ in results],
     )
+
+
+def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, total: int):
+    """Run ``r`` of a search: its draws, weights and batches all come from ``derive_seed(seed, r)``."""
+    run_seed = derive_seed(base.seed, r)
+    start = time.perf_counter()
+    rng = np.random.default_rng(run_seed)
+    indices = [int(i) for i in rng.integers(0, NUM_ARCHS, size=n_samples)]
+    scorer = ArchScorer(dataclasses.replace(base, seed=run_seed), images=images)
+    scores: List[float] = []
+    for i in indices:
+        scores.append(scorer.score_index(i).score)
+        if progress is not None:
+            progress(r * n_samples + len(scores), total)
+    best = nanargmax(scores)
+    seconds = time.perf_counter() - start
+    chosen = None if best is None else indices[best]
+    accs: Dict[str, float] = {}
+    if table is not None and chosen is not None:
+        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in ACCURACY_KEYS}
+    result = RunResult(
+        run=r,
+        seed=run_seed,
+        indices=indices,
+        scores=scores,
+        chosen_index=chosen,
+        chosen_arch=None if chosen is None else arch_at(chosen),
+        chosen_score=float("nan") if best is None else scores[best],
+        seconds=seconds,
+        accuracies=accs,
+    )
+    return result, scorer.describe_data()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import random
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The real reference data: ../shared/data beside the checkout, or the folder NWOT_SHARED_DATA names.
+SHARED_DATA = pathlib.Path(os.environ.get("NWOT_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 
 
 def shared_file(name: str) -> pathlib.Path:
@@ -39,3 +41,34 @@ def _seeded_global_rngs():
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared machine two threads on tiny networks spend most of
+    their time waiting for each other. Modules opt in with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> str:
+    """16 random 16x16 RGB images with ImageNet16-120 labels (1..120): the cheapest real-image input."""
+    import numpy as np
+
+    rng = np.random.default_rng(20240601)
+    path = tmp_path_factory.mktemp("data") / "tiny16.npz"
+    np.savez(path, x=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), y=rng.integers(1, 121, 16))
+    return str(path)
+
+
+def subprocess_env() -> dict:
+    """The environment for a child process that must import this checkout, on one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env

@@ -29,15 +29,8 @@ from nwot_fast.scoring import ScoreConfig, resolve_device
 ENGINE = "fast"
 BATCH = 4
 GOOD = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +111,12 @@ class Case:
     code: int = 2
     cli_words: Optional[Sequence[str]] = None  # defaults to `words`
     marks: list = field(default_factory=list)
+
+
+def _bad_table(id: str, key: str, words, exc=ValueError) -> Case:
+    """An accuracy-table file ``files[key]`` that both the reader and ``search --accuracies`` refuse."""
+    return Case(id, words, exc=exc, call=lambda f: nwot_fast.accuracies.load_accuracies(f[key]),
+                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE])
 
 
 def _model_and_batch(shape=(4, 3, 16, 16), dtype=torch.float32, fill=None):
@@ -206,21 +205,12 @@ CASES = [
     Case("corrupt dataset file", ["corrupt.npz"],
          call=lambda f: scan([0], data=f["corrupt"], batch_size=BATCH, engine=ENGINE),
          argv=lambda f: ["score", "0", "--data", f["corrupt"], "--engine", ENGINE]),
-    Case("missing benchmark file", ["no_such_accuracies.csv", "no such file"], exc=FileNotFoundError,
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["missing_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["missing_csv"], "--engine", ENGINE]),
-    Case("benchmark file without accuracies", ["bad.csv", "accuracy column"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["bad_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["bad_csv"], "--engine", ENGINE]),
-    Case("truncated benchmark CSV", ["truncated.csv", "3 data rows", "15625"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_csv"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_csv"], "--engine", ENGINE]),
-    Case("truncated benchmark .pth", ["truncated.pth", "corrupt"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["truncated_pth"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["truncated_pth"], "--engine", ENGINE]),
-    Case("benchmark file of another version", ["other_version.pth", "15625", "another benchmark"],
-         call=lambda f: nwot_fast.benchmark.load_accuracies(f["other_version"]),
-         argv=lambda f: ["search", "-n", "2", "--accuracies", f["other_version"], "--engine", ENGINE]),
+    _bad_table("missing benchmark file", "missing_csv", ["no_such_accuracies.csv", "no such file"],
+               exc=FileNotFoundError),
+    _bad_table("benchmark file without accuracies", "bad_csv", ["bad.csv", "accuracy column"]),
+    _bad_table("truncated benchmark CSV", "truncated_csv", ["truncated.csv", "3 data rows", "15625"]),
+    _bad_table("truncated benchmark .pth", "truncated_pth", ["truncated.pth", "corrupt"]),
+    _bad_table("benchmark file of another version", "other_version", ["other_version.pth", "15625", "another benchmark"]),
     Case("output file of unknown kind", ["results.parquet", ".csv", ".jsonl"],
          argv=lambda f: _scan_args(f, "--out", os.path.join(f["dir"], "results.parquet"))),
     Case("output file in a missing directory", ["no_such_dir", "does not exist"],
@@ -276,18 +266,24 @@ def test_not_a_database_file_is_left_untouched(files):
     assert open(files["not_a_db"], "rb").read() == before
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes to read-only files anyway")
-def test_read_only_database_file(files, tmp_path, capsys):
+def test_read_only_database_file(files, tmp_path, capsys, monkeypatch):
+    """A database the process may not write. File modes do not stop root (CI runs as root), so
+    SQLite itself opens the file read-only here, which is what it does for a 0444 file."""
+    import sqlite3
+
     db = tmp_path / "ro.sqlite"
     shutil.copy(files["template"], db)
     before = _rows(db)
-    db.chmod(0o444)
-    try:
-        code = main(_scan_args(files)[:-2] + ["--db", str(db), "--quiet"])
-        _, err = capsys.readouterr()
-        assert code == 3 and "read-only" in err
-    finally:
-        db.chmod(0o644)
+    connect = sqlite3.connect
+
+    def read_only(path, *args, uri=False, **kwargs):
+        return connect(f"file:{os.path.abspath(path)}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    code = main(_scan_args(files)[:-3] + ["--db", str(db), "--quiet"])
+    _, err = capsys.readouterr()
+    assert code == 3 and "read-only" in err, err
+    monkeypatch.undo()
     assert _rows(db) == before
 
 

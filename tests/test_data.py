@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import random
 import struct
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from nwot_fast.data import (
     ImageSet,
     default_data_settings,
     load_images,
-    nb201_cifar10_valid_split,
     normalize,
 )
 
@@ -190,26 +188,22 @@ def test_npz_dataset_inference_and_shapes(tmp_path):
     assert load_images(c100, dataset="cifar100").dataset == "cifar100"
     with pytest.raises(ValueError, match=r"c100\.npz: cifar10 labels must be in 0..9, found 0..99"):
         load_images(c100)
-    floats = tmp_path / "floats.npz"
-    np.savez(floats, x=rng.random((4, 32, 32, 3)), y=np.zeros(4, dtype=np.int64))
-    with pytest.raises(ValueError, match=r"floats\.npz: images must be uint8"):
-        load_images(floats)
-    chw = tmp_path / "chw.npz"
-    np.savez(chw, x=rng.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))
-    with pytest.raises(ValueError, match=r"chw\.npz: images must have shape \[N, H, W, 3\]"):
-        load_images(chw)
-    nolabels = tmp_path / "nolabels.npz"
-    np.savez(nolabels, x=rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match=r"nolabels\.npz: missing array\(s\) y"):
-        load_images(nolabels)
-    fewlabels = tmp_path / "fewlabels.npz"
-    np.savez(fewlabels, x=rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8), y=np.zeros(3, dtype=np.int64))
-    with pytest.raises(ValueError, match=r"fewlabels\.npz: 3 labels for 4 images"):
-        load_images(fewlabels)
-    odd = tmp_path / "odd.npz"
-    np.savez(odd, x=rng.integers(0, 256, size=(2, 28, 28, 3), dtype=np.uint8), y=np.zeros(2, dtype=np.int64))
-    with pytest.raises(ValueError, match="cannot infer the dataset"):
-        load_images(odd)
+    bad_npz = [  # (name, x, y or None, message)
+        ("floats", rng.random((4, 32, 32, 3)), np.zeros(4, dtype=np.int64), r"floats\.npz: images must be uint8"),
+        ("chw", rng.integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8), np.zeros(4, dtype=np.int64),
+         r"chw\.npz: images must have shape \[N, H, W, 3\]"),
+        ("nolabels", rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8), None,
+         r"nolabels\.npz: missing array\(s\) y"),
+        ("fewlabels", rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8), np.zeros(3, dtype=np.int64),
+         r"fewlabels\.npz: 3 labels for 4 images"),
+        ("odd", rng.integers(0, 256, size=(2, 28, 28, 3), dtype=np.uint8), np.zeros(2, dtype=np.int64),
+         "cannot infer the dataset"),
+    ]
+    for name, x, y, message in bad_npz:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, x=x, **({} if y is None else {"y": y}))
+        with pytest.raises(ValueError, match=message):
+            load_images(path)
 
 
 def test_unknown_dataset_and_split(tmp_path, cifar10_npz):
@@ -259,23 +253,6 @@ def test_normalize_matches_formula():
         assert np.array_equal(out[:, c].numpy(), expected)
     with pytest.raises(ValueError, match="uint8"):
         normalize(images.astype(np.float32), "cifar10")
-
-
-def test_cifar10_valid_split():
-    state = random.getstate()
-    train, valid = nb201_cifar10_valid_split()
-    assert random.getstate() == state  # no global random state touched
-    assert len(train) == len(valid) == 25000
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
-    assert np.array_equal(np.sort(np.concatenate([train, valid])), np.arange(50000))
-    # The documented procedure, spelled out with the global generator as NB201's script did.
-    order = list(range(50000))
-    random.seed(1021)
-    random.shuffle(order)
-    random.setstate(state)
-    assert train.tolist() == sorted(order[:25000])
-    again, _ = nb201_cifar10_valid_split()
-    assert np.array_equal(again, train)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -11,31 +10,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from nwot_fast import stats
-from nwot_fast.benchmark import AccuracyTable
-from nwot_fast.evaluate import (
-    ACCURACY_KEYS,
-    _pick,
-    configure_parser,
-    correlations,
-    evaluate,
-    read_scores,
-    run_cli,
-    sample_indices,
-    search_table,
-    write_scores,
-)
+import scipy.stats
+
+from nwot_fast import cli
+from nwot_fast._common import ACCURACY_KEYS
+from nwot_fast.accuracies import CSV_COLUMNS, AccuracyTable
+from nwot_fast.evaluate import evaluate, sample_indices
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
+from nwot_fast.scorefile import read_scores, write_scores
 from nwot_fast.search import nanargmax
+from nwot_fast.searchtable import _pick, search_table
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _shared(name):
-    p = SHARED / name
-    if not p.exists():
-        pytest.skip(f"real data file {p} not present")
-    return p
+from conftest import shared_file as _shared
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +31,19 @@ def synthetic_table():
     base = rng.uniform(10, 95, NUM_ARCHS)
     cols = {k: np.round(base + rng.normal(0, 3 + j, NUM_ARCHS), 2) for j, k in enumerate(ACCURACY_KEYS)}
     return AccuracyTable(cols, [str(arch_at(i)) for i in range(NUM_ARCHS)], source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def synthetic_csv(synthetic_table, tmp_path_factory):
+    """The synthetic table as an accuracy CSV (what the command line reads)."""
+    path = tmp_path_factory.mktemp("acc") / "accuracies.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "arch"] + [CSV_COLUMNS[k] for k in ACCURACY_KEYS])
+        cols = [synthetic_table.column(*k) for k in ACCURACY_KEYS]
+        for i in range(NUM_ARCHS):
+            w.writerow([i, str(arch_at(i))] + [repr(float(c[i])) for c in cols])
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +97,7 @@ def test_read_scores_per_method_columns_and_bad_files(tmp_path):
         read_scores(junk)
     with pytest.raises(FileNotFoundError):
         read_scores(tmp_path / "missing.csv")
-    with pytest.raises(ValueError, match="extension"):
+    with pytest.raises(ValueError, match="must end in"):
         write_scores(tmp_path / "s.txt", [1], [1.0])
 
 
@@ -118,8 +117,8 @@ def test_correlations_exclude_non_finite_and_match_stats(synthetic_table, tmp_pa
     assert (res.n_archs, res.n_nan, res.n_neg_inf, res.n_finite) == (300, 7, 3, 290)
     c = res.correlation("cifar10", "test")
     assert c["n"] == 290
-    assert c["kendall_tau"] == pytest.approx(stats.kendall_tau(sc[10:], acc[10:]), abs=1e-12)
-    assert c["spearman_rho"] == pytest.approx(stats.spearman_rho(sc[10:], acc[10:]), abs=1e-12)
+    assert c["kendall_tau"] == pytest.approx(scipy.stats.kendalltau(sc[10:], acc[10:]).statistic, abs=1e-12)
+    assert c["spearman_rho"] == pytest.approx(scipy.stats.spearmanr(sc[10:], acc[10:]).statistic, abs=1e-12)
     assert c["kendall_tau"] > 0.3
     d = res.to_dict()
     assert set(d["correlations"]) == {"cifar10", "cifar100", "ImageNet16-120"}
@@ -230,6 +229,7 @@ def test_search_table_outputs(synthetic_table, tmp_path):
         search_table((idx, sc), synthetic_table, Ns=(0,))
 
 
+@pytest.mark.slow
 def test_search_table_rescore_mode(synthetic_table):
     from nwot_fast.scoring import ScoreConfig
 
@@ -245,33 +245,46 @@ def test_search_table_rescore_mode(synthetic_table):
 # CLI
 
 
-def test_cli_scores_in_json(tmp_path, capsys):
-    acc = _shared("nb201_accuracies.csv")
+def test_cli_evaluate_json(synthetic_table, synthetic_csv, tmp_path, capsys):
     idx = sample_indices(50, seed=0)
-    from nwot_fast.benchmark import load_accuracies
-
-    table = load_accuracies(acc)
-    sc = table.column("cifar10", "val")[idx] + np.random.default_rng(0).normal(0, 5, idx.size)
+    sc = synthetic_table.column("cifar10", "val")[idx] + np.random.default_rng(0).normal(0, 5, idx.size)
+    sc[:2] = np.nan
     path = write_scores(tmp_path / "s.csv", idx, sc, method="jacob_cov")
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    args = parser.parse_args(["--scores-in", str(path), "--accuracies", str(acc), "--json",
-                              "--search-table", "10", "--runs", "20", "--table-out", str(tmp_path / "t")])
-    assert run_cli(args) == 0
+    code = cli.main(["evaluate", "--scores-in", str(path), "--accuracies", str(synthetic_csv), "--json",
+                     "--search-table", "10", "--runs", "20", "--table-out", str(tmp_path / "t")])
+    assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n_archs"] == 50
-    assert out["correlations"]["cifar10"]["val"]["kendall_tau"] > 0.2
-    assert "spearman_rho" in out["correlations"]["ImageNet16-120"]["test"]
-    assert out["search_table"]["mode"] == "table"
+    assert out["n_archs"] == 50 and out["excluded"]["nan"] == 2
+    want = scipy.stats.kendalltau(sc[2:], synthetic_table.column("cifar10", "val")[idx[2:]]).statistic
+    assert out["correlations"]["cifar10"]["val"]["kendall_tau"] == pytest.approx(want, abs=1e-12)
+    assert out["correlations"]["cifar10"]["val"]["n"] == 48
+    assert out["search_table"]["mode"] == "table" and out["search_table"]["runs"] == 20
     assert (tmp_path / "t.md").exists() and (tmp_path / "t.csv").exists()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--accuracies", str(acc), "--n-archs", "5", "--all"])
+    assert cli.main(["evaluate", "--accuracies", str(synthetic_csv), "--n-archs", "5", "--all"]) == 2
+    capsys.readouterr()
+
+
+def test_cli_report_json(synthetic_table, synthetic_csv, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    idx = sample_indices(80, seed=0)
+    sc = synthetic_table.column("cifar10", "test")[idx]
+    path = write_scores(tmp_path / "jc.csv", idx, sc, seconds=np.full(idx.size, 0.1), method="jacob_cov")
+    code = cli.main(["report", "--scores", f"jacob_cov={path}", "--accuracies", str(synthetic_csv),
+                     "--out", str(tmp_path / "r.md"), "--search-ns", "10", "--runs", "10", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["report"] == str(tmp_path / "r.md") and (tmp_path / "r.md").exists()
+    ev = out["methods"]["jacob_cov"]["evaluation"]
+    assert ev["correlations"]["cifar10"]["test"]["kendall_tau"] == pytest.approx(1.0)  # scores are the accuracies
+    assert cli.main(["report", "--scores", f"synflow={path}", "--accuracies", str(synthetic_csv)]) == 2
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------------------------------------
 # end to end on the real data: the method works, it does not just run
 
 
+@pytest.mark.slow
 def test_real_data_small_evaluation_is_positively_correlated(tmp_path):
     data = _shared("cifar10_sample.npz")
     acc = _shared("nb201_accuracies.csv")
@@ -361,6 +374,7 @@ def test_figure3_and_figure6(synthetic_table, tmp_path):
         figures.figure6_time_vs_accuracy(pts, tmp_path / "no_such_dir" / "fig6")
 
 
+@pytest.mark.slow
 def test_figure1_jacobian_histograms(synthetic_table, tmp_path):
     pytest.importorskip("matplotlib")
     import torch
@@ -381,7 +395,7 @@ def test_figure1_jacobian_histograms(synthetic_table, tmp_path):
 
 def test_report_assembles_tables_and_figures(synthetic_table, tmp_path):
     pytest.importorskip("matplotlib")
-    from nwot_fast.report import build_report, configure_parser as report_parser
+    from nwot_fast.report import build_report
 
     idx = sample_indices(120, seed=0)
     sc = synthetic_table.column("cifar10", "test")[idx] + np.random.default_rng(2).normal(0, 5, idx.size)
@@ -398,9 +412,5 @@ def test_report_assembles_tables_and_figures(synthetic_table, tmp_path):
             assert pathlib.Path(p).stat().st_size > 0
     assert (tmp_path / "figures" / "search_table_hook_logdet.csv").exists()
     json.dumps(summary, default=str)
-    parser = argparse.ArgumentParser()
-    report_parser(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--scores", "synflow=x.csv", "--accuracies", "a.csv"])
     with pytest.raises(ValueError, match="method"):
         build_report(scores={"synflow": str(path)}, accuracies=synthetic_table, out=tmp_path / "r2.md")

@@ -50,6 +50,7 @@ def authors_hook_logdet(model, x):
     return float(np.linalg.slogdet(K)[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [BEST, nb201.arch_at(0), nb201.arch_at(1459)])
 def test_jacob_cov_equals_authors_procedure(arch):
     x = torch.randn(8, 3, 16, 16)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nwot_fast.benchmark import load_accuracies
+from nwot_fast.accuracies import load_accuracies
 from nwot_fast.data import RestrictedUnpickler, UnsafePickleError, load_images, load_pickle
 
 

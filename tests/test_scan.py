@@ -17,47 +17,23 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, is_constant_output, relu_sees_only_zeros, representative_index
-from nwot_fast.progress import Progress, format_duration
+from nwot_fast.progress import Progress
 from nwot_fast.scan import ScanResult, load_scores, parse_indices, representatives, scan
 from nwot_fast.scoring import ArchScorer, ScoreConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, subprocess_env as _env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 ENGINE = "fast"
 BATCH = 4
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine two threads on these tiny networks spend
-    most of their time waiting for each other (20-30x slower under load)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> str:
-    """16 random 16x16 RGB images with ImageNet16-120 labels (1..120): the cheapest real-image input."""
-    rng = np.random.default_rng(20240601)
-    path = tmp_path_factory.mktemp("data") / "tiny16.npz"
-    np.savez(path, x=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), y=rng.integers(1, 121, 16))
-    return str(path)
 
 
 def _rows(db) -> dict:
@@ -248,6 +224,49 @@ def test_config_is_stored_with_every_row(tmp_path, tiny_npz):
         assert r[9] > 0 and r[10] == nwot_fast.__version__ and r[11].endswith("+00:00")
 
 
+def test_two_scan_processes_share_one_database(tmp_path, tiny_npz):
+    """The README's recipe: two processes, every second index each, one database file."""
+    db = str(tmp_path / "shared.sqlite")
+    n = 8
+    common = ["--db", db, "--batch-size", str(BATCH), "--engine", ENGINE, "--data", tiny_npz, "--quiet"]
+    procs = [subprocess.Popen([sys.executable, "-m", "nwot_fast", "scan", "--indices", f"{k}:{n}:2", *common],
+                              cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    rows = _rows(db)
+    assert sorted(rows) == list(range(n))
+    alone = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz)
+    assert [rows[i][1] for i in range(n)] == [repr(float(s)) for s in alone.scores]
+    again = scan(range(n), batch_size=BATCH, engine=ENGINE, data=tiny_npz, db=db)
+    assert (again.computed, again.resumed) == (0, n)
+
+
+def test_float64_rows_are_keyed_apart_from_float32_rows(tmp_path, tiny_npz):
+    db = str(tmp_path / "dtype.sqlite")
+    f32 = ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz)
+    f64 = ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz, dtype="float64")
+    assert f32.config_hash() != f64.config_hash()
+    assert "dtype" not in f32.identity() and f64.identity()["dtype"] == "float64"
+    # float32 keeps the hash of configurations written before the option existed
+    assert ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz, dtype=torch.float32) == f32
+    a = scan([7], config=f32, db=db)
+    b = scan([7], config=f64, db=db)
+    assert (a.computed, b.computed) == (1, 1)
+    assert b.config.dtype == "float64" and b.to_dict()["dtype"] == "float64"
+    assert a.scores[0] != b.scores[0]  # float32 and float64 passes round differently
+    assert b.scores[0] == pytest.approx(a.scores[0], rel=1e-3)
+    conn = sqlite3.connect(db)
+    try:
+        hashes = {h for (h,) in conn.execute("SELECT config_hash FROM scores WHERE arch_index = 7")}
+    finally:
+        conn.close()
+    assert hashes == {f32.config_hash(), f64.config_hash()}
+    assert load_scores(db, f64) == {7: b.scores[0]} and load_scores(db, f32) == {7: a.scores[0]}
+    assert scan([7], config=f64, db=db).computed == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # dedup
 
@@ -343,7 +362,7 @@ def test_nan_and_minus_inf_are_stored_and_read_back_faithfully(tmp_path, tiny_np
         np.testing.assert_array_equal(np.array(list(back.values())), result.scores)  # NaN == NaN here
 
         csv_path, jsonl_path = tmp_path / "r.csv", tmp_path / "r.jsonl"
-        result.write_csv(csv_path)
+        result.write(csv_path)
         result.write(jsonl_path)
         with open(csv_path, newline="") as f:
             from_csv = [float(r["score"]) for r in csv.DictReader(f)]
@@ -388,18 +407,8 @@ def test_progress_bar_draws_only_on_a_terminal():
     bar(7)
     bar.close()
     text = tty.getvalue()
-    assert text.startswith("\r") and text.endswith("\n")
-    assert "7/10" in text and "ETA" in text and "arch/s" in text
+    assert "scoring" in text and "7/10" in text and "arch/s" in text
     assert "10/10" not in text
     assert Progress(10, stream=Tty(), enabled=False).enabled is False
 
 
-def test_progress_rate_counts_only_new_work():
-    bar = Progress(100, initial=50, stream=io.StringIO())
-    assert bar.rate() == 0.0 and math.isnan(bar.eta())
-    bar._start -= 10.0  # pretend 10 s have passed
-    bar(60)
-    assert bar.rate() == pytest.approx(1.0, rel=0.05)
-    assert bar.eta() == pytest.approx(40.0, rel=0.05)
-    assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05" and format_duration(math.nan) == "?"
-    assert "60/100" in bar.render(width=80) and len(bar.render(width=80)) <= 80

@@ -17,6 +17,7 @@ def test_nanargmax_rules():
     assert nanargmax([float("nan")] * 3) is None
 
 
+@pytest.mark.slow
 def test_search_reproducible_and_each_run_is_independent():
     kw = dict(n_samples=3, batch_size=4, seed=11, engine="reference")
     a = search(runs=2, **kw)
@@ -41,9 +42,10 @@ def test_search_scores_equal_the_scorer_and_the_pure_path():
 
         torch.manual_seed(run.seed)
         expected = nwot_fast.score(nb201.build_network(index), x, "hook_logdet")
-        assert score == expected or (math.isinf(score) and score == expected)
+        assert score == expected
 
 
+@pytest.mark.slow
 def test_search_reports_accuracies_on_real_data(accuracies_csv, cifar10_npz):
     result = search(n_samples=2, runs=2, batch_size=8, seed=0, data=str(cifar10_npz), accuracies=str(accuracies_csv),
                     engine="reference")
@@ -66,6 +68,7 @@ def test_search_reports_accuracies_on_real_data(accuracies_csv, cifar10_npz):
         ({"batch_size": 1}, "at least 2|>= 2"),
         ({"method": "grad_norm"}, "jacob_cov"),
         ({"device": "tpu"}, "device"),
+        ({"dtype": "float16"}, "dtype"),
     ],
 )
 def test_search_bad_arguments(kwargs, fragment):

@@ -5,7 +5,7 @@ unpickler (plain containers and NumPy arrays only), ``.npz`` with ``allow_pickle
 """
 
 from .constants import DATASETS, MEAN, STD, check_dataset
-from .readers import ImageSet, load_images, nb201_cifar10_valid_split
+from .readers import ImageSet, load_images
 from .safe_pickle import RestrictedUnpickler, UnsafePickleError, load_pickle
 from .sampler import BatchSampler, augment_batch, crop_padding, default_data_settings, normalize
 
@@ -16,7 +16,6 @@ __all__ = [
     "check_dataset",
     "ImageSet",
     "load_images",
-    "nb201_cifar10_valid_split",
     "RestrictedUnpickler",
     "UnsafePickleError",
     "load_pickle",

@@ -60,13 +60,6 @@ class ImageSet:
         """``(3, H, W)``: the shape of one normalised network input."""
         return (3, self.images.shape[1], self.images.shape[2])
 
-    def subset(self, indices) -> "ImageSet":
-        """A new ImageSet with the given rows (e.g. the NB201 cifar10-valid train half)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= len(self))):
-            raise ValueError(f"subset indices must be a 1-D list of rows in 0..{len(self) - 1}")
-        return ImageSet(self.images[idx], self.labels[idx], self.dataset, self.source)
-
 
 def check_images(images, what: str) -> None:
     """Raise unless ``images`` is a uint8 array ``[N, H, W, 3]`` with N >= 1."""
@@ -248,19 +241,3 @@ def _check_labels(labels: np.ndarray, dataset: str, path: str, stored_imagenet: 
             raise ValueError(f"{path}: ImageNet16 batch labels must be in 1..1000 as stored, found {lo}..{hi}")
     elif lo < 0 or hi > 1000:
         raise ValueError(f"{path}: ImageNet16-120 labels out of range, found {lo}..{hi}")
-
-
-def nb201_cifar10_valid_split() -> Tuple[np.ndarray, np.ndarray]:
-    """NB201's ``cifar10-valid`` split of the 50,000 CIFAR-10 training images.
-
-    ``range(50000)`` shuffled with ``random.seed(1021)``-equivalent state (a local
-    ``random.Random(1021)``, so global random state is untouched); the first 25,000 indices,
-    sorted, are the train half and the rest, sorted, the valid half. Returns int64 arrays.
-    """
-    import random
-
-    order = list(range(50000))
-    random.Random(1021).shuffle(order)
-    train = np.array(sorted(order[:25000]), dtype=np.int64)
-    valid = np.array(sorted(order[25000:]), dtype=np.int64)
-    return train, valid

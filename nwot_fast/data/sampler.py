@@ -8,12 +8,12 @@ the key is ignored and every architecture sees the same batch (the 2021 score's 
 
 from __future__ import annotations
 
-import operator
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
+from .._common import check_int
 from .constants import MEAN, STD, check_dataset
 from .readers import ImageSet, check_images
 
@@ -57,18 +57,6 @@ def crop_padding(height: int) -> int:
     return max(1, height // 8)
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
 class BatchSampler:
     """Deterministic input batches for scoring, from an :class:`ImageSet` or Gaussian noise.
 
@@ -82,8 +70,8 @@ class BatchSampler:
 
     def __init__(self, images: Optional[ImageSet], *, batch_size: int, augment: bool, fixed: bool, seed: int,
                  image_shape: Tuple[int, int, int] = (3, 32, 32)):
-        self.batch_size = _check_int(batch_size, "batch_size", 2)
-        self.seed = _check_int(seed, "seed", 0)
+        self.batch_size = check_int(batch_size, "batch_size", 2)
+        self.seed = check_int(seed, "seed", 0)
         for name, flag in (("augment", augment), ("fixed", fixed)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -95,7 +83,7 @@ class BatchSampler:
         self.images = images
         if images is None:
             try:
-                shape = tuple(_check_int(s, "image_shape entry", 1) for s in image_shape)
+                shape = tuple(check_int(s, "image_shape entry", 1) for s in image_shape)
             except TypeError:
                 raise TypeError(f"image_shape must be a tuple of 3 ints (C, H, W), got {image_shape!r}") from None
             if len(shape) != 3:
@@ -116,7 +104,7 @@ class BatchSampler:
 
     def batch(self, key: int) -> torch.Tensor:
         """The float32 ``[B, C, H, W]`` batch for ``key`` (an int >= 0; ignored when fixed)."""
-        key = _check_int(key, "batch key", 0)
+        key = check_int(key, "batch key", 0)
         if self.fixed:
             if self._fixed_batch is None:
                 self._fixed_batch = self._draw(self._rng(key))

@@ -103,15 +103,3 @@ class Arch:
         for ops in itertools.product(range(len(OPS)), repeat=len(EDGES)):
             yield Arch(ops)
 
-
-def as_arch(arch) -> Arch:
-    """Accept an :class:`Arch`, an official string or a benchmark index."""
-    if isinstance(arch, Arch):
-        return arch
-    if isinstance(arch, str):
-        return Arch.from_str(arch)
-    if isinstance(arch, int) and not isinstance(arch, bool):
-        from .index import arch_at
-
-        return arch_at(arch)
-    raise TypeError(f"arch must be an Arch, an arch string or a benchmark index, got {type(arch).__name__}")

@@ -8,13 +8,11 @@ The result is checked against the benchmark's own order in the tests.
 from __future__ import annotations
 
 import functools
-import operator
 import random
 from typing import Dict, Tuple
 
-from .arch import Arch, as_arch
-
-NUM_ARCHS = 15625
+from .._common import NUM_ARCHS, check_index  # noqa: F401  (NUM_ARCHS: re-exported)
+from .arch import Arch
 _SHUFFLE_SEED = 88
 
 
@@ -29,15 +27,20 @@ def _order() -> Tuple[Tuple[Arch, ...], Dict[Arch, int]]:
 
 def arch_at(index: int) -> Arch:
     """The architecture at benchmark index ``index`` (0..15624)."""
-    try:
-        i = operator.index(index)
-    except TypeError:
-        raise TypeError(f"benchmark index must be an int, got {type(index).__name__}") from None
-    if isinstance(index, bool) or not 0 <= i < NUM_ARCHS:
-        raise ValueError(f"benchmark index {index!r} out of range; allowed 0..{NUM_ARCHS - 1}")
-    return _order()[0][i]
+    return _order()[0][check_index(index)]
 
 
 def index_of(arch) -> int:
     """The benchmark index of ``arch`` (an :class:`Arch` or an official string)."""
     return _order()[1][as_arch(arch)]
+
+
+def as_arch(arch) -> Arch:
+    """Accept an :class:`Arch`, an official string or a benchmark index."""
+    if isinstance(arch, Arch):
+        return arch
+    if isinstance(arch, str):
+        return Arch.from_str(arch)
+    if isinstance(arch, int) and not isinstance(arch, bool):
+        return arch_at(arch)
+    raise TypeError(f"arch must be an Arch, an arch string or a benchmark index, got {type(arch).__name__}")

@@ -14,7 +14,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from .arch import CONV1, CONV3, NONE, POOL, SKIP, Arch, as_arch
+from .arch import CONV1, CONV3, NONE, POOL, SKIP, Arch
+from .index import as_arch
 
 
 class ReLUConvBN(nn.Module):

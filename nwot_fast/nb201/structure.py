@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Dict, Tuple
 
-from .arch import CONV1, CONV3, NONE, NUM_NODES, OPS, SKIP, Arch, as_arch
+from .arch import CONV1, CONV3, NONE, NUM_NODES, OPS, SKIP, Arch
+from .index import as_arch
 
 OUTPUT_NODE = NUM_NODES - 1
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nwot_fast.benchmark import CSV_COLUMNS, SPLITS, AccuracyTable, load_accuracies
+from nwot_fast.accuracies import CSV_COLUMNS, SPLITS, AccuracyTable, load_accuracies
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
 
 # ---------------------------------------------------------------------------------------------

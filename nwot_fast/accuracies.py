@@ -1,4 +1,4 @@
-"""NAS-Bench-201 trained accuracies behind one table interface.
+"""The NAS-Bench-201 accuracy table: trained accuracies of every architecture, behind one interface.
 
 Two sources give the same :class:`AccuracyTable`:
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import operator
 import os
 import pickle
 import zipfile
@@ -28,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._common import check_index
 from .data.constants import check_dataset
 from .nb201 import NUM_ARCHS, arch_at
 
@@ -124,14 +124,7 @@ class AccuracyTable:
     def accuracy(self, index: int, dataset: str, split: str) -> float:
         """Accuracy in percent of the architecture at benchmark ``index``."""
         col = self._col(dataset, split)
-        if isinstance(index, bool):
-            raise TypeError("benchmark index must be an int, got bool")
-        try:
-            i = operator.index(index)
-        except TypeError:
-            raise TypeError(f"benchmark index must be an int, got {type(index).__name__}") from None
-        if not 0 <= i < NUM_ARCHS:
-            raise ValueError(f"benchmark index {index!r} out of range; allowed 0..{NUM_ARCHS - 1}")
+        i = check_index(index)
         value = float(col[i])
         if math.isnan(value) and self._present[i]:
             raise ValueError(f"{self.source} has results for index {i} but none for {dataset} {split}")
@@ -143,6 +136,16 @@ class AccuracyTable:
 
     def __repr__(self) -> str:
         return f"AccuracyTable({self.source!r}, {len(self)} architectures, {self.kind})"
+
+
+def as_table(accuracies) -> AccuracyTable:
+    """``accuracies`` itself when it is an :class:`AccuracyTable`, else :func:`load_accuracies` of it."""
+    if isinstance(accuracies, AccuracyTable):
+        return accuracies
+    if accuracies is None:
+        raise ValueError("accuracies is required: a path to nb201_accuracies.csv (or the official NB201 .pth), "
+                         "or a loaded AccuracyTable")
+    return load_accuracies(accuracies)
 
 
 def load_accuracies(path) -> AccuracyTable:
