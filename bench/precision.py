@@ -2,7 +2,7 @@
 float64 truth of the float32 pure path (the authors' procedure) at 1 and 2 threads and of each
 float32 engine (docs/PRECISION.md).
 
-    python bench/precision.py [--n-archs 20 | --archs 6111 0 1459 ...] [--batch-size 128] [--seed 1]
+    python bench/precision.py [--n-archs 20 | --archs 6111 0 1459 ...] [--batch-size 128] [--side 32] [--seed 1]
                               [--methods jacob_cov hook_logdet] [--engines fast] [--authors]
                               [--json PATH]
 
@@ -30,7 +30,7 @@ import torch
 import compare  # bench/compare.py: the fixed arch sample, the batch, the authors' procedure
 
 from nwot_fast import precision  # noqa: E402
-from nwot_fast.nb201.arch import as_arch  # noqa: E402
+from nwot_fast.nb201.index import as_arch  # noqa: E402
 
 
 def authors_scores(archs, x, *, method, seed=0, dtype=torch.float32, relu_match="name", threads=None):
@@ -51,8 +51,13 @@ def _stats(errors, truth):
     return f"{finite[-1]:.1e}", f"{median:.1e}"
 
 
-def run(archs, batch_size, seed, methods, engine_names, authors, log=print):
+def run(archs, batch_size, seed, methods, engine_names, authors, side=32, log=print):
     x, source = compare.load_batch(batch_size, seed=0)
+    if side != x.shape[-1]:
+        if x.shape[-1] % side:
+            raise SystemExit(f"--side {side} must divide the image side {x.shape[-1]}")
+        x = torch.nn.functional.avg_pool2d(x, x.shape[-1] // side)  # the whole image, averaged
+        source += f", averaged down to {side}x{side}"
     all_engines = precision.engines()
     unknown = [e for e in engine_names if e not in all_engines]
     if unknown:
@@ -97,6 +102,7 @@ def main(argv=None):
     ap.add_argument("--n-archs", type=int, default=20, help="the fixed sample of N indices of bench/compare.py")
     ap.add_argument("--archs", nargs="+", help="benchmark indices or arch strings instead of the sample")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--side", type=int, default=32, help="average the 32x32 images down to this side (16: 1/4 cost)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=["jacob_cov", "hook_logdet"], choices=["jacob_cov", "hook_logdet"])
     ap.add_argument("--engines", nargs="+", default=["fast"])
@@ -107,7 +113,7 @@ def main(argv=None):
     if args.data:
         compare.DATA = Path(args.data)
     archs = [int(a) if a.isdigit() else a for a in args.archs] if args.archs else compare.fixed_archs(args.n_archs)
-    results, failed = run(archs, args.batch_size, args.seed, args.methods, args.engines, args.authors)
+    results, failed = run(archs, args.batch_size, args.seed, args.methods, args.engines, args.authors, args.side)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

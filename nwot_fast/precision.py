@@ -35,7 +35,7 @@ import torch
 from . import fast, reference
 from ._common import dtype_name
 from .nb201 import build_network, index_of
-from .nb201.arch import as_arch
+from .nb201.index import as_arch
 
 FACTOR = 2.0
 FLOOR = 1e-9
