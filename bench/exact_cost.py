@@ -1,33 +1,34 @@
-"""Cost of deciding singularity exactly on the Python paths (nwot_fast.exact) against the
-floating LU alone, per B x B agreement kernel K.
+"""What deciding singularity exactly (csrc/exact_det.h) costs the compiled logdet operators.
 
-    python bench/exact_cost.py [--sizes 128 256] [--repeats 5]
+    python bench/exact_cost.py [--archs 64] [--batch 128] [--repeats 5]
 
-K: the agreement kernel of the NB201-like codes of bench/ops_inputs.py (nonsingular: one
-prime decides). Worst case: the same K with one row replaced by a combination of three others
-(singular with distinct rows: every prime up to the Hadamard bound is needed). Cheap case: two
-identical rows. Columns: ``np.linalg.slogdet`` alone, :func:`nwot_fast.exact.singularity`,
-and :func:`nwot_fast.reference.logdet_score` (the decision plus the LU), median ms.
+In one process, on the K of A realistic hook_logdet architectures (bench/ops_inputs.py):
+  exact+LU   ops.logdet_score(K)  (int64 K: the exact decision, then the float64 LU)
+  LU only    ops.logdet_score(K + 0.5) (float64, not an integer matrix: the operator checks
+             the entries, skips the decision and keeps the floating rule; the LU costs the same)
+  fused      ops.hook_logdet_score (popcount K + exact decision + LU)
+  singular   the worst case: every K made singular without identical rows (row 1 = row 2 + row 3
+             - row 4), so that every prime up to the Hadamard bound is tried
+The median over repeats is printed (ms per call, and per architecture for the worst case).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
 import time
 
-import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ops_inputs  # noqa: E402
 
-from nwot_fast import exact, ops, reference  # noqa: E402
+from nwot_fast import ops  # noqa: E402
 
 
-def median_ms(fn, repeats):
+def median_ms(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -37,33 +38,28 @@ def median_ms(fn, repeats):
     return 1e3 * statistics.median(times)
 
 
-def main(argv=None) -> int:
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    p.add_argument("--archs", type=int, default=64)
+    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
-    print(f"# load average {os.getloadavg()}, numpy {np.__version__}")
-    print(f"{'case':28} {'B':>4} {'primes':>6} {'slogdet ms':>11} {'exact ms':>9} {'logdet_score ms':>16}")
-    for B in args.sizes:
-        K = ops.hamming_kernel(*ops_inputs.hook_codes(1, B, seed=B))[0].numpy()
-        singular = K.copy()
-        singular[5] = K[1] + K[2] - K[7]
-        twin = K.copy()
-        twin[9] = K[4]
-        for name, M in (("nonsingular (real codes)", K), ("row = r1 + r2 - r7", singular), ("two identical rows", twin)):
-            Mf = M.astype(np.float64)
-            hadamard = float(np.sum(0.5 * np.log2(np.sum(Mf * Mf, axis=1))))
-            status = exact.singularity(M)
-            primes = 1 if status == exact.NONSINGULAR else (
-                0 if name.startswith("two") else math.ceil((hadamard + exact.MARGIN_BITS) / 30.99))
-            reps = 1 if primes > 1 else args.repeats
-            t_lu = median_ms(lambda: np.linalg.slogdet(Mf), args.repeats)
-            t_ex = median_ms(lambda: exact.singularity(M), reps)
-            t_all = median_ms(lambda: reference.logdet_score(M), reps)
-            print(f"{name:28} {B:4d} {'~' + str(primes) if primes > 1 else primes:>6} {t_lu:11.2f} {t_ex:9.1f} "
-                  f"{t_all:16.1f}   -> {reference.logdet_score(M):.6g}")
-    return 0
+    args = p.parse_args()
+    codes, mult, units = ops_inputs.hook_codes(args.archs, args.batch)
+    K = ops.hamming_kernel(codes, mult, units)
+    shifted = K.double() + 0.5
+    exact = median_ms(lambda: ops.logdet_score(K), args.repeats)
+    lu_only = median_ms(lambda: ops.logdet_score(shifted), args.repeats)
+    fused = median_ms(lambda: ops.hook_logdet_score(codes, mult, units), args.repeats)
+    singular = K[:4].clone()
+    singular[:, 1] = singular[:, 2] + singular[:, 3] - singular[:, 4]
+    assert bool((ops.logdet_score(singular) == -torch.inf).all())
+    worst = median_ms(lambda: ops.logdet_score(singular), max(1, args.repeats // 2)) / len(singular)
+    print(f"A={args.archs} B={args.batch} threads={torch.get_num_threads()}")
+    print(f"logdet_score exact+LU {exact:.1f} ms, LU only {lu_only:.1f} ms: exact decision "
+          f"+{exact - lu_only:.1f} ms ({100 * (exact - lu_only) / lu_only:.0f} %)")
+    print(f"hook_logdet_score (fused) {fused:.1f} ms")
+    print(f"worst case (singular without identical rows): {worst:.1f} ms per architecture")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
