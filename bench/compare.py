@@ -74,7 +74,8 @@ def load_batch(batch_size: int, seed: int = 0):
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     a @ b
     best = math.inf
     for _ in range(repeats):

@@ -13,7 +13,8 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
   -> K int64 [A, B, B]``: ``K[a, i, j] = units[a] - sum_w multiplicity[a, w] *
   popcount(codes[a, i, w] ^ codes[a, j, w])``, i.e. ``sum over hooks of c c^T + (1-c)(1-c)^T``.
 - :func:`logdet_score` ``K [A, B, B] int64|float64 -> [A] float64``: ``log|det K|`` (sign
-  ignored), ``-inf`` when K is singular.
+  ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic, see
+  :mod:`nwot_fast.exact`; a float64 K with non-integer entries keeps the floating rule).
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
 - :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
   compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU).
@@ -31,7 +32,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from nwot_fast import _ext
+from nwot_fast import _ext, exact
 from nwot_fast._common import EIG_EPS
 # Bytes of float64 temporaries the fallbacks allow themselves per step (they chunk above it).
 _FALLBACK_BYTES = 256 << 20
@@ -331,14 +332,20 @@ def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, uni
 
 def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     _check_kernel_matrix(K)
-    K = K.to(torch.float64)
-    if K.device.type != "cpu":
-        return torch.linalg.slogdet(K).logabsdet
-    # One matrix per call on the CPU. torch's batched CPU LU runs LAPACK getrf on several pool
-    # threads at once for large matrices, and with MKL that returns wrong determinants once
-    # torch.set_num_threads has been called (seen with torch 2.13: log|det| off by ~20 for
-    # 7 x 256 x 256; pytorch/pytorch#142815, #181570). The compiled operator has its own LU.
-    return torch.stack([torch.linalg.slogdet(k).logabsdet for k in K]) if len(K) else K.new_empty(0)
+    # Singularity is decided exactly on the host (nwot_fast.exact, the algorithm of the
+    # compiled operators); only a K not proven singular gets torch's LU, one matrix per call:
+    # torch's batched CPU LU runs LAPACK getrf on several pool threads at once for large
+    # matrices, and with MKL that returns wrong determinants once torch.set_num_threads has
+    # been called (seen with torch 2.13: log|det| off by ~20 for 7 x 256 x 256;
+    # pytorch/pytorch#142815, #181570).
+    host = K.detach().cpu().numpy()
+    device_K = K.to(torch.float64)
+
+    def floating(a: int) -> float:
+        return float(torch.linalg.slogdet(device_K[a]).logabsdet)
+
+    scores = [exact.logabsdet(host[a], lambda _, a=a: floating(a)) for a in range(len(host))]
+    return torch.tensor(scores, dtype=torch.float64, device=K.device)
 
 
 def hook_logdet_score_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

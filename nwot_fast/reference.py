@@ -16,7 +16,8 @@ the functions here. They follow the authors' method step by step:
     (by default every module whose class name contains ``ReLU``), flattened per sample;
     ``K = sum over hooks of c c^T + (1 - c)(1 - c)^T`` accumulated exactly in float64 (entries
     are integer counts far below 2**53); ``S = log|det K|`` (sign ignored). When K is singular
-    S is ``-inf`` (in NB201: every ReLU sees only zeros).
+    S is ``-inf`` (in NB201: every ReLU sees only zeros), decided exactly
+    (:mod:`nwot_fast.exact`), not by the rounding of the LU.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import exact
 from ._common import EIG_EPS, METHODS, RELU_MATCHES, torch_dtype  # noqa: F401  (EIG_EPS, RELU_MATCHES: re-exported)
 
 
@@ -133,10 +135,17 @@ def hamming_kernel(codes) -> np.ndarray:
     return K
 
 
+def _slogdet(K: np.ndarray) -> float:
+    return float(np.linalg.slogdet(K)[1])
+
+
 def logdet_score(K) -> float:
-    """``log|det K|``, sign ignored; ``-inf`` when K is singular."""
-    _, logabsdet = np.linalg.slogdet(np.asarray(K, dtype=np.float64))
-    return float(logabsdet)
+    """``log|det K|``, sign ignored; ``-inf`` exactly when K is singular.
+
+    The authors' ``np.linalg.slogdet`` gives the value; whether K is singular is decided
+    exactly first (:mod:`nwot_fast.exact`: K is an integer matrix, and a floating LU can return
+    a finite value for a singular K, e.g. -34.03 with MKL for two identical rows)."""
+    return exact.logabsdet(K, _slogdet)
 
 
 def hook_logdet(model: nn.Module, x: torch.Tensor, relu_match: str = "name") -> float:

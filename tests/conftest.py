@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The real reference data: ../shared/data beside the checkout, or the folder NWOT_SHARED_DATA names.
@@ -28,6 +31,16 @@ def accuracies_csv() -> pathlib.Path:
 @pytest.fixture
 def cifar10_npz() -> pathlib.Path:
     return shared_file("cifar10_sample.npz")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs():
+    """Every test starts from the same global RNG states (torch, NumPy's legacy generator,
+    ``random``), whatever ran before it: an input drawn without an explicit generator is still
+    the same in every run, order and process."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture

@@ -1,0 +1,195 @@
+"""The precision contract, checkable on any machine (docs/PRECISION.md).
+
+* **Truth**: the float64 score of the pure path (:func:`nwot_fast.reference.score` with
+  ``dtype=torch.float64``; weights drawn in float32 from the seed, then cast).
+* **Reference envelope**: the relative error of the authors' float32 procedure (the pure path
+  in float32) against the truth, per architecture the larger of its errors at 1 and at 2 torch
+  threads (:func:`threads`): the spread the authors' own code has on this machine.
+* **A float32 scorer keeps the contract** on a set of architectures and one batch when it gives
+  NaN and ``-inf`` exactly where the truth does, and over the architectures with a finite
+  truth its largest and its median relative error are at most :data:`FACTOR` (2) times the
+  reference's largest and median error. Errors below :data:`FLOOR` (1e-9, the level to which
+  the float64 truth itself is machine independent) count as :data:`FLOOR`.
+
+A scorer is any ``scorer(archs, x, *, method, seed, dtype, relu_match) -> list of float``
+(NB201 architectures as indices, strings or :class:`~nwot_fast.nb201.Arch`; one batch ``x``
+for all; weights from ``torch.manual_seed(seed)``). :func:`engines` lists this package's own.
+
+    >>> env = measure([6111, 0, 1459], x, "jacob_cov", candidates=engines())
+    >>> env.violations("fast")      # [] when the contract holds
+    >>> print(env.table())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import statistics
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+
+from . import fast, reference
+from ._common import dtype_name
+from .nb201 import build_network, index_of
+from .nb201.index import as_arch
+
+FACTOR = 2.0
+FLOOR = 1e-9
+THREADS = (1, 2)
+
+Scorer = Callable[..., List[float]]
+
+__all__ = ["FACTOR", "FLOOR", "THREADS", "Envelope", "engines", "fast_scores", "measure", "pure_scores",
+           "relative_error", "threads"]
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored after."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive int, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def pure_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
+                relu_match: str = "name", device="cpu") -> List[float]:
+    """The pure path (the authors' procedure op for op): ``reference.score`` on
+    ``build_network(arch)`` built right after ``torch.manual_seed(seed)`` (the caller's RNG
+    state is kept)."""
+    scores = []
+    for arch in archs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_network(as_arch(arch)).to(device)
+        scores.append(reference.score(net, x.to(device), method, relu_match=relu_match, dtype=dtype))
+    return scores
+
+
+def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
+                relu_match: str = "name", device="cpu", **options) -> List[float]:
+    """The fast path: :func:`nwot_fast.fast.score_archs` (``options`` go to it, e.g. ``chunk``)."""
+    return list(fast.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
+                                 relu_match=relu_match, dtype=dtype, **options))
+
+
+def engines(device="cpu") -> Dict[str, Scorer]:
+    """This package's scorers by name: ``pure``, ``fast`` and, where ``fast.score_archs`` has
+    it, ``batched`` (its ``batched=True`` engine). Add your own to the dict to check them."""
+    found: Dict[str, Scorer] = {
+        "pure": partial(pure_scores, device=device),
+        "fast": partial(fast_scores, device=device),
+    }
+    if "batched" in inspect.signature(fast.score_archs).parameters:
+        found["batched"] = partial(fast_scores, device=device, batched=True)
+    return found
+
+
+def relative_error(score: float, truth: float) -> float:
+    """``|score - truth| / |truth|`` (``|score - truth|`` for a zero truth); 0 when both are
+    the same special value (NaN, -inf, inf), ``inf`` when only one of them is special."""
+    if math.isnan(truth) or math.isnan(score):
+        return 0.0 if math.isnan(truth) and math.isnan(score) else math.inf
+    if math.isinf(truth) or math.isinf(score):
+        return 0.0 if score == truth else math.inf
+    return abs(score - truth) / abs(truth) if truth != 0 else abs(score - truth)
+
+
+@dataclass
+class Envelope:
+    """Scores of one method on ``archs``: the float64 ``truth``, the float32 pure path at each
+    thread count (``reference[n]``) and each candidate (``candidates[name]``), in arch order."""
+
+    archs: List[str]
+    method: str
+    truth: List[float]
+    reference: Dict[int, List[float]]
+    candidates: Dict[str, List[float]] = field(default_factory=dict)
+
+    def errors(self, name: str) -> List[float]:
+        """Per-arch relative error of candidate ``name`` against the truth."""
+        if name not in self.candidates:
+            raise ValueError(f"no candidate {name!r}; measured: {', '.join(self.candidates) or 'none'}")
+        return [relative_error(s, t) for s, t in zip(self.candidates[name], self.truth)]
+
+    def reference_errors(self) -> List[float]:
+        """Per-arch envelope: the larger of the float32 pure path's errors over the thread counts."""
+        return [max(relative_error(scores[i], t) for scores in self.reference.values())
+                for i, t in enumerate(self.truth)]
+
+    def _finite(self, errors: List[float]) -> List[float]:
+        return [max(e, FLOOR) for e, t in zip(errors, self.truth) if math.isfinite(t)]
+
+    def violations(self, name: str, factor: float = FACTOR) -> List[str]:
+        """Why candidate ``name`` breaks the contract (an empty list when it keeps it)."""
+        problems = []
+        for arch, s, t in zip(self.archs, self.candidates.get(name, []), self.truth):
+            if (math.isnan(t) or math.isnan(s) or math.isinf(t) or math.isinf(s)) and relative_error(s, t) != 0:
+                problems.append(f"{name} on {arch}: {s} where the float64 truth is {t}")
+        got, ref = self._finite(self.errors(name)), self._finite(self.reference_errors())
+        if got:
+            for what, stat in (("max", max), ("median", statistics.median)):
+                if stat(got) > factor * stat(ref):
+                    problems.append(f"{name}: {what} relative error {stat(got):.3g} > {factor:g} x the "
+                                    f"float32 reference's {stat(ref):.3g} ({self.method}, {len(got)} archs)")
+        return problems
+
+    def summary(self, name: str) -> Dict[str, float]:
+        """``max`` / ``median`` relative error of candidate ``name`` and of the reference."""
+        got, ref = self._finite(self.errors(name)), self._finite(self.reference_errors())
+        if not got:
+            return {}
+        return {"max": max(got), "median": statistics.median(got),
+                "reference_max": max(ref), "reference_median": statistics.median(ref)}
+
+    def table(self) -> str:
+        """A Markdown table, one line per arch (its benchmark index): the truth, the relative
+        errors of the float32 pure path per thread count (``ref@n``) and of each candidate."""
+        ref_cols = [f"ref@{n}" for n in self.reference]
+        head = ["index", "truth (float64)"] + ref_cols + list(self.candidates)
+        lines = [" | ".join(head), " | ".join("---" for _ in head)]
+        for i, (arch, t) in enumerate(zip(self.archs, self.truth)):
+            cells = [str(index_of(arch)), f"{t:.10g}"]
+            cells += [f"{relative_error(s[i], t):.1e}" for s in self.reference.values()]
+            cells += [f"{relative_error(s[i], t):.1e}" for s in self.candidates.values()]
+            lines.append(" | ".join(cells))
+        return "\n".join(lines)
+
+
+def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Optional[Mapping[str, Scorer]] = None,
+            seed: int = 0, relu_match: str = "name", thread_counts: Sequence[int] = THREADS,
+            dtype=torch.float32) -> Envelope:
+    """Score ``archs`` on batch ``x``: the truth (pure path, float64), the float32 pure path at
+    each of ``thread_counts`` (restored after), and each candidate scorer in ``dtype`` (float32
+    by default; float64 to check a float64 path against the truth) at the current thread count.
+    Decide with :meth:`Envelope.violations`."""
+    if method not in reference.METHODS:
+        raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(reference.METHODS)}")
+    candidates = {} if candidates is None else candidates
+    if not isinstance(candidates, Mapping):
+        raise TypeError(f"candidates must be a dict name -> scorer, got {type(candidates).__name__}")
+    archs = list(archs)
+    if not archs:
+        raise ValueError("archs must not be empty")
+    names = [str(as_arch(a)) for a in archs]
+    kwargs = dict(method=method, seed=seed, relu_match=relu_match)
+    truth = pure_scores(archs, x, dtype=torch.float64, **kwargs)
+    ref = {}
+    for n in thread_counts:
+        with threads(n):
+            ref[n] = pure_scores(archs, x, dtype=torch.float32, **kwargs)
+    env = Envelope(names, method, truth, ref)
+    for name, scorer in candidates.items():
+        scores = [float(s) for s in scorer(archs, x, dtype=getattr(torch, dtype_name(dtype)), **kwargs)]
+        if len(scores) != len(archs):
+            raise ValueError(f"candidate {name!r} returned {len(scores)} scores for {len(archs)} archs")
+        env.candidates[name] = scores
+    return env
