@@ -163,6 +163,9 @@ class OutputError(OSError):
     """An output file cannot be written (read-only place, no permission, disk full): a resource
     problem (exit 3). Nothing half-written is left behind."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def _file_kind(mode: int) -> str:
     import stat

@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import check_index
+from ._common import check_index, check_input_file
 from .data.constants import check_dataset
 from .nb201 import NUM_ARCHS, arch_at
 
@@ -164,12 +164,7 @@ def as_table(accuracies) -> AccuracyTable:
 
 def load_accuracies(path) -> AccuracyTable:
     """Read NB201 accuracies from a CSV (``nb201_accuracies.csv`` layout) or the official ``.pth``."""
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"accuracies path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file; expected {_CSV_EXPECTED}, or {_PTH_EXPECTED}")
+    path = check_input_file(path, f"{_CSV_EXPECTED}, or {_PTH_EXPECTED}")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:

@@ -37,7 +37,8 @@ exit codes:
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
        batch size < 2, missing or corrupt data/benchmark file, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
-       locked by another process or read-only
+       locked by another process or read-only, an output (file or stdout) on a full or
+       read-only file system (nothing half-written is left)
   130  interrupted (Ctrl-C); results already written to a scan database are kept
   143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
