@@ -22,7 +22,7 @@ ifdef ACCURACIES
 DEMO_ARGS += --accuracies $(ACCURACIES)
 endif
 
-.PHONY: install demo test test-cpp bench clean check-cuda-build
+.PHONY: install demo test test-cpp bench clean check-cuda-build gpu-check gpu-check-smoke
 
 install: $(STAMP)
 
@@ -55,6 +55,18 @@ bench: install
 
 check-cuda-build:
 	bash .ci/check_cuda_build.sh
+
+# On a CUDA machine (no network needed): builds nwot_fast._C in place for the visible GPU, runs
+# the operator tests, the never-exercised cases, the precision check and the whole-space
+# timing; report in $(GPU_CHECK_OUT). GPU_CHECK_PYTHON: an interpreter with torch (CUDA build).
+GPU_CHECK_PYTHON ?= python3
+GPU_CHECK_OUT ?= bench/gpu_check_out
+gpu-check:
+	$(GPU_CHECK_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT)
+
+# The same steps on the CPU with tiny sizes and no build (CI).
+gpu-check-smoke: install
+	$(BIN)/python bench/gpu_check.py --smoke --out build/gpu_check_smoke
 
 clean:
 	rm -rf build *.egg-info nwot_fast/_C*.so

@@ -20,8 +20,9 @@ constexpr double kEigEps = 1e-5;
 // jacob_cov_score(J [A, B, D] float32|float64) -> S [A] float64.
 //   Per architecture: rows centred and normalised, B x B correlation in float64 (np.corrcoef
 //   semantics, clipped to [-1, 1]), symmetric eigenvalues l,
-//   S = -sum(log(l + 1e-5) + 1 / (l + 1e-5)). A zero-variance row (all entries equal) makes
-//   the correlation undefined: S[a] = NaN for that architecture only.
+//   S = -sum(log(l + 1e-5) + 1 / (l + 1e-5)). A zero-variance row (all entries equal) or a
+//   row with a NaN / infinite entry makes the correlation undefined, and an eigensolver that
+//   does not converge gives no eigenvalues: S[a] = NaN for that architecture only (CPU and CUDA).
 at::Tensor jacob_cov_score_cpu(const at::Tensor& J);
 
 // pack_codes(x [B, ...] floating|bool) -> int64 [B, W], W = ceil(units / 64):
@@ -35,14 +36,15 @@ at::Tensor pack_codes_cpu(const at::Tensor& x);
 at::Tensor hamming_kernel_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
 
 // logdet_score(K [A, B, B] int64|float64) -> [A] float64: log|det K| by LU with partial
-//   pivoting in float64 (sign ignored); -inf when a pivot is exactly zero (K singular).
+//   pivoting in float64 (sign ignored); -inf exactly when K is singular, decided exactly for
+//   integer K (exact_det.h); a float64 K with non-integer entries: -inf at an exactly zero pivot.
 at::Tensor logdet_score_cpu(const at::Tensor& K);
 
 // hook_logdet_score(codes, multiplicity, units) -> [A] float64: hamming_kernel then
 //   logdet_score in one call, without materialising the int64 K.
 at::Tensor hook_logdet_score_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
 
-// avg_pool3x3(x [N, C, H, W] float32) -> [N, C, H, W]: AvgPool2d(3, stride 1, padding 1,
+// avg_pool3x3(x [N, C, H, W] float32|float64) -> [N, C, H, W]: AvgPool2d(3, stride 1, padding 1,
 //   count_include_pad=False), bitwise equal to ATen's NCHW CPU kernel; avg_pool3x3_backward
 //   (grad of the output) -> grad of the input, bitwise equal to ATen's avg_pool2d_backward.
 at::Tensor avg_pool3x3_cpu(const at::Tensor& x);

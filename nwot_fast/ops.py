@@ -15,7 +15,7 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
 - :func:`logdet_score` ``K [A, B, B] int64|float64 -> [A] float64``: ``log|det K|`` (sign
   ignored), ``-inf`` when K is singular.
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
-- :func:`avg_pool3x3` ``x [N, C, H, W] float32``: NB201's ``avg_pool_3x3`` with autograd, the
+- :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
   compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU).
 - :func:`pack_layers` / :func:`stack_codes`: build the ``codes, multiplicity, units`` triple
   from per-layer activations, and batch several architectures.
@@ -133,8 +133,8 @@ def _check_pool_input(x, name: str) -> None:
     _tensor(x, name)
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {x.dim()}-D")
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +181,12 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
 
 def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
-    autograd. On the CPU (float32, 4-D) the compiled kernel, bitwise equal to ATen's NCHW
+    autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's NCHW
     kernel in both directions and several times faster; elsewhere ATen's pooling (also for
     channels-last input, which ATen pools in that layout; other strides, such as a channel
     slice, ATen makes contiguous first, as this kernel does)."""
-    if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.dim() == 4
             and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last))
             and _ext.available("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
@@ -365,10 +366,12 @@ def _register_fakes() -> None:
     @torch.library.register_fake("nwot_fast::pack_codes")
     def _pack_codes_fake(x):
         _check_activations(x)
+        # As the kernels: units = numel / B, so W = 0 when B = 0 (the real op returns [0, 0]).
         units = 1
         for s in x.shape[1:]:
             units = units * s
-        return x.new_empty((x.shape[0], (units + 63) // 64), dtype=torch.int64)
+        words = 0 if x.shape[0] == 0 else (units + 63) // 64
+        return x.new_empty((x.shape[0], words), dtype=torch.int64)
 
     @torch.library.register_fake("nwot_fast::hamming_kernel")
     def _hamming_kernel_fake(codes, multiplicity, units):

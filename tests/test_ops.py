@@ -251,6 +251,8 @@ def _opcheck_cases(device):
         ("jacob_cov_score", (J,)),
         ("jacob_cov_score", (J.float(),)),
         ("pack_codes", (x,)),
+        ("pack_codes", (x.double(),)),
+        ("pack_codes", (x[:0],)),  # B = 0: [0, 0], the fake as the kernels
         ("hamming_kernel", (codes, mult, units)),
         ("logdet_score", (K,)),
         ("logdet_score", (K.double(),)),
@@ -273,6 +275,9 @@ def test_opcheck_avg_pool3x3():
     x = torch.randn(2, 3, 5, 4, generator=rng(8), requires_grad=True)
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3.default, (x,))
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3_backward.default, (x,))
+    xd = x.detach().double().requires_grad_(True)
+    torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3.default, (xd,))
+    torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3_backward.default, (xd,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,13 +288,14 @@ def _aten_pool(t):
     return torch.nn.functional.avg_pool2d(t, 3, 1, 1, count_include_pad=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(128, 16, 32, 32), (16, 64, 8, 8), (3, 2, 1, 1), (2, 3, 1, 5), (2, 2, 5, 1),
                                    (2, 2, 2, 2), (4, 5, 7, 3), (0, 3, 4, 4)])
-def test_avg_pool3x3_bitwise_equals_aten(shape):
+def test_avg_pool3x3_bitwise_equals_aten(shape, dtype):
     need_compiled("cpu")
     g = rng(sum(shape))
-    x = torch.randn(shape, generator=g) * 3.0
-    grad = torch.randn(shape, generator=g)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3.0
+    grad = torch.randn(shape, generator=g, dtype=dtype)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = _aten_pool(xa), ops.avg_pool3x3(xb)
     assert torch.equal(ya, yb)
@@ -333,15 +339,15 @@ def test_avg_pool3x3_other_inputs_use_aten():
     cl = x.contiguous(memory_format=torch.channels_last)
     y = ops.avg_pool3x3(cl)
     assert torch.equal(y, _aten_pool(cl)) and y.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(ops.avg_pool3x3(x.double()), _aten_pool(x.double()))
+    assert torch.equal(ops.avg_pool3x3(cl.double()), _aten_pool(cl.double()))
 
 
 def test_avg_pool3x3_argument_errors():
     need_compiled("cpu")
     with pytest.raises(RuntimeError, match="x must be 4-D"):
         torch.ops.nwot_fast.avg_pool3x3(torch.zeros(3, 4, 4))
-    with pytest.raises(RuntimeError, match="x must be float32"):
-        torch.ops.nwot_fast.avg_pool3x3(torch.zeros(1, 1, 4, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        torch.ops.nwot_fast.avg_pool3x3(torch.zeros(1, 1, 4, 4, dtype=torch.float16))
     with pytest.raises(RuntimeError, match="grad must be 4-D"):
         torch.ops.nwot_fast.avg_pool3x3_backward(torch.zeros(4, 4))
 

@@ -3,6 +3,8 @@ architecture, without disturbing the other architectures of the batch."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,167 @@ def test_hamming_kernel_zero_multiplicity_words_are_ignored(device):
     K2 = ops.hamming_kernel(noisy.to(device), mult0.to(device), units.to(device))
     assert torch.equal(K1, K2)
     assert torch.equal(torch.diagonal(K1[0]).cpu(), units.expand(8))
+
+
+# ---------------------------------------------------------------------------------------------
+# -inf decided exactly (issue 9): the compiled operators against an exact integer determinant
+# (Bareiss elimination with Python integers), on matrices where float LU is known to mislead.
+
+P31 = 2147483647  # the first prime of the exact decision (csrc/exact_det.h)
+
+
+def exact_det(rows) -> int:
+    """det of an integer matrix by fraction-free Bareiss elimination (exact Python ints)."""
+    m = [list(map(int, r)) for r in rows]
+    n, sign, prev = len(m), 1, 1
+    for k in range(n - 1):
+        if m[k][k] == 0:
+            swap = next((i for i in range(k + 1, n) if m[i][k] != 0), None)
+            if swap is None:
+                return 0
+            m[k], m[swap] = m[swap], m[k]
+            sign = -sign
+        for i in range(k + 1, n):
+            for j in range(k + 1, n):
+                m[i][j] = (m[i][j] * m[k][k] - m[i][k] * m[k][j]) // prev
+        prev = m[k][k]
+    return sign * m[n - 1][n - 1] if n else 1
+
+
+def unimodular_mix(M: np.ndarray, seed: int, steps: int = 40) -> np.ndarray:
+    """Integer row operations (row_i += c * row_j): the determinant does not change."""
+    rng = np.random.default_rng(seed)
+    M = M.astype(object).copy()
+    n = M.shape[0]
+    for _ in range(steps):
+        i, j = rng.choice(n, 2, replace=False)
+        M[i] = M[i] + int(rng.integers(-3, 4)) * M[j]
+    return M.astype(np.int64)
+
+
+def singular_cases():
+    rng = np.random.default_rng(3)
+    cases = {
+        "mkl_identical_rows": np.array([[2, 1, 3], [2, 1, 3], [0, 5, 1]]),  # MKL slogdet: -34.03
+        "all_49": np.full((8, 8), 49),  # MKL slogdet: -997.5
+    }
+    a = rng.integers(-9, 10, (6, 6))
+    a[3] = a[0] + a[1]  # rank-deficient, no identical or zero row
+    cases["row3_is_row0_plus_row1"] = a
+    b = rng.integers(0, 200_000, (40, 40))
+    b[17] = 3 * b[2] - 2 * b[30] + b[5]  # large entries, as hook_logdet's K
+    cases["large_combination"] = b
+    low = rng.integers(-5, 6, (24, 5)) @ rng.integers(-5, 6, (5, 24))  # rank 5
+    cases["rank_5_of_24"] = low
+    return cases
+
+
+def nonsingular_cases():
+    cases = {}
+    d = np.eye(5, dtype=np.int64)
+    d[0, 0] = P31  # det = 2^31 - 1: zero modulo the first prime, nonsingular
+    cases["det_is_first_prime"] = unimodular_mix(d, seed=1)
+    e = np.eye(6, dtype=np.int64)
+    e[0, 0], e[1, 1] = P31, 2147483629  # det divisible by the first two primes
+    cases["det_is_two_primes"] = unimodular_mix(e, seed=2)
+    f = np.eye(4, dtype=np.int64)
+    f[2, 2] = 5 * P31
+    cases["det_is_5p"] = unimodular_mix(f, seed=4)
+    rng = np.random.default_rng(5)
+    cases["random_12"] = rng.integers(-50, 51, (12, 12))
+    return cases
+
+
+def _compiled_only(device):
+    if not _ext.available(device):
+        pytest.skip(f"nwot_fast._C has no {device} backend here")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+@pytest.mark.parametrize("name", sorted(singular_cases()))
+def test_logdet_exactly_singular_is_minus_inf(device, dtype, name):
+    _compiled_only(device)
+    M = singular_cases()[name]
+    assert exact_det(M.tolist()) == 0
+    good = np.diag(np.arange(1, M.shape[0] + 1))  # the neighbours in the batch stay finite
+    K = torch.tensor(np.stack([good, M, good]), dtype=dtype, device=device)
+    got = ops.logdet_score(K).cpu().numpy()
+    assert got[1] == -np.inf
+    np.testing.assert_allclose(got[[0, 2]], [math.log(math.factorial(M.shape[0]))] * 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+@pytest.mark.parametrize("name", sorted(nonsingular_cases()))
+def test_logdet_nonsingular_divisible_by_the_primes_is_finite(device, dtype, name):
+    _compiled_only(device)
+    M = nonsingular_cases()[name]
+    det = exact_det(M.tolist())
+    assert det != 0
+    K = torch.tensor(M, dtype=dtype, device=device).unsqueeze(0)
+    got = float(ops.logdet_score(K)[0])
+    assert math.isfinite(got)
+    # float64 LU of a unimodular mix loses a few digits: compare loosely with the exact value.
+    assert abs(got - math.log(abs(det))) < 1e-6 * max(1.0, math.log(abs(det)))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_logdet_nonsingular_with_a_zero_float_pivot(device, dtype):
+    """det = -1, but float64 LU cancels to an exact zero pivot: fl(fl(1/3) (2^53 - 1)) =
+    3002399751580330. The operator must not say -inf (double-double LU fallback)."""
+    _compiled_only(device)
+    M = [[3, 2**53 - 1], [1, 3002399751580330]]
+    assert exact_det(M) == -1
+    lu_pivot = float(M[1][1]) - (1.0 / 3.0) * float(M[0][1])
+    assert lu_pivot == 0.0  # the trap is real on any IEEE machine
+    got = float(ops.logdet_score(torch.tensor([M], dtype=dtype, device=device))[0])
+    assert abs(got) < 1e-12  # log|-1|
+
+
+def test_logdet_non_integer_float_matrix_keeps_the_floating_rule(device):
+    _compiled_only(device)
+    K = torch.tensor([[[0.5, 0.25], [1.0, 0.5]], [[0.5, 0.25], [1.0, 0.75]]], dtype=torch.float64, device=device)
+    got = ops.logdet_score(K).cpu().numpy()
+    assert got[0] == -np.inf  # an exactly zero pivot (0.5 - 0.5 * 0.5)
+    np.testing.assert_allclose(got[1], math.log(0.125), rtol=1e-12)
+
+
+def test_logdet_exact_decision_random_sweep(device):
+    """Random integer matrices, half made singular by integer row combinations, against the
+    exact determinant: -inf exactly for det == 0."""
+    _compiled_only(device)
+    rng = np.random.default_rng(11)
+    n = 10
+    mats = []
+    for k in range(24):
+        M = rng.integers(-(10 ** (k % 6)), 10 ** (k % 6) + 1, (n, n))
+        if k % 2:
+            r = rng.choice(n, 3, replace=False)
+            M[r[0]] = int(rng.integers(-4, 5)) * M[r[1]] + int(rng.integers(1, 5)) * M[r[2]]
+        mats.append(M)
+    got = ops.logdet_score(torch.tensor(np.stack(mats), device=device)).cpu().numpy()
+    for M, g in zip(mats, got):
+        det = exact_det(M.tolist())
+        if det == 0:
+            assert g == -np.inf
+        else:
+            assert math.isfinite(g) and abs(g - math.log(abs(det))) < 1e-8 * max(1.0, math.log(abs(det)))
+
+
+def test_hook_logdet_identical_codes_rows_minus_inf_large_batch(device):
+    """Two samples with identical codes among 130 (a K bigger than one CUDA tile)."""
+    _compiled_only(device)
+    codes, mult, units = degenerate_codes("identical_rows", B=130)
+    got = ops.hook_logdet_score(codes.to(device), mult.to(device), units.to(device)).cpu().numpy()
+    assert got[1] == -np.inf and np.isfinite(got[[0, 2]]).all()
+
+
+def test_jacob_cov_non_finite_entry_is_nan_for_that_architecture(device):
+    """The one rule on CPU and CUDA: a NaN or infinite entry in J[a] makes S[a] NaN."""
+    _compiled_only(device)
+    J = jacobians(A=4, B=8, D=30)
+    J[1, 2, 3] = float("nan")
+    J[2, 0, 0] = float("inf")
+    got = ops.jacob_cov_score(J.to(device)).cpu().numpy()
+    assert np.isnan(got[1]) and np.isnan(got[2]) and np.isfinite(got[[0, 3]]).all()
+    alone = ops.jacob_cov_score(J[[0, 3]].to(device)).cpu().numpy()
+    np.testing.assert_allclose(got[[0, 3]], alone, rtol=1e-12)

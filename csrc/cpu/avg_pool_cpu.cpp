@@ -1,5 +1,5 @@
 // avg_pool3x3 on the CPU: NB201's avg_pool_3x3 (AvgPool2d(3, stride 1, padding 1,
-// count_include_pad=False)) for contiguous NCHW tensors, forward and backward, bitwise equal to
+// count_include_pad=False)) for contiguous NCHW float32 / float64 tensors, forward and backward, bitwise equal to
 // ATen's kernels and several times faster.
 //
 // ATen's NCHW kernels visit one output at a time: the forward sums the window row by row
@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../nwot.h"
@@ -26,12 +27,13 @@ inline int64_t taps(int64_t i, int64_t n) { return std::min(i + 2, n) - std::max
 
 // out[h][w] = sum over dh in {-1, 0, 1}, then dw in {-1, 0, 1} (in bounds) of in[h + dh][w + dw],
 // accumulated from 0.0f in that order; then divided by the taps when divide is set.
-void box_sum_plane(const float* in, float* out, int64_t H, int64_t W, bool divide, float* acc) {
+template <typename scalar_t>
+void box_sum_plane(const scalar_t* in, scalar_t* out, int64_t H, int64_t W, bool divide, scalar_t* acc) {
   for (int64_t h = 0; h < H; ++h) {
-    std::fill(acc, acc + W, 0.0f);
+    std::fill(acc, acc + W, scalar_t(0));
     const int64_t h0 = std::max<int64_t>(h - 1, 0), h1 = std::min(h + 2, H);
     for (int64_t r = h0; r < h1; ++r) {
-      const float* row = in + r * W;
+      const scalar_t* row = in + r * W;
       if (W == 1) {
         acc[0] += row[0];
         continue;
@@ -41,7 +43,7 @@ void box_sum_plane(const float* in, float* out, int64_t H, int64_t W, bool divid
       acc[0] += row[1];
       // interior: dw = -1, 0, +1 in that order for every pixel.
       for (int64_t w = 1; w < W - 1; ++w) {
-        float s = acc[w];
+        scalar_t s = acc[w];
         s += row[w - 1];
         s += row[w];
         s += row[w + 1];
@@ -51,32 +53,35 @@ void box_sum_plane(const float* in, float* out, int64_t H, int64_t W, bool divid
       acc[W - 1] += row[W - 2];
       acc[W - 1] += row[W - 1];
     }
-    float* o = out + h * W;
+    scalar_t* o = out + h * W;
     if (divide) {
       const int64_t th = h1 - h0;
-      for (int64_t w = 0; w < W; ++w) o[w] = acc[w] / static_cast<float>(th * taps(w, W));
+      for (int64_t w = 0; w < W; ++w) o[w] = acc[w] / static_cast<scalar_t>(th * taps(w, W));
     } else {
       std::copy(acc, acc + W, o);
     }
   }
 }
 
-// Runs plane(in, out, H, W) for every (n, c) plane of the contiguous float32 input, in
-// parallel, into a new contiguous tensor of the same shape.
+// Runs plane(in, out, H, W, acc, scratch) for every (n, c) plane of the contiguous float32 or
+// float64 input, in parallel, into a new contiguous tensor of the same shape.
 template <typename PlaneFn>
 at::Tensor map_planes(const at::Tensor& in_, const char* name, PlaneFn plane) {
   TORCH_CHECK(in_.dim() == 4, name, " must be 4-D [batch, channels, height, width], got ", in_.dim(), "-D");
-  TORCH_CHECK(in_.scalar_type() == at::kFloat, name, " must be float32, got ", in_.scalar_type());
+  TORCH_CHECK(in_.scalar_type() == at::kFloat || in_.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", in_.scalar_type());
   TORCH_CHECK(in_.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", in_.device());
   const at::Tensor in = in_.contiguous();
   at::Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
   if (in.numel() == 0) return out;
   const int64_t planes = in.size(0) * in.size(1), H = in.size(2), W = in.size(3);
-  const float* ip = in.const_data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(W), scratch;
-    for (int64_t p = begin; p < end; ++p) plane(ip + p * H * W, op + p * H * W, H, W, acc.data(), scratch);
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "avg_pool3x3_cpu", [&] {
+    const scalar_t* ip = in.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc(W), scratch;
+      for (int64_t p = begin; p < end; ++p) plane(ip + p * H * W, op + p * H * W, H, W, acc.data(), scratch);
+    });
   });
   return out;
 }
@@ -84,19 +89,19 @@ at::Tensor map_planes(const at::Tensor& in_, const char* name, PlaneFn plane) {
 }  // namespace
 
 at::Tensor avg_pool3x3_cpu(const at::Tensor& x) {
-  return map_planes(x, "x", [](const float* in, float* out, int64_t H, int64_t W, float* acc, std::vector<float>&) {
+  return map_planes(x, "x", [](const auto* in, auto* out, int64_t H, int64_t W, auto* acc, auto&) {
     box_sum_plane(in, out, H, W, true, acc);
   });
 }
 
 at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad) {
-  return map_planes(grad, "grad", [](const float* g, float* out, int64_t H, int64_t W, float* acc,
-                                     std::vector<float>& scaled) {
+  return map_planes(grad, "grad", [](const auto* g, auto* out, int64_t H, int64_t W, auto* acc, auto& scaled) {
+    using scalar_t = std::remove_pointer_t<decltype(out)>;
     // Each output's share, grad / taps, as ATen computes it before scattering.
     scaled.resize(H * W);
     for (int64_t h = 0; h < H; ++h) {
       const int64_t th = taps(h, H);
-      for (int64_t w = 0; w < W; ++w) scaled[h * W + w] = g[h * W + w] / static_cast<float>(th * taps(w, W));
+      for (int64_t w = 0; w < W; ++w) scaled[h * W + w] = g[h * W + w] / static_cast<scalar_t>(th * taps(w, W));
     }
     box_sum_plane(scaled.data(), out, H, W, false, acc);
   });

@@ -33,7 +33,8 @@ struct SequentialLapack {
 
 // Centres and normalises the B rows of one J[a] into X (float64, row-major [B, D]) so that
 // X X^T is the correlation matrix. Returns false when some row has zero variance (all its
-// entries equal): the correlation is undefined and the caller reports NaN.
+// entries equal) or holds a NaN or infinite entry: the correlation is undefined and the caller
+// reports NaN (the CUDA kernel has the same rule).
 template <typename scalar_t>
 bool normalised_rows(const scalar_t* J, int64_t B, int64_t D, double* X) {
   for (int64_t i = 0; i < B; ++i) {
@@ -41,12 +42,14 @@ bool normalised_rows(const scalar_t* J, int64_t B, int64_t D, double* X) {
     double* out = X + i * D;
     scalar_t lo = row[0], hi = row[0];
     double sum = 0.0;
+    bool finite = true;
     for (int64_t k = 0; k < D; ++k) {
       lo = std::min(lo, row[k]);
       hi = std::max(hi, row[k]);
+      finite = finite && std::isfinite(static_cast<double>(row[k]));
       sum += static_cast<double>(row[k]);
     }
-    if (lo == hi) return false;
+    if (lo == hi || !finite) return false;
     const double mean = sum / static_cast<double>(D);
     double squares = 0.0;
     for (int64_t k = 0; k < D; ++k) {
@@ -101,8 +104,12 @@ at::Tensor jacob_cov_score_cpu(const at::Tensor& J_in) {
         at::native::lapackSyevd<double, double>('N', 'L', n, g, n, eig.data(), work.data(),
                                                  static_cast<int>(work.size()), nullptr, 0, iwork.data(),
                                                  static_cast<int>(iwork.size()), &info);
-        TORCH_CHECK(info == 0, "jacob_cov_score: the symmetric eigensolver (LAPACK syevd) failed for architecture ",
-                    a, " with info = ", info);
+        // A failed eigensolver (info != 0: no convergence; the input is finite here) gives NaN
+        // for this architecture only, the rule on CUDA too, where raising would need a sync.
+        if (info != 0) {
+          S[a] = std::numeric_limits<double>::quiet_NaN();
+          continue;
+        }
         double total = 0.0;
         for (int64_t k = 0; k < B; ++k) total += eigenvalue_term(eig[k]);
         S[a] = -total;

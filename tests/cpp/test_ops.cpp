@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "exact_det.h"
 #include "nwot.h"
 
 namespace {
@@ -196,6 +197,63 @@ void test_pack_and_hamming() {
          "the other architectures are unaffected");
 }
 
+// Exact singularity (exact_det.h): an exact determinant by fraction-free Bareiss elimination in
+// __int128 (the matrices here are small) is the independent oracle.
+__int128 bareiss_det(std::vector<std::vector<__int128>> m) {
+  const size_t n = m.size();
+  __int128 sign = 1, prev = 1;
+  for (size_t k = 0; k + 1 < n; ++k) {
+    if (m[k][k] == 0) {
+      size_t s = k + 1;
+      while (s < n && m[s][k] == 0) ++s;
+      if (s == n) return 0;
+      std::swap(m[k], m[s]);
+      sign = -sign;
+    }
+    for (size_t i = k + 1; i < n; ++i)
+      for (size_t j = k + 1; j < n; ++j) m[i][j] = (m[i][j] * m[k][k] - m[i][k] * m[k][j]) / prev;
+    prev = m[k][k];
+  }
+  return n == 0 ? 1 : sign * m[n - 1][n - 1];
+}
+
+void test_exact_singularity() {
+  const int64_t p = 2147483647;
+  const std::vector<std::vector<std::vector<int64_t>>> mats = {
+      {{2, 1, 3}, {2, 1, 3}, {0, 5, 1}},                 // identical rows (MKL slogdet: -34.03)
+      {{1, 2, 3, 4}, {5, 6, 7, 9}, {6, 8, 10, 13}, {1, 0, 0, 1}},  // row 2 = row 0 + row 1
+      {{p, 1, 0}, {0, 1, 0}, {3, 0, 1}},                 // det = p: zero modulo the first prime
+      {{p, 0}, {0, 2147483629}},                         // det zero modulo the first two primes
+      {{3, (int64_t(1) << 53) - 1}, {1, 3002399751580330}},  // det -1, float64 LU pivot exactly 0
+      {{4, 1, 7}, {2, 9, 1}, {8, 3, 5}},
+  };
+  for (size_t m = 0; m < mats.size(); ++m) {
+    const int64_t n = static_cast<int64_t>(mats[m].size());
+    std::vector<std::vector<__int128>> wide(n, std::vector<__int128>(n));
+    at::Tensor K = at::empty({1, n, n}, at::kLong);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        wide[i][j] = mats[m][i][j];
+        K[0][i][j] = mats[m][i][j];
+      }
+    const __int128 det = bareiss_det(wide);
+    std::vector<int64_t> work(n * n);
+    const int status = nwot_fast::exact_singularity(K.data_ptr<int64_t>(), n, work.data());
+    EXPECT(status == (det == 0 ? nwot_fast::exact::kSingular : nwot_fast::exact::kNonsingular),
+           ("exact_singularity agrees with the exact determinant, matrix " + std::to_string(m)).c_str());
+    for (auto dtype : {at::kLong, at::kDouble}) {
+      const double got = call1("nwot_fast::logdet_score", K.to(dtype))[0].item<double>();
+      const double want = det == 0 ? -std::numeric_limits<double>::infinity()
+                                   : std::log(std::fabs(static_cast<double>(det)));
+      EXPECT(det == 0 ? got == want : close(got, want, 1e-9) || std::fabs(got - want) < 1e-12,
+             ("logdet_score is -inf exactly for det == 0, matrix " + std::to_string(m)).c_str());
+    }
+  }
+  // The primes: the largest below 2^31, decreasing.
+  const std::vector<int64_t> primes = nwot_fast::exact_primes(3);
+  EXPECT(primes[0] == 2147483647 && primes[1] == 2147483629 && primes[2] == 2147483587, "exact_primes");
+}
+
 void test_errors() {
   bool thrown = false;
   try {
@@ -221,6 +279,7 @@ void test_errors() {
 int main() {
   test_jacob_cov();
   test_pack_and_hamming();
+  test_exact_singularity();
   test_errors();
   if (failures == 0) std::printf("nwot_fast C++ operator tests: all passed (%s)\n", nwot_fast::build_info().c_str());
   return failures == 0 ? 0 : 1;
