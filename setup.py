@@ -130,6 +130,7 @@ setup(
     packages=find_packages(include=["nwot_fast", "nwot_fast.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
+    extras_require={"ray": ["ray>=2.60,<3"]},  # scans over a Ray cluster (nwot_fast.distributed)
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=get_extensions(),
     cmdclass=_cmdclass(),

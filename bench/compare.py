@@ -17,6 +17,9 @@ On the same fixed architectures, batch (real CIFAR-10 training images from
    project's score, so the three columns compute the same number at the same cost.)
 2. ``pure``: :func:`nwot_fast.reference.score` on :func:`nwot_fast.nb201.build_network`.
 3. ``fast``: :func:`nwot_fast.fast.score_arch`.
+4. After the per-architecture table, the whole set in rounds alternating the authors'
+   procedure, ``fast.score_archs`` with its default engine choice, and the batched engine
+   (``batched=True``, default chunk): the engines' columns for the set.
 
 Each time includes building the network. The three are interleaved per repeat so that the
 load of a shared machine hits them alike; the per-architecture median is reported. The FLOP
@@ -163,6 +166,37 @@ def _rel(a, b):
     return abs(a - b) / max(abs(a), abs(b))
 
 
+def _set_timings(indices, x, method, seed, repeats, authors_fn, log):
+    """The whole set at once, rounds alternating: the authors' procedure arch by arch,
+    ``fast.score_archs`` with the default engine choice, and with ``batched=True`` (default
+    chunk); the median round of each and the ratios."""
+    def run(batched):
+        return list(fast.score_archs(indices, lambda _: x, method=method, seed=seed, batched=batched))
+
+    times = {"authors": [], "default": [], "batched": []}
+    scores = {}
+    for _ in range(repeats):
+        scores["authors"], t = _timed(lambda: [authors_fn(arch_at(i), x, seed) for i in indices])
+        times["authors"].append(t)
+        scores["default"], t = _timed(lambda: run(None))
+        times["default"].append(t)
+        scores["batched"], t = _timed(lambda: run(True))
+        times["batched"].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "median_s": med,
+        "default_engine": "batched" if fast.use_batched("cpu", x.shape[0]) else "per-plan",
+        "ratio_authors_over_default": med["authors"] / med["default"],
+        "ratio_authors_over_batched": med["authors"] / med["batched"],
+        "max_rel_diff_batched_vs_authors": max(_rel(a, b) for a, b in zip(scores["batched"], scores["authors"])),
+    }
+    log(f"whole set, {repeats} alternating rounds (median): authors {med['authors']:.2f} s, score_archs default "
+        f"({out['default_engine']}) {med['default']:.2f} s = {out['ratio_authors_over_default']:.2f}x, batched engine "
+        f"{med['batched']:.2f} s = {out['ratio_authors_over_batched']:.2f}x; max rel. score diff batched vs authors "
+        f"{out['max_rel_diff_batched_vs_authors']:.1e}")
+    return out
+
+
 def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=None, skip_pure=False):
     """Run the comparison; with ``json_path`` the figures so far are rewritten after every architecture."""
     x, data_note = load_batch(batch_size, seed)
@@ -249,6 +283,7 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=No
             f"{summary['max_rel_diff_fast_vs_pure']:.1e}, fast vs authors {summary['max_rel_diff_fast_vs_authors']:.1e}; "
             f"full space ({NUM_ARCHS} archs) estimate: fast {summary['full_space_estimate_s']['fast'] / 3600:.2f} h, "
             f"authors {summary['full_space_estimate_s']['authors'] / 3600:.2f} h")
+        summary["set"] = _set_timings(indices, x, method, seed, repeats, authors[method], log)
         report["methods"][method] = {"rows": rows, "summary": summary}
     report["load_average_end"] = os.getloadavg()
     log(f"\nlarge-matmul rate {gflops:.1f} GFLOP/s; torch {torch.__version__}, {torch.get_num_threads()} threads; "

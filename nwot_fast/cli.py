@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
 from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
+from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 
 PROG = "nwot-fast"
 DEFAULT_DB = "nwot-fast-scan.sqlite"
@@ -35,10 +36,10 @@ exit codes:
   0    success
   1    internal error (a bug: please report it with the traceback)
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
-       batch size < 2, missing or corrupt data/benchmark file, ...)
+       batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
-       locked by another process or read-only, an output (file or stdout) on a full or
-       read-only file system (nothing half-written is left)
+       locked by another process or read-only, no Ray cluster at the --ray address, an
+       output (file or stdout) on a full or read-only file system (nothing half-written is left)
   130  interrupted (Ctrl-C); results already written to a scan database are kept
   143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
@@ -89,6 +90,8 @@ examples:
   {PROG} scan --indices 0:15625 --db scores.sqlite
   {PROG} scan --indices 0:1000 --db scores.sqlite --method hook_logdet --out hook.jsonl
   {PROG} scan --db scores.sqlite --dedup --data ../shared/data/cifar10_sample.npz --out all.csv
+  {PROG} scan --indices 0:15625 --db scores.sqlite --ray          # a local Ray instance, all cores
+  {PROG} scan --indices 0:15625 --db scores.sqlite --ray auto     # join the cluster 'ray start' runs
 
 Every result is committed to the SQLite database (table 'scores', WAL journal) as soon as it
 is computed. If the scan is killed, run the same command again: it skips what the database
@@ -100,7 +103,9 @@ configuration (method, data, dataset, batch size, augmentation, fixed batch, see
 engine, device type, and dtype when float64): scores of another engine, device type or dtype
 are kept apart. Several scan processes may share one database (each takes the write lock
 for one transaction per architecture); give them disjoint --indices. SIGTERM stops the
-scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds.
+scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds. With --ray the
+chunks are scored on Ray workers and this process alone writes the database, with the same
+rows; killed and run again, it sends only what the database lacks.
 
 {EXIT_CODES_HELP}""",
     "evaluate": f"""\
@@ -400,7 +405,7 @@ def cmd_scan(args) -> int:
     try:
         with _sigterm_stops_scan():
             result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
-                          db_timeout=args.db_timeout)
+                          db_timeout=args.db_timeout, ray=args.ray)
     except (KeyboardInterrupt, Terminated) as e:
         bar.close()
         saved = "?"
@@ -622,7 +627,7 @@ def cmd_evaluate(args) -> int:
     progress = None if args.quiet or config is None else True
     result = evaluate(n_archs=args.n_archs, all_archs=args.all_archs, indices=args.indices, accuracies=accuracies,
                       scores_out=args.scores_out, scores_in=args.scores_in, db=args.db, progress=progress,
-                      config=config, **({"method": args.method, "seed": args.seed} if config is None else {}))
+                      config=config, ray=args.ray, **({"method": args.method, "seed": args.seed} if config is None else {}))
     table = None
     if args.search_table:
         table = search_table(result, accuracies, Ns=args.search_table, runs=args.runs, mode="table", seed=args.seed)
@@ -678,6 +683,13 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def _add_ray_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="score on a Ray cluster; this process alone writes --db. Without ADDRESS: a local Ray "
+                        "instance, one single-threaded worker per core; auto, HOST:PORT or ray://HOST:10001: join "
+                        f"that cluster (needs Ray: {RAY_INSTALL_HINT})")
+
+
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="a seeded random sample of K architectures")
@@ -687,6 +699,7 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
                    help="NB201 accuracies: nb201_accuracies.csv or the official .pth")
     p.add_argument("--db", metavar="PATH", type=_path_arg, help="SQLite scan database: results are kept as they come and a "
                    "rerun resumes")
+    _add_ray_option(p)  # Ray hook (issue 12)
     p.add_argument("--scores-out", metavar="FILE", type=_path_arg, help="write per-architecture scores (.csv/.jsonl/.json)")
     p.add_argument("--scores-in", metavar="FILE", type=_path_arg, help="reuse scores from FILE instead of scoring")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
@@ -767,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", type=_path_arg, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
     p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
+    _add_ray_option(p)  # Ray hook (issue 12)
     _add_score_options(p)
     _add_output_options(p)
 
@@ -837,6 +851,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
 
+    from .distributed import ClusterError, RayNotInstalledError
     from .store import ScanDatabaseError
 
     try:
@@ -846,7 +861,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ScanDatabaseError as e:
+    except RayNotInstalledError as e:  # an optional dependency the command line asked for
+        return _fail(args, EXIT_USAGE, _one_line(e))
+    except (ScanDatabaseError, ClusterError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))
     except (ResourceError, OutputError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))

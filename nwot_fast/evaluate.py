@@ -148,7 +148,7 @@ def evaluate(
     n_archs: Optional[int] = None, all_archs: bool = False, indices=None,
     accuracies=None,
     scores_out=None, scores_in=None,
-    db=None, progress=None, config=None,
+    db=None, progress=None, config=None, ray=None,
     **options,
 ) -> EvaluationResult:
     """Score architectures and correlate the scores with NB201 accuracies.
@@ -163,7 +163,8 @@ def evaluate(
     scoring (with a selection given, those indices are taken from the file; only ``method`` and
     ``seed`` of the options are used). ``scores_out`` writes the per-architecture scores
     (``.csv``, ``.jsonl`` or ``.json``). ``accuracies``: a path to the NB201 accuracy CSV /
-    official ``.pth``, or an AccuracyTable.
+    official ``.pth``, or an AccuracyTable. ``ray``: score on a Ray cluster, as
+    :func:`nwot_fast.scan.scan` does (``True``: a local instance; or an address).
     """
     from .accuracies import as_table
 
@@ -187,7 +188,7 @@ def evaluate(
         raise ValueError("say which architectures to score: n_archs=K, all_archs=True or indices=...; "
                          "or read earlier scores with scores_in=FILE")
     else:
-        idx, sc, secs, cfg, description = _score(wanted, db, progress, config, options)
+        idx, sc, secs, cfg, description = _score(wanted, db, progress, config, options, ray)
         scores_from = None
     written = None
     if scores_out is not None:
@@ -229,13 +230,13 @@ def _read(scores_in, method: str, wanted, selection: str):
     return idx, sc, secs, selection, config, description, sf.source
 
 
-def _score(wanted, db, progress, config, options):
+def _score(wanted, db, progress, config, options, ray=None):
     """Scores of ``wanted`` from a scan under the configuration of the call."""
     from .scan import scan
     from .scoring import score_config
 
     cfg = score_config(config, **options)
-    result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress)
+    result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress, ray=ray)
     record = dict(cfg.identity(), config_hash=cfg.config_hash(), engine=cfg.engine, device=cfg.device,
                   dtype=cfg.dtype, data_description=result.data_description)
     return (np.asarray(result.indices, dtype=np.int64), np.asarray(result.scores, dtype=np.float64),

@@ -12,8 +12,8 @@ the output, and the parameter gradients of the backward pass. None of that chang
 
 So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
 network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
-draws them, by :func:`nwot_fast.nb201.initial_parameters`), which keeps the scores those of the
-reference:
+draws them: :mod:`nwot_fast.weights`, bit for bit :func:`nwot_fast.nb201.initial_parameters`),
+which keeps the scores those of the reference:
 
 ``jacob_cov``
     only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
@@ -42,11 +42,10 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import ops, reference, weights
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
-from .nb201 import initial_parameters, is_constant_output, live_edges, relu_sees_only_zeros
-from . import ops
+from .nb201 import is_constant_output, live_edges, relu_sees_only_zeros
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch
 from .nb201.index import as_arch
 from .nb201.structure import _reachable_from_input
@@ -61,7 +60,7 @@ C_STEM = 16
 N_CELLS = 5
 STAGE_CHANNELS = (16, 32, 64)
 
-__all__ = ["Step", "Plan", "compile_plan", "score_arch", "score_archs", "plan_flops"]
+__all__ = ["Step", "Plan", "compile_plan", "score_arch", "score_archs", "use_batched", "plan_flops"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,11 +315,9 @@ class _Weights:
 
 def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = torch.float32) -> _Weights:
     """The network's parameters exactly as the reference builds them (same RNG draws, bit for
-    bit: :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
+    bit: :mod:`nwot_fast.weights`, equal to :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
     convolutions get concatenated weights)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        p = initial_parameters(plan.arch)
+    p = weights.for_seed(seed).parameters(plan.arch)
     fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
 
     def prep(name, conv=False):
@@ -560,15 +557,20 @@ def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu
 
 
 def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", seed: int = 0, device="cpu",
-                relu_match: str = "name", chunk: Optional[int] = None, dtype=torch.float32) -> Iterator[float]:
+                relu_match: str = "name", chunk: Optional[int] = None, dtype=torch.float32,
+                batched: Optional[bool] = None) -> Iterator[float]:
     """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (called
     with the item of ``archs`` as given: an index, string or Arch; not called for cells whose
-    score structure decides).
+    score structure decides). Equal to :func:`score_arch` of each within the precision
+    contract (float64: to ~1e-12 relative; NaN / -inf at the same architectures).
 
-    ``chunk``: how many network passes to collect before one batched post-processing call
-    (default 1 on the CPU, where the passes dominate; 16 on CUDA, where the batched
-    eigensolver / popcount kernels amortise their launch over many architectures).
-    ``dtype``: as for :func:`score_arch`.
+    ``batched``: ``True`` runs chunks of architectures in one network pass
+    (:mod:`nwot_fast.batched`), ``False`` one plan per architecture; ``None`` (default) picks
+    :func:`use_batched` (CUDA: batched; CPU: the faster of the two for the batch size).
+    ``chunk``: architectures per chunk. Batched: per network pass (default from the free
+    memory and the batch size, :func:`nwot_fast.batched.choose_chunk`); per plan: passes
+    collected before one post-processing call (default 1 on the CPU, 16 on CUDA). A change of
+    batch shape starts a new chunk. ``dtype``: as for :func:`score_arch`.
     """
     _check_method(method, relu_match)
     _check_seed(seed)
@@ -576,20 +578,29 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     dt = torch_dtype(dtype)
     if not callable(x_for):
         raise TypeError(f"x_for must be a callable returning the batch of an architecture, got {type(x_for).__name__}")
-    if chunk is None:
-        chunk = 16 if dev.type == "cuda" else 1
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    pending: List[Tuple[int, object]] = []  # (position, J or codes)
+    if batched is not None and not isinstance(batched, bool):
+        raise TypeError(f"batched must be True, False or None (choose), got {batched!r}")
+    pending: List[Tuple[int, object]] = []  # (position, J / codes (per plan) or (plan, x) (batched))
     out: List[Optional[float]] = []
     emitted = 0
+    limit = chunk
+    use = batched
+    checked = (None, None)
 
     def flush():
-        if pending:
-            scores = _post_process(method, [r for _, r in pending])
-            for (pos, _), value in zip(pending, scores):
-                out[pos] = value
-            pending.clear()
+        if not pending:
+            return
+        if use:
+            from . import batched as engine
+
+            scores = engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt)
+        else:
+            scores = _post_process(method, [r for _, r, _ in pending])
+        for (pos, *_), value in zip(pending, scores):
+            out[pos] = value
+        pending.clear()
 
     for item in archs:
         plan = compile_plan(item, method, relu_match=relu_match)
@@ -598,11 +609,24 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
             out[-1] = plan.result
         else:
             x = x_for(item)
-            _check_nb201_input(x)
-            if pending and x.shape[0] != _batch_size_of(pending[0][1]):
+            if x is not checked[0] or x._version != checked[1]:  # a scan passes one batch for all
+                _check_nb201_input(x)
+                checked = (x, x._version)
+            if pending and tuple(x.shape) != pending[0][2]:
                 flush()
-            pending.append((len(out) - 1, _network_pass(plan, x, seed, dev, dt)))
-            if len(pending) >= chunk:
+            if not pending:
+                if batched is None:
+                    use = use_batched(dev, x.shape[0])
+                if chunk is None:
+                    if use:
+                        from . import batched as engine
+
+                        limit = engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev)
+                    else:
+                        limit = 16 if dev.type == "cuda" else 1
+            work = (plan, x) if use else _network_pass(plan, x, seed, dev, dt)
+            pending.append((len(out) - 1, work, tuple(x.shape)))
+            if len(pending) >= limit:
                 flush()
         while emitted < len(out) and out[emitted] is not None:
             yield out[emitted]
@@ -613,5 +637,15 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         emitted += 1
 
 
-def _batch_size_of(result) -> int:
-    return result.shape[0] if isinstance(result, torch.Tensor) else result.packed[0].shape[0]
+# The CPU batch size up to which the batched engine is faster than one plan per architecture
+# (bench/RESULTS.md, "Batched engine": measured in one process, alternating the two).
+CPU_BATCHED_MAX_BATCH = 32
+
+
+def use_batched(device, batch_size: int) -> bool:
+    """The default engine of :func:`score_archs`: batched on CUDA (kernel launches dominate);
+    on the CPU batched only for batches of at most :data:`CPU_BATCHED_MAX_BATCH` samples, where
+    it measured faster (bench/engine_ab.py); above, one plan per architecture (one grouped
+    convolution over 16 archs measured 2.3x slower than 16 separate ones at batch 128)."""
+    dev = device if isinstance(device, torch.device) else torch.device(device)
+    return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH

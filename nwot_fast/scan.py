@@ -265,6 +265,7 @@ def scan(
     progress=None,
     config: Optional[ScoreConfig] = None,
     db_timeout: float = 30.0,
+    ray=None,
     **options,
 ) -> ScanResult:
     """Score the benchmark ``indices`` (a range, a list, or ``"START:STOP"``) and return a
@@ -279,19 +280,26 @@ def scan(
     representative per isomorphism class and give the other members its score (flagged).
     ``progress``: ``True`` for a progress bar on stderr (drawn only on a terminal), or a
     callable ``progress(done, total)`` called after each scored architecture.
+    ``ray``: score on a Ray cluster (:mod:`nwot_fast.distributed`): ``True`` starts a local
+    instance for the run, ``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:10001"`` joins one;
+    this process stays the only writer of ``db``.
     """
     started = time.perf_counter()
     wanted = parse_indices(indices)
     config = score_config(config, **options)
     if not isinstance(dedup, bool):
         raise TypeError(f"dedup must be True or False, got {dedup!r}")
+    if ray is not None and ray is not False:  # Ray hook (issue 12): the target is checked before any work
+        from .distributed import check_ray_target
+
+        ray = check_ray_target(ray)
     rep_of = representatives(wanted) if dedup else {i: i for i in wanted}
     config.config_hash()  # reads and fingerprints the data: a bad --data fails before the database is touched
     store = None if db is None else ScoreDB(db, timeout=db_timeout)
     try:
         run = _ScanRun(config, store, dedup)
         run.plan(wanted, rep_of)
-        run.score_all(progress)
+        run.score_all(progress, ray=ray)
     finally:
         if store is not None:
             store.close()
@@ -358,11 +366,19 @@ class _ScanRun:
                 self.dataset = getattr(self.scorer.images, "dataset", None)
         self._write([self._row(m, self.results[m].score, self.results[m].representative, None) for m in fill_now])
 
-    def score_all(self, progress) -> None:
+    def score_all(self, progress, ray=None) -> None:
         bar = _make_progress(progress, len(self.todo))
+        if not self.todo:
+            scored = (s for s in ())
+        elif ray is None or ray is False:
+            scored = self.scorer.score_indices(self.todo)
+        else:  # Ray hook (issue 12): the same scores from a cluster, in completion order
+            from .distributed import score_on_ray
+
+            scored = score_on_ray(self.config, self.todo, ray=ray)
         try:
-            for done, r in enumerate(self.todo, start=1):
-                s = self.scorer.score_index(r)
+            for done, s in enumerate(scored, start=1):
+                r = s.index
                 rows = [self._row(r, s.score, r, s.seconds)]
                 for m in self.members[r]:
                     self.results[m] = StoredScore(s.score, r, s.seconds if m == r else float("nan"))
@@ -372,6 +388,7 @@ class _ScanRun:
                 if bar is not None:
                     bar(done, len(self.todo))
         finally:
+            scored.close()
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
 

@@ -116,7 +116,7 @@ def test_degenerate_archs_are_answered_without_running(monkeypatch):
         raise AssertionError("the network must not run")
 
     monkeypatch.setattr(torch.nn.functional, "conv2d", boom)
-    monkeypatch.setattr(fast, "initial_parameters", boom)
+    monkeypatch.setattr(fast, "_weights", boom)
     x = _batch(11)
     for arch in (ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS):
         assert math.isnan(fast.score_arch(arch, x, method="jacob_cov"))
@@ -238,7 +238,7 @@ def test_score_archs_uses_the_batch_of_each_arch():
         calls.append(a)
         return batches[a]
 
-    got = list(fast.score_archs(list(batches), x_for, method="jacob_cov", seed=0))
+    got = list(fast.score_archs(list(batches), x_for, method="jacob_cov", seed=0, batched=False))
     want = [fast.score_arch(a, batches[a], method="jacob_cov", seed=0) for a in batches]
     assert got[0] == want[0] and got[2] == want[2] and math.isnan(got[1]) and math.isnan(want[1])
     assert ALL_NONE not in calls  # answered from structure, no batch needed
@@ -250,8 +250,8 @@ def test_score_archs_batched_post_processing_equals_one_by_one(method):
     cells of different code widths are padded with zero words."""
     archs = [DEAD_SOURCE, ALL_NONE, 6111, CONSTANT_CONVS, ALL_SKIP]
     x = _batch(30, b=6, side=16)
-    one = list(fast.score_archs(archs, lambda _: x, method=method, chunk=1))
-    many = list(fast.score_archs(archs, lambda _: x, method=method, chunk=3))
+    one = list(fast.score_archs(archs, lambda _: x, method=method, chunk=1, batched=False))
+    many = list(fast.score_archs(archs, lambda _: x, method=method, chunk=3, batched=False))
     assert len(one) == len(many) == len(archs)
     for a, b in zip(many, one):
         _assert_same(a, b, rel=1e-9)
@@ -269,7 +269,7 @@ def test_float64_and_float16_batches_are_scored_as_float32(method):
     assert fast.score_arch(6111, x.double(), method=method) == want
     half = x.half()
     assert fast.score_arch(6111, half, method=method) == fast.score_arch(6111, half.float(), method=method)
-    got = list(fast.score_archs([6111], lambda _: x.double(), method=method))
+    got = list(fast.score_archs([6111], lambda _: x.double(), method=method, batched=False))
     assert got == [want]
 
 

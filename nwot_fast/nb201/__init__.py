@@ -2,7 +2,7 @@
 
 from .arch import EDGES, OPS, Arch
 from .index import NUM_ARCHS, arch_at, index_of
-from .network import build_network, initial_parameters
+from .network import ParamSpec, build_network, initial_parameters, parameter_layout
 from .structure import (
     canonical_str,
     functional_str,
@@ -21,6 +21,8 @@ __all__ = [
     "index_of",
     "build_network",
     "initial_parameters",
+    "parameter_layout",
+    "ParamSpec",
     "canonical_str",
     "functional_str",
     "is_constant_output",

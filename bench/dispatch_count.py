@@ -1,0 +1,83 @@
+"""ATen operators dispatched per architecture by ``fast.score_archs`` (the launch count a GPU sees).
+
+    python bench/dispatch_count.py [--archs 64] [--batch-size 8] [--methods jacob_cov hook_logdet]
+                                   [--seed 2020] [--chunk N] [--dtype float32]
+
+Counts every operator that reaches the Python dispatch key (a ``TorchDispatchMode``: forward,
+backward, weights, post-processing; views included, host-side NumPy not) while scoring a
+fixed random sample of architectures on the CPU, with ``batched=False`` (one plan per
+architecture) and ``batched=True`` (default chunk unless ``--chunk``), and prints the count
+per architecture (all sampled architectures in the denominator, also those that structure
+answers) and the most frequent operators. ``--merge-kernels`` counts the batched engine as it
+runs on CUDA (1x1 convolutions zero-padded into the 3x3 group of their node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import random
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nwot_fast import fast, reference  # noqa: E402
+from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
+
+
+class CountingMode(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32):
+    # Warm up outside the count: the seed's weight streams are drawn once per process.
+    list(fast.score_archs(archs[:1], lambda _: x, method=method, batched=batched, dtype=dtype))
+    mode = CountingMode()
+    with mode:
+        scores = list(fast.score_archs(archs, lambda _: x, method=method, batched=batched, chunk=chunk, dtype=dtype))
+    return mode.counts, scores
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--methods", nargs="+", default=list(reference.METHODS), choices=reference.METHODS)
+    p.add_argument("--seed", type=int, default=2020, help="seed of the architecture sample")
+    p.add_argument("--chunk", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--merge-kernels", action="store_true",
+                   help="batched engine as on CUDA: 1x1 convolutions zero-padded into the 3x3 group")
+    p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
+    a = p.parse_args(argv)
+    if a.merge_kernels:
+        from nwot_fast import batched as engine
+
+        engine.run_chunk = functools.partial(engine.run_chunk, merge_kernels=True)
+    archs = random.Random(a.seed).sample(range(NUM_ARCHS), a.archs)
+    x = torch.randn(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dtype = getattr(torch, a.dtype)
+    for method in a.methods:
+        for batched in [e == "batched" for e in a.engines]:
+            counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype)
+            total = sum(counts.values())
+            top = ", ".join(f"{k} {v}" for k, v in counts.most_common(12))
+            print(f"{method:12s} batched={batched!s:5s} {total:7d} ops, {total / len(archs):7.1f} per arch "
+                  f"({a.archs} archs, batch {a.batch_size}); top: {top}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

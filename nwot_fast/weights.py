@@ -1,0 +1,111 @@
+"""The seeded initial weights of NB201 networks, drawn once per seed for all architectures.
+
+``torch.manual_seed(seed); build_network(arch)`` draws every parameter from one CPU generator
+stream in creation order (:func:`nwot_fast.nb201.parameter_layout`): element ``i`` of that
+stream becomes ``uniform_(-b, b)`` of the 32-bit generator output ``i``, with ``b`` the bound of
+the parameter that element falls in. Every architecture starts from the same seed, so all of
+them read the same stream; only where each parameter starts in it and its bound differ. So for
+a seed and each distinct bound ``b`` (ten in NB201: one per fan-in), this module lets torch's
+own ``uniform_`` draw the whole stream once with that bound (``T_b``); a parameter at stream
+offset ``o`` with bound ``b`` is then ``T_b[o : o + n]``, bit for bit what
+:func:`nwot_fast.nb201.initial_parameters` draws (the same kernel on the same generator
+outputs; tested), without any per-architecture draw. About 20 ms per seed, then only slicing.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .nb201 import parameter_layout
+from .nb201.arch import Arch
+from .nb201.index import as_arch
+
+__all__ = ["StreamWeights", "arch_segments"]
+
+
+@functools.lru_cache(maxsize=16384)
+def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
+    """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
+    (BatchNorm parameters are not drawn: weight 1, bias 0)."""
+    out: Dict[str, Tuple[int, int, float, Tuple[int, ...]]] = {}
+    offset = 0
+    for spec in parameter_layout(arch):
+        n = spec.draws
+        if n:
+            out[spec.name] = (offset, n, spec.bound, spec.shape)
+            offset += n
+    return out
+
+
+def stream_length(arch: Arch) -> int:
+    return sum(n for _, n, _, _ in arch_segments(as_arch(arch)).values())
+
+
+class StreamWeights:
+    """The transformed streams ``T_b`` of one seed, grown on demand; thread-safe."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.length = 0
+        self._streams: Dict[float, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _stream(self, bound: float, length: int) -> np.ndarray:
+        with self._lock:
+            if length > self.length:
+                # Draw once at the longest length any NB201 cell needs (all 3x3 convolutions).
+                self._streams.clear()
+                self.length = max(length, _MAX_LENGTH())
+            t = self._streams.get(bound)
+            if t is None:
+                g = torch.Generator().manual_seed(self.seed)
+                t = torch.empty(self.length, dtype=torch.float32).uniform_(-bound, bound, generator=g).numpy()
+                self._streams[bound] = t
+            return t
+
+    def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
+        """The concatenated values ``(offset, numel, bound)`` of the given segments (float32)."""
+        need = max((o + n for o, n, _ in segments), default=0)
+        parts: List[np.ndarray] = [self._stream(b, need)[o:o + n] for o, n, b in segments]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+    def parameters(self, arch) -> Dict[str, torch.Tensor]:
+        """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
+        gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
+        BatchNorm weights 1 and biases 0)."""
+        arch = as_arch(arch)
+        segs = arch_segments(arch)
+        need = max((o + n for o, n, _, _ in segs.values()), default=0)
+        out: Dict[str, torch.Tensor] = {}
+        for spec in parameter_layout(arch):
+            if spec.name in segs:
+                o, n, b, shape = segs[spec.name]
+                out[spec.name] = torch.from_numpy(self._stream(b, need)[o:o + n].copy()).view(shape)
+            else:
+                out[spec.name] = (torch.ones if spec.init == "ones" else torch.zeros)(spec.shape)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _MAX_LENGTH() -> int:
+    return stream_length(Arch((3,) * 6))
+
+
+_cache_lock = threading.Lock()
+_cache: Dict[int, StreamWeights] = {}
+
+
+def for_seed(seed: int) -> StreamWeights:
+    """The :class:`StreamWeights` of ``seed``, kept for the last few seeds used."""
+    with _cache_lock:
+        w = _cache.get(seed)
+        if w is None:
+            if len(_cache) >= 2:
+                _cache.pop(next(iter(_cache)))
+            w = _cache[seed] = StreamWeights(seed)
+        return w

@@ -1,0 +1,237 @@
+"""The batched engine (nwot_fast.batched) against the per-architecture plans, the seeded
+weight streams (nwot_fast.weights) against initial_parameters, and the engine choice."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from nwot_fast import batched, fast, reference, weights
+from nwot_fast.nb201 import arch_at, build_network, initial_parameters, parameter_layout
+
+from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
+                       DEAD_SOURCE, DEAD_TARGETS, SAME_NODE_TWO_KERNELS, SKIP_ONLY_TO_OUTPUT)
+
+# Degenerate (NaN / -inf from structure), constant-output with live convolutions, dead edges and
+# mixed kernels, plus benchmark indices: together every op on every edge.
+ARCHS = [ALL_CONV_MIXED, ALL_NONE, DEAD_SOURCE, CONSTANT_CONVS, ALL_SKIP, CONSTANT_ZEROS, SAME_NODE_TWO_KERNELS,
+         ALL_POOL, DEAD_TARGETS, SKIP_ONLY_TO_OUTPUT, 6111, 15624]
+_PER_ARCH = {}
+
+
+def _batch(seed: int, b: int = 8, side: int = 16) -> torch.Tensor:
+    return torch.randn(b, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def _same(a: float, b: float, rel: float) -> bool:
+    if math.isnan(b) or math.isinf(b):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return math.isfinite(a) and abs(a - b) <= rel * abs(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
+    stream = weights.StreamWeights(seed)
+    before = torch.get_rng_state()
+    for arch in (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, DEAD_SOURCE, 6111, 15624):
+        arch = fast.as_arch(arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            want = initial_parameters(arch)
+        got = stream.parameters(arch)
+        assert list(got) == list(want) == [s.name for s in parameter_layout(arch)]
+        for name in want:
+            assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is not touched
+
+
+def test_stream_values_concatenate_segments_in_order():
+    stream = weights.for_seed(3)
+    segs = weights.arch_segments(fast.as_arch(857))
+    names = ["classifier.weight", "stem.0.weight", "cells.5.conv_a.op.1.weight"]
+    got = stream.values([segs[n][:3] for n in names])
+    params = stream.parameters(857)
+    assert np.array_equal(got, np.concatenate([params[n].numpy().ravel() for n in names]))
+    assert not any(s.draws for s in parameter_layout(857) if s.name not in segs)
+    assert weights.for_seed(3) is stream
+
+
+# ---------------------------------------------------------------------------------------------
+# Same scores as the per-architecture plans
+
+
+@pytest.mark.parametrize("method, relu_match", [("jacob_cov", "name"), ("hook_logdet", "name"), ("hook_logdet", "exact")])
+@pytest.mark.parametrize("chunk", [1, 3, None])
+def test_batched_equals_per_arch_in_float64(method, relu_match, chunk):
+    """Chunks mixing degenerate and normal archs and two batch sizes (x_for): float64 scores
+    within 1e-9 relative, NaN / -inf at the same archs."""
+    xs = {a: _batch(40 + i, b=8 if i % 3 else 10) for i, a in enumerate(ARCHS)}
+    kw = dict(method=method, relu_match=relu_match, seed=3, dtype=torch.float64)
+    if (method, relu_match) not in _PER_ARCH:
+        _PER_ARCH[method, relu_match] = list(fast.score_archs(ARCHS, xs.__getitem__, batched=False, **kw))
+    per = _PER_ARCH[method, relu_match]
+    got = list(fast.score_archs(ARCHS, xs.__getitem__, batched=True, chunk=chunk, **kw))
+    assert len(got) == len(per) == len(ARCHS)
+    for a, g, p in zip(ARCHS, got, per):
+        assert _same(g, p, 1e-9), (a, g, p)
+    assert any(math.isnan(p) or math.isinf(p) for p in per) and any(math.isfinite(p) for p in per)
+
+
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_merged_kernels_equal_per_arch_in_float64(method, monkeypatch):
+    """The CUDA layout (1x1 kernels zero-padded into the 3x3 group), run on the CPU."""
+    archs = [ALL_CONV_MIXED, SAME_NODE_TWO_KERNELS, DEAD_SOURCE, 6111, CONSTANT_CONVS]
+    x = _batch(50)
+    kw = dict(method=method, seed=2, dtype=torch.float64)
+    per = list(fast.score_archs(archs, lambda _: x, batched=False, **kw))
+    real = batched.run_chunk
+    merged = []
+    monkeypatch.setattr(batched, "run_chunk", lambda *a: merged.append(1) or real(*a, merge_kernels=True))
+    got = list(fast.score_archs(archs, lambda _: x, batched=True, **kw))
+    assert merged
+    for a, g, p in zip(archs, got, per):
+        assert _same(g, p, 1e-9), (a, g, p)
+
+
+def _truth_and_reference_errors(archs, x, method, seed):
+    """Per arch: the float64 truth, and the float32 pure path's error against it, the larger of
+    1 and 2 threads (the contract's envelope)."""
+    truth = [fast.score_arch(a, x, method=method, seed=seed, dtype=torch.float64) for a in archs]
+    threads = torch.get_num_threads()
+    errors = [0.0] * len(archs)
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for k, a in enumerate(archs):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    net = build_network(a)
+                s = reference.score(net, x, method)
+                errors[k] = max(errors[k], abs(s - truth[k]) / abs(truth[k]))
+    finally:
+        torch.set_num_threads(threads)
+    return truth, errors
+
+
+# 16 benchmark indices drawn with random.Random(5) among the cells that run a network: a median
+# over hand-picked cells of a few is noise (float32 errors of jacob_cov span 1e-9..1e-3 per cell).
+CONTRACT_ARCHS = [10205, 4185, 12153, 5874, 13028, 11312, 15441, 13787, 12122, 10682, 15111, 8684, 475, 13768,
+                  7628, 12713]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_batched_float32_within_the_contract(method):
+    """The batched engine's float32 error against the float64 truth: max and median over the
+    archs at most twice the authors' float32 procedure's (pure path, 1 and 2 threads)."""
+    archs = CONTRACT_ARCHS
+    x = _batch(60, b=12)
+    truth, ref_err = _truth_and_reference_errors(archs, x, method, seed=1)
+    got = list(fast.score_archs(archs, lambda _: x, method=method, seed=1, batched=True))
+    err = [abs(g - t) / abs(t) for g, t in zip(got, truth)]
+    assert max(err) <= 2 * max(ref_err), (err, ref_err)
+    assert statistics.median(err) <= 2 * statistics.median(ref_err), (err, ref_err)
+
+
+def test_batched_float32_degenerate_archs_match():
+    archs = [ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS, ALL_SKIP]
+    x = _batch(61)
+    for method in ("jacob_cov", "hook_logdet"):
+        per = list(fast.score_archs(archs, lambda _: x, method=method, batched=False))
+        got = list(fast.score_archs(archs, lambda _: x, method=method, batched=True, chunk=4))
+        for g, p in zip(got, per):
+            assert (math.isnan(g) and math.isnan(p)) or (math.isinf(p) and g == p) or (
+                math.isfinite(g) and math.isfinite(p))
+
+
+def test_x_for_is_called_for_running_archs_only_and_batches_are_their_own():
+    """Each arch in a chunk gets its own batch (different data, same shape)."""
+    archs = [6111, ALL_NONE, 857]
+    xs = {6111: _batch(70), 857: _batch(71)}
+    calls = []
+
+    def x_for(a):
+        calls.append(a)
+        return xs[a]
+
+    got = list(fast.score_archs(archs, x_for, batched=True, dtype=torch.float64))
+    assert calls == [6111, 857]
+    assert math.isnan(got[1])
+    for a, g in zip((6111, 857), (got[0], got[2])):
+        assert _same(g, fast.score_arch(a, xs[a], dtype=torch.float64), 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk size and engine choice
+
+
+def test_choose_chunk_follows_the_memory():
+    per = batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32)
+    assert per > batched.bytes_per_arch("hook_logdet", 128, 32, 32, torch.float32)
+    assert per < batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
+    assert batched.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
+    cpu = torch.device("cpu")
+    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
+    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1
+    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=10 * per) == 5
+    assert batched.choose_chunk("jacob_cov", 2, 16, 16, torch.float32, cpu, available=1 << 50) == batched.MAX_CHUNK
+    assert batched.choose_chunk("jacob_cov", 8, 32, 32, torch.float32, cpu) >= 1  # measured memory
+
+
+def test_default_chunk_comes_from_the_memory(monkeypatch):
+    seen = []
+
+    def fake(method, b, h, w, dtype, device, available=None):
+        seen.append((method, b, h, w, dtype))
+        return 2
+
+    monkeypatch.setattr(batched, "choose_chunk", fake)
+    ran = []
+    real = batched.run_chunk
+    monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: ran.append(len(plans)) or real(plans, *a))
+    x = _batch(72, b=4, side=8)
+    list(fast.score_archs([6111, 857, 4242, 0, 5], lambda _: x, batched=True))
+    assert seen and seen[0] == ("jacob_cov", 4, 8, 8, torch.float32)
+    assert max(ran) == 2 and sum(ran) >= 3
+
+
+def test_use_batched_rule():
+    assert fast.use_batched("cpu", 2) and fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH)
+    assert not fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH + 1)
+    assert not fast.use_batched(torch.device("cpu"), 128)
+
+
+def test_batched_none_picks_by_the_rule(monkeypatch):
+    used = []
+    monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: used.append(len(plans)) or [0.0] * len(plans))
+    small, large = _batch(73, b=4, side=8), _batch(74, b=fast.CPU_BATCHED_MAX_BATCH + 1, side=8)
+    list(fast.score_archs([6111], lambda _: small, method="hook_logdet"))
+    assert used == [1]
+    list(fast.score_archs([6111], lambda _: large, method="hook_logdet"))
+    assert used == [1]  # the per-plan path ran
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"batched": "yes"}, TypeError, "batched"),
+    ({"batched": 1}, TypeError, "batched"),
+    ({"chunk": 0}, ValueError, "chunk"),
+    ({"chunk": 2.5}, ValueError, "chunk"),
+    ({"dtype": torch.float16}, ValueError, "dtype"),
+])
+def test_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        list(fast.score_archs([6111], lambda _: _batch(0, b=4), **kwargs))
+
+
+def test_bad_batch_in_a_chunk_is_reported():
+    xs = {6111: _batch(0, b=4), 857: torch.zeros(4, 1, 16, 16)}
+    with pytest.raises(ValueError, match="3 channels"):
+        list(fast.score_archs([6111, 857], lambda a: xs[a], batched=True))
