@@ -121,7 +121,7 @@ def _issue14_files(d, rng, header) -> None:
         bad = list(lines)
         bad[7] = f"7,{arch_at(7)},80,80,{value},60,60,30,30,1.0"
         (d / f"{name}.csv").write_text("\n".join([header] + bad) + "\n")
-    (d / "published_bad.csv").write_text("name,time\nREA,12000\n")
+    (d / "published_bad.csv").write_text("name,time\n")  # a header only: the old reader drew no points
     conn = sqlite3.connect(d / "foreign.sqlite")
     conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
     conn.execute("INSERT INTO notes (text) VALUES ('mine')")
