@@ -12,7 +12,7 @@ STAMP := $(VENV)/.nwot_fast-installed
 RUNTIME_DEPS := numpy scipy tqdm matplotlib nas-bench-201
 BUILD_DEPS := setuptools wheel pybind11 ninja
 TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3'
-SOURCES := setup.py $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
+SOURCES := setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 
 DEMO_ARGS := --n-samples 10 --runs 3
 ifdef DATA
@@ -32,7 +32,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install "$(TORCH)" $(RUNTIME_DEPS) $(BUILD_DEPS) $(TEST_DEPS)
 	# xautodl is the peer network the tests compare against; its pinned deps are not needed.
 	$(BIN)/python -m pip install --no-deps xautodl
-	# Builds nwot_fast._C against the torch installed above (an isolated build would fetch another torch).
+	# Builds nwot_fast._C now, against the torch installed above (`pip install .` would compile on first use).
 	$(BIN)/python -m pip install --no-build-isolation -e .
 	touch $@
 
@@ -69,4 +69,4 @@ gpu-check-smoke: install
 	$(BIN)/python bench/gpu_check.py --smoke --out build/gpu_check_smoke
 
 clean:
-	rm -rf build *.egg-info nwot_fast/_C*.so
+	rm -rf build *.egg-info nwot_fast/_C*.so nwot_fast/_C.build.json

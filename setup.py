@@ -1,127 +1,120 @@
-"""Build nwot_fast and its compiled operators nwot_fast._C (torch.utils.cpp_extension).
+"""Build nwot_fast and, when torch is importable while building, its compiled operators
+nwot_fast._C (torch.utils.cpp_extension).
 
-C++ operators are always built. CUDA operators are added when torch is a CUDA build and nvcc
-is found, or when FORCE_CUDA=1 (no visible GPU needed); FORCE_ONLY_CPU=1 builds C++ only.
-TORCH_CUDA_ARCH_LIST defaults to the visible GPUs, else "9.0". Install with
-``pip install --no-build-isolation .`` (the build needs the torch it will run with).
+Two routes, one build definition (nwot_fast/_build.py: sources, flags, defines, libraries):
+
+- ``pip install --no-build-isolation .`` (torch importable): the operators are compiled now,
+  against that torch. C++ always; CUDA when torch is a CUDA build and nvcc is found, or when
+  FORCE_CUDA=1 (no visible GPU needed); FORCE_ONLY_CPU=1 builds C++ only.
+  TORCH_CUDA_ARCH_LIST defaults to the visible GPUs, else "9.0".
+- ``pip install .`` (an isolated build has no torch): the pure-Python package with the C++/CUDA
+  sources as package data; nwot_fast._jit compiles them on first use against the running torch.
 """
 
-import glob
+import importlib.util
+import json
 import os
-import platform
+import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-LIMITED_API = "cp39"  # one abi3 wheel per platform, as pytorch/extension-cpp does
+CSRC = "csrc"  # relative: setuptools places objects under build_temp/csrc/...
+LIMITED_API = "cp310"  # one abi3 wheel per platform (python_requires >= 3.10), as pytorch/extension-cpp does
 
 
-def _flag(name):
-    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+def _load_build_definition():
+    """nwot_fast/_build.py by path: torch-free, and without running the package's __init__."""
+    spec = importlib.util.spec_from_file_location("_nwot_fast_build", os.path.join(ROOT, "nwot_fast", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _nvidia_wheel_dirs():
-    """Include and library dirs of the nvidia-* wheels (cuSOLVER/cuBLAS headers and libraries
-    come with them when torch is installed from PyPI; a system CUDA toolkit may lack them)."""
-    import site
-
-    roots = []
-    for base in site.getsitepackages() + [site.getusersitepackages()]:
-        nv = os.path.join(base, "nvidia")
-        if os.path.isdir(nv):
-            roots += [os.path.join(nv, d) for d in sorted(os.listdir(nv))]
-    includes = [os.path.join(r, "include") for r in roots if os.path.isfile(os.path.join(r, "include", "cusolverDn.h"))]
-    includes += [os.path.join(r, "include") for r in roots if os.path.isfile(os.path.join(r, "include", "cublas_v2.h"))]
-    libdirs = [os.path.join(r, "lib") for r in roots if glob.glob(os.path.join(r, "lib", "libcusolver.so*"))]
-    libdirs += [os.path.join(r, "lib") for r in roots if glob.glob(os.path.join(r, "lib", "libcublas.so*"))]
-    return list(dict.fromkeys(includes)), list(dict.fromkeys(libdirs))
+_build = _load_build_definition()
 
 
-def _link_args_for(libname, libdirs):
-    """-l flags for ``libname``: the wheels ship only versioned sonames (libcusolver.so.12)."""
-    for d in libdirs:
-        if os.path.exists(os.path.join(d, f"lib{libname}.so")):
-            return [f"-l{libname}"]
-    for d in libdirs:
-        found = sorted(glob.glob(os.path.join(d, f"lib{libname}.so.*")), key=len)
-        if found:
-            return [f"-l:{os.path.basename(found[0])}"]
-    return [f"-l{libname}"]
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class BuildPyWithSources(build_py):
+    """Ships csrc/ as nwot_fast/csrc: the sources the loader compiles on first use."""
+
+    def run(self):
+        super().run()
+        dst_root = os.path.join(self.build_lib, "nwot_fast", "csrc")
+        src_root = os.path.join(ROOT, CSRC)
+        for root, _, names in os.walk(src_root):
+            for name in names:
+                if name.endswith(_build.SOURCE_SUFFIXES):
+                    src = os.path.join(root, name)
+                    dst = os.path.join(dst_root, os.path.relpath(src, src_root))
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    shutil.copyfile(src, dst)
 
 
 def get_extensions():
+    if not _torch_importable():
+        print("nwot_fast: torch is not importable while building (an isolated `pip install .`): "
+              "installing without compiled operators; they are compiled on first use against the "
+              "running torch (`pip install --no-build-isolation .` compiles them now).", file=sys.stderr)
+        return []
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    with_cuda = not _flag("FORCE_ONLY_CPU") and (
-        _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
+    facts = _build.torch_facts()
+    site_packages = os.path.dirname(os.path.dirname(torch.__file__))
+    spec = _build.build_spec(CSRC, facts, rpath_origin=os.path.join(site_packages, "nwot_fast"))
+    if spec["with_cuda"]:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = spec["record"]["cuda_arch_list"]
+    extra_compile_args = {"cxx": spec["cxx_flags"]}
+    if spec["with_cuda"]:
+        extra_compile_args["nvcc"] = spec["nvcc_flags"]
+    Extension = CUDAExtension if spec["with_cuda"] else CppExtension
+    extension = Extension(
+        "nwot_fast._C",
+        spec["sources"],
+        include_dirs=spec["include_dirs"],
+        library_dirs=spec["library_dirs"],
+        define_macros=spec["define_macros"],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=spec["link_flags"],
+        py_limited_api=True,
     )
-    if with_cuda and "TORCH_CUDA_ARCH_LIST" not in os.environ:
-        # torch would otherwise build for every arch it knows when no GPU is visible.
-        if torch.cuda.is_available():
-            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
-        else:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-
-    csrc = os.path.join("csrc")
-    sources = [os.path.join(csrc, "nwot.cpp"), os.path.join(csrc, "version.cpp")]
-    sources += sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
-    torch_version = str(torch.__version__)
-    define_macros = [
-        ("NWOT_TORCH_VERSION", torch_version),
-    ]
-    cxx = ["-O3"]
-    link = []
-    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
-        # at::parallel_for is inlined from the headers: without -fopenmp it runs serially.
-        cxx.append("-fopenmp")
-        link.append("-fopenmp")
-    extra_compile_args = {"cxx": cxx}
-    include_dirs = [os.path.join(ROOT, csrc)]
-    library_dirs = []
-
-    if with_cuda:
-        sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
-        define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
-        nv_includes, nv_libdirs = _nvidia_wheel_dirs()
-        include_dirs += nv_includes
-        library_dirs += nv_libdirs
-        link += _link_args_for("cusolver", nv_libdirs) + _link_args_for("cublas", nv_libdirs)
-        # at::cuda::getCurrentCUDASolverDnHandle lives in libtorch_cuda_linalg, which torch
-        # itself only loads lazily; link it and find it next to torch at run time.
-        torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-        if glob.glob(os.path.join(torch_lib, "libtorch_cuda_linalg.so")):
-            link += ["-ltorch_cuda_linalg", "-Wl,-rpath,$ORIGIN/../torch/lib"]
-        # Find the wheels' libraries at run time next to the installed package as well.
-        for d in nv_libdirs:
-            rel = os.path.relpath(d, os.path.dirname(os.path.dirname(torch.__file__)))
-            link.append(f"-Wl,-rpath,$ORIGIN/../{rel}")
-        Extension = CUDAExtension
-    else:
-        Extension = CppExtension
-
-    return [
-        Extension(
-            "nwot_fast._C",
-            sources,
-            include_dirs=include_dirs,
-            library_dirs=library_dirs,
-            define_macros=define_macros,
-            extra_compile_args=extra_compile_args,
-            extra_link_args=link,
-            py_limited_api=True,
-        )
-    ]
+    extension.nwot_record = dict(spec["record"], route="aot", sources_sha256=_build.source_digest(CSRC))
+    return [extension]
 
 
-def _cmdclass():
+def _cmdclass(extensions):
+    cmdclass = {"build_py": BuildPyWithSources}
+    if not extensions:
+        return cmdclass
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension}
+    class BuildExtensionWithRecord(BuildExtension):
+        """Writes _C.build.json beside _C: what it was built against, for the loader to check
+        before it imports the library."""
 
+        def run(self):
+            super().run()
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                record_path = os.path.join(os.path.dirname(path), ext.name.rsplit(".", 1)[-1] + _build.RECORD_SUFFIX)
+                with open(record_path, "w") as f:
+                    json.dump(ext.nwot_record, f, indent=1, sort_keys=True)
+
+    cmdclass["build_ext"] = BuildExtensionWithRecord
+    return cmdclass
+
+
+EXTENSIONS = get_extensions()
 
 setup(
     name="nwot_fast",
@@ -129,10 +122,12 @@ setup(
     description="Neural Architecture Search without Training (NASWOT) on NAS-Bench-201, fast and exact",
     packages=find_packages(include=["nwot_fast", "nwot_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
+    # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it. torch >= 2.9: the
+    # range README states (the tests use its fp32_precision API).
+    install_requires=["torch>=2.9", "numpy", "scipy", "tqdm", "ninja"],
     extras_require={"ray": ["ray>=2.60,<3"]},  # scans over a Ray cluster (nwot_fast.distributed)
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
-    ext_modules=get_extensions(),
-    cmdclass=_cmdclass(),
-    options={"bdist_wheel": {"py_limited_api": LIMITED_API}},
+    ext_modules=EXTENSIONS,
+    cmdclass=_cmdclass(EXTENSIONS),
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API}} if EXTENSIONS else {},
 )

@@ -11,6 +11,7 @@
 #    nwot_fast.backend_info() reports the compiled CUDA backend. No GPU is needed.
 # 4. The pre-cuSOLVER-11.7.1 eigensolver branch (syevjBatched / syevd) compiles too
 #    (NWOT_FORCE_SYEVJ, object only).
+# 5. The CMake build with WITH_CUDA=ON compiles and links (NWOT_SKIP_CMAKE_CUDA=1 skips it).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,9 +104,9 @@ done
 # Import with the CUDA torch: every op has a CUDA kernel; the loader reports the backend.
 mkdir -p "$WORK/pkg"
 cp -r "$REPO/nwot_fast" "$WORK/pkg/"
-find "$WORK/pkg" -name "_C*.so" -delete
-cp "$SO" "$WORK/pkg/nwot_fast/"
-(cd "$WORK" && PYTHONPATH="$WORK/pkg" "$PY" - <<'PY'
+find "$WORK/pkg" -name "_C*" -delete  # the checkout's own build and its record
+cp "$SO" "$(dirname "$SO")/_C.build.json" "$WORK/pkg/nwot_fast/"
+(cd "$WORK" && PYTHONPATH="$WORK/pkg" NWOT_FAST_NO_JIT=1 "$PY" - <<'PY'
 import warnings
 import torch
 warnings.simplefilter("error")  # a loader warning here means the build is not usable
@@ -113,7 +114,7 @@ import nwot_fast
 from nwot_fast import _ext
 info = _ext.backend_info()
 print("backend_info:", info)
-assert info["compiled"] and "cuda" in info["backends"], info
+assert info["compiled"] and info["route"] == "aot" and "cuda" in info["backends"], info
 ops = ["jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"]
 for op in ops:
     dump = torch._C._dispatch_dump(f"nwot_fast::{op}")
@@ -121,6 +122,11 @@ for op in ops:
     assert "CUDA" in kernels and "CPU" in kernels, (op, dump)
     print(f"nwot_fast::{op}: kernels for", ", ".join(k for k in kernels if k in ("CPU", "CUDA")))
 print("cuda available here:", torch.cuda.is_available())
+# What the loader compares with the build's cuSOLVER before it imports _C (issue 11 item 10).
+runtime = _ext.runtime_cusolver_version()
+built = _ext.parse_build_info(torch.ops.nwot_fast.build_info()).get("cusolver")
+print("cuSOLVER: built against", built, "found at run time", runtime)
+assert runtime is not None and built is not None and int(runtime) >= int(built), (runtime, built)
 PY
 )
 
@@ -143,4 +149,26 @@ subprocess.run(["nice", "-n", "10"] + cmd, check=True)
 PY
 nm "$WORK/syevj.o" | grep -q cusolverDnDsyevjBatched || { echo "syevj fallback did not compile as expected" >&2; exit 1; }
 say "fallback eigensolver branch (syevjBatched/syevd) compiles"
+# 5. The CMake build with WITH_CUDA=ON against the same torch (issue 11 item 9). Its build
+#    directory is kept next to the venv, so that a re-run only recompiles what changed;
+#    NWOT_SKIP_CMAKE_CUDA=1 skips it.
+if [ "${NWOT_SKIP_CMAKE_CUDA:-0}" != 1 ]; then
+  CMAKE_BIN="$(command -v cmake || true)"
+  if [ -z "$CMAKE_BIN" ]; then $NICE "$VENV/bin/pip" install -q cmake; CMAKE_BIN="$VENV/bin/cmake"; fi
+  CMAKE_DIR="${NWOT_CMAKE_CUDA_DIR:-$(dirname "$VENV")/cmake-cuda-build}"
+  say "CMake WITH_CUDA=ON build of the operators library in $CMAKE_DIR"
+  $NICE "$CMAKE_BIN" -S "$REPO" -B "$CMAKE_DIR" -DWITH_CUDA=ON -DPYTHON="$PY" \
+    -DCMAKE_CUDA_COMPILER="${CUDA_HOME:+$CUDA_HOME/bin/}nvcc" >"$WORK/cmake.log" 2>&1 || {
+    tail -30 "$WORK/cmake.log"; echo "CMake CUDA configure FAILED" >&2; exit 1; }
+  $NICE "$CMAKE_BIN" --build "$CMAKE_DIR" --target nwot_fast_ops -j"$MAX_JOBS" >>"$WORK/cmake.log" 2>&1 || {
+    grep -n -i -E "error|undefined" "$WORK/cmake.log" | head -40; echo "CMake CUDA build FAILED" >&2; exit 1; }
+  LIB="$CMAKE_DIR/libnwot_fast_ops.so"
+  grep -q "sm_90\|arch=compute_90" "$CMAKE_DIR/CMakeFiles/nwot_fast_ops.dir/flags.make" || {
+    echo "CMake build is not for the requested CUDA architecture" >&2; exit 1; }
+  readelf -d "$LIB" | grep -q "libtorch_cuda_linalg" || { echo "CMake build does not link torch_cuda_linalg" >&2; exit 1; }
+  for sym in cusolverDnXsyevBatched cublasDgetrfBatched; do
+    nm -D --undefined-only "$LIB" | grep -q "$sym" || { echo "CMake build does not import $sym" >&2; exit 1; }
+  done
+  say "CMake WITH_CUDA=ON build compiles and links (torch_cuda_linalg, cuSOLVER, cuBLAS)"
+fi
 say "OK: CUDA build compiles and links"

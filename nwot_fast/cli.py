@@ -144,6 +144,7 @@ NaN / -inf counts. Opens the database read-only: safe while a scan is writing to
 examples:
   {PROG} info
   {PROG} info --json
+  {PROG} info --build        # compile the operators now if this install has none (exit 3 if it cannot)
 
 {EXIT_CODES_HELP}""",
     "arch": f"""\
@@ -510,13 +511,14 @@ def cmd_info(args) -> int:
         "numpy": numpy.__version__,
         "sqlite": sqlite3.sqlite_version,
         "cpu_threads": torch.get_num_threads(),
-        "backend": backend_info(),
+        "backend": backend_info(build=args.build),
         "engines": list(ENGINES),
         "dtypes": list(DTYPES),
     }
+    code = EXIT_RESOURCE if args.build and not info["backend"]["compiled"] else EXIT_OK
     if args.json:
         _print_json(info)
-        return EXIT_OK
+        return code
     width = max(len(k) for k in info)
     for k, v in info.items():
         if isinstance(v, dict):
@@ -525,7 +527,7 @@ def cmd_info(args) -> int:
             print(f"{k.ljust(width)}  {', '.join(map(str, v)) or '-'}")
         else:
             print(f"{k.ljust(width)}  {v}")
-    return EXIT_OK
+    return code
 
 
 def cmd_arch(args) -> int:
@@ -797,6 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p)
 
     p = add("info", "show versions, the compiled backend and CUDA availability", cmd_info)
+    p.add_argument("--build", action="store_true",
+                   help="compile the operators now when no build is installed or cached (otherwise on first use)")
     _add_output_options(p)
 
     p = add("arch", "convert between index and arch string; canonical form, live edges, constant output", cmd_arch)

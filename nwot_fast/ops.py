@@ -145,7 +145,7 @@ def jacob_cov_score(J: torch.Tensor) -> torch.Tensor:
     """``J [A, B, D]`` (float32/float64) -> scores ``[A]`` float64; NaN where a row of J[a] has zero variance."""
     _check_jacobian(J)
     _device(J, "J")
-    if _ext.available(J.device.type):
+    if _compiled(J.device.type):
         return torch.ops.nwot_fast.jacob_cov_score(J)
     return jacob_cov_score_fallback(J)
 
@@ -154,7 +154,7 @@ def pack_codes(x: torch.Tensor) -> torch.Tensor:
     """``x [B, ...]`` (floating or bool) -> ``int64 [B, ceil(units / 64)]``, bits ``x > 0``."""
     _check_activations(x)
     _device(x, "x")
-    if _ext.available(x.device.type):
+    if _compiled(x.device.type):
         return torch.ops.nwot_fast.pack_codes(x)
     return pack_codes_fallback(x)
 
@@ -165,7 +165,7 @@ def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch
     _device(codes, "codes")
     _same_device(multiplicity, "multiplicity", codes, "codes")
     _same_device(units, "units", codes, "codes")
-    if _ext.available(codes.device.type):
+    if _compiled(codes.device.type):
         return torch.ops.nwot_fast.hamming_kernel(codes, multiplicity, units)
     return hamming_kernel_fallback(codes, multiplicity, units)
 
@@ -174,7 +174,7 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
     """``K [A, B, B]`` (int64/float64) -> ``log|det K|`` ``[A]`` float64, ``-inf`` where singular."""
     _check_kernel_matrix(K)
     _device(K, "K")
-    if _ext.available(K.device.type):
+    if _compiled(K.device.type):
         return torch.ops.nwot_fast.logdet_score(K)
     return logdet_score_fallback(K)
 
@@ -188,7 +188,7 @@ def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and x.dim() == 4
             and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last))
-            and _ext.available("cpu")):
+            and _compiled("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
     return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
@@ -199,7 +199,7 @@ def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: to
     _device(codes, "codes")
     _same_device(multiplicity, "multiplicity", codes, "codes")
     _same_device(units, "units", codes, "codes")
-    if _ext.available(codes.device.type):
+    if _compiled(codes.device.type):
         return torch.ops.nwot_fast.hook_logdet_score(codes, multiplicity, units)
     return hook_logdet_score_fallback(codes, multiplicity, units)
 
@@ -346,10 +346,19 @@ def hook_logdet_score_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake kernels (shapes and dtypes only) for torch.compile / opcheck; registered by _ext once
-# nwot_fast._C has defined the schemas.
+# Fake kernels (shapes and dtypes only) for torch.compile / opcheck; registered once the
+# loader has loaded the library that defines the schemas.
 
 _fakes_registered = False
+
+
+def _compiled(device_type: str) -> bool:
+    """Whether the compiled operators serve ``device_type`` (registering their fake kernels
+    the first time they do)."""
+    if not _ext.available(device_type):
+        return False
+    _register_fakes()
+    return True
 
 
 def _register_fakes() -> None:

@@ -1,0 +1,148 @@
+"""`pip install .` as a new user types it (issue 15): a fresh venv with only torch and numpy,
+an isolated build (no torch in it, so no compiled operators at install), then the operators
+compiled on first use, the build reused by the next process, and a damaged build rebuilt.
+
+The venv is a plain one (not --system-site-packages: it would see the development install) and
+gets the running torch's exact version from the package index (a CPU wheel; on this project's
+machines it lies on local disk). Skipped for a CUDA torch, whose wheels are gigabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nwot_fast import _jit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.slow
+
+ARCH = "|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|"
+SCORE = textwrap.dedent(f"""
+    import json, sys, torch
+    torch.set_num_threads(1)
+    import nwot_fast
+    assert nwot_fast.__file__.startswith(sys.prefix), nwot_fast.__file__  # the installed copy
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scores = [nwot_fast.score_arch({ARCH!r}, x, method=m) for m in ("jacob_cov", "hook_logdet")]
+    print(json.dumps({{"scores": scores, "backend": nwot_fast.backend_info()}}))
+""")
+
+
+def _run(cmd, **kwargs):
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _checkout_copy(dst):
+    """The files of the checkout that git would commit (no build outputs, no _C)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = os.path.join(REPO, name)
+        if os.path.isfile(src):
+            os.makedirs(os.path.join(dst, os.path.dirname(name)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dst, name))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    if torch.version.cuda is not None:
+        pytest.skip("needs a CPU torch wheel for the fresh venv (a CUDA one is gigabytes)")
+    if shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")):
+        pytest.skip("needs a git checkout to copy")
+    reason = _jit.unavailable_reason({"PATH": os.environ.get("PATH", "")})
+    if reason is not None and "ninja" not in reason:  # ninja comes with the install
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("install")
+    source, venv = root / "source", root / "venv"
+    _checkout_copy(source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NWOT_FAST", "TORCH_EXTENSIONS"))}
+    _run([sys.executable, "-m", "venv", str(venv)], env=env)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    _run(pip + [f"torch=={torch.__version__}", "numpy"], env=env)
+    install = _run(pip + [str(source)], env=env)  # as the README says: no build-isolation flags
+    site = _run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                env=env).stdout.strip()
+    package = os.path.join(site, "nwot_fast")
+    env["NWOT_FAST_BUILD_DIR"] = str(root / "cache")
+    env["MAX_JOBS"] = "2"
+    run_dir = root / "run"  # not the source copy: its nwot_fast must not shadow the installed one
+    run_dir.mkdir()
+    return {"python": str(venv / "bin" / "python"), "env": env, "cwd": str(run_dir), "package": package,
+            "install": install, "cache": str(root / "cache")}
+
+
+def _score(installed, wait=True):
+    cmd = [installed["python"], "-c", SCORE]
+    if not wait:
+        return subprocess.Popen(cmd, env=installed["env"], cwd=installed["cwd"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    result = _run(cmd, env=installed["env"], cwd=installed["cwd"])
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def _finish(proc):
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def test_isolated_install_compiles_on_first_use_and_reuses_the_build(installed):
+    package = installed["package"]
+    assert not [n for n in os.listdir(package) if n.startswith("_C")], "an isolated build has no torch to compile with"
+    assert os.path.isfile(os.path.join(package, "csrc", "nwot.cpp"))
+    assert os.path.isfile(os.path.join(package, "csrc", "cpu", "hook_logdet_cpu.cpp"))
+
+    # Two processes at once (the workers of a parallel scan): one compiles, the other waits.
+    procs = [_score(installed, wait=False) for _ in range(2)]
+    results = [_finish(p) for p in procs]
+    backends = [r[0]["backend"] for r in results]
+    for backend in backends:
+        assert backend["in_use"] == "compiled" and backend["route"] == "jit", backend
+        assert backend["build_dir"].startswith(installed["cache"]) and "cpu" in backend["backends"]
+    assert sorted(b["build_seconds"] is None for b in backends) == [False, True], backends
+    stderr = "".join(r[1] for r in results)
+    assert stderr.count("compiling its C++ operators") == 1, stderr
+    assert "nwot_fast._C is not built" in stderr
+    assert results[0][0]["scores"] == results[1][0]["scores"]
+
+    # The same scores as this checkout's own operators (or its pure-PyTorch fallback) give.
+    import nwot_fast
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        expected = [nwot_fast.score_arch(ARCH, x, method=m) for m in ("jacob_cov", "hook_logdet")]
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0][0]["scores"] == pytest.approx(expected, rel=1e-7)
+
+    # A later process loads the cached build: nothing compiled, nothing rewritten.
+    build_dir = backends[0]["build_dir"]
+    library = backends[0]["library"]
+    stamp = os.path.join(build_dir, _jit.STAMP)
+    before = (os.stat(library).st_mtime_ns, os.stat(stamp).st_mtime_ns)
+    third, err = _score(installed)
+    assert third["backend"]["route"] == "jit" and third["backend"]["build_seconds"] is None
+    assert third["backend"]["library"] == library and "compiling" not in err
+    assert (os.stat(library).st_mtime_ns, os.stat(stamp).st_mtime_ns) == before
+
+    # A damaged library is rebuilt, not loaded.
+    with open(library, "r+b") as f:
+        f.seek(os.path.getsize(library) // 2)
+        f.write(b"\0" * 4096)
+    fourth, err = _score(installed)
+    assert fourth["backend"]["in_use"] == "compiled" and fourth["backend"]["build_seconds"] is not None
+    assert "incomplete or damaged, so it is rebuilt" in err
+    assert fourth["scores"] == results[0][0]["scores"]
