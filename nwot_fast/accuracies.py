@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import check_index
+from ._common import check_index, check_input_file
 from .data.constants import check_dataset
 from .nb201 import NUM_ARCHS, arch_at
 
@@ -70,6 +70,15 @@ def _first_mismatch(strings: Sequence[str]) -> Optional[int]:
     return None
 
 
+def _check_percentages(col: np.ndarray, name: str, source: str) -> None:
+    """Accuracies are percentages: every value present (not NaN) must be in [0, 100]."""
+    bad = np.flatnonzero(~np.isnan(col) & ~((col >= 0) & (col <= 100)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{source}: {name} of index {i} (line {i + 2} in the CSV layout) is {col[i]!r}; accuracies "
+                         f"are percentages in [0, 100] ({bad.size} value(s) outside)")
+
+
 def check_split(dataset, split) -> Tuple[str, str]:
     """Canonical ``(dataset, split)`` or ValueError listing what is allowed."""
     dataset = check_dataset(dataset)
@@ -96,6 +105,11 @@ class AccuracyTable:
         self.source = source
         self.kind = kind
         self.extra = {k: np.asarray(v, dtype=np.float64) for k, v in (extra or {}).items()}
+        for key, col in self._columns.items():
+            _check_percentages(col, CSV_COLUMNS.get(key, str(key)), source)
+        for name, col in self.extra.items():
+            if name.endswith("_acc"):
+                _check_percentages(col, name, source)
         present = np.zeros(NUM_ARCHS, dtype=bool)
         for col in self._columns.values():
             present |= ~np.isnan(col)
@@ -150,12 +164,7 @@ def as_table(accuracies) -> AccuracyTable:
 
 def load_accuracies(path) -> AccuracyTable:
     """Read NB201 accuracies from a CSV (``nb201_accuracies.csv`` layout) or the official ``.pth``."""
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"accuracies path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file; expected {_CSV_EXPECTED}, or {_PTH_EXPECTED}")
+    path = check_input_file(path, f"{_CSV_EXPECTED}, or {_PTH_EXPECTED}")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:

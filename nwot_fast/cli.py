@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, RELU_MATCHES, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 
 PROG = "nwot-fast"
@@ -37,7 +38,8 @@ exit codes:
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
        batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
-       locked by another process or read-only, no Ray cluster at the --ray address
+       locked by another process or read-only, no Ray cluster at the --ray address, an
+       output (file or stdout) on a full or read-only file system (nothing half-written is left)
   130  interrupted (Ctrl-C); results already written to a scan database are kept
   143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
@@ -221,6 +223,58 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# argument types: every value checked at parse time, with a message naming the option
+
+#: Upper bounds of the counts: far above any real use, low enough that a typo (1e20) is an
+#: error at once instead of an allocation failure or a run that never ends.
+MAX_BATCH = 65536
+MAX_SAMPLES = 1_000_000
+MAX_RUNS = 1_000_000
+
+
+def _count(low: int, high: int, what: str = "an integer"):
+    """An argparse type: an int in ``low..high``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
+
+
+_seed_arg = _count(0, SEED_MAX, "a seed (an integer)")
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds in 0..86400, got {text!r}")
+    return value
+
+
+def _path_arg(text: str) -> str:
+    """A file or directory name: not empty, and valid UTF-8 (the database and the output files
+    store paths as text; a name that is not UTF-8 could not be written or shown)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"path {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; rename it or use a link "
+            "with a UTF-8 name") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
 # shared option groups
 
 
@@ -234,14 +288,15 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--method", default="jacob_cov", choices=METHODS,
                    help="score: jacob_cov (2020, default) or hook_logdet (2021)")
-    g.add_argument("--data", metavar="PATH",
+    g.add_argument("--data", metavar="PATH", type=_path_arg,
                    help="images: CIFAR-10/100 or ImageNet16-120 batch directory, or an .npz file with x, y "
                         "(default: Gaussian N(0, 1) random inputs)")
     g.add_argument("--dataset", metavar="NAME",
                    help="cifar10, cifar100 or ImageNet16-120 (default: inferred from --data)")
-    g.add_argument("--batch-size", type=int, metavar="B",
-                   help="images per batch, >= 2 (default: 256 for jacob_cov, 128 for hook_logdet)")
-    g.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default: 0)")
+    g.add_argument("--batch-size", type=_count(2, MAX_BATCH), metavar="B",
+                   help=f"images per batch, 2..{MAX_BATCH} (default: 256 for jacob_cov, 128 for hook_logdet)")
+    g.add_argument("--seed", type=_seed_arg, default=0,
+                   help="seed of weights and batches, 0..2**63-1 (default: 0)")
     g.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
     g.add_argument("--engine", default="fast", choices=ENGINES,
@@ -399,6 +454,11 @@ def cmd_db(args) -> int:
     for c in configs:
         cfg = c["config"]
         data = cfg.get("data") or "Gaussian inputs"
+        if cfg.get("data"):
+            # The key is the images' fingerprint; the paths they were read from are descriptions.
+            # Rows of versions before 0.1 keyed the data by its path: their "data" is that path.
+            paths = [p for p in c.get("data_paths", []) if p and p != data]
+            data = f"{data}" + (f" read from {', '.join(paths)}" if paths else "")
         print(
             f"\n{c['config_hash']}  {cfg.get('method')}  batch {cfg.get('batch_size')}  seed {cfg.get('seed')}  "
             f"{cfg.get('dtype', 'float32')}  data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
@@ -540,8 +600,8 @@ def _int_list(text: str) -> List[int]:
         out = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 10,100, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 10,100, got {text!r}")
+    if not out or min(out) < 1 or max(out) > NUM_ARCHS:
+        raise argparse.ArgumentTypeError(f"expected integers in 1..{NUM_ARCHS} like 10,100, got {text!r}")
     return out
 
 
@@ -550,6 +610,16 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .searchtable import search_table
 
+    from .scorefile import check_output_path
+    from .searchtable import check_table_prefix
+
+    # Every output checked before any scoring: a bad name must not cost the scores.
+    if args.scores_out is not None:
+        check_output_path(args.scores_out)
+    if args.table_out is not None:
+        if not args.search_table:
+            raise ValueError("--table-out needs --search-table N,N,...")
+        check_table_prefix(args.table_out)
     config = None if args.scores_in is not None else _config_from(args)
     if config is not None:
         _check_device(args)
@@ -584,13 +654,17 @@ def _scores_arg(text: str):
     method, path = text.split("=", 1)
     if method not in METHODS:
         raise argparse.ArgumentTypeError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
-    return method, path
+    return method, _path_arg(path)
 
 
 def cmd_report(args) -> int:
+    from ._common import check_input_file, check_output_file
     from .figures import read_published_points
     from .report import build_report
 
+    check_output_file(args.out, "report", (".md",))  # only Markdown is written
+    for _, path in args.scores:
+        check_input_file(path, "a scores file")
     scores: dict = {}
     for method, path in args.scores:
         if method in scores:
@@ -620,20 +694,20 @@ def _add_ray_option(p: argparse.ArgumentParser) -> None:
 
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--n-archs", type=int, metavar="K", help="a seeded random sample of K architectures")
+    which.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="a seeded random sample of K architectures")
     which.add_argument("--all", action="store_true", dest="all_archs", help="all 15,625 architectures")
     which.add_argument("--indices", metavar="START:STOP", help="these benchmark indices (START:STOP or a,b,c)")
-    p.add_argument("--accuracies", metavar="PATH", required=True,
+    p.add_argument("--accuracies", metavar="PATH", required=True, type=_path_arg,
                    help="NB201 accuracies: nb201_accuracies.csv or the official .pth")
-    p.add_argument("--db", metavar="PATH", help="SQLite scan database: results are kept as they come and a "
+    p.add_argument("--db", metavar="PATH", type=_path_arg, help="SQLite scan database: results are kept as they come and a "
                    "rerun resumes")
     _add_ray_option(p)  # Ray hook (issue 12)
-    p.add_argument("--scores-out", metavar="FILE", help="write per-architecture scores (.csv/.jsonl/.json)")
-    p.add_argument("--scores-in", metavar="FILE", help="reuse scores from FILE instead of scoring")
+    p.add_argument("--scores-out", metavar="FILE", type=_path_arg, help="write per-architecture scores (.csv/.jsonl/.json)")
+    p.add_argument("--scores-in", metavar="FILE", type=_path_arg, help="reuse scores from FILE instead of scoring")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
                    help="also the search table (mode 'table', over the evaluated architectures) for these N")
-    p.add_argument("--runs", type=int, default=500, help="runs per N for --search-table (default 500)")
-    p.add_argument("--table-out", metavar="PREFIX", help="write the search table to PREFIX.md and PREFIX.csv")
+    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N for --search-table (default 500)")
+    p.add_argument("--table-out", metavar="PREFIX", type=_path_arg, help="write the search table to PREFIX.md and PREFIX.csv")
     _add_score_options(p)
     _add_output_options(p)
 
@@ -641,21 +715,22 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
                    help="a scores file of one method (repeat for several methods)")
-    p.add_argument("--accuracies", required=True, metavar="PATH", help="NB201 accuracies (CSV or .pth)")
-    p.add_argument("--out", default="report.md", metavar="FILE", help="Markdown report (default report.md)")
-    p.add_argument("--figures-dir", metavar="DIR", help="figures and CSV tables (default: figures/ beside --out)")
-    p.add_argument("--data", metavar="PATH", help="images for Figure 1 (left out without)")
-    p.add_argument("--n-archs", type=int, metavar="K", help="use only the seeded sample of K from each file")
-    p.add_argument("--sample-seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.add_argument("--accuracies", required=True, metavar="PATH", type=_path_arg, help="NB201 accuracies (CSV or .pth)")
+    p.add_argument("--out", default="report.md", metavar="FILE.md", type=_path_arg,
+                   help="Markdown report, a .md file (default report.md)")
+    p.add_argument("--figures-dir", metavar="DIR", type=_path_arg, help="figures and CSV tables (default: figures/ beside --out)")
+    p.add_argument("--data", metavar="PATH", type=_path_arg, help="images for Figure 1 (left out without)")
+    p.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="use only the seeded sample of K from each file")
+    p.add_argument("--sample-seed", type=_seed_arg, default=0, help="seed of that sample (default 0)")
     p.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
                    help="sample sizes of the search table (default 10,25,50,75,100)")
-    p.add_argument("--runs", type=int, default=500, help="runs per N (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search runs and Figure 1 (default 0)")
-    p.add_argument("--published", metavar="CSV",
+    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N (default 500)")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the search runs and Figure 1 (default 0)")
+    p.add_argument("--published", metavar="CSV", type=_path_arg,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
-    p.add_argument("--fig1-per-bin", type=int, default=3, help="architectures per bin in Figure 1 (default 3)")
-    p.add_argument("--fig1-batch", type=int, default=64, help="batch size for Figure 1 (default 64)")
+    p.add_argument("--fig1-per-bin", type=_count(1, 1000), default=3, help="architectures per bin in Figure 1 (default 3)")
+    p.add_argument("--fig1-batch", type=_count(2, MAX_BATCH), default=64, help="batch size for Figure 1 (default 64)")
     _add_output_options(p)
 
 
@@ -682,9 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("search", "random search: draw N architectures per run, keep the best score", cmd_search)
-    p.add_argument("-n", "--n-samples", type=int, default=10, metavar="N", help="architectures per run (default: 10)")
-    p.add_argument("-r", "--runs", type=int, default=1, metavar="R", help="independent runs (default: 1)")
-    p.add_argument("--accuracies", metavar="PATH",
+    p.add_argument("-n", "--n-samples", type=_count(1, MAX_SAMPLES), default=10, metavar="N",
+                   help=f"architectures per run, 1..{MAX_SAMPLES} (default: 10)")
+    p.add_argument("-r", "--runs", type=_count(1, MAX_RUNS), default=1, metavar="R",
+                   help=f"independent runs, 1..{MAX_RUNS} (default: 1)")
+    p.add_argument("--accuracies", metavar="PATH", type=_path_arg,
                    help="NB201 accuracies: the official .pth or a CSV like nb201_accuracies.csv")
     _add_score_options(p)
     _add_output_options(p)
@@ -698,12 +775,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indices", default="0:15625", metavar="START:STOP",
                    help="benchmark indices: START:STOP (STOP exclusive), START:STOP:STEP, single indices, "
                         "comma-separated (default: 0:15625, the whole space)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", type=_path_arg,
                    help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
     p.add_argument("--dedup", action="store_true",
                    help="score one architecture per isomorphism class; other members get its score (flagged)")
-    p.add_argument("--out", metavar="FILE", help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
-    p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--out", metavar="FILE", type=_path_arg, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
+    p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_ray_option(p)  # Ray hook (issue 12)
     _add_score_options(p)
@@ -716,8 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(p)
 
     p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
-    p.add_argument("db", metavar="PATH", help="SQLite database written by 'nwot-fast scan'")
-    p.add_argument("--db-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("db", metavar="PATH", type=_path_arg, help="SQLite database written by 'nwot-fast scan'")
+    p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_output_options(p)
 
@@ -740,10 +817,26 @@ def _one_line(e: BaseException) -> str:
 
 
 def _fail(args, code: int, message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    line = f"{PROG}: error: {message}\n"
+    try:
+        sys.stderr.write(line)
+    except UnicodeEncodeError:  # a name that is not valid UTF-8 in the message
+        sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     if args is not None and getattr(args, "json", False):
-        _print_json({"error": message, "exit_code": code})
+        with contextlib.suppress(OSError):
+            _print_json({"error": message, "exit_code": code})
     return code
+
+
+# errno values that mean the place an output goes cannot take it: a resource problem (exit 3).
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EIO}
+
+
+def _quiet_stdout() -> None:
+    """After stdout failed (disk full), point it at /dev/null so that the interpreter's final
+    flush does not print a second error."""
+    with contextlib.suppress(OSError):
+        sys.stdout = open(os.devnull, "w")
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -766,7 +859,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .store import ScanDatabaseError
 
     try:
-        return int(args.handler(args) or EXIT_OK)
+        code = int(args.handler(args) or EXIT_OK)
+        sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
+        return code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -774,7 +869,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(args, EXIT_USAGE, _one_line(e))
     except (ScanDatabaseError, ClusterError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))
-    except ResourceError as e:
+    except (ResourceError, OutputError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))
     except MemoryError as e:
         msg = _one_line(e) if str(e) else "out of memory"
@@ -786,6 +881,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         except OSError:
             pass
         return EXIT_OK
+    except OSError as e:
+        if e.errno in _RESOURCE_ERRNOS:
+            _quiet_stdout()
+            where = _one_line(e) if e.filename or isinstance(e, OutputError) else \
+                f"cannot write the results to standard output: {e.strerror}"
+            return _fail(args, EXIT_RESOURCE, where)
+        if isinstance(e, _BAD_INPUT):
+            return _fail(args, EXIT_USAGE, _one_line(e))
+        raise
     except _BAD_INPUT as e:
         return _fail(args, EXIT_USAGE, _one_line(e))
     except RuntimeError as e:

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._common import METHODS, NUM_ARCHS, accuracy_label, check_int, json_float
-from .scorefile import read_scores, write_scores
+from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_int, check_seed, json_float
+from .scorefile import check_output_path, read_scores, write_scores
 from .stats import correlations
 
 __all__ = ["EvaluationResult", "evaluate", "sample_indices"]
@@ -30,7 +30,7 @@ def sample_indices(n_archs: int, seed: int = 0) -> np.ndarray:
     sample of K is the start of the sample of any larger K, and a partial run is itself a
     uniform random sample)."""
     n = check_int(n_archs, "n_archs", 1, NUM_ARCHS)
-    seed = check_int(seed, "seed", 0)
+    seed = check_seed(seed)
     return np.random.default_rng(seed).permutation(NUM_ARCHS)[:n].astype(np.int64)
 
 
@@ -175,7 +175,11 @@ def evaluate(
     if method not in METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
     seed = options.get("seed")
-    seed = check_int(config.seed if seed is None and config is not None else (seed or 0), "seed", 0)
+    seed = check_seed(config.seed if seed is None and config is not None else (seed or 0))
+    if scores_out is not None:
+        check_output_path(scores_out)  # before any scoring: a bad name must not cost the scores
+    if scores_in is not None:
+        check_input_file(scores_in, "a scores file")
     table = as_table(accuracies)
     wanted, selection = _selection(n_archs, all_archs, indices, seed)
     if scores_in is not None:

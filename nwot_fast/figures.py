@@ -69,12 +69,15 @@ def save_figure(fig, prefix) -> List[str]:
     parent = os.path.dirname(os.path.abspath(prefix))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{prefix}: directory {parent} does not exist")
+    from ._common import atomic_write
+
     paths = []
     for ext, kw in ((".png", {"dpi": 100}), (".svg", {})):
         path = prefix + ext
         # no timestamps in the SVG, so that reruns give the same file
         meta = {"Date": None} if ext == ".svg" else {}
-        fig.savefig(path, metadata=meta, **kw)
+        with atomic_write(path, "figure", mode="wb") as f:
+            fig.savefig(f, format=ext[1:], metadata=meta, **kw)
         paths.append(path)
     return paths
 
@@ -207,13 +210,18 @@ def read_published_points(path) -> List[dict]:
     of :data:`PUBLISHED_KINDS`)."""
     import csv
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file; expected a CSV with columns label, seconds, accuracy"
-                                "[, std][, kind]")
+    from ._common import check_input_file
+
+    expected = "a CSV with columns label, seconds, accuracy[, std][, kind]"
+    path = check_input_file(path, expected)
     out = []
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), start=2):
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("label", "seconds", "accuracy") if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {header}); expected {expected}")
+        for n, row in enumerate(reader, start=2):
             try:
                 point = {"label": row["label"], "seconds": float(row["seconds"]),
                          "accuracy": float(row["accuracy"]),

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from ._common import ACCURACY_KEYS, METHODS, accuracy_label
+from ._common import ACCURACY_KEYS, METHODS, OutputError, accuracy_label, atomic_write, check_output_file
 from .accuracies import as_table
 from .evaluate import evaluate
 from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
@@ -79,11 +79,11 @@ def build_report(
         if m not in METHODS:
             raise ValueError(f"unknown score method {m!r}; allowed: {', '.join(METHODS)}")
     out = os.fspath(out)
+    # Every output place checked before any work: only Markdown is written.
+    check_output_file(out, "report", (".md",))
     out_dir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"{out}: directory {out_dir} does not exist")
     figures_dir = os.path.join(out_dir, "figures") if figures_dir is None else os.fspath(figures_dir)
-    os.makedirs(figures_dir, exist_ok=True)
+    _check_figures_dir(figures_dir)
     table = as_table(accuracies)
     keys = tuple(k for k in ACCURACY_KEYS if k in table.splits)
 
@@ -103,10 +103,24 @@ def build_report(
     md += _figure6_section(fig6_points, published_points, figures_dir, out_dir, summary)
     if data is not None:
         md += _figure1_section(data, table, fig1_batch, fig1_per_bin, seed, figures_dir, out_dir, summary)
-    with open(out, "w") as f:
+    with atomic_write(out, "report") as f:
         f.write("\n".join(md).rstrip() + "\n")
     summary["report"] = out
     return summary
+
+
+def _check_figures_dir(figures_dir: str) -> None:
+    """The figures folder: created if need be (its parent must exist), and writable."""
+    if os.path.lexists(figures_dir) and not os.path.isdir(figures_dir):
+        raise ValueError(f"figures folder {figures_dir!r} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(figures_dir))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot create figures folder {figures_dir!r}: directory {parent!r} does not exist")
+    try:
+        os.makedirs(figures_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot create figures folder {figures_dir!r}: {e.strerror}") from None
+    check_output_file(os.path.join(figures_dir, "probe.png"), "figure")
 
 
 def _method_section(method: str, res, st, table, figures_dir: str, out_dir: str, summary: dict) -> List[str]:

@@ -294,6 +294,7 @@ def scan(
 
         ray = check_ray_target(ray)
     rep_of = representatives(wanted) if dedup else {i: i for i in wanted}
+    config.config_hash()  # reads and fingerprints the data: a bad --data fails before the database is touched
     store = None if db is None else ScoreDB(db, timeout=db_timeout)
     try:
         run = _ScanRun(config, store, dedup)

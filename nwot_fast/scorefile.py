@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ._common import METHODS, NUM_ARCHS, json_float
+from ._common import METHODS, NUM_ARCHS, atomic_write, check_input_file, check_output_file, json_float
 
 __all__ = ["SCORE_FORMATS", "ScoreFile", "check_output_path", "read_scores", "write_scores",
            "score_to_text", "score_from_text"]
@@ -55,20 +55,7 @@ def parse_score(value, where: str) -> float:
 def check_output_path(path) -> str:
     """Validate a score file name before any work: ``.csv``, ``.jsonl`` or ``.json``, in an
     existing, writable directory. Returns the lower-case extension."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"output path must be a str or path, got {type(path).__name__}")
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in SCORE_FORMATS:
-        raise ValueError(f"output file {path!r} must end in {', '.join(SCORE_FORMATS)} (CSV, JSON Lines or JSON)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write output file {path!r}: directory {parent!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"output file {path!r} is a directory; give a file name ending in .csv, .jsonl or .json")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write output file {path!r}: directory {parent!r} is not writable")
-    return ext
+    return check_output_file(path, "output file", SCORE_FORMATS)
 
 
 def _records(indices, scores, seconds, method, representatives, config_hash) -> List[dict]:
@@ -100,7 +87,7 @@ def write_scores(path, indices, scores, *, seconds=None, method: Optional[str] =
     records = _records(indices, scores, secs, method, representatives, config_hash)
     if ext == ".csv":
         cols = _BASE_COLUMNS + (_SCAN_COLUMNS if representatives is not None else [])
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, "scores file", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)
             for r in records:
@@ -110,7 +97,7 @@ def write_scores(path, indices, scores, *, seconds=None, method: Optional[str] =
                 w.writerow([r[c] for c in cols])
         return path
     records = [dict(r, score=json_float(r["score"])) for r in records]
-    with open(path, "w") as f:
+    with atomic_write(path, "scores file") as f:
         if ext == ".jsonl":
             for r in records:
                 f.write(json.dumps(r, allow_nan=False) + "\n")
@@ -201,10 +188,8 @@ def read_scores(path, method: Optional[str] = None) -> ScoreFile:
     Rows of other methods are skipped when the file has a ``method`` column and ``method`` is
     given. An ``arch`` column, when present, must match the index (the file is refused
     otherwise: it was written for another index order)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such scores file; expected a .csv, .jsonl or .json written by "
-                                "nwot-fast evaluate --scores-out or nwot-fast scan --out")
+    path = check_input_file(path, "a scores file (.csv, .jsonl or .json written by nwot-fast evaluate "
+                                  "--scores-out or nwot-fast scan --out)")
     if method is not None and method not in METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
     ext = os.path.splitext(path)[1].lower()

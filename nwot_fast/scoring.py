@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from . import reference
-from ._common import ENGINES, METHODS, RELU_MATCHES, device_type, dtype_name, resolve_device
+from ._common import ENGINES, METHODS, RELU_MATCHES, SEED_MAX, check_seed, device_type, dtype_name, resolve_device
 from .nb201 import Arch, arch_at, build_network
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ class ScoreConfig:
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
         ):
             raise ValueError(f"batch size must be an int >= 2 (the scores compare samples), got {self.batch_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int in 0..{SEED_MAX}, got {self.seed!r}")
+        check_seed(self.seed)
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
         if self.data is not None:
             object.__setattr__(self, "data", os.fspath(self.data))
@@ -80,11 +81,16 @@ class ScoreConfig:
         part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
         1e-9 relative, not bitwise, so their results are kept apart. ``dtype`` is part of it
         only when it is float64, so that float32 configurations keep the hash they had before
-        the option existed (rows of older databases are float32 rows)."""
+        the option existed (rows of older databases are float32 rows).
+
+        The data is identified by its content (:func:`nwot_fast.data.data_fingerprint`), not by
+        the path: the same file by a relative or an absolute path is one configuration, a file
+        replaced at the same path is another. (Before, the path text was the key: rows of
+        older databases scored on images are kept and listed, but no longer resumed.)"""
         c = self.resolved()
         ident = {
             "method": c.method,
-            "data": c.data,
+            "data": self.data_identity(),
             "dataset": c.dataset,
             "batch_size": c.batch_size,
             "augment": c.augment,
@@ -97,6 +103,14 @@ class ScoreConfig:
         if c.dtype != "float32":
             ident["dtype"] = c.dtype
         return ident
+
+    def data_identity(self) -> Optional[str]:
+        """The fingerprint of the images (``None``: Gaussian inputs); see :meth:`identity`."""
+        if self.data is None:
+            return None
+        from .data import data_fingerprint
+
+        return data_fingerprint(self.data, self.dataset)
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()

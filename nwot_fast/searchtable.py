@@ -25,6 +25,17 @@ __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 SEARCH_MODES = ("table", "rescore")
 
 
+def check_table_prefix(prefix) -> Tuple[str, str]:
+    """``PREFIX.md`` and ``PREFIX.csv``, both checked writable (before any work is done)."""
+    from ._common import check_output_file
+
+    prefix = os.fspath(prefix)
+    paths = prefix + ".md", prefix + ".csv"
+    for p in paths:
+        check_output_file(p, "search table")
+    return paths
+
+
 @dataclass
 class SearchTable:
     """Rows of the search table. Each row: ``name``, ``n`` (N, or None), ``runs``,
@@ -91,11 +102,12 @@ class SearchTable:
 
     def write(self, prefix) -> Tuple[str, str]:
         """Write ``PREFIX.md`` and ``PREFIX.csv``; returns both paths."""
-        prefix = os.fspath(prefix)
-        md, cs = prefix + ".md", prefix + ".csv"
-        with open(md, "w") as f:
+        from ._common import atomic_write
+
+        md, cs = check_table_prefix(prefix)
+        with atomic_write(md, "search table") as f:
             f.write(self.describe() + "\n\n" + self.to_markdown() + "\n")
-        with open(cs, "w") as f:
+        with atomic_write(cs, "search table") as f:
             f.write(self.csv_text())
         return md, cs
 

@@ -18,6 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
+from ._common import check_input_file
 from .scorefile import score_from_text
 
 __all__ = ["ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
@@ -138,25 +139,28 @@ class ScoreDB:
             raise ValueError(f"database timeout must be a number of seconds >= 0, got {timeout!r}")
         self.timeout = float(timeout)
         self.readonly = readonly
+        what = "an SQLite scan database written by 'nwot-fast scan'"
         if readonly:
-            if not os.path.isfile(self.path):
+            if not os.path.lexists(self.path):
                 raise FileNotFoundError(f"scan database {self.path!r} does not exist")
-            with self._errors("opening it for reading"):
-                uri = "file:" + _uri_path(self.path) + "?mode=ro"
-                self.conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
-                self._check_schema(require=True)
+            check_input_file(self.path, what)
+            self._open_readonly()
             return
-        if os.path.isdir(self.path):
-            raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
+        if os.path.lexists(self.path):
+            if os.path.isdir(self.path):
+                raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
+            check_input_file(self.path, what)
         with self._errors("opening it"):
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
+                # The layout first, before anything is changed: another tool's SQLite file is
+                # refused as it was found (no WAL switch, no -wal / -shm left beside it).
+                self._check_schema(require=False)
                 # WAL: readers never block the writer, and a killed writer leaves every committed
                 # transaction intact. synchronous=NORMAL survives any process crash (only a power
                 # loss can drop the last commits, never corrupt the file).
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
-                self._check_schema(require=False)
                 # A real write now, so that a read-only or locked database fails before any scoring.
                 with self.transaction():
                     for stmt in _SCHEMA.split(";"):
@@ -166,12 +170,55 @@ class ScoreDB:
                 self.conn.close()
                 raise
 
+    def _open_readonly(self) -> None:
+        """Open for reading only. A WAL database normally needs its -shm file beside it, even
+        for readers; on read-only media or in a directory that cannot be written SQLite then
+        cannot open it, and it is opened as immutable instead (nothing can be writing to it
+        there). A -wal file with transactions not yet in the main file cannot be read that
+        way: that is refused rather than showing an older state."""
+        uri = "file:" + _uri_path(self.path) + "?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+            self.conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError as e:
+            self.close()
+            msg = str(e).lower()
+            if "locked" in msg or "busy" in msg:
+                with self._errors("opening it for reading"):
+                    raise
+            wal = self.path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise ScanDatabaseError(
+                    f"scan database {self.path!r} cannot be opened for reading here ({e}) and its write-ahead "
+                    f"log {wal!r} holds results not yet in the main file; copy both files to a writable "
+                    "directory and read the copy"
+                ) from e
+            with self._errors("opening it for reading"):
+                self.conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=self.timeout,
+                                            isolation_level=None)
+        except sqlite3.DatabaseError:
+            self.close()
+            with self._errors("opening it for reading"):
+                raise
+        with self._errors("opening it for reading"):
+            try:
+                self._check_schema(require=True)
+            except BaseException:
+                self.close()
+                raise
+
     def _errors(self, action: str):
         return _sqlite_errors(self.path, action, self.timeout)
 
     def _check_schema(self, *, require: bool) -> None:
-        rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='scores'").fetchall()
-        if not rows:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        others = sorted(t for t in tables if t != "scores" and not t.startswith("sqlite_"))
+        if others:
+            raise ValueError(
+                f"{self.path!r} is another program's SQLite database (tables: {', '.join(others[:8])}); "
+                "it was not written by 'nwot-fast scan' and is left unchanged; use a new --db path"
+            )
+        if "scores" not in tables:
             if require:
                 raise ValueError(f"{self.path!r} has no 'scores' table; it was not written by 'nwot-fast scan'")
             return
@@ -238,15 +285,16 @@ class ScoreDB:
             rows = self.conn.execute(
                 "SELECT config_hash, MIN(config), COUNT(*), SUM(representative != arch_index), "
                 "SUM(score_text = 'nan'), SUM(score_text = '-inf'), SUM(seconds), MIN(created_at), "
-                "MAX(created_at), GROUP_CONCAT(DISTINCT version), GROUP_CONCAT(DISTINCT engine) "
-                "FROM scores GROUP BY config_hash ORDER BY MIN(id)"
+                "MAX(created_at), GROUP_CONCAT(DISTINCT version), GROUP_CONCAT(DISTINCT engine), "
+                "GROUP_CONCAT(DISTINCT data) FROM scores GROUP BY config_hash ORDER BY MIN(id)"
             ).fetchall()
         out = []
-        for h, cfg, n, reused, nan, neg_inf, secs, first, last, versions, engines in rows:
+        for h, cfg, n, reused, nan, neg_inf, secs, first, last, versions, engines, paths in rows:
             out.append(
                 {
                     "config_hash": h,
                     "config": json.loads(cfg),
+                    "data_paths": sorted((paths or "").split(",")) if paths else [],
                     "rows": int(n),
                     "reused": int(reused or 0),
                     "nan": int(nan or 0),

@@ -22,6 +22,11 @@ import torch
 
 import nwot_fast
 from nwot_fast.cli import main
+from nwot_fast.data import load_images
+from nwot_fast.evaluate import evaluate as run_evaluate
+from nwot_fast.evaluate import sample_indices
+from nwot_fast.figures import read_published_points
+from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
 from nwot_fast.scoring import ScoreConfig, resolve_device
@@ -57,6 +62,7 @@ def files(tmp_path_factory):
     pth = (d / "other_version.pth").read_bytes()
     (d / "truncated.pth").write_bytes(pth[: len(pth) // 2])
     (d / "not_a_db.sqlite").write_text("these are my notes, not a database\n")
+    _issue14_files(d, rng, header)
     # A database that already holds two results for the scan configuration used below.
     template = d / "template.sqlite"
     threads = torch.get_num_threads()
@@ -81,7 +87,47 @@ def files(tmp_path_factory):
         "template": str(template),
         "nodir_db": str(d / "no_such_dir" / "scores.sqlite"),
         "proc_db": "/proc/nwot_fast_cannot_write_here.sqlite",
+        **{k: str(d / v) for k, v in ISSUE14_FILES.items()},
     }
+
+
+ISSUE14_FILES = {"empty_npz": "empty.npz", "huge_npz": "huge.npz", "broken_link": "broken_link.npz",
+                 "fifo": "fifo.npz", "acc_inf": "acc_inf.csv", "acc_neg": "acc_neg.csv", "acc_big": "acc_big.csv",
+                 "acc_nan": "acc_nan.csv", "published_bad": "published_bad.csv", "foreign_db": "foreign.sqlite",
+                 "scores_csv": "scores.csv", "acc_ok": "acc_ok.csv"}
+
+
+def _issue14_files(d, rng, header) -> None:
+    """Files of the issue-14 cases: empty / lying data files, links and special files,
+    accuracy tables with impossible values, a published-points file without its columns, a
+    foreign SQLite file."""
+    import zipfile
+
+    np.savez(d / "empty.npz", x=np.zeros((0, 16, 16, 3), np.uint8), y=np.zeros(0, np.int64))
+    # An .npz whose x header claims 10**12 images but holds 48 bytes.
+    with zipfile.ZipFile(d / "huge.npz", "w") as z:
+        with z.open("x.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                     "shape": (10**12, 16, 16, 3)})
+            f.write(bytes(48))
+        with z.open("y.npy", "w") as f:
+            np.lib.format.write_array(f, np.ones(4, np.int64))
+    os.symlink(d / "nowhere.npz", d / "broken_link.npz")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(d / "fifo.npz")
+    lines = [f"{i},{arch_at(i)},80,80,85,60,60,30,30,1.0" for i in range(15625)]
+    (d / "acc_ok.csv").write_text("\n".join([header] + lines) + "\n")
+    for name, value in (("acc_inf", "inf"), ("acc_neg", "-5000"), ("acc_big", "1e9"), ("acc_nan", "nan")):
+        bad = list(lines)
+        bad[7] = f"7,{arch_at(7)},80,80,{value},60,60,30,30,1.0"
+        (d / f"{name}.csv").write_text("\n".join([header] + bad) + "\n")
+    (d / "published_bad.csv").write_text("name,time\n")  # a header only: the old reader drew no points
+    conn = sqlite3.connect(d / "foreign.sqlite")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('mine')")
+    conn.commit()
+    conn.close()
+    (d / "scores.csv").write_text("arch_index,score\n0,1.5\n1,2.5\n2,0.5\n")
 
 
 def _scan_args(files, *extra):
@@ -154,7 +200,7 @@ CASES = [
     # --- batch size, seed and inputs
     Case("batch size 1", ["batch size", ">= 2", "1"],
          call=lambda f: ScoreConfig(batch_size=1),
-         argv=lambda f: _scan_args(f, "--batch-size", "1")),
+         argv=lambda f: _scan_args(f, "--batch-size", "1"), cli_words=["--batch-size", "2..65536", "got 1"]),
     Case("batch larger than the data", ["batch_size 32", "16 images", str("tiny16.npz")],
          call=lambda f: scan([0], batch_size=32, engine=ENGINE, data=f["npz"]),
          argv=lambda f: _scan_args(f, "--batch-size", "32")),
@@ -227,6 +273,75 @@ CASES = [
          marks=[pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc as a read-only place")]),
     Case("reading scores of a missing database", ["no_such_dir"], exc=FileNotFoundError,
          call=lambda f: load_scores(f["nodir_db"], "0123456789abcdef")),
+    # --- issue 14: one seed range, checked at parse time, the option named
+    Case("seed above 2**63-1", ["seed", "9223372036854775807"], call=lambda f: ScoreConfig(seed=2**63),
+         argv=lambda f: _scan_args(f, "--seed", str(2**63)), cli_words=["--seed", "9223372036854775807"]),
+    Case("seed 2**70 to search", ["--seed", "9223372036854775807"],
+         argv=lambda f: ["search", "-n", "2", "--seed", str(2**70)]),
+    Case("seed 2**63 to evaluate with a database", ["--seed", "9223372036854775807"],
+         argv=lambda f: ["evaluate", "--n-archs", "2", "--accuracies", f["acc_ok"], "--db", "{db}",
+                         "--seed", str(2**63)]),
+    Case("sample seed above the range", ["--sample-seed", "9223372036854775807"],
+         argv=lambda f: ["report", "--scores", f"jacob_cov={f['scores_csv']}", "--accuracies", f["acc_ok"],
+                         "--sample-seed", str(2**64)]),
+    Case("seed of a sample above the range", ["seed", "9223372036854775807"],
+         call=lambda f: sample_indices(5, seed=2**64)),
+    # --- issue 14: absurd counts bounded at parse time
+    Case("search -n 1e20", ["--n-samples", "1000000"], argv=lambda f: ["search", "-n", str(10**20)]),
+    Case("search -r 1e20", ["--runs", "1000000"], argv=lambda f: ["search", "-r", str(10**20)]),
+    Case("evaluate --n-archs above the space", ["--n-archs", "15625"],
+         argv=lambda f: ["evaluate", "--n-archs", "20000", "--accuracies", f["acc_ok"]]),
+    Case("batch size 1e12", ["--batch-size", "65536"], argv=lambda f: _scan_args(f, "--batch-size", str(10**12))),
+    Case("search table N above the space", ["--search-table", "15625"],
+         argv=lambda f: ["evaluate", "--n-archs", "2", "--accuracies", f["acc_ok"], "--search-table", "10,99999"]),
+    Case("database timeout not a number", ["--db-timeout"], argv=lambda f: _scan_args(f, "--db-timeout", "nan")),
+    # --- issue 14: data files that are empty, lie about their size, or are not files
+    Case("data file with no images", ["empty.npz", "no images"],
+         call=lambda f: scan([0], data=f["empty_npz"], batch_size=BATCH, engine=ENGINE),
+         argv=lambda f: _scan_args(f, "--data", f["empty_npz"])),
+    Case("npz header claiming 10**12 images", ["huge.npz", "claims", "truncated or corrupt"],
+         call=lambda f: load_images(f["huge_npz"]),
+         argv=lambda f: _scan_args(f, "--data", f["huge_npz"])),
+    Case("broken symbolic link as data", ["broken_link.npz", "broken symbolic link"], exc=FileNotFoundError,
+         call=lambda f: load_images(f["broken_link"]),
+         argv=lambda f: _scan_args(f, "--data", f["broken_link"])),
+    Case("FIFO as data", ["fifo.npz", "fifo"],
+         call=lambda f: load_images(f["fifo"]), argv=lambda f: _scan_args(f, "--data", f["fifo"]),
+         marks=[pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")]),
+    Case("/dev/zero as data", ["/dev/zero", "character device"],
+         call=lambda f: load_images("/dev/zero"), argv=lambda f: _scan_args(f, "--data", "/dev/zero"),
+         marks=[pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")]),
+    Case("directory as accuracies", ["is a directory", "not a regular file"], exc=(ValueError, IsADirectoryError),
+         argv=lambda f: ["search", "-n", "2", "--accuracies", f["dir"]]),
+    Case("directory as scores file", ["is a directory"],
+         call=lambda f: read_scores(f["dir"]),
+         argv=lambda f: ["evaluate", "--scores-in", f["dir"], "--accuracies", f["acc_ok"]]),
+    Case("data path not valid UTF-8", ["--data", "utf-8"],
+         argv=lambda f: ["score", "0", "--data", os.fsdecode(b"\xff-images.npz")]),
+    # --- issue 14: accuracies are percentages in [0, 100]
+    _bad_table("infinite accuracy", "acc_inf", ["acc_inf.csv", "cifar10_test_acc", "index 7", "[0, 100]"]),
+    _bad_table("negative accuracy", "acc_neg", ["acc_neg.csv", "cifar10_test_acc", "index 7", "-5000"]),
+    _bad_table("accuracy 1e9", "acc_big", ["acc_big.csv", "cifar10_test_acc", "index 7", "[0, 100]"]),
+    _bad_table("missing accuracy", "acc_nan", ["acc_nan.csv", "cifar10_test_acc", "index 7"]),
+    # --- issue 14: outputs checked before any work
+    Case("evaluate --scores-out of an unknown kind", ["x.xlsx", ".csv"],
+         argv=lambda f: ["evaluate", "--n-archs", "2", "--accuracies", f["acc_ok"], "--data", f["npz"],
+                         "--batch-size", str(BATCH), "--db", "{db}", "--scores-out",
+                         os.path.join(f["dir"], "x.xlsx"), "-q"]),
+    Case("evaluate --scores-out in a missing directory", ["no_such_dir", "does not exist"],
+         call=lambda f: run_evaluate(n_archs=2, accuracies=f["acc_ok"], data=f["npz"], batch_size=BATCH,
+                                      db=f["template"], scores_out=os.path.join(f["dir"], "no_such_dir", "s.csv")),
+         exc=FileNotFoundError),
+    Case("report written as PDF", ["x.pdf", ".md"],
+         argv=lambda f: ["report", "--scores", f"jacob_cov={f['scores_csv']}", "--accuracies", f["acc_ok"],
+                         "--out", os.path.join(f["dir"], "x.pdf")]),
+    Case("published points without their columns", ["published_bad.csv", "label", "seconds", "accuracy"],
+         call=lambda f: read_published_points(f["published_bad"]),
+         argv=lambda f: ["report", "--scores", f"jacob_cov={f['scores_csv']}", "--accuracies", f["acc_ok"],
+                         "--published", f["published_bad"], "--out", os.path.join(f["dir"], "r.md")]),
+    # --- issue 14: another program's SQLite file
+    Case("another program's SQLite database", ["foreign.sqlite", "another program", "notes"],
+         call=lambda f: ScoreDB(f["foreign_db"]), argv=lambda f: _scan_args(f, "--db", f["foreign_db"])),
     Case("reading scores with a bad configuration", ["scoreconfig", "config hash"], exc=TypeError,
          call=lambda f: load_scores(f["template"], 42)),
 ]
@@ -318,7 +433,9 @@ def test_cuda_requested_but_unavailable(capsys, tmp_path):
         resolve_device("cuda")
     for argv in (["score", "0", "--device", "cuda", "--engine", ENGINE],
                  ["search", "-n", "2", "--device", "cuda:1", "--engine", ENGINE],
-                 ["scan", "--indices", "0:2", "--device", "cuda", "--db", str(tmp_path / "unused.sqlite"), "--quiet"]):
+                 ["scan", "--indices", "0:2", "--device", "cuda", "--db", str(tmp_path / "unused.sqlite"), "--quiet"],
+                 ["evaluate", "--n-archs", "2", "--device", "cuda", "--accuracies", str(tmp_path / "acc.csv"),
+                  "--db", str(tmp_path / "unused.sqlite")]):
         code = main(argv)
         out, err = capsys.readouterr()
         assert code == 3, err

@@ -29,7 +29,8 @@ def synthetic_table():
     """A made-up accuracy table over the whole space: each column a different noisy function."""
     rng = np.random.default_rng(7)
     base = rng.uniform(10, 95, NUM_ARCHS)
-    cols = {k: np.round(base + rng.normal(0, 3 + j, NUM_ARCHS), 2) for j, k in enumerate(ACCURACY_KEYS)}
+    # clipped: accuracies are percentages, and a table with values outside [0, 100] is refused
+    cols = {k: np.clip(np.round(base + rng.normal(0, 3 + j, NUM_ARCHS), 2), 0, 100) for j, k in enumerate(ACCURACY_KEYS)}
     return AccuracyTable(cols, [str(arch_at(i)) for i in range(NUM_ARCHS)], source="synthetic")
 
 

@@ -5,7 +5,7 @@ unpickler (plain containers and NumPy arrays only), ``.npz`` with ``allow_pickle
 """
 
 from .constants import DATASETS, MEAN, STD, check_dataset
-from .readers import ImageSet, load_images
+from .readers import ImageSet, data_fingerprint, load_images
 from .safe_pickle import RestrictedUnpickler, UnsafePickleError, load_pickle
 from .sampler import BatchSampler, augment_batch, crop_padding, default_data_settings, normalize
 
@@ -16,6 +16,7 @@ __all__ = [
     "check_dataset",
     "ImageSet",
     "load_images",
+    "data_fingerprint",
     "RestrictedUnpickler",
     "UnsafePickleError",
     "load_pickle",

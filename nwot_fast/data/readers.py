@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .._common import check_input_file
 from .constants import DATASETS, check_dataset
 from .safe_pickle import load_pickle
 
@@ -26,6 +27,8 @@ IMAGENET16_FILES = {"train": [f"train_data_batch_{i}" for i in range(1, 11)], "t
 #: NB201 keeps only samples whose stored label is in 1..120 (``use_num_of_class_only=120``).
 IMAGENET16_CLASSES = 120
 
+_DATA_EXPECTED = ("a CIFAR-10/100 or ImageNet16-120 batch directory, a batch file, or an .npz with arrays "
+                  "x (uint8 [N,H,W,3]) and y")
 _SIDE = {"cifar10": 32, "cifar100": 32, "ImageNet16-120": 16}
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
@@ -86,17 +89,9 @@ def load_images(path, dataset: Optional[str] = None, split: str = "train") -> Im
         dataset = check_dataset(dataset)
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not valid; allowed: {', '.join(SPLITS)}")
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    path = check_input_file(path, _DATA_EXPECTED, allow_dir=True)
     if os.path.isdir(path):
         return _load_directory(path, dataset, split)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path}: no such file or directory; expected a CIFAR-10/100 or ImageNet16-120 batch "
-            "directory, a batch file, or an .npz with arrays x (uint8 [N,H,W,3]) and y"
-        )
     if path.endswith(".npz"):
         return _load_npz(path, dataset)
     return _load_batch_files(path, [path], dataset)
@@ -109,6 +104,7 @@ def _load_npz(path: str, dataset: Optional[str]) -> ImageSet:
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
                 raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected {what}, found {npz.files}")
+            _check_npz_sizes(path, npz)
             images, labels = npz["x"], npz["y"]
     except ValueError as exc:
         if str(exc).startswith(path):
@@ -117,6 +113,9 @@ def _load_npz(path: str, dataset: Optional[str]) -> ImageSet:
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ValueError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc}); expected {what}; "
                          "the file may be truncated or corrupt") from None
+    if isinstance(images, np.ndarray) and images.ndim >= 1 and images.shape[0] == 0:
+        raise ValueError(f"{path}: holds no images (array x has shape {list(images.shape)}); expected {what} "
+                         "with at least as many images as the batch size")
     check_images(images, path)
     labels = _as_labels(labels, len(images), path)
     side = images.shape[1:3]
@@ -140,7 +139,31 @@ def _load_npz(path: str, dataset: Optional[str]) -> ImageSet:
     return ImageSet(np.ascontiguousarray(images), labels, dataset, path)
 
 
-def _load_directory(path: str, dataset: Optional[str], split: str) -> ImageSet:
+def _check_npz_sizes(path: str, npz) -> None:
+    """Refuse, before anything is allocated, an array whose header claims more data than the
+    file holds (a corrupt or hostile header could otherwise ask for terabytes)."""
+    for key in ("x", "y"):
+        name = key + ".npy"
+        try:
+            info = npz.zip.getinfo(name)
+            with npz.zip.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                header_bytes = f.tell()
+        except (KeyError, AttributeError):
+            continue  # not a zip member of that name: np.load reports it
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        held = info.file_size - header_bytes
+        if claimed > held:
+            raise ValueError(f"{path}: array {key} claims shape {list(shape)} ({claimed:,} bytes of {dtype}) but the "
+                             f"file holds {max(held, 0):,} bytes for it; the file is truncated or corrupt")
+
+
+def _directory_files(path: str, dataset: Optional[str], split: str) -> Tuple[str, List[str]]:
+    """The dataset found in directory ``path`` and the batch files of ``split`` it reads."""
     layouts = {"cifar10": CIFAR10_FILES, "cifar100": CIFAR100_FILES, "ImageNet16-120": IMAGENET16_FILES}
     found = [name for name, files in layouts.items() if os.path.isfile(os.path.join(path, files[split][0]))]
     if dataset is None:
@@ -154,7 +177,54 @@ def _load_directory(path: str, dataset: Optional[str], split: str) -> ImageSet:
     if missing:
         raise FileNotFoundError(f"{path}: missing {dataset} {split} batch file(s) "
                                 f"{', '.join(os.path.basename(m) for m in missing)}; expected {', '.join(layouts[dataset][split])}")
+    return dataset, files
+
+
+def _load_directory(path: str, dataset: Optional[str], split: str) -> ImageSet:
+    dataset, files = _directory_files(path, dataset, split)
     return _load_batch_files(path, files, dataset)
+
+
+_FILE_DIGESTS: dict = {}
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes, cached by (real path, inode, size, mtime_ns): a file replaced
+    or rewritten at the same path changes at least one of them, and a whole-space scan that
+    asks again does not read the file again."""
+    import hashlib
+
+    check_input_file(path, _DATA_EXPECTED)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _FILE_DIGESTS[key] = h.hexdigest()
+    return digest
+
+
+def data_fingerprint(path, dataset: Optional[str] = None, split: str = "train") -> str:
+    """The identity of the images :func:`load_images` ``(path, dataset, split)`` reads:
+    ``"sha256:<hex>"`` of the file's bytes (``sha256sum`` gives the same hex), or for a batch
+    directory the SHA-256 of the names and digests of the batch files read. Two paths to the
+    same files (relative, absolute, through a link) give the same fingerprint; a file replaced
+    at the same path gives another."""
+    import hashlib
+
+    if dataset is not None:
+        dataset = check_dataset(dataset)
+    path = check_input_file(path, _DATA_EXPECTED, allow_dir=True)
+    if not os.path.isdir(path):
+        return "sha256:" + _file_digest(path)
+    _, files = _directory_files(path, dataset, split)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{os.path.basename(f)} {_file_digest(f)}\n".encode())
+    return "sha256-dir:" + h.hexdigest()
 
 
 def _load_batch_files(source: str, files: List[str], dataset: Optional[str]) -> ImageSet:
