@@ -41,8 +41,8 @@ def authors_scores(archs, x, *, method, seed=0, dtype=torch.float32, relu_match=
         return [fn(as_arch(a), x, seed) for a in archs]
 
 
-def _stats(errors, truth):
-    finite = [max(e, precision.FLOOR) for e, t in zip(errors, truth) if t == t and abs(t) != float("inf")]
+def _stats(errors, truth, method):
+    finite = [max(e, precision.floor(method)) for e, t in zip(errors, truth) if t == t and abs(t) != float("inf")]
     finite.sort()
     if not finite:
         return "-", "-"
@@ -84,7 +84,7 @@ def run(archs, batch_size, seed, methods, engine_names, authors, side=32, log=pr
         log("column | " + " | ".join(cols))
         log("--- | --- | ---")
         for name, errors in rows.items():
-            log(f"{name} | " + " | ".join(_stats(errors, env.truth)))
+            log(f"{name} | " + " | ".join(_stats(errors, env.truth, env.method)))
         log("")
         for name in engine_names:
             problems = env.violations(name)
