@@ -9,6 +9,8 @@
 # 3. The .so resolves every library (ldd) and imports cuSOLVER/cuBLAS symbols (nm); with the
 #    CUDA torch, importing it registers a CUDA kernel for every operator (dispatcher dump) and
 #    nwot_fast.backend_info() reports the compiled CUDA backend. No GPU is needed.
+# (Pipelines use "grep PATTERN >/dev/null", not "grep -q": with pipefail, grep -q exiting at the first
+# match kills the writer with SIGPIPE and fails the check on large inputs.)
 # 4. The pre-cuSOLVER-11.7.1 eigensolver branch (syevjBatched / syevd) compiles too
 #    (NWOT_FORCE_SYEVJ, object only).
 # 5. The CMake build with WITH_CUDA=ON compiles and links (NWOT_SKIP_CMAKE_CUDA=1 skips it).
@@ -92,12 +94,12 @@ PY
 )"
 LDD_OUT="$(LD_LIBRARY_PATH="$NV_LIBS" ldd "$SO")"
 echo "$LDD_OUT" | grep -E "cusolver|cublas|cudart|c10_cuda|torch_cuda"
-if echo "$LDD_OUT" | grep -q "not found"; then
+if echo "$LDD_OUT" | grep "not found" >/dev/null; then
   echo "$LDD_OUT" | grep "not found"; echo "unresolved libraries" >&2; exit 1
 fi
-echo "$LDD_OUT" | grep -q "libcusolver" || { echo "_C does not link libcusolver" >&2; exit 1; }
+echo "$LDD_OUT" | grep "libcusolver" >/dev/null || { echo "_C does not link libcusolver" >&2; exit 1; }
 for sym in cusolverDnXsyevBatched cublasDgetrfBatched; do
-  nm -D --undefined-only "$SO" | grep -q "$sym" || { echo "_C does not import $sym" >&2; exit 1; }
+  nm -D --undefined-only "$SO" | grep "$sym" >/dev/null || { echo "_C does not import $sym" >&2; exit 1; }
   say "imports $sym"
 done
 
@@ -147,7 +149,7 @@ cmd = ["nvcc", "-c", os.path.join(repo, "csrc", "cuda", "jacob_cov_cuda.cu"), "-
 cmd += [f"-I{p}" for p in inc] + [f"-I{os.path.join(repo, 'csrc')}"]
 subprocess.run(["nice", "-n", "10"] + cmd, check=True)
 PY
-nm "$WORK/syevj.o" | grep -q cusolverDnDsyevjBatched || { echo "syevj fallback did not compile as expected" >&2; exit 1; }
+nm "$WORK/syevj.o" | grep cusolverDnDsyevjBatched >/dev/null || { echo "syevj fallback did not compile as expected" >&2; exit 1; }
 say "fallback eigensolver branch (syevjBatched/syevd) compiles"
 # 5. The CMake build with WITH_CUDA=ON against the same torch (issue 11 item 9). Its build
 #    directory is kept next to the venv, so that a re-run only recompiles what changed;
@@ -165,9 +167,9 @@ if [ "${NWOT_SKIP_CMAKE_CUDA:-0}" != 1 ]; then
   LIB="$CMAKE_DIR/libnwot_fast_ops.so"
   grep -q "sm_90\|arch=compute_90" "$CMAKE_DIR/CMakeFiles/nwot_fast_ops.dir/flags.make" || {
     echo "CMake build is not for the requested CUDA architecture" >&2; exit 1; }
-  readelf -d "$LIB" | grep -q "libtorch_cuda_linalg" || { echo "CMake build does not link torch_cuda_linalg" >&2; exit 1; }
+  readelf -d "$LIB" | grep "libtorch_cuda_linalg" >/dev/null || { echo "CMake build does not link torch_cuda_linalg" >&2; exit 1; }
   for sym in cusolverDnXsyevBatched cublasDgetrfBatched; do
-    nm -D --undefined-only "$LIB" | grep -q "$sym" || { echo "CMake build does not import $sym" >&2; exit 1; }
+    nm -D --undefined-only "$LIB" | grep "$sym" >/dev/null || { echo "CMake build does not import $sym" >&2; exit 1; }
   done
   say "CMake WITH_CUDA=ON build compiles and links (torch_cuda_linalg, cuSOLVER, cuBLAS)"
 fi
