@@ -157,7 +157,9 @@ say "fallback eigensolver branch (syevjBatched/syevd) compiles"
 if [ "${NWOT_SKIP_CMAKE_CUDA:-0}" != 1 ]; then
   CMAKE_BIN="$(command -v cmake || true)"
   if [ -z "$CMAKE_BIN" ]; then $NICE "$VENV/bin/pip" install -q cmake; CMAKE_BIN="$VENV/bin/cmake"; fi
-  CMAKE_DIR="${NWOT_CMAKE_CUDA_DIR:-$(dirname "$VENV")/cmake-cuda-build}"
+  # One build directory per checkout: a CMake cache is tied to its source directory (a cache
+  # made from another clone makes cmake refuse to configure).
+  CMAKE_DIR="${NWOT_CMAKE_CUDA_DIR:-$(dirname "$VENV")/cmake-cuda-build-$(printf %s "$REPO" | sha256sum | cut -c1-12)}"
   say "CMake WITH_CUDA=ON build of the operators library in $CMAKE_DIR"
   $NICE "$CMAKE_BIN" -S "$REPO" -B "$CMAKE_DIR" -DWITH_CUDA=ON -DPYTHON="$PY" \
     -DCMAKE_CUDA_COMPILER="${CUDA_HOME:+$CUDA_HOME/bin/}nvcc" >"$WORK/cmake.log" 2>&1 || {
