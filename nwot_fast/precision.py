@@ -29,7 +29,6 @@ for all; weights from ``torch.manual_seed(seed)``). :func:`engines` lists this p
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -94,15 +93,14 @@ def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0,
 
 
 def engines(device="cpu") -> Dict[str, Scorer]:
-    """This package's scorers by name: ``pure``, ``fast`` and, where ``fast.score_archs`` has
-    it, ``batched`` (its ``batched=True`` engine). Add your own to the dict to check them."""
-    found: Dict[str, Scorer] = {
+    """This package's scorers by name: ``pure``, ``fast`` (``fast.score_archs`` with the
+    per-architecture plans) and ``batched`` (its ``batched=True`` engine). Add your own to the
+    dict to check them."""
+    return {
         "pure": partial(pure_scores, device=device),
-        "fast": partial(fast_scores, device=device),
+        "fast": partial(fast_scores, device=device, batched=False),
+        "batched": partial(fast_scores, device=device, batched=True),
     }
-    if "batched" in inspect.signature(fast.score_archs).parameters:
-        found["batched"] = partial(fast_scores, device=device, batched=True)
-    return found
 
 
 def relative_error(score: float, truth: float) -> float:
