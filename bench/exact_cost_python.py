@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -28,14 +26,8 @@ import ops_inputs  # noqa: E402
 from nwot_fast import exact, ops, reference  # noqa: E402
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def median_ms(fn, repeats: int) -> float:
+    return 1e3 * ops_inputs.median_time(fn, repeats)
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -37,16 +36,6 @@ import ops_inputs  # noqa: E402
 from nwot_fast import _ext, ops  # noqa: E402
 
 EPS = 1e-5
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, first-call loading)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 # jacob_cov pipelines -------------------------------------------------------------------------
@@ -149,11 +138,11 @@ def main(argv=None) -> int:
             big = A >= 1024
             reps = 1 if big else (3 if A >= 64 else 7)
             fused = ops.jacob_cov_score(J).numpy()
-            t_f = median_time(lambda: ops.jacob_cov_score(J), 3 if big else reps)
-            t_t = median_time(lambda: jacob_torch(J), reps)
+            t_f = ops_inputs.median_time(lambda: ops.jacob_cov_score(J), 3 if big else reps)
+            t_t = ops_inputs.median_time(lambda: jacob_torch(J), reps)
             sub = min(A, 64)
             Js = J[:sub]
-            t_n = median_time(lambda: jacob_numpy(Js), 1 if sub < A else reps) * A / sub
+            t_n = ops_inputs.median_time(lambda: jacob_numpy(Js), 1 if sub < A else reps) * A / sub
             ref = jacob_numpy(Js)  # np.linalg.eig of a symmetric matrix: real eigenvalues
             diff = float(np.max(np.abs(fused[:sub] - ref.real) / np.abs(ref.real)))
             report("jacob_cov", A, B, t_f, t_t, t_n, diff, sub)
@@ -170,10 +159,10 @@ def main(argv=None) -> int:
             float_np = [([c.numpy() for c in layers], mults) for layers, mults in float_codes]
             reps = 1 if A >= 1024 else (3 if A >= 64 else 5)
             fused = ops.hook_logdet_score(codes, mult, units).numpy()
-            t_f = median_time(lambda: ops.hook_logdet_score(codes, mult, units), reps)
-            t_t = median_time(lambda: hook_torch(float_codes), 1 if len(float_codes) < A else reps) * A / len(float_codes)
+            t_f = ops_inputs.median_time(lambda: ops.hook_logdet_score(codes, mult, units), reps)
+            t_t = ops_inputs.median_time(lambda: hook_torch(float_codes), 1 if len(float_codes) < A else reps) * A / len(float_codes)
             sub = min(A, 4)
-            t_n = median_time(lambda: hook_numpy(float_np[:sub]), 1 if sub < A else 3) * A / sub
+            t_n = ops_inputs.median_time(lambda: hook_numpy(float_np[:sub]), 1 if sub < A else 3) * A / sub
             ref = hook_numpy(float_np[:sub])
             diff = float(np.max(np.abs(fused[:sub] - ref) / np.abs(ref)))
             report("hook_logdet", A, B, t_f, t_t, t_n, diff, sub)

@@ -1,4 +1,4 @@
-"""Input builders shared by bench/ops_compare.py and bench/bench_ops.py.
+"""Input builders (and one timing helper) shared by the operator benchmarks in bench/.
 
 Jacobians: ``J [A, B, 3072]`` float32 (a 3x32x32 input), rows correlated like real ones.
 Codes: per architecture the ReLU inputs of an NB201-like network at 32x32: stage widths
@@ -7,6 +7,9 @@ Codes: per architecture the ReLU inputs of an NB201-like network at 32x32: stage
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 
@@ -40,3 +43,15 @@ def hook_units() -> int:
             n *= s
         total += m * n
     return total
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call
+    (allocations, first-call loading)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from nwot_fast import batched, fast, reference, weights
-from nwot_fast.nb201 import arch_at, build_network, initial_parameters, parameter_layout
+from nwot_fast import batched, fast, precision, weights
+from nwot_fast.nb201 import initial_parameters, parameter_layout
 
 from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
                        DEAD_SOURCE, DEAD_TARGETS, SAME_NODE_TWO_KERNELS, SKIP_ONLY_TO_OUTPUT)
@@ -105,19 +105,11 @@ def _truth_and_reference_errors(archs, x, method, seed):
     """Per arch: the float64 truth, and the float32 pure path's error against it, the larger of
     1 and 2 threads (the contract's envelope)."""
     truth = [fast.score_arch(a, x, method=method, seed=seed, dtype=torch.float64) for a in archs]
-    threads = torch.get_num_threads()
     errors = [0.0] * len(archs)
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            for k, a in enumerate(archs):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    net = build_network(a)
-                s = reference.score(net, x, method)
-                errors[k] = max(errors[k], abs(s - truth[k]) / abs(truth[k]))
-    finally:
-        torch.set_num_threads(threads)
+    for n in precision.THREADS:
+        with precision.threads(n):
+            ref = precision.pure_scores(archs, x, method=method, seed=seed)
+        errors = [max(e, precision.relative_error(s, t)) for e, s, t in zip(errors, ref, truth)]
     return truth, errors
 
 
