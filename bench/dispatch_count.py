@@ -1,15 +1,16 @@
 """ATen operators dispatched per architecture by ``fast.score_archs`` (the launch count a GPU sees).
 
     python bench/dispatch_count.py [--archs 64] [--batch-size 8] [--methods jacob_cov hook_logdet]
-                                   [--seed 2020] [--chunk N] [--dtype float32]
+                                   [--seed 2020] [--chunk N] [--dtype float32] [--layout dense]
 
 Counts every operator that reaches the Python dispatch key (a ``TorchDispatchMode``: forward,
 backward, weights, post-processing; views included, host-side NumPy not) while scoring a
 fixed random sample of architectures on the CPU, with ``batched=False`` (one plan per
 architecture) and ``batched=True`` (default chunk unless ``--chunk``), and prints the count
 per architecture (all sampled architectures in the denominator, also those that structure
-answers) and the most frequent operators. ``--merge-kernels`` counts the batched engine as it
-runs on CUDA (1x1 convolutions zero-padded into the 3x3 group of their node).
+answers) and the most frequent operators. ``--layout`` picks the batched engine's layout
+(``nwot_fast.batched.LAYOUTS``; default: the CPU's, ``batched.default_layout``); ``dense`` is
+the CUDA default.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nwot_fast import fast, reference  # noqa: E402
+from nwot_fast import batched as engine, fast, reference  # noqa: E402
 from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
 
 
@@ -59,14 +60,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2020, help="seed of the architecture sample")
     p.add_argument("--chunk", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--merge-kernels", action="store_true",
-                   help="batched engine as on CUDA: 1x1 convolutions zero-padded into the 3x3 group")
+    p.add_argument("--layout", default=None, choices=engine.LAYOUTS,
+                   help="layout of the batched engine (default: the CPU's; dense is CUDA's)")
     p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
     a = p.parse_args(argv)
-    if a.merge_kernels:
-        from nwot_fast import batched as engine
-
-        engine.run_chunk = functools.partial(engine.run_chunk, merge_kernels=True)
+    if a.layout is not None:
+        engine.run_chunk = functools.partial(engine.run_chunk, layout=a.layout)
     archs = random.Random(a.seed).sample(range(NUM_ARCHS), a.archs)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     dtype = getattr(torch, a.dtype)
@@ -75,7 +74,7 @@ def main(argv=None):
             counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype)
             total = sum(counts.values())
             top = ", ".join(f"{k} {v}" for k, v in counts.most_common(12))
-            print(f"{method:12s} batched={batched!s:5s} {total:7d} ops, {total / len(archs):7.1f} per arch "
+            print(f"{method:12s} batched={batched!s:5s} layout={a.layout if batched else '-'} {total:7d} ops, {total / len(archs):7.1f} per arch "
                   f"({a.archs} archs, batch {a.batch_size}); top: {top}", flush=True)
 
 
