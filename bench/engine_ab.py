@@ -1,17 +1,20 @@
-"""Per-plan vs batched engine on the CPU, A/B in one process (alternating rounds).
+"""Per-plan vs the batched engine's layouts on the CPU, A/B in one process (alternating rounds).
 
     python bench/engine_ab.py [--batch-sizes 8 32 128] [--archs 16] [--rounds 2]
-                              [--methods jacob_cov hook_logdet] [--threads N] [--chunk N]
+                              [--methods jacob_cov hook_logdet] [--layouts sparse dense]
+                              [--threads N] [--chunk N]
 
-Times ``fast.score_archs(..., batched=False)`` and ``batched=True`` (default chunk unless
-``--chunk``) on the same fixed random architectures (seed 2020) and Gaussian batch, rounds
-alternating so that the load of a shared machine hits both alike; prints the best round of
-each (seconds for all architectures) and the ratio. The basis of ``fast.use_batched``.
+Times ``fast.score_archs(..., batched=False)`` and ``batched=True`` with each ``--layouts``
+(default chunk unless ``--chunk``) on the same fixed random architectures (seed 2020) and
+Gaussian batch, rounds alternating so that the load of a shared machine hits all alike;
+prints the best round of each (seconds for all architectures) and each layout's ratio
+per-plan / batched. The basis of ``fast.use_batched`` and ``batched.default_layout``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nwot_fast import fast, reference  # noqa: E402
+from nwot_fast import batched, fast, reference  # noqa: E402
 from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
 
 
@@ -33,25 +36,28 @@ def main(argv=None):
     p.add_argument("--archs", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(reference.METHODS), choices=reference.METHODS)
+    p.add_argument("--layouts", nargs="+", default=["sparse", "dense"], choices=batched.LAYOUTS)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chunk", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     archs = random.Random(2020).sample(range(NUM_ARCHS), a.archs)
+    engines = [None] + list(a.layouts)  # None: one plan per architecture
     for B in a.batch_sizes:
         x = torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         for method in a.methods:
-            best = {False: float("inf"), True: float("inf")}
+            best = {e: float("inf") for e in engines}
             for _ in range(a.rounds):
-                for batched in (False, True):
+                for e in engines:
                     t = time.perf_counter()
-                    list(fast.score_archs(archs, lambda _: x, method=method, batched=batched,
-                                          chunk=a.chunk if batched else None))
-                    best[batched] = min(best[batched], time.perf_counter() - t)
-            print(f"batch {B:4d} {method:12s} per-plan {best[False]:7.2f} s  batched {best[True]:7.2f} s  "
-                  f"per-plan/batched {best[False] / best[True]:5.2f}x  ({a.archs} archs, {torch.get_num_threads()} "
-                  f"threads, load {tuple(round(v, 1) for v in __import__('os').getloadavg())})", flush=True)
+                    list(fast.score_archs(archs, lambda _: x, method=method, batched=e is not None, layout=e,
+                                          chunk=a.chunk if e else None))
+                    best[e] = min(best[e], time.perf_counter() - t)
+            cells = "  ".join(f"{e} {best[e]:6.2f} s ({best[None] / best[e]:4.2f}x)" for e in a.layouts)
+            print(f"batch {B:4d} {method:12s} per-plan {best[None]:6.2f} s  {cells}  ({a.archs} archs, "
+                  f"{torch.get_num_threads()} threads, load {tuple(round(v, 1) for v in os.getloadavg())})",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -558,7 +558,7 @@ def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu
 
 def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", seed: int = 0, device="cpu",
                 relu_match: str = "name", chunk: Optional[int] = None, dtype=torch.float32,
-                batched: Optional[bool] = None) -> Iterator[float]:
+                batched: Optional[bool] = None, layout: Optional[str] = None) -> Iterator[float]:
     """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (called
     with the item of ``archs`` as given: an index, string or Arch; not called for cells whose
     score structure decides). Equal to :func:`score_arch` of each within the precision
@@ -570,7 +570,9 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     ``chunk``: architectures per chunk. Batched: per network pass (default from the free
     memory and the batch size, :func:`nwot_fast.batched.choose_chunk`); per plan: passes
     collected before one post-processing call (default 1 on the CPU, 16 on CUDA). A change of
-    batch shape starts a new chunk. ``dtype``: as for :func:`score_arch`.
+    batch shape starts a new chunk. ``dtype``: as for :func:`score_arch`. ``layout``: the
+    batched engine's (:data:`nwot_fast.batched.LAYOUTS`; default
+    :func:`nwot_fast.batched.default_layout`: dense on CUDA, sparse on the CPU).
     """
     _check_method(method, relu_match)
     _check_seed(seed)
@@ -582,6 +584,11 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if batched is not None and not isinstance(batched, bool):
         raise TypeError(f"batched must be True, False or None (choose), got {batched!r}")
+    if layout is not None:
+        from . import batched as engine
+
+        if layout not in engine.LAYOUTS:
+            raise ValueError(f"layout must be one of {engine.LAYOUTS} or None (the device's), got {layout!r}")
     pending: List[Tuple[int, object]] = []  # (position, J / codes (per plan) or (plan, x) (batched))
     out: List[Optional[float]] = []
     emitted = 0
@@ -595,7 +602,8 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         if use:
             from . import batched as engine
 
-            scores = engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt)
+            scores = engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt,
+                                      layout)
         else:
             scores = _post_process(method, [r for _, r, _ in pending])
         for (pos, *_), value in zip(pending, scores):
@@ -621,7 +629,8 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
                     if use:
                         from . import batched as engine
 
-                        limit = engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev)
+                        limit = engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev,
+                                                    layout=layout)
                     else:
                         limit = 16 if dev.type == "cuda" else 1
             work = (plan, x) if use else _network_pass(plan, x, seed, dev, dt)
@@ -637,15 +646,16 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         emitted += 1
 
 
-# The CPU batch size up to which the batched engine is faster than one plan per architecture
-# (bench/RESULTS.md, "Batched engine": measured in one process, alternating the two).
-CPU_BATCHED_MAX_BATCH = 32
+# The CPU batch size up to which the batched engine (its CPU layout, sparse) is faster than one
+# plan per architecture (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
+# process, alternating rounds): 1.3-1.5x at batch 2, 0.9-1.1x at 4, 0.4-0.7x at 8 and 32.
+CPU_BATCHED_MAX_BATCH = 2
 
 
 def use_batched(device, batch_size: int) -> bool:
     """The default engine of :func:`score_archs`: batched on CUDA (kernel launches dominate);
     on the CPU batched only for batches of at most :data:`CPU_BATCHED_MAX_BATCH` samples, where
-    it measured faster (bench/engine_ab.py); above, one plan per architecture (one grouped
-    convolution over 16 archs measured 2.3x slower than 16 separate ones at batch 128)."""
+    it measured faster (bench/engine_ab.py); above, one plan per architecture (the grouped
+    convolutions over many archs cost more than the per-plan path's launches save)."""
     dev = device if isinstance(device, torch.device) else torch.device(device)
     return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH

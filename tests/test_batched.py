@@ -27,6 +27,12 @@ def _batch(seed: int, b: int = 8, side: int = 16) -> torch.Tensor:
     return torch.randn(b, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(params=batched.LAYOUTS)
+def layout(request):
+    """The batched engine's layouts: each test taking this runs on every one."""
+    return request.param
+
+
 def _same(a: float, b: float, rel: float) -> bool:
     if math.isnan(b) or math.isinf(b):
         return (math.isnan(a) and math.isnan(b)) or a == b
@@ -69,8 +75,9 @@ def test_stream_values_concatenate_segments_in_order():
 
 
 @pytest.mark.parametrize("method, relu_match", [("jacob_cov", "name"), ("hook_logdet", "name"), ("hook_logdet", "exact")])
-@pytest.mark.parametrize("chunk", [1, 3, None])
-def test_batched_equals_per_arch_in_float64(method, relu_match, chunk):
+@pytest.mark.parametrize("layout, chunk", [("sparse", 1), ("sparse", 3), ("sparse", None), ("merged", None),
+                                           ("dense", 1), ("dense", None)])
+def test_batched_equals_per_arch_in_float64(method, relu_match, chunk, layout):
     """Chunks mixing degenerate and normal archs and two batch sizes (x_for): float64 scores
     within 1e-9 relative, NaN / -inf at the same archs."""
     xs = {a: _batch(40 + i, b=8 if i % 3 else 10) for i, a in enumerate(ARCHS)}
@@ -78,32 +85,55 @@ def test_batched_equals_per_arch_in_float64(method, relu_match, chunk):
     if (method, relu_match) not in _PER_ARCH:
         _PER_ARCH[method, relu_match] = list(fast.score_archs(ARCHS, xs.__getitem__, batched=False, **kw))
     per = _PER_ARCH[method, relu_match]
-    got = list(fast.score_archs(ARCHS, xs.__getitem__, batched=True, chunk=chunk, **kw))
+    got = list(fast.score_archs(ARCHS, xs.__getitem__, batched=True, chunk=chunk, layout=layout, **kw))
     assert len(got) == len(per) == len(ARCHS)
     for a, g, p in zip(ARCHS, got, per):
         assert _same(g, p, 1e-9), (a, g, p)
     assert any(math.isnan(p) or math.isinf(p) for p in per) and any(math.isfinite(p) for p in per)
 
 
-@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
-def test_merged_kernels_equal_per_arch_in_float64(method, monkeypatch):
-    """The CUDA layout (1x1 kernels zero-padded into the 3x3 group), run on the CPU."""
-    archs = [ALL_CONV_MIXED, SAME_NODE_TWO_KERNELS, DEAD_SOURCE, 6111, CONSTANT_CONVS]
+def test_default_layout_is_the_devices(monkeypatch):
+    """``layout=None``: run_chunk and choose_chunk take default_layout's (a spy on the dense pass)."""
+    dense, sized = [], []
+    real_pass, real_bytes = batched._dense_pass, batched.bytes_per_arch
+    monkeypatch.setattr(batched, "_dense_pass", lambda *a, **k: dense.append(1) or real_pass(*a, **k))
+    monkeypatch.setattr(batched, "bytes_per_arch", lambda *a: sized.append(a[-1]) or real_bytes(*a))
     x = _batch(50)
-    kw = dict(method=method, seed=2, dtype=torch.float64)
-    per = list(fast.score_archs(archs, lambda _: x, batched=False, **kw))
-    real = batched.run_chunk
-    merged = []
-    monkeypatch.setattr(batched, "run_chunk", lambda *a: merged.append(1) or real(*a, merge_kernels=True))
-    got = list(fast.score_archs(archs, lambda _: x, batched=True, **kw))
-    assert merged
-    for a, g, p in zip(archs, got, per):
-        assert _same(g, p, 1e-9), (a, g, p)
+    for layout in batched.LAYOUTS:
+        monkeypatch.setattr(batched, "default_layout", lambda device: layout)
+        dense.clear()
+        list(fast.score_archs([6111, 857], lambda _: x, batched=True))
+        assert bool(dense) == (layout == "dense") and sized[-1] == layout
+
+
+def test_bad_layout():
+    plan = fast.compile_plan(6111)
+    with pytest.raises(ValueError, match="layout"):
+        batched.run_chunk([plan], [_batch(0, b=4)], 0, torch.device("cpu"), torch.float32, layout="wide")
+    with pytest.raises(ValueError, match="layout"):
+        batched.bytes_per_arch("jacob_cov", 8, layout="wide")
+    with pytest.raises(ValueError, match="layout"):  # before any arch runs
+        list(fast.score_archs([6111], lambda _: _batch(0, b=4), layout="Dense"))
+
+
+def test_default_layout():
+    assert batched.default_layout(torch.device("cpu")) == "sparse"
+    assert batched.default_layout("cuda") == "dense"
+
+
+_CONTRACT = {}
 
 
 def _truth_and_reference_errors(archs, x, method, seed):
     """Per arch: the float64 truth, and the float32 pure path's error against it, the larger of
-    1 and 2 threads (the contract's envelope)."""
+    1 and 2 threads (the contract's envelope); kept per method for the layouts."""
+    key = (tuple(archs), method, seed)
+    if key not in _CONTRACT:
+        _CONTRACT[key] = _measure_truth_and_reference_errors(archs, x, method, seed)
+    return _CONTRACT[key]
+
+
+def _measure_truth_and_reference_errors(archs, x, method, seed):
     truth = [fast.score_arch(a, x, method=method, seed=seed, dtype=torch.float64) for a in archs]
     errors = [0.0] * len(archs)
     for n in precision.THREADS:
@@ -121,24 +151,24 @@ CONTRACT_ARCHS = [10205, 4185, 12153, 5874, 13028, 11312, 15441, 13787, 12122, 1
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
-def test_batched_float32_within_the_contract(method):
+def test_batched_float32_within_the_contract(method, layout):
     """The batched engine's float32 error against the float64 truth: max and median over the
     archs at most twice the authors' float32 procedure's (pure path, 1 and 2 threads)."""
     archs = CONTRACT_ARCHS
     x = _batch(60, b=12)
     truth, ref_err = _truth_and_reference_errors(archs, x, method, seed=1)
-    got = list(fast.score_archs(archs, lambda _: x, method=method, seed=1, batched=True))
+    got = list(fast.score_archs(archs, lambda _: x, method=method, seed=1, batched=True, layout=layout))
     err = [abs(g - t) / abs(t) for g, t in zip(got, truth)]
     assert max(err) <= 2 * max(ref_err), (err, ref_err)
     assert statistics.median(err) <= 2 * statistics.median(ref_err), (err, ref_err)
 
 
-def test_batched_float32_degenerate_archs_match():
+def test_batched_float32_degenerate_archs_match(layout):
     archs = [ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS, ALL_SKIP]
     x = _batch(61)
     for method in ("jacob_cov", "hook_logdet"):
         per = list(fast.score_archs(archs, lambda _: x, method=method, batched=False))
-        got = list(fast.score_archs(archs, lambda _: x, method=method, batched=True, chunk=4))
+        got = list(fast.score_archs(archs, lambda _: x, method=method, batched=True, chunk=4, layout=layout))
         for g, p in zip(got, per):
             assert (math.isnan(g) and math.isnan(p)) or (math.isinf(p) and g == p) or (
                 math.isfinite(g) and math.isfinite(p))
@@ -170,6 +200,8 @@ def test_choose_chunk_follows_the_memory():
     assert per > batched.bytes_per_arch("hook_logdet", 128, 32, 32, torch.float32)
     assert per < batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
     assert batched.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
+    assert batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "dense") > per
+    assert batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "merged") == per
     cpu = torch.device("cpu")
     assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
     assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1
@@ -198,13 +230,14 @@ def test_default_chunk_comes_from_the_memory(monkeypatch):
 def test_use_batched_rule():
     assert fast.use_batched("cpu", 2) and fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH)
     assert not fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH + 1)
-    assert not fast.use_batched(torch.device("cpu"), 128)
+    assert not fast.use_batched(torch.device("cpu"), 128) and fast.use_batched("cuda", 128)
 
 
 def test_batched_none_picks_by_the_rule(monkeypatch):
     used = []
     monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: used.append(len(plans)) or [0.0] * len(plans))
-    small, large = _batch(73, b=4, side=8), _batch(74, b=fast.CPU_BATCHED_MAX_BATCH + 1, side=8)
+    small = _batch(73, b=fast.CPU_BATCHED_MAX_BATCH, side=8)
+    large = _batch(74, b=fast.CPU_BATCHED_MAX_BATCH + 1, side=8)
     list(fast.score_archs([6111], lambda _: small, method="hook_logdet"))
     assert used == [1]
     list(fast.score_archs([6111], lambda _: large, method="hook_logdet"))
