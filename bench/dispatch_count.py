@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import random
 import sys
 from pathlib import Path
@@ -43,12 +42,13 @@ class CountingMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32):
+def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32, layout=None):
     # Warm up outside the count: the seed's weight streams are drawn once per process.
-    list(fast.score_archs(archs[:1], lambda _: x, method=method, batched=batched, dtype=dtype))
+    kw = dict(method=method, batched=batched, dtype=dtype, layout=layout if batched else None)
+    list(fast.score_archs(archs[:1], lambda _: x, **kw))
     mode = CountingMode()
     with mode:
-        scores = list(fast.score_archs(archs, lambda _: x, method=method, batched=batched, chunk=chunk, dtype=dtype))
+        scores = list(fast.score_archs(archs, lambda _: x, chunk=chunk, **kw))
     return mode.counts, scores
 
 
@@ -64,14 +64,12 @@ def main(argv=None):
                    help="layout of the batched engine (default: the CPU's; dense is CUDA's)")
     p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
     a = p.parse_args(argv)
-    if a.layout is not None:
-        engine.run_chunk = functools.partial(engine.run_chunk, layout=a.layout)
     archs = random.Random(a.seed).sample(range(NUM_ARCHS), a.archs)
     x = torch.randn(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     dtype = getattr(torch, a.dtype)
     for method in a.methods:
         for batched in [e == "batched" for e in a.engines]:
-            counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype)
+            counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype, a.layout)
             total = sum(counts.values())
             top = ", ".join(f"{k} {v}" for k, v in counts.most_common(12))
             print(f"{method:12s} batched={batched!s:5s} layout={a.layout if batched else '-'} {total:7d} ops, {total / len(archs):7.1f} per arch "

@@ -2,21 +2,32 @@
 
 Every NB201 cell has the same six edges; only the op on each edge differs. For a chunk of A
 architectures the engine stacks them along the channels (``[B, A*C, H, W]``, architecture
-``a`` owning channels ``a*C .. a*C + C - 1``) and runs each op type once per source node for
-all the (architecture, edge) pairs that use it there:
+``a`` owning channels ``a*C .. a*C + C - 1``). Two layouts (``run_chunk(layout=...)``):
 
-* convolutions: ``relu(node)`` once, the channels of the pairs gathered (``index_select``), one
-  grouped convolution (one group per pair, each with its architecture's own weights), one
-  BatchNorm call (per channel, so per architecture, train mode; weight 1 and bias 0 as at
-  initialisation, so left out), scattered into the target nodes (``index_add_``);
-* pooling and skip: gathered, pooled (or not) and scattered the same way;
-* the stem, the reduction blocks and the head as grouped convolutions / per-channel ops.
+* ``"sparse"`` (the CPU's; ``"merged"``: the same with 1x1 kernels zero-padded into the 3x3
+  group): per source node each op type runs once for the (architecture, edge) pairs that use
+  it there: convolutions as ``relu(node)`` once, the pairs' channels gathered
+  (``index_select``), one grouped convolution (one group per pair, each with its
+  architecture's own weights) and one BatchNorm call (per channel, train mode; weight 1 and
+  bias 0 as at initialisation, so left out), scattered into the target nodes (``index_add_``);
+  pooling and skip gathered, pooled (or not) and scattered the same way. Autograd gives the
+  jacob_cov backward. The fewest FLOPs.
+* ``"dense"`` (CUDA's): every edge of every architecture computed; per source node ONE grouped
+  convolution over all (architecture, out-edge) pairs (zero weights where an edge is no
+  convolution or its plan prunes it), ONE BatchNorm, ONE add into the destination nodes, ONE
+  pooling and two adds through 0/1 masks (pooling, skip), and a hand-written backward
+  (BatchNorm, convolution, ReLU and pooling backward ops, no autograd). An all-zero channel
+  stays exactly zero through BatchNorm and gives exactly zero gradient back through its zero
+  weights, so every arch gets what its plan computes. About 4-5x the convolution FLOPs of
+  the sparse layout, and the fewest launches (bench/RESULTS.md: 17 dispatched ops per arch).
 
+The stem, the reduction blocks and the head run as grouped convolutions / per-channel ops.
 Which edges each architecture computes and which codes it counts come from its own plan
 (:func:`nwot_fast.fast.compile_plan`): the same pruning, multiplicities and structural answers
 as the per-architecture path, so a node an architecture never computes stays an exact zero.
-Nodes 1..3 of a cell share one accumulator (``[B, 3*A*C, H, W]``), so each op group is one
-scatter whatever its target nodes.
+Nodes 1..3 of a cell share one accumulator (sparse ``[B, 3*A*C, H, W]``: each op group one
+scatter whatever its target nodes; dense ``[B, A*C, 3, H, W]``: a node is a view, and the
+convolution output of a source node, ``[B, A*C*n, H, W]``, adds into its n destinations).
 
 ``jacob_cov``: each architecture gets its own copy of its input (``[B, A*3, H, W]``), so one
 backward of the summed outputs gives every architecture's Jacobian. ``hook_logdet``: the
@@ -526,7 +537,7 @@ def _dense_cell(h5, per_node, cell: int, A: int, codes: Optional[_Codes], code_m
     one add into the destinations, one pooling and two masked adds (pooling, skip). Returns
     node 3 ``[B, A*C, 1, H, W]`` (a view of the accumulator)."""
     B, AC, _, H, W = h5.shape
-    acc = node = h5
+    node = h5
     for s in range(NUM_NODES - 1):
         n = _N_OUT[s]
         ws, (mpool, mskip) = per_node[s]
@@ -540,7 +551,7 @@ def _dense_cell(h5, per_node, cell: int, A: int, codes: Optional[_Codes], code_m
         if s:
             dest = acc.narrow(2, s, n)
             dest.add_(z.view(B, AC, n, H, W))
-        else:
+        else:  # source node 0's convolution output starts the accumulator of nodes 1..3
             acc = dest = z.view(B, AC, n, H, W)
         dest.addcmul_(_pool3(node), mpool)
         dest.addcmul_(node, mskip)
@@ -621,13 +632,13 @@ def _dense_pass(x, uses: List[_CellUse], t: _DenseTensors, codes: Optional[_Code
             g = _dense_cell_backward(g, cells[stage * N_CELLS + cell], A)
         if t.reductions[stage] is not None:
             ra, ya, ma, ia, rb, yb, mb, ib, pd, (wa, wb, wd) = reds[stage - 1]
-            g4 = g.view(g.shape[0], g.shape[1], g.shape[3], g.shape[4])
+            g4 = g.squeeze(2)
             gza = _relu_backward(_conv_backward(_bn_backward(g4, yb, mb, ib), rb, wb, 1, 1, A), rb)
             gh = _relu_backward(_conv_backward(_bn_backward(gza, ya, ma, ia), ra, wa, 2, 1, A), ra)
             gpd = _conv_backward(g4, pd, wd, 1, 0, A)
             gh += torch.ops.aten.avg_pool2d_backward(gpd, ra, [2, 2], [2, 2], [0, 0], False, True, None)
             g = gh.unsqueeze(2)
-    g = _bn_backward(g.view(g.shape[0], g.shape[1], g.shape[3], g.shape[4]), stem_y, stem_mean, stem_invstd)
+    g = _bn_backward(g.squeeze(2), stem_y, stem_mean, stem_invstd)
     return _conv_backward(g, x, t.stem, 1, 1, A)
 
 
