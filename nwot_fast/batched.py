@@ -500,15 +500,22 @@ class _DenseTensors:
 
 
 _P3 = ((1, 3, 3), (1, 1, 1), (0, 1, 1))  # NB201's avg_pool_3x3 on [B, A*C, 1, H, W]
+_P2 = ([3, 3], [1, 1], [1, 1])
 
 
 def _pool3(x):
-    return torch.ops.aten.avg_pool3d(x, *_P3, False, False)
+    if min(x.shape[-2:]) >= 3:
+        return torch.ops.aten.avg_pool3d(x, *_P3, False, False)
+    # ATen's 3-D pooling refuses planes smaller than its kernel (padding aside); 2-D does not.
+    return torch.ops.aten.avg_pool2d(x.squeeze(2), *_P2, False, False).unsqueeze(2)
 
 
 def _pool3_backward(grad):
     # The input only gives the shape, which the gradient shares (stride 1, padding 1).
-    return torch.ops.aten.avg_pool3d_backward(grad, grad, *_P3, False, False, None)
+    if min(grad.shape[-2:]) >= 3:
+        return torch.ops.aten.avg_pool3d_backward(grad, grad, *_P3, False, False, None)
+    g = grad.squeeze(2)
+    return torch.ops.aten.avg_pool2d_backward(g, g, *_P2, False, False, None).unsqueeze(2)
 
 
 def _bn_train(y):

@@ -92,6 +92,18 @@ def test_batched_equals_per_arch_in_float64(method, relu_match, chunk, layout):
     assert any(math.isnan(p) or math.isinf(p) for p in per) and any(math.isfinite(p) for p in per)
 
 
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_dense_on_planes_smaller_than_the_pooling_kernel(method):
+    """8x8 images: 2x2 planes in the last stage, where the dense layout pools in 2-D (ATen's
+    3-D pooling refuses planes smaller than its kernel)."""
+    x = _batch(75, b=4, side=8)
+    kw = dict(method=method, seed=4, dtype=torch.float64)
+    archs = [ALL_POOL, DEAD_SOURCE, 6111]
+    got = list(fast.score_archs(archs, lambda _: x, batched=True, layout="dense", **kw))
+    for a, g in zip(archs, got):
+        assert _same(g, fast.score_arch(a, x, **kw), 1e-9), (a, g)
+
+
 def test_default_layout_is_the_devices(monkeypatch):
     """``layout=None``: run_chunk and choose_chunk take default_layout's (a spy on the dense pass)."""
     dense, sized = [], []
@@ -213,8 +225,8 @@ def test_choose_chunk_follows_the_memory():
 def test_default_chunk_comes_from_the_memory(monkeypatch):
     seen = []
 
-    def fake(method, b, h, w, dtype, device, available=None):
-        seen.append((method, b, h, w, dtype))
+    def fake(method, b, h, w, dtype, device, available=None, layout=None):
+        seen.append((method, b, h, w, dtype, layout))
         return 2
 
     monkeypatch.setattr(batched, "choose_chunk", fake)
@@ -223,7 +235,9 @@ def test_default_chunk_comes_from_the_memory(monkeypatch):
     monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: ran.append(len(plans)) or real(plans, *a))
     x = _batch(72, b=4, side=8)
     list(fast.score_archs([6111, 857, 4242, 0, 5], lambda _: x, batched=True))
-    assert seen and seen[0] == ("jacob_cov", 4, 8, 8, torch.float32)
+    assert seen and seen[0] == ("jacob_cov", 4, 8, 8, torch.float32, None)
+    list(fast.score_archs([6111], lambda _: x, batched=True, layout="dense"))
+    assert seen[-1][-1] == "dense"
     assert max(ran) == 2 and sum(ran) >= 3
 
 
