@@ -10,6 +10,9 @@ the output, and the parameter gradients of the backward pass. None of that chang
 * an op whose result only feeds ``none`` edges receives an exactly-zero gradient;
 * the score only needs ``d(sum y)/dx``, not the parameter gradients.
 
+On the CPU the plan runs channels-last by default (NHWC: oneDNN's convolutions, the compiled
+channels-last BatchNorm and pooling of :mod:`nwot_fast.ops`; bench/RESULTS.md, "CPU levers").
+
 So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
 network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
 draws them: :mod:`nwot_fast.weights`, bit for bit :func:`nwot_fast.nb201.initial_parameters`),
@@ -19,7 +22,8 @@ which keeps the scores those of the reference:
     only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
     ``relu(node)`` once for all convolutions reading the node; convolutions of the same
     kernel size that read the same node merged into one (weights concatenated along the
-    output channels; each keeps its own BatchNorm, run as one per-channel call, then split);
+    output channels; each keeps its own BatchNorm, run as one per-channel call whose output
+    comes in one dense tensor per edge on the CPU, else as channel slices);
     sums in string order without ``0 + tensor``; the backward w.r.t. the input only (no
     parameter requires a gradient); constant-output cells answered ``NaN`` without running.
 
