@@ -10,6 +10,9 @@ the output, and the parameter gradients of the backward pass. None of that chang
 * an op whose result only feeds ``none`` edges receives an exactly-zero gradient;
 * the score only needs ``d(sum y)/dx``, not the parameter gradients.
 
+On the CPU the plan runs channels-last by default (NHWC: oneDNN's convolutions, the compiled
+channels-last BatchNorm and pooling of :mod:`nwot_fast.ops`; bench/RESULTS.md, "CPU levers").
+
 So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
 network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
 draws them: :mod:`nwot_fast.weights`, bit for bit :func:`nwot_fast.nb201.initial_parameters`),
@@ -19,7 +22,8 @@ which keeps the scores those of the reference:
     only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
     ``relu(node)`` once for all convolutions reading the node; convolutions of the same
     kernel size that read the same node merged into one (weights concatenated along the
-    output channels; each keeps its own BatchNorm, run as one per-channel call, then split);
+    output channels; each keeps its own BatchNorm, run as one per-channel call whose output
+    comes in one dense tensor per edge on the CPU, else as channel slices);
     sums in string order without ``0 + tensor``; the backward w.r.t. the input only (no
     parameter requires a gradient); constant-output cells answered ``NaN`` without running.
 
@@ -110,7 +114,7 @@ class Plan:
     method: str
     relu_match: str
     merge: bool
-    channels_last: bool
+    channels_last: Optional[bool]
     constant: bool
     result: Optional[float]
     cell_steps: Tuple[Step, ...]
@@ -224,12 +228,13 @@ def _hook_cell(arch: Arch, per_edge: int):
 
 
 def compile_plan(arch, method: str = "jacob_cov", *, relu_match: str = "name", merge: bool = True,
-                 channels_last: bool = False) -> Plan:
+                 channels_last: Optional[bool] = None) -> Plan:
     """Compile the execution plan of ``arch`` (an Arch, arch string or benchmark index).
 
     ``merge``: merge convolutions of the same kernel size that read the same node (bitwise the
     same result: each output channel is computed independently). ``channels_last``: run in
-    the channels-last memory format.
+    the channels-last memory format (``None``: on the CPU, where it measured faster with the
+    compiled channels-last BatchNorm and pooling, bench/RESULTS.md; NCHW elsewhere).
     """
     arch = as_arch(arch)
     _check_method(method, relu_match)
@@ -318,16 +323,25 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
     bit: :mod:`nwot_fast.weights`, equal to :func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (merged
     convolutions get concatenated weights)."""
     p = weights.for_seed(seed).parameters(plan.arch)
-    fmt = torch.channels_last if plan.channels_last else torch.contiguous_format
+    channels_last = _uses_channels_last(plan, device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def prep(name, conv=False):
         t = p[name].to(device=device, dtype=dtype)
         return t.contiguous(memory_format=fmt) if conv else t.contiguous()
 
     def conv_bn(prefix):
-        return (prep(f"{prefix}.op.1.weight", True), prep(f"{prefix}.op.2.weight"), prep(f"{prefix}.op.2.bias"))
+        return (prep(f"{prefix}.op.1.weight", True),) + bn(prefix + ".op.2")
 
-    stem = (prep("stem.0.weight", True), prep("stem.1.weight"), prep("stem.1.bias"))
+    def bn(prefix):
+        # Channels-last: BatchNorm at its initial affine (weight 1, bias 0, as every network
+        # here is) runs as ops.batch_norm_train, marked by (None, None).
+        g, b = prep(f"{prefix}.weight"), prep(f"{prefix}.bias")
+        if channels_last and bool((g == 1).all()) and bool((b == 0).all()):
+            return None, None
+        return g, b
+
+    stem = (prep("stem.0.weight", True),) + bn("stem.1")
     cells: List[_CellWeights] = []
     reductions: List[Tuple[torch.Tensor, ...]] = []
     conv_steps = [s for s in plan.cell_steps if s.op == "conv_bn"]
@@ -342,12 +356,12 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
         for s in conv_steps:
             parts = [conv_bn(f"cells.{index}.layers.{k}") for k in s.edges]
             cw.conv[s.edges] = tuple(
-                torch.cat([q[n] for q in parts], 0).contiguous(memory_format=fmt if n == 0 else torch.contiguous_format)
-                if len(parts) > 1 else parts[0][n]
+                parts[0][n] if len(parts) == 1 or parts[0][n] is None
+                else torch.cat([q[n] for q in parts], 0).contiguous(memory_format=fmt if n == 0 else torch.contiguous_format)
                 for n in range(3)
             )
         cells.append(cw)
-    head = (prep("lastact.0.weight"), prep("lastact.0.bias"), prep("classifier.weight"), prep("classifier.bias"))
+    head = bn("lastact.0") + (prep("classifier.weight"), prep("classifier.bias"))
     return _Weights(stem, cells, reductions, head)
 
 
@@ -355,10 +369,23 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
 # Running a plan
 
 
+def _uses_channels_last(plan: Plan, device: torch.device) -> bool:
+    return plan.channels_last if plan.channels_last is not None else device.type == "cpu"
+
+
+def _bn_parts(x, weight, bias, parts: int = 1) -> Tuple[torch.Tensor, ...]:
+    """Train-mode BatchNorm from batch statistics, split into ``parts`` channel groups; the
+    running statistics the reference updates never reach the output of this pass. ``weight``
+    None (channels-last plans at the initial affine): ``ops.batch_norm_train``, whose groups are
+    dense channels-last tensors, so that the node sums add tensors of one layout."""
+    if weight is None:
+        return ops.batch_norm_train(x, parts)
+    y = F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)
+    return y.split(y.shape[1] // parts, dim=1) if parts > 1 else (y,)
+
+
 def _bn(x, weight, bias):
-    # Train-mode BatchNorm from batch statistics; the running statistics the reference updates
-    # never reach the output of this pass.
-    return F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)
+    return _bn_parts(x, weight, bias)[0]
 
 
 class _Codes:
@@ -370,6 +397,10 @@ class _Codes:
         self.units = 0
 
     def add(self, t: torch.Tensor, multiplicity: int):
+        if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+            # Packed in memory order (h, w, c), no copy: K sums over units with one
+            # multiplicity per call, so the order of the units in a code does not matter.
+            t = t.permute(0, 2, 3, 1)
         self.packed.append(ops.pack_codes(t))
         self.mults.append(multiplicity)
         self.units += multiplicity * (t[0].numel())
@@ -395,12 +426,9 @@ def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Co
             env[s.writes[0]] = F.relu(env[s.reads[0]])
         elif op == "conv_bn":
             w, g, b = cw.conv[s.edges]
-            y = _bn(F.conv2d(env[s.reads[0]], w, padding=s.kernel // 2), g, b)
-            if len(s.writes) == 1:
-                env[s.writes[0]] = y
-            else:
-                for name, part in zip(s.writes, y.split(x.shape[1], dim=1)):
-                    env[name] = part
+            parts = _bn_parts(F.conv2d(env[s.reads[0]], w, padding=s.kernel // 2), g, b, len(s.writes))
+            for name, part in zip(s.writes, parts):
+                env[name] = part
         elif op == "pool":
             env[s.writes[0]] = _avg_pool3x3(env[s.reads[0]])
         elif op == "sum":
@@ -493,7 +521,7 @@ def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dty
     codes (hook_logdet). The weights are drawn in float32 as the reference draws them, then cast."""
     w = _weights(plan, seed, dev, dtype)
     x = x.to(device=dev, dtype=dtype)
-    if plan.channels_last:
+    if _uses_channels_last(plan, dev):
         x = x.contiguous(memory_format=torch.channels_last)
     with reference.full_float32():  # no TF32 on CUDA: float32 scores are those of float32
         if plan.method == "jacob_cov":

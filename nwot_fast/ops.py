@@ -17,7 +17,11 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
   :mod:`nwot_fast.exact`; a float64 K with non-integer entries keeps the floating rule).
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
 - :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
-  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU).
+  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU),
+  NCHW and channels-last.
+- :func:`batch_norm_train` ``x [N, P C, H, W] float32|float64, parts P -> P tensors [N, C, H, W]``:
+  NB201's BatchNorm2d in train mode at initialisation (weight 1, bias 0), with autograd; on
+  the CPU a compiled channels-last kernel whose outputs are dense channels-last tensors.
 - :func:`pack_layers` / :func:`stack_codes`: build the ``codes, multiplicity, units`` triple
   from per-layer activations, and batch several architectures.
 
@@ -44,6 +48,7 @@ __all__ = [
     "logdet_score",
     "hook_logdet_score",
     "avg_pool3x3",
+    "batch_norm_train",
     "pack_layers",
     "stack_codes",
     "jacob_cov_score_fallback",
@@ -138,6 +143,16 @@ def _check_pool_input(x, name: str) -> None:
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
 
 
+def _check_bn_input(x, parts) -> None:
+    _check_pool_input(x, "x")
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be a positive int, got {parts!r}")
+    if x.shape[1] % parts:
+        raise ValueError(f"x channels ({x.shape[1]}) must be divisible by parts ({parts})")
+    if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+        raise ValueError(f"x must have more than 1 value per channel for train-mode BatchNorm, got shape {list(x.shape)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Public wrappers
 
@@ -182,16 +197,32 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
 
 def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
-    autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's NCHW
-    kernel in both directions and several times faster; elsewhere ATen's pooling (also for
-    channels-last input, which ATen pools in that layout; other strides, such as a channel
-    slice, ATen makes contiguous first, as this kernel does)."""
+    autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's
+    kernels in both directions and several times faster than its NCHW ones: a dense
+    channels-last input is pooled in that layout (channels-last output), any other made
+    contiguous first (NCHW output); elsewhere ATen's pooling."""
     if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and x.dim() == 4
-            and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last))
-            and _compiled("cpu")):
+            and x.dim() == 4 and _compiled("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
     return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+BN_EPS = 1e-5
+
+
+def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...]:
+    """``F.batch_norm(x, None, None, training=True, eps=1e-5)`` (batch statistics, biased
+    variance, no affine: NB201's BatchNorm2d at initialisation), with autograd, split along the
+    channels into ``parts`` equal groups (a merged convolution's edges). On the CPU (float32 or
+    float64, 4-D) the compiled kernel: statistics summed in float64, every group returned as a
+    dense channels-last tensor (any input layout is read as channels-last); elsewhere ATen's
+    BatchNorm, split into channel slices."""
+    _check_bn_input(x, parts)
+    if x.device.type == "cpu" and _compiled("cpu"):
+        y, _ = torch.ops.nwot_fast.batch_norm_train(x, parts)
+        return y.unbind(0)
+    y = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
+    return y.split(x.shape[1] // parts, dim=1)
 
 
 def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -407,7 +438,8 @@ def _register_fakes() -> None:
     def _pool_fake(name):
         def fake(x):
             _check_pool_input(x, name)
-            return torch.empty_like(x, memory_format=torch.contiguous_format)
+            nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            return torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
         return fake
 
@@ -420,3 +452,29 @@ def _register_fakes() -> None:
         "nwot_fast::avg_pool3x3", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3_backward(grad))
     torch.library.register_autograd(
         "nwot_fast::avg_pool3x3_backward", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3(grad))
+
+    def _parts_strides(P, N, C, H, W):
+        return (N * H * W * C, H * W * C, 1, W * C, C)
+
+    @torch.library.register_fake("nwot_fast::batch_norm_train")
+    def _batch_norm_train_fake(x, parts):
+        _check_bn_input(x, parts)
+        N, PC, H, W = x.shape
+        C = PC // parts
+        y = x.new_empty_strided((parts, N, C, H, W), _parts_strides(parts, N, C, H, W))
+        return y, x.new_empty((PC,), dtype=torch.float64)
+
+    @torch.library.register_fake("nwot_fast::batch_norm_train_backward")
+    def _batch_norm_train_backward_fake(grad, y, invstd):
+        P, N, C, H, W = y.shape
+        return y.new_empty((N, P * C, H, W)).contiguous(memory_format=torch.channels_last)
+
+    def _bn_setup(ctx, inputs, output):
+        ctx.save_for_backward(*output)
+
+    def _bn_backward(ctx, grad_y, grad_invstd):
+        y, invstd = ctx.saved_tensors
+        return torch.ops.nwot_fast.batch_norm_train_backward(grad_y, y, invstd), None
+
+    # First derivatives only: the fast path differentiates the network once (jacob_cov).
+    torch.library.register_autograd("nwot_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)

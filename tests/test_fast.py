@@ -203,6 +203,21 @@ def test_merge_and_channels_last_give_the_same_scores():
     _assert_same(cl, base)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
+def test_both_layouts_with_and_without_the_extension_equal_the_reference(method, channels_last, compiled, monkeypatch):
+    # Channels-last (the CPU default) runs BatchNorm and pooling as the compiled channels-last
+    # kernels, merged edges as dense parts and codes packed in (h, w, c) order; without the
+    # extension the same plan runs ATen's BatchNorm on channel slices.
+    if not compiled:
+        monkeypatch.setattr(ops, "_compiled", lambda device_type: False)
+    x = _batch(11, b=10, side=16)
+    for arch in (SAME_NODE_TWO_KERNELS, ALL_CONV_MIXED, DEAD_SOURCE, 1459):
+        plan = fast.compile_plan(arch, method, channels_last=channels_last)
+        _assert_same(fast.run_plan(plan, x, dtype=F64), _reference(arch, x, method))
+
+
 def test_rng_state_untouched_and_independent_of_it():
     x = _batch(6, b=6, side=16)
     torch.manual_seed(1234)

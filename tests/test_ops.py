@@ -272,12 +272,14 @@ def test_opcheck_every_operator(device):
     assert checked == {"jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"}
 
 
-def test_opcheck_avg_pool3x3():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_avg_pool3x3(channels_last):
     need_compiled("cpu")
-    x = torch.randn(2, 3, 5, 4, generator=rng(8), requires_grad=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 5, 4, generator=rng(8)).contiguous(memory_format=fmt).requires_grad_(True)
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3.default, (x,))
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3_backward.default, (x,))
-    xd = x.detach().double().requires_grad_(True)
+    xd = x.detach().double().contiguous(memory_format=fmt).requires_grad_(True)
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3.default, (xd,))
     torch.library.opcheck(torch.ops.nwot_fast.avg_pool3x3_backward.default, (xd,))
 
@@ -336,12 +338,22 @@ def test_avg_pool3x3_channel_slice_bitwise_equals_aten():
     assert torch.equal(wa.grad, wb.grad)
 
 
-def test_avg_pool3x3_other_inputs_use_aten():
-    x = torch.randn(2, 3, 6, 6, generator=rng(11))
-    cl = x.contiguous(memory_format=torch.channels_last)
-    y = ops.avg_pool3x3(cl)
-    assert torch.equal(y, _aten_pool(cl)) and y.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(ops.avg_pool3x3(cl.double()), _aten_pool(cl.double()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 16, 32, 32), (16, 64, 8, 8), (2, 3, 1, 5), (2, 3, 5, 1), (2, 5, 2, 2),
+                                   (4, 5, 7, 3), (0, 3, 4, 4)])
+def test_avg_pool3x3_channels_last_bitwise_equals_aten(shape, dtype):
+    # Runs with the extension absent too (ATen's pooling then).
+    g = rng(sum(shape) + 1)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 3.0).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = _aten_pool(xa), ops.avg_pool3x3(xb)
+    assert torch.equal(ya, yb)
+    if 0 not in shape:
+        assert yb.is_contiguous(memory_format=torch.channels_last)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
 
 
 def test_avg_pool3x3_argument_errors():
@@ -430,3 +442,107 @@ def test_cuda_matches_cpu_operators():
     assert torch.equal(Kc.cpu(), ops.hamming_kernel(codes, mult, units))
     assert_scores_equal(ops.hook_logdet_score(codes.cuda(), mult.cuda(), units.cuda()),
                         ops.hook_logdet_score(codes, mult, units).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# batch_norm_train: train-mode BatchNorm without affine, split into dense channels-last parts
+
+
+def _aten_bn(x):
+    return torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+
+
+def _bn_input(shape, dtype, seed, channels_last=True):
+    g = rng(seed)
+    # Per-channel offsets and scales, as after a convolution: the statistics have work to do.
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * (0.5 + torch.rand(shape[1], 1, 1, generator=g,
+                                                                                dtype=torch.float64))
+    x = x + 3.0 * torch.randn(shape[1], 1, 1, generator=g, dtype=torch.float64)
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape, parts", [((16, 32, 8, 8), 2), ((8, 16, 6, 5), 1), ((4, 48, 3, 3), 3), ((2, 64, 1, 2), 2),
+                                          ((5, 3, 4, 4), 1), ((2, 7, 1, 1), 7)])
+def test_batch_norm_train_matches_float64_aten(shape, parts, dtype, tol):
+    # Forward and input gradient against ATen's BatchNorm in float64 (the truth); float32 within
+    # a few ulps of it. Runs with the extension absent too (ATen's BatchNorm then).
+    x = _bn_input(shape, dtype, sum(shape) + parts)
+    grads = [torch.randn((shape[0], shape[1] // parts) + shape[2:], generator=rng(parts), dtype=dtype)
+             .contiguous(memory_format=torch.channels_last) for _ in range(parts)]
+    xt = x.double().requires_grad_(True)
+    want = _aten_bn(xt)
+    (want_grad,) = torch.autograd.grad(want, xt, torch.cat([g.double() for g in grads], 1))
+    xg = x.clone().requires_grad_(True)
+    got = ops.batch_norm_train(xg, parts)
+    assert len(got) == parts and all(p.dtype == dtype and p.shape == grads[0].shape for p in got)
+    if compiled("cpu"):
+        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in got)
+    (got_grad,) = torch.autograd.grad(got, xg, grads)
+    scale = want.abs().max().item()
+    assert (torch.cat(got, 1).double() - want).abs().max().item() <= tol * scale
+    # The gradient is a difference of terms of size |grad| * invstd (nearly cancelling when a
+    # channel has 2 values): errors scale with them.
+    invstd = 1.0 / (xt.detach().var(dim=(0, 2, 3), unbiased=False) + 1e-5).sqrt()
+    gscale = max(g.abs().max().item() for g in grads) * invstd.max().item()
+    assert (got_grad.double() - want_grad).abs().max().item() <= tol * gscale
+
+
+def test_batch_norm_train_reads_any_layout():
+    x = _bn_input((4, 32, 5, 6), torch.float64, 3, channels_last=False)
+    for t in (x, x.contiguous(memory_format=torch.channels_last), torch.cat([x, x], 1)[:, 16:48]):
+        got = ops.batch_norm_train(t, 2)
+        assert torch.allclose(torch.cat(got, 1), _aten_bn(t), rtol=0, atol=1e-12)
+
+
+def test_batch_norm_train_gradcheck():
+    x = _bn_input((3, 8, 4, 3), torch.float64, 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: ops.batch_norm_train(t, 2), (x,))
+    assert torch.autograd.gradcheck(lambda t: ops.batch_norm_train(t, 1), (x,))
+
+
+def test_batch_norm_train_backward_accepts_other_grad_layouts():
+    need_compiled("cpu")
+    x = _bn_input((4, 32, 5, 6), torch.float64, 7)
+    y, invstd = torch.ops.nwot_fast.batch_norm_train(x, 2)
+    g = torch.randn(y.shape, generator=rng(3), dtype=torch.float64)  # dense [P, N, C, H, W], not y's strides
+    xt = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(_aten_bn(xt), xt, torch.cat(g.unbind(0), 1))
+    got = torch.ops.nwot_fast.batch_norm_train_backward(g, y, invstd)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_batch_norm_train(dtype):
+    need_compiled("cpu")
+    x = _bn_input((3, 8, 4, 5), dtype, 9).requires_grad_(True)
+    torch.library.opcheck(torch.ops.nwot_fast.batch_norm_train.default, (x, 2))
+    y, invstd = torch.ops.nwot_fast.batch_norm_train(x.detach(), 2)
+    torch.library.opcheck(torch.ops.nwot_fast.batch_norm_train_backward.default, (torch.randn_like(y), y, invstd))
+
+
+def test_batch_norm_train_argument_errors():
+    with pytest.raises(ValueError, match="parts must be a positive int"):
+        ops.batch_norm_train(torch.zeros(2, 4, 3, 3), 0)
+    with pytest.raises(ValueError, match=r"x channels \(5\) must be divisible by parts \(2\)"):
+        ops.batch_norm_train(torch.zeros(2, 5, 3, 3), 2)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ops.batch_norm_train(torch.zeros(1, 4, 1, 1))
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ops.batch_norm_train(torch.zeros(2, 4, 3))
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        ops.batch_norm_train(torch.zeros(2, 4, 3, 3, dtype=torch.float16))
+    need_compiled("cpu")
+    with pytest.raises(RuntimeError, match=r"x channels \(5\) must be divisible by parts \(2\)"):
+        torch.ops.nwot_fast.batch_norm_train(torch.zeros(2, 5, 3, 3), 2)
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        torch.ops.nwot_fast.batch_norm_train(torch.zeros(1, 4, 1, 1), 1)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        torch.ops.nwot_fast.batch_norm_train(torch.zeros(2, 4, 3, 3, dtype=torch.float16), 1)
+    y, invstd = torch.ops.nwot_fast.batch_norm_train(torch.randn(2, 4, 3, 3), 2)
+    with pytest.raises(RuntimeError, match="grad must have the shape of y"):
+        torch.ops.nwot_fast.batch_norm_train_backward(y[:1], y, invstd)
+    with pytest.raises(RuntimeError, match="invstd must be float64"):
+        torch.ops.nwot_fast.batch_norm_train_backward(y, y, invstd.float())

@@ -9,6 +9,10 @@
 // offsets, starting from 0 (backward: of grad / count). Here that box sum runs a whole row at a
 // time (the order per pixel is unchanged, so the compiler may vectorise across pixels), one
 // (n, c) plane per task.
+//
+// Channels-last input (dense NHWC, not also NCHW-contiguous) gets a channels-last output,
+// bitwise equal to ATen's channels-last kernels, which add the same taps in the same order per
+// channel: here one image per task, each tap added to a whole output row of W x C values.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -86,15 +90,97 @@ at::Tensor map_planes(const at::Tensor& in_, const char* name, PlaneFn plane) {
   return out;
 }
 
+// Channels-last: out[h][w][c] = taps of in[h + dh][w + dw][c] for dh, then dw (in bounds),
+// accumulated from 0 in that order, then divided by the taps when divide is set. One image.
+template <typename scalar_t>
+void box_sum_image_nhwc(const scalar_t* in, scalar_t* out, int64_t H, int64_t W, int64_t C, bool divide) {
+  const int64_t row = W * C;
+  for (int64_t h = 0; h < H; ++h) {
+    scalar_t* o = out + h * row;
+    std::fill(o, o + row, scalar_t(0));
+    for (int64_t r = std::max<int64_t>(h - 1, 0); r < std::min(h + 2, H); ++r) {
+      const scalar_t* i = in + r * row;
+      // dw = -1: outputs w >= 1 read w - 1; dw = 0: all; dw = +1: outputs w <= W - 2 read w + 1.
+      if (W > 1) {
+        for (int64_t k = C; k < row; ++k) o[k] += i[k - C];
+      }
+      for (int64_t k = 0; k < row; ++k) o[k] += i[k];
+      if (W > 1) {
+        for (int64_t k = 0; k < row - C; ++k) o[k] += i[k + C];
+      }
+    }
+    if (divide) {
+      const int64_t th = taps(h, H);
+      for (int64_t w = 0; w < W; ++w) {
+        const scalar_t d = static_cast<scalar_t>(th * taps(w, W));
+        scalar_t* ow = o + w * C;
+        for (int64_t c = 0; c < C; ++c) ow[c] /= d;
+      }
+    }
+  }
+}
+
+bool is_nhwc(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// image(in, out, H, W, C, scratch) for every image of the dense channels-last input, in
+// parallel, into a new channels-last tensor.
+template <typename ImageFn>
+at::Tensor map_images_nhwc(const at::Tensor& in, ImageFn image) {
+  at::Tensor out = at::empty_like(in, at::MemoryFormat::ChannelsLast);
+  if (in.numel() == 0) return out;
+  const int64_t N = in.size(0), C = in.size(1), H = in.size(2), W = in.size(3);
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "avg_pool3x3_cpu", [&] {
+    const scalar_t* ip = in.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch;
+      for (int64_t n = begin; n < end; ++n) image(ip + n * H * W * C, op + n * H * W * C, H, W, C, scratch);
+    });
+  });
+  return out;
+}
+
+void check_pool_input(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D [batch, channels, height, width], got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
 }  // namespace
 
 at::Tensor avg_pool3x3_cpu(const at::Tensor& x) {
+  check_pool_input(x, "x");
+  if (is_nhwc(x)) {
+    return map_images_nhwc(x, [](const auto* in, auto* out, int64_t H, int64_t W, int64_t C, auto&) {
+      box_sum_image_nhwc(in, out, H, W, C, true);
+    });
+  }
   return map_planes(x, "x", [](const auto* in, auto* out, int64_t H, int64_t W, auto* acc, auto&) {
     box_sum_plane(in, out, H, W, true, acc);
   });
 }
 
 at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad) {
+  check_pool_input(grad, "grad");
+  if (is_nhwc(grad)) {
+    return map_images_nhwc(grad, [](const auto* g, auto* out, int64_t H, int64_t W, int64_t C, auto& scaled) {
+      using scalar_t = std::remove_pointer_t<decltype(out)>;
+      // Each output's share, grad / taps, as ATen computes it before scattering.
+      scaled.resize(H * W * C);
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t th = taps(h, H);
+        for (int64_t w = 0; w < W; ++w) {
+          const scalar_t d = static_cast<scalar_t>(th * taps(w, W));
+          const int64_t at = (h * W + w) * C;
+          for (int64_t c = 0; c < C; ++c) scaled[at + c] = g[at + c] / d;
+        }
+      }
+      box_sum_image_nhwc(scaled.data(), out, H, W, C, false);
+    });
+  }
   return map_planes(grad, "grad", [](const auto* g, auto* out, int64_t H, int64_t W, auto* acc, auto& scaled) {
     using scalar_t = std::remove_pointer_t<decltype(out)>;
     // Each output's share, grad / taps, as ATen computes it before scattering.
