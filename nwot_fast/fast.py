@@ -676,7 +676,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
 
 # The CPU batch size up to which the batched engine (its CPU layout, sparse) is faster than one
 # plan per architecture (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
-# process, alternating rounds): 1.3-1.5x at batch 2, 0.9-1.1x at 4, 0.4-0.7x at 8 and 32.
+# process, alternating rounds): 0.95-1.3x at batch 2, 0.8x at 4, 0.3-0.6x at 8 and 32.
 CPU_BATCHED_MAX_BATCH = 2
 
 
