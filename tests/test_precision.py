@@ -181,17 +181,20 @@ def test_measure_checks_its_arguments(batch):
 
 def test_measure_with_a_small_batch_and_a_custom_candidate():
     """A made-up candidate (the fast path with a relative bias) breaks the contract; the
-    table names every arch and column."""
+    table names every arch and column. The bias (1e-2) is ten times the largest float32 error
+    seen for these archs on any path (arch 15624: up to 1.1e-3), so the test decides the same
+    on every machine; whether the unbiased fast path keeps the contract is left to the
+    16-arch tests above (over 2 archs a max or median is a coin toss of the rounding)."""
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
     def biased(archs, x, **kw):
-        return [s * (1 + 1e-3) for s in precision.fast_scores(archs, x, **kw)]
+        return [s * (1 + 1e-2) for s in precision.fast_scores(archs, x, **kw)]
 
     env = precision.measure([1459, 15624], x, "jacob_cov", candidates={"fast": precision.fast_scores,
                                                                        "biased": biased})
-    assert env.violations("fast") == []
     assert env.violations("biased") != []
-    assert np.allclose(env.errors("biased"), 1e-3, rtol=0.2)  # the bias plus float32 rounding
+    assert np.allclose(env.errors("biased"), 1e-2, rtol=0.2)  # the bias plus float32 rounding
+    assert max(env.errors("fast")) < min(env.errors("biased")) / 5
     table = env.table()
     assert "ref@1" in table and "ref@2" in table and "biased" in table and "\n1459 | " in table
     with pytest.raises(ValueError, match="no candidate"):
