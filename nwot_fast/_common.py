@@ -24,6 +24,10 @@ DTYPES = ("float32", "float64")
 DEFAULT_DTYPE = "float32"
 # The eigenvalue offset of jacob_cov: S = -sum(log(l + EIG_EPS) + 1 / (l + EIG_EPS)).
 EIG_EPS = 1e-5
+# NB201's BatchNorm2d (train mode, from batch statistics): its eps and momentum; the momentum
+# only moves running statistics that no score reads.
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
 # 5 ops on 6 edges (checked against the benchmark's own order in the tests).
 NUM_ARCHS = 15625
 

@@ -49,10 +49,9 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, reference, weights
+from ._common import BN_EPS, BN_MOMENTUM
 from .nb201.arch import CONV3, EDGES, NUM_NODES, Arch
 
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
 C_STEM = 16
 N_CELLS = 5
 STAGE_CHANNELS = (16, 32, 64)

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, reference, weights
+from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
 from .nb201 import is_constant_output, live_edges, relu_sees_only_zeros
@@ -56,8 +57,6 @@ from .nb201.structure import _reachable_from_input
 
 METHODS = reference.METHODS
 RELU_MATCHES = reference.RELU_MATCHES
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1
 
 # Network macro-structure (NB201 TinyNetwork, C=16, N=5, 32x32 inputs by default).
 C_STEM = 16

@@ -37,7 +37,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from nwot_fast import _ext, exact
-from nwot_fast._common import EIG_EPS
+from nwot_fast._common import BN_EPS, EIG_EPS
 # Bytes of float64 temporaries the fallbacks allow themselves per step (they chunk above it).
 _FALLBACK_BYTES = 256 << 20
 
@@ -205,9 +205,6 @@ def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
             and x.dim() == 4 and _compiled("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
     return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-
-
-BN_EPS = 1e-5
 
 
 def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...]:
