@@ -135,7 +135,7 @@ def bytes_per_arch(method: str, batch_size: int, height: int = 32, width: int = 
         if stage:
             h, w = (h + 1) // 2, (w + 1) // 2
         per_cell += (N_CELLS + 2) * C * h * w
-    params = weights.stream_length(Arch((CONV3,) * len(EDGES))) * (4 + item + (4 if layout == "dense" else 0))
+    params = weights.max_length() * (4 + item + (4 if layout == "dense" else 0))
     if method == "jacob_cov":
         return params + (12 if layout == "dense" else 10) * batch_size * per_cell * item
     return params + 3 * batch_size * per_cell * item
@@ -307,7 +307,7 @@ class _Codes:
         self.units += units_each
 
 
-def _run_cell(h, groups, cell: int, builder: _Builder, A: int, C: int, codes: Optional[_Codes], code_mult,
+def _run_cell(h, groups, cell: int, A: int, C: int, codes: Optional[_Codes], code_mult,
               zero_units):
     B, _, H, W = h.shape
     acc = h.new_zeros(B, (NUM_NODES - 1) * A * C, H, W)
@@ -332,7 +332,7 @@ def _run_cell(h, groups, cell: int, builder: _Builder, A: int, C: int, codes: Op
                         # ATen's pooling (float64, or no compiled kernel) saves its input for
                         # the backward: not a view of the accumulator written to after.
                         src = node.clone()
-                    y = _pool(src)
+                    y = ops.avg_pool3x3(src)
                 else:
                     y = src
             acc = _scatter_add(acc, g.scatter, y)
@@ -341,24 +341,23 @@ def _run_cell(h, groups, cell: int, builder: _Builder, A: int, C: int, codes: Op
     return acc.narrow(1, (NUM_NODES - 2) * A * C, A * C)
 
 
-def _pool(x):
-    return ops.avg_pool3x3(x)
-
-
-def _code_mults(uses: List[_CellUse]) -> List[Optional[np.ndarray]]:
-    out: List[Optional[np.ndarray]] = []
+def _code_arrays(uses: List[_CellUse]):
+    """Per architecture: its code multiplier, the units of its all-zero conv codes per pixel
+    and channel, and per node 0..2 of a cell the multiplicity of its codes (None: no arch
+    counts that node)."""
+    cm = np.array([u.code_multiplier for u in uses], dtype=np.int64)
+    zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
+    code_mult: List[Optional[np.ndarray]] = []
     for i in range(NUM_NODES - 1):
         m = np.array([u.codes.get(i, 0) for u in uses], dtype=np.int64)
-        out.append(m if m.any() else None)
-    return out
+        code_mult.append(m if m.any() else None)
+    return cm, zero_units, code_mult
 
 
 def _forward(xs: torch.Tensor, uses: List[_CellUse], builder: _Builder, codes: Optional[_Codes], device,
              merge_kernels: bool):
     A = len(uses)
-    cm = np.array([u.code_multiplier for u in uses], dtype=np.int64)
-    zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
-    code_mult = _code_mults(uses)
+    cm, zero_units, code_mult = _code_arrays(uses)
     all_archs = range(A)
     stem = builder.weight([(a, "stem.0.weight") for a in all_archs], (A * C_STEM, 3, 3, 3))
     stages = []
@@ -391,7 +390,7 @@ def _forward(xs: torch.Tensor, uses: List[_CellUse], builder: _Builder, codes: O
             b_ = _bn(F.conv2d(F.relu(a_), builder.get(red[1]), padding=1, groups=A))
             h = F.conv2d(F.avg_pool2d(h, 2, 2), builder.get(red[2]), groups=A) + b_
         for cell in range(N_CELLS):
-            h = _run_cell(h, groups, cell, builder, A, C, codes, code_mult, zero_units)
+            h = _run_cell(h, groups, cell, A, C, codes, code_mult, zero_units)
     h = _bn(h)
     if codes is not None:
         codes.add(h, np.ones(A, dtype=np.int64))  # lastact's nn.ReLU: counted once under both rules
@@ -593,9 +592,7 @@ def _dense_pass(x, uses: List[_CellUse], t: _DenseTensors, codes: Optional[_Code
     """The dense forward (no autograd); with ``jacobian`` the hand-written backward of the summed
     outputs, returning the gradient of the input ``[B, A*3, H, W]``."""
     A = len(uses)
-    cm = np.array([u.code_multiplier for u in uses], dtype=np.int64)
-    zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
-    code_mult = _code_mults(uses)
+    cm, zero_units, code_mult = _code_arrays(uses)
     saved: Optional[list] = [] if jacobian else None
     stem_y = F.conv2d(x, t.stem, padding=1, groups=A)
     h, stem_mean, stem_invstd = _bn_train(stem_y)

@@ -46,6 +46,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 import torch.nn.functional as F
 
+from . import batched as _engine
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
@@ -428,7 +429,7 @@ def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Co
             for name, part in zip(s.writes, parts):
                 env[name] = part
         elif op == "pool":
-            env[s.writes[0]] = _avg_pool3x3(env[s.reads[0]])
+            env[s.writes[0]] = ops.avg_pool3x3(env[s.reads[0]])
         elif op == "sum":
             total = env[s.reads[0]]
             for name in s.reads[1:]:
@@ -493,16 +494,6 @@ def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
         cells = N_CELLS - 1 if stage == 0 else N_CELLS
         codes.add_zero(cells * n_conv * C * h * w_, per_edge)
     codes.add_zero(STAGE_CHANNELS[-1] * h * w_, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Post-processing: the operators of nwot_fast.ops (compiled, or their own pure fallback)
-
-
-def _avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
-    """``avg_pool_3x3``: ``ops.avg_pool3x3`` (the compiled CPU kernel, bitwise equal to ATen's
-    and ~4x faster forward and backward; ATen's pooling elsewhere)."""
-    return ops.avg_pool3x3(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,10 +602,8 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     if batched is not None and not isinstance(batched, bool):
         raise TypeError(f"batched must be True, False or None (choose), got {batched!r}")
     if layout is not None:
-        from . import batched as engine
-
-        if layout not in engine.LAYOUTS:
-            raise ValueError(f"layout must be one of {engine.LAYOUTS} or None (the device's), got {layout!r}")
+        if layout not in _engine.LAYOUTS:
+            raise ValueError(f"layout must be one of {_engine.LAYOUTS} or None (the device's), got {layout!r}")
     pending: List[Tuple[int, object]] = []  # (position, J / codes (per plan) or (plan, x) (batched))
     out: List[Optional[float]] = []
     emitted = 0
@@ -626,9 +615,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         if not pending:
             return
         if use:
-            from . import batched as engine
-
-            scores = engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt,
+            scores = _engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt,
                                       layout)
         else:
             scores = _post_process(method, [r for _, r, _ in pending])
@@ -653,9 +640,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
                     use = use_batched(dev, x.shape[0])
                 if chunk is None:
                     if use:
-                        from . import batched as engine
-
-                        limit = engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev,
+                        limit = _engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev,
                                                     layout=layout)
                     else:
                         limit = 16 if dev.type == "cuda" else 1

@@ -38,7 +38,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 import torch
 
 from . import fast, reference
-from ._common import dtype_name
+from ._common import torch_dtype
 from .nb201 import build_network, index_of
 from .nb201.index import as_arch
 
@@ -199,7 +199,7 @@ def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Option
             ref[n] = pure_scores(archs, x, dtype=torch.float32, **kwargs)
     env = Envelope(names, method, truth, ref)
     for name, scorer in candidates.items():
-        scores = [float(s) for s in scorer(archs, x, dtype=getattr(torch, dtype_name(dtype)), **kwargs)]
+        scores = [float(s) for s in scorer(archs, x, dtype=torch_dtype(dtype), **kwargs)]
         if len(scores) != len(archs):
             raise ValueError(f"candidate {name!r} returned {len(scores)} scores for {len(archs)} archs")
         env.candidates[name] = scores

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,71 +29,75 @@ __all__ = ["StreamWeights", "arch_segments"]
 
 
 @functools.lru_cache(maxsize=16384)
-def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
-    """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
-    (BatchNorm parameters are not drawn: weight 1, bias 0)."""
-    out: Dict[str, Tuple[int, int, float, Tuple[int, ...]]] = {}
+def _layout(arch: Arch):
+    """``(segments, order)`` of ``arch``: ``name -> (stream offset, numel, bound, shape)`` of every
+    drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_layout` order as
+    ``(name, shape, init)`` (``init`` None for a drawn one; BatchNorm's "ones" / "zeros")."""
+    segments: Dict[str, Tuple[int, int, float, Tuple[int, ...]]] = {}
+    order: List[Tuple[str, Tuple[int, ...], Optional[str]]] = []
     offset = 0
     for spec in parameter_layout(arch):
         n = spec.draws
         if n:
-            out[spec.name] = (offset, n, spec.bound, spec.shape)
+            segments[spec.name] = (offset, n, spec.bound, spec.shape)
             offset += n
-    return out
+        order.append((spec.name, spec.shape, None if n else spec.init))
+    return segments, tuple(order)
+
+
+def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
+    """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
+    (BatchNorm parameters are not drawn: weight 1, bias 0)."""
+    return _layout(arch)[0]
 
 
 def stream_length(arch: Arch) -> int:
     return sum(n for _, n, _, _ in arch_segments(as_arch(arch)).values())
 
 
+@functools.lru_cache(maxsize=1)
+def max_length() -> int:
+    """The longest stream any NB201 cell reads (all six edges 3x3 convolutions)."""
+    return stream_length(Arch((3,) * 6))
+
+
 class StreamWeights:
-    """The transformed streams ``T_b`` of one seed, grown on demand; thread-safe."""
+    """The transformed streams ``T_b`` of one seed, each drawn once at :func:`max_length`;
+    thread-safe."""
 
     def __init__(self, seed: int):
         self.seed = seed
-        self.length = 0
         self._streams: Dict[float, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def _stream(self, bound: float, length: int) -> np.ndarray:
+    def _stream(self, bound: float) -> np.ndarray:
         with self._lock:
-            if length > self.length:
-                # Draw once at the longest length any NB201 cell needs (all 3x3 convolutions).
-                self._streams.clear()
-                self.length = max(length, _MAX_LENGTH())
             t = self._streams.get(bound)
             if t is None:
                 g = torch.Generator().manual_seed(self.seed)
-                t = torch.empty(self.length, dtype=torch.float32).uniform_(-bound, bound, generator=g).numpy()
+                t = torch.empty(max_length(), dtype=torch.float32).uniform_(-bound, bound, generator=g).numpy()
                 self._streams[bound] = t
             return t
 
     def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
         """The concatenated values ``(offset, numel, bound)`` of the given segments (float32)."""
-        need = max((o + n for o, n, _ in segments), default=0)
-        parts: List[np.ndarray] = [self._stream(b, need)[o:o + n] for o, n, b in segments]
+        parts: List[np.ndarray] = [self._stream(b)[o:o + n] for o, n, b in segments]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
         """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
-        BatchNorm weights 1 and biases 0)."""
+        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_layout` order."""
         arch = as_arch(arch)
-        segs = arch_segments(arch)
-        need = max((o + n for o, n, _, _ in segs.values()), default=0)
+        segs, order = _layout(arch)
         out: Dict[str, torch.Tensor] = {}
-        for spec in parameter_layout(arch):
-            if spec.name in segs:
-                o, n, b, shape = segs[spec.name]
-                out[spec.name] = torch.from_numpy(self._stream(b, need)[o:o + n].copy()).view(shape)
+        for name, shape, init in order:
+            if init is None:
+                o, n, b, _ = segs[name]
+                out[name] = torch.from_numpy(self._stream(b)[o:o + n].copy()).view(shape)
             else:
-                out[spec.name] = (torch.ones if spec.init == "ones" else torch.zeros)(spec.shape)
+                out[name] = (torch.ones if init == "ones" else torch.zeros)(shape)
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def _MAX_LENGTH() -> int:
-    return stream_length(Arch((3,) * 6))
 
 
 _cache_lock = threading.Lock()
