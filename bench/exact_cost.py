@@ -26,10 +26,6 @@ import ops_inputs  # noqa: E402
 from nwot_fast import ops  # noqa: E402
 
 
-def median_ms(fn, repeats: int) -> float:
-    return 1e3 * ops_inputs.median_time(fn, repeats)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", type=int, default=64)
@@ -39,13 +35,13 @@ def main() -> None:
     codes, mult, units = ops_inputs.hook_codes(args.archs, args.batch)
     K = ops.hamming_kernel(codes, mult, units)
     shifted = K.double() + 0.5
-    exact = median_ms(lambda: ops.logdet_score(K), args.repeats)
-    lu_only = median_ms(lambda: ops.logdet_score(shifted), args.repeats)
-    fused = median_ms(lambda: ops.hook_logdet_score(codes, mult, units), args.repeats)
+    exact = ops_inputs.median_ms(lambda: ops.logdet_score(K), args.repeats)
+    lu_only = ops_inputs.median_ms(lambda: ops.logdet_score(shifted), args.repeats)
+    fused = ops_inputs.median_ms(lambda: ops.hook_logdet_score(codes, mult, units), args.repeats)
     singular = K[:4].clone()
     singular[:, 1] = singular[:, 2] + singular[:, 3] - singular[:, 4]
     assert bool((ops.logdet_score(singular) == -torch.inf).all())
-    worst = median_ms(lambda: ops.logdet_score(singular), max(1, args.repeats // 2)) / len(singular)
+    worst = ops_inputs.median_ms(lambda: ops.logdet_score(singular), max(1, args.repeats // 2)) / len(singular)
     print(f"A={args.archs} B={args.batch} threads={torch.get_num_threads()}")
     print(f"logdet_score exact+LU {exact:.1f} ms, LU only {lu_only:.1f} ms: exact decision "
           f"+{exact - lu_only:.1f} ms ({100 * (exact - lu_only) / lu_only:.0f} %)")

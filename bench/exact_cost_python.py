@@ -26,10 +26,6 @@ import ops_inputs  # noqa: E402
 from nwot_fast import exact, ops, reference  # noqa: E402
 
 
-def median_ms(fn, repeats: int) -> float:
-    return 1e3 * ops_inputs.median_time(fn, repeats)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -50,9 +46,9 @@ def main(argv=None) -> int:
             primes = 1 if status == exact.NONSINGULAR else (
                 0 if name.startswith("two") else math.ceil((hadamard + exact.MARGIN_BITS) / 30.99))
             reps = 1 if primes > 1 else args.repeats
-            t_lu = median_ms(lambda: np.linalg.slogdet(Mf), args.repeats)
-            t_ex = median_ms(lambda: exact.singularity(M), reps)
-            t_all = median_ms(lambda: reference.logdet_score(M), reps)
+            t_lu = ops_inputs.median_ms(lambda: np.linalg.slogdet(Mf), args.repeats)
+            t_ex = ops_inputs.median_ms(lambda: exact.singularity(M), reps)
+            t_all = ops_inputs.median_ms(lambda: reference.logdet_score(M), reps)
             print(f"{name:28} {B:4d} {'~' + str(primes) if primes > 1 else primes:>6} {t_lu:11.2f} {t_ex:9.1f} "
                   f"{t_all:16.1f}   -> {reference.logdet_score(M):.6g}")
     return 0

@@ -55,3 +55,8 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_ms(fn, repeats: int) -> float:
+    """:func:`median_time` in milliseconds."""
+    return 1e3 * median_time(fn, repeats)

@@ -16,6 +16,7 @@ The operators are loaded once, lazily, on the first use of an operator (never at
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -48,6 +49,7 @@ def _running_versions() -> Tuple[str, Optional[str]]:
     return str(torch.__version__), torch.version.cuda
 
 
+@functools.lru_cache(maxsize=1)
 def runtime_cusolver_version() -> Optional[str]:
     """``cusolverGetVersion()`` of the cuSOLVER library a CUDA build would load (the nvidia
     wheel's, else the system's), e.g. ``"12004"``; None when it cannot be told."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import os
 import pickle
 import zipfile
 from collections import OrderedDict

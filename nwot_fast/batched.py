@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
-from .nb201.arch import CONV3, EDGES, NUM_NODES, Arch
+from .nb201.arch import EDGES, NUM_NODES
 
 C_STEM = 16
 N_CELLS = 5

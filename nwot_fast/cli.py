@@ -543,7 +543,7 @@ def cmd_arch(args) -> int:
                 "arch": str(arch),
                 "canonical": nb201.canonical_str(arch),
                 "representative_index": nb201.representative_index(arch),
-                "isomorphism_class_size": _class_size(nb201.canonical_str(arch)),
+                "isomorphism_class_size": nb201.class_size(arch),
                 "functional": nb201.functional_str(arch),
                 "live_edges": [
                     f"{j}<-{i} {name}" for (i, j), name, ok in zip(nb201.EDGES, arch.op_names, live) if ok
@@ -577,22 +577,6 @@ def cmd_arch(args) -> int:
         for k, v in rows:
             print(f"{k:<16}{v}")
     return EXIT_OK
-
-
-def _class_size(canonical: str) -> int:
-    from .nb201 import NUM_ARCHS, arch_at, canonical_str
-
-    global _CLASS_SIZES
-    if _CLASS_SIZES is None:
-        sizes: dict = {}
-        for i in range(NUM_ARCHS):
-            c = canonical_str(arch_at(i))
-            sizes[c] = sizes.get(c, 0) + 1
-        _CLASS_SIZES = sizes
-    return _CLASS_SIZES[canonical]
-
-
-_CLASS_SIZES = None
 
 
 def _int_list(text: str) -> List[int]:
@@ -867,25 +851,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_INTERRUPTED
     except RayNotInstalledError as e:  # an optional dependency the command line asked for
         return _fail(args, EXIT_USAGE, _one_line(e))
-    except (ScanDatabaseError, ClusterError) as e:
-        return _fail(args, EXIT_RESOURCE, _one_line(e))
-    except (ResourceError, OutputError) as e:
+    except (ScanDatabaseError, ClusterError, ResourceError, OutputError) as e:
         return _fail(args, EXIT_RESOURCE, _one_line(e))
     except MemoryError as e:
         msg = _one_line(e) if str(e) else "out of memory"
         return _fail(args, EXIT_RESOURCE, f"{msg} (lower --batch-size, or use a machine with more memory)")
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error of ours.
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+        _quiet_stdout()
         return EXIT_OK
     except OSError as e:
         if e.errno in _RESOURCE_ERRNOS:
             _quiet_stdout()
-            where = _one_line(e) if e.filename or isinstance(e, OutputError) else \
-                f"cannot write the results to standard output: {e.strerror}"
+            where = _one_line(e) if e.filename else f"cannot write the results to standard output: {e.strerror}"
             return _fail(args, EXIT_RESOURCE, where)
         if isinstance(e, _BAD_INPUT):
             return _fail(args, EXIT_USAGE, _one_line(e))

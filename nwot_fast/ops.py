@@ -32,7 +32,7 @@ device; otherwise the ``*_fallback`` functions below run (tests call them direct
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 

@@ -77,14 +77,12 @@ def correlations(indices, scores, table, keys: Optional[Sequence[Tuple[str, str]
     wanted = keys if keys is not None else [k for k in ACCURACY_KEYS if k in table.splits]
     out = []
     for dataset, split in wanted:
-        acc = table.column(dataset, split)[indices]
-        keep = np.isfinite(scores) & np.isfinite(acc)
-        n = int(keep.sum())
+        s, a, _ = finite_pairs(scores, table.column(dataset, split)[indices])
         out.append({
             "dataset": dataset,
             "split": split,
-            "n": n,
-            "kendall_tau": kendall_tau(scores[keep], acc[keep]) if n >= 2 else float("nan"),
-            "spearman_rho": spearman_rho(scores[keep], acc[keep]) if n >= 2 else float("nan"),
+            "n": int(s.size),
+            "kendall_tau": kendall_tau(s, a),  # NaN below 2 pairs
+            "spearman_rho": spearman_rho(s, a),
         })
     return out

@@ -5,6 +5,7 @@ from .index import NUM_ARCHS, arch_at, index_of
 from .network import ParamSpec, build_network, initial_parameters, parameter_layout
 from .structure import (
     canonical_str,
+    class_size,
     functional_str,
     is_constant_output,
     live_edges,
@@ -24,6 +25,7 @@ __all__ = [
     "parameter_layout",
     "ParamSpec",
     "canonical_str",
+    "class_size",
     "functional_str",
     "is_constant_output",
     "live_edges",

@@ -99,18 +99,31 @@ def functional_str(arch) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _classes() -> Dict[str, int]:
+def _class_table() -> Tuple[Dict[str, int], Dict[str, int]]:
+    """One walk over the space: per canonical form its smallest index and its size."""
     from .index import NUM_ARCHS, arch_at
 
     first: Dict[str, int] = {}
+    size: Dict[str, int] = {}
     for index in range(NUM_ARCHS):
-        first.setdefault(canonical_str(arch_at(index)), index)
-    return first
+        c = canonical_str(arch_at(index))
+        first.setdefault(c, index)
+        size[c] = size.get(c, 0) + 1
+    return first, size
+
+
+def _classes() -> Dict[str, int]:
+    return _class_table()[0]
 
 
 def representative_index(arch) -> int:
     """The smallest benchmark index in ``arch``'s isomorphism class."""
     return _classes()[canonical_str(arch)]
+
+
+def class_size(arch) -> int:
+    """How many benchmark indices share ``arch``'s isomorphism class (``arch`` included)."""
+    return _class_table()[1][canonical_str(arch)]
 
 
 def num_isomorphism_classes() -> int:
