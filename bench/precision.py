@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import statistics
 import sys
 import time
 from functools import partial
@@ -42,13 +44,10 @@ def authors_scores(archs, x, *, method, seed=0, dtype=torch.float32, relu_match=
 
 
 def _stats(errors, truth, method):
-    finite = [max(e, precision.floor(method)) for e, t in zip(errors, truth) if t == t and abs(t) != float("inf")]
-    finite.sort()
+    finite = [max(e, precision.floor(method)) for e, t in zip(errors, truth) if math.isfinite(t)]
     if not finite:
         return "-", "-"
-    n = len(finite)
-    median = finite[n // 2] if n % 2 else 0.5 * (finite[n // 2 - 1] + finite[n // 2])
-    return f"{finite[-1]:.1e}", f"{median:.1e}"
+    return f"{max(finite):.1e}", f"{statistics.median(finite):.1e}"
 
 
 def run(archs, batch_size, seed, methods, engine_names, authors, side=32, log=print):

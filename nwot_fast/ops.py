@@ -450,7 +450,7 @@ def _register_fakes() -> None:
     torch.library.register_autograd(
         "nwot_fast::avg_pool3x3_backward", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3(grad))
 
-    def _parts_strides(P, N, C, H, W):
+    def _parts_strides(N, C, H, W):
         return (N * H * W * C, H * W * C, 1, W * C, C)
 
     @torch.library.register_fake("nwot_fast::batch_norm_train")
@@ -458,7 +458,7 @@ def _register_fakes() -> None:
         _check_bn_input(x, parts)
         N, PC, H, W = x.shape
         C = PC // parts
-        y = x.new_empty_strided((parts, N, C, H, W), _parts_strides(parts, N, C, H, W))
+        y = x.new_empty_strided((parts, N, C, H, W), _parts_strides(N, C, H, W))
         return y, x.new_empty((PC,), dtype=torch.float64)
 
     @torch.library.register_fake("nwot_fast::batch_norm_train_backward")
