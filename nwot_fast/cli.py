@@ -18,7 +18,8 @@ import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, OutputError, __version__, jsonable
+from .args import BATCH_SIZE, N_ARCHS, N_SAMPLES, RUNS, SEED, IntRange
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 
 PROG = "nwot-fast"
@@ -225,29 +226,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # argument types: every value checked at parse time, with a message naming the option
 
-#: Upper bounds of the counts: far above any real use, low enough that a typo (1e20) is an
-#: error at once instead of an allocation failure or a run that never ends.
-MAX_BATCH = 65536
-MAX_SAMPLES = 1_000_000
-MAX_RUNS = 1_000_000
-
-
-def _count(low: int, high: int, what: str = "an integer"):
-    """An argparse type: an int in ``low..high``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = "int"  # argparse names the type in its messages
-    return parse
-
-
-_seed_arg = _count(0, SEED_MAX, "a seed (an integer)")
+# The counts and seeds: nwot_fast.args, the checks the Python API makes too.
+_seed_arg = SEED.parse
 
 
 def _seconds_arg(text: str) -> float:
@@ -293,8 +273,8 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
                         "(default: Gaussian N(0, 1) random inputs)")
     g.add_argument("--dataset", metavar="NAME",
                    help="cifar10, cifar100 or ImageNet16-120 (default: inferred from --data)")
-    g.add_argument("--batch-size", type=_count(2, MAX_BATCH), metavar="B",
-                   help=f"images per batch, 2..{MAX_BATCH} (default: 256 for jacob_cov, 128 for hook_logdet)")
+    g.add_argument("--batch-size", type=BATCH_SIZE.parse, metavar="B",
+                   help=f"images per batch, {BATCH_SIZE.low}..{BATCH_SIZE.high} (default: 256 for jacob_cov, 128 for hook_logdet)")
     g.add_argument("--seed", type=_seed_arg, default=0,
                    help="seed of weights and batches, 0..2**63-1 (default: 0)")
     g.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
@@ -678,7 +658,7 @@ def _add_ray_option(p: argparse.ArgumentParser) -> None:
 
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="a seeded random sample of K architectures")
+    which.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="a seeded random sample of K architectures")
     which.add_argument("--all", action="store_true", dest="all_archs", help="all 15,625 architectures")
     which.add_argument("--indices", metavar="START:STOP", help="these benchmark indices (START:STOP or a,b,c)")
     p.add_argument("--accuracies", metavar="PATH", required=True, type=_path_arg,
@@ -690,7 +670,7 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores-in", metavar="FILE", type=_path_arg, help="reuse scores from FILE instead of scoring")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
                    help="also the search table (mode 'table', over the evaluated architectures) for these N")
-    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N for --search-table (default 500)")
+    p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N for --search-table (default 500)")
     p.add_argument("--table-out", metavar="PREFIX", type=_path_arg, help="write the search table to PREFIX.md and PREFIX.csv")
     _add_score_options(p)
     _add_output_options(p)
@@ -704,17 +684,17 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
                    help="Markdown report, a .md file (default report.md)")
     p.add_argument("--figures-dir", metavar="DIR", type=_path_arg, help="figures and CSV tables (default: figures/ beside --out)")
     p.add_argument("--data", metavar="PATH", type=_path_arg, help="images for Figure 1 (left out without)")
-    p.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="use only the seeded sample of K from each file")
+    p.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="use only the seeded sample of K from each file")
     p.add_argument("--sample-seed", type=_seed_arg, default=0, help="seed of that sample (default 0)")
     p.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
                    help="sample sizes of the search table (default 10,25,50,75,100)")
-    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N (default 500)")
+    p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N (default 500)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the search runs and Figure 1 (default 0)")
     p.add_argument("--published", metavar="CSV", type=_path_arg,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
-    p.add_argument("--fig1-per-bin", type=_count(1, 1000), default=3, help="architectures per bin in Figure 1 (default 3)")
-    p.add_argument("--fig1-batch", type=_count(2, MAX_BATCH), default=64, help="batch size for Figure 1 (default 64)")
+    p.add_argument("--fig1-per-bin", type=IntRange(1, 1000).parse, default=3, help="architectures per bin in Figure 1 (default 3)")
+    p.add_argument("--fig1-batch", type=BATCH_SIZE.parse, default=64, help="batch size for Figure 1 (default 64)")
     _add_output_options(p)
 
 
@@ -741,10 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("search", "random search: draw N architectures per run, keep the best score", cmd_search)
-    p.add_argument("-n", "--n-samples", type=_count(1, MAX_SAMPLES), default=10, metavar="N",
-                   help=f"architectures per run, 1..{MAX_SAMPLES} (default: 10)")
-    p.add_argument("-r", "--runs", type=_count(1, MAX_RUNS), default=1, metavar="R",
-                   help=f"independent runs, 1..{MAX_RUNS} (default: 1)")
+    p.add_argument("-n", "--n-samples", type=N_SAMPLES.parse, default=10, metavar="N",
+                   help=f"architectures per run, 1..{N_SAMPLES.high} (default: 10)")
+    p.add_argument("-r", "--runs", type=RUNS.parse, default=1, metavar="R",
+                   help=f"independent runs, 1..{RUNS.high} (default: 1)")
     p.add_argument("--accuracies", metavar="PATH", type=_path_arg,
                    help="NB201 accuracies: the official .pth or a CSV like nb201_accuracies.csv")
     _add_score_options(p)

@@ -51,6 +51,7 @@ from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
+from .args import SEED
 from .nb201 import is_constant_output, live_edges, relu_sees_only_zeros
 from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch
 from .nb201.index import as_arch
@@ -501,8 +502,7 @@ def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
 
 
 def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    SEED.check(seed, "seed")  # the range torch.manual_seed and the store take (nwot_fast.args)
 
 
 def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):

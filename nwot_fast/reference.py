@@ -50,14 +50,21 @@ def _output(out):
 
 
 def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``J [B, D]``: gradient of the summed output w.r.t. the input, from one batched backward."""
+    """``J [B, D]``: gradient of the summed output w.r.t. the input, from one batched backward.
+
+    When the output does not depend on the input at all (autograd finds no path from ``x`` to
+    the output), J is exactly zero: every row has zero variance and jacob_cov is NaN."""
     model.train()
     model.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     y = _output(model(x))
-    y.backward(torch.ones_like(y))
+    if y.requires_grad:
+        y.backward(torch.ones_like(y))
     model.zero_grad(set_to_none=True)
-    return x.grad.detach().reshape(x.shape[0], -1)
+    # x.grad stays None when no path leads from x to y (a model that ignores its input, or an
+    # output with no graph at all): the derivative is then exactly zero.
+    grad = torch.zeros_like(x) if x.grad is None else x.grad
+    return grad.detach().reshape(x.shape[0], -1)
 
 
 def has_zero_variance_row(J) -> bool:

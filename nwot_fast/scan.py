@@ -28,6 +28,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from ._common import NUM_ARCHS, __version__, check_index, json_float
+from .args import check_flag
 from .nb201 import arch_at, representative_index
 from .scorefile import SCORE_FORMATS as OUTPUT_FORMATS
 from .scorefile import check_output_path, score_to_text, write_scores
@@ -287,8 +288,7 @@ def scan(
     started = time.perf_counter()
     wanted = parse_indices(indices)
     config = score_config(config, **options)
-    if not isinstance(dedup, bool):
-        raise TypeError(f"dedup must be True or False, got {dedup!r}")
+    dedup = check_flag(dedup, "dedup")
     if ray is not None and ray is not False:  # Ray hook (issue 12): the target is checked before any work
         from .distributed import check_ray_target
 

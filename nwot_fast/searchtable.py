@@ -18,7 +18,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, check_int, json_float
+from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, json_float
+from .args import N_ARCHS, RUNS, SEED
 
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 
@@ -238,9 +239,9 @@ def search_table(
 
     if mode not in SEARCH_MODES:
         raise ValueError(f"unknown search-table mode {mode!r}; allowed: {', '.join(SEARCH_MODES)}")
-    runs = check_int(runs, "runs", 1)
-    seed = check_int(seed, "seed", 0)
-    Ns = tuple(check_int(n, "N", 1) for n in ((Ns,) if isinstance(Ns, int) else Ns))
+    runs = RUNS.check(runs, "runs")
+    seed = SEED.check(seed, "seed")
+    Ns = tuple(N_ARCHS.check(n, "N") for n in ((Ns,) if isinstance(Ns, int) else Ns))
     if not Ns:
         raise ValueError("Ns must hold at least one sample size N")
     table = as_table(table)
