@@ -117,8 +117,9 @@ examples:
       --search-table 10,100 --runs 500 --json
 
 Kendall tau and Spearman rho against the NB201 val and test accuracies; NaN and -inf scores are
-counted and left out. With --scores-in nothing is scored (the scoring options other than
---method and --seed are not used).
+counted and left out. With --scores-in nothing is scored: the scoring options other than
+--method and --seed are refused; --method picks that method's rows (needed for a file holding
+several methods; without it, the file's own method).
 
 {EXIT_CODES_HELP}""",
     "report": f"""\
@@ -306,7 +307,8 @@ def _config_from(args):
 
 
 def _check_device(args) -> None:
-    """Fail early, with exit code 3, when CUDA is asked for and absent."""
+    """Fail early, with exit code 3, when CUDA is asked for and absent (``args``: the parsed
+    options or a ScoreConfig, anything with ``.device``)."""
     from ._common import resolve_device
 
     try:
@@ -584,9 +586,18 @@ def cmd_evaluate(args) -> int:
         if not args.search_table:
             raise ValueError("--table-out needs --search-table N,N,...")
         check_table_prefix(args.table_out)
+    if args.scores_in is not None:
+        # Nothing is scored: the options only scoring uses are refused, not silently ignored.
+        given = [flag for dest, flag in _SCORING_ONLY if getattr(args, dest) is not None]
+        if given:
+            raise ValueError(f"--scores-in reads earlier scores and scores nothing: {', '.join(given)} would not be "
+                             "used; leave them out, or score with --n-archs, --all or --indices instead")
+    elif args.n_archs is None and not args.all_archs and args.indices is None:
+        raise ValueError("say which architectures to score: --n-archs K, --all or --indices START:STOP; "
+                         "or read earlier scores with --scores-in FILE")
     config = None if args.scores_in is not None else _config_from(args)
     if config is not None:
-        _check_device(args)
+        _check_device(config)  # its device: --device or the default
         if args.data is None and not args.quiet:
             print("note: no --data given: architectures are scored on Gaussian N(0,1) inputs", file=sys.stderr)
     accuracies = as_table(args.accuracies)
@@ -656,6 +667,13 @@ def _add_ray_option(p: argparse.ArgumentParser) -> None:
                         f"that cluster (needs Ray: {RAY_INSTALL_HINT})")
 
 
+#: evaluate's options that only scoring uses (refused with --scores-in): (dest, flag).
+_SCORING_ONLY = (("db", "--db"), ("ray", "--ray"), ("data", "--data"), ("dataset", "--dataset"),
+                 ("batch_size", "--batch-size"), ("augment", "--augment/--no-augment"),
+                 ("fixed_batch", "--fixed-batch/--batch-per-arch"), ("device", "--device"), ("engine", "--engine"),
+                 ("relu_match", "--relu-match"), ("dtype", "--dtype"))
+
+
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="a seeded random sample of K architectures")
@@ -673,6 +691,9 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N for --search-table (default 500)")
     p.add_argument("--table-out", metavar="PREFIX", type=_path_arg, help="write the search table to PREFIX.md and PREFIX.csv")
     _add_score_options(p)
+    # None = not given: scoring takes ScoreConfig's defaults (the same as the other commands'),
+    # --scores-in refuses what would not be used, and without --method it reads the file's method.
+    p.set_defaults(method=None, **{dest: None for dest, _ in _SCORING_ONLY})
     _add_output_options(p)
 
 
