@@ -251,9 +251,9 @@ def _unpickler_refusal(path: str, exc: BaseException) -> ValueError:
     """The error for a file torch's weights-only unpickler stopped at, in the package's words: its
     own message wraps the reason in advice to load the file without that safeguard."""
     text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # torch words it differently across versions
     match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    detail = match.group(1).strip().rstrip(".") if match else (text.strip().splitlines() or [type(exc).__name__])[0]
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", detail)
+    detail = match.group(1).strip().rstrip(".") if match else "torch's weights-only loader stopped"
     if found:
         return ValueError(f"{path}: refused to load: it holds a {found.group(1)}, so it is not a NAS-Bench-201 "
                           f"benchmark file (nothing from it was executed); expected {_PTH_EXPECTED}")

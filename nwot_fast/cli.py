@@ -426,13 +426,14 @@ def cmd_db(args) -> int:
 
     with ScoreDB(args.db, readonly=True, timeout=args.db_timeout) as store:
         configs = store.configurations()
+    # Opening ran PRAGMA quick_check: a damaged file is an error (exit 2) that names the damage.
     if args.json:
-        _print_json({"db": args.db, "configurations": configs})
+        _print_json({"db": args.db, "integrity": "ok", "configurations": configs})
         return EXIT_OK
     if not configs:
-        print(f"{args.db}: no scores yet")
+        print(f"{args.db}: no scores yet (integrity: ok, PRAGMA quick_check)")
         return EXIT_OK
-    print(f"{args.db}: {len(configs)} configuration(s)")
+    print(f"{args.db}: {len(configs)} configuration(s) (integrity: ok, PRAGMA quick_check)")
     for c in configs:
         cfg = c["config"]
         data = cfg.get("data") or "Gaussian inputs"

@@ -7,21 +7,28 @@ NULL), and ``score_text`` holds ``repr(score)`` (``'nan'``, ``'-inf'`` or the sh
 round-tripping decimal), which is what the readers parse, so scores come back bitwise.
 The file uses the WAL journal: readers never block the writer, and several scan processes
 can write to one database (each transaction takes the write lock for one architecture).
+
+A scan database says so in its header: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
+``PRAGMA user_version`` the layout :data:`SCHEMA_VERSION`. Only such a file, or an empty one
+(which becomes one), is opened: any other SQLite file is another program's and is left exactly
+as it was. Every open runs ``PRAGMA quick_check`` first; a damaged file is refused before
+anything is read from it or written to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
-from ._common import check_input_file
+from ._common import NUM_ARCHS, check_input_file
 from .scorefile import score_from_text
 
-__all__ = ["ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
 
 _COLUMNS = (
     "arch_index",
@@ -67,6 +74,12 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 CREATE INDEX IF NOT EXISTS scores_by_config ON scores (config_hash);
 """
+
+
+#: ``PRAGMA application_id`` of a scan database: "NWOT" in ASCII.
+APPLICATION_ID = 0x4E574F54
+#: ``PRAGMA user_version`` of a scan database: the layout of its ``scores`` table (:data:`_SCHEMA`).
+SCHEMA_VERSION = 1
 
 
 class ScanDatabaseError(RuntimeError):
@@ -153,9 +166,12 @@ class ScoreDB:
         with self._errors("opening it"):
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
-                # The layout first, before anything is changed: another tool's SQLite file is
-                # refused as it was found (no WAL switch, no -wal / -shm left beside it).
-                self._check_schema(require=False)
+                # Whose file, whole or damaged, and the layout first, before anything is changed:
+                # another tool's SQLite file is refused as it was found (no WAL switch, no -wal /
+                # -shm left beside it), a damaged one before a row is written into it.
+                new = self._check_owner(allow_new=True)
+                self._check_integrity()
+                self._check_schema(require=not new)
                 # WAL: readers never block the writer, and a killed writer leaves every committed
                 # transaction intact. synchronous=NORMAL survives any process crash (only a power
                 # loss can drop the last commits, never corrupt the file).
@@ -166,6 +182,9 @@ class ScoreDB:
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
                             self.conn.execute(stmt)
+                    if new:  # in the same transaction as the table: a file is ours whole or not at all
+                        self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self.conn.close()
                 raise
@@ -202,6 +221,8 @@ class ScoreDB:
                 raise
         with self._errors("opening it for reading"):
             try:
+                self._check_owner(allow_new=False)
+                self._check_integrity()
                 self._check_schema(require=True)
             except BaseException:
                 self.close()
@@ -210,14 +231,58 @@ class ScoreDB:
     def _errors(self, action: str):
         return _sqlite_errors(self.path, action, self.timeout)
 
+    def _check_owner(self, *, allow_new: bool) -> bool:
+        """Whether the file is a new, empty one (``allow_new``: it may become a scan database);
+        a scan database of this layout returns False; anything else is a ValueError that names
+        what the file holds. Reads only the header and the schema."""
+        app = int(self.conn.execute("PRAGMA application_id").fetchone()[0])
+        version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        objects = self.conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+        if app == APPLICATION_ID:
+            if version != SCHEMA_VERSION:
+                raise ValueError(
+                    f"{self.path!r} is a scan database of another nwot_fast version (layout {version}; this version "
+                    f"reads layout {SCHEMA_VERSION}); it is left unchanged; use a new --db path"
+                )
+            return False
+        if app == 0 and version == 0 and not objects:
+            if allow_new:
+                return True
+            raise ValueError(f"{self.path!r} is an empty SQLite file, not a scan database written by 'nwot-fast scan'")
+        held = "; ".join(
+            f"{kind}s: {', '.join(n for k, n in objects if k == kind)}" for kind in sorted({k for k, _ in objects})
+        )
+        header = ", ".join(f"{name} {value:#x}" if name == "application_id" else f"{name} {value}"
+                           for name, value in (("application_id", app), ("user_version", version)) if value)
+        found = "; ".join(part for part in (held, header) if part)
+        hint = ""
+        if app == 0 and version == 0 and [n for _, n in objects if not n.startswith("scores_by")] == ["scores"]:
+            # Databases of nwot_fast before the application_id: no migration code (pre-1.0 policy).
+            hint = (f"; if it is a scan database of an earlier nwot_fast, mark it as one with "
+                    f"sqlite3 {self.path} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
+                    f"{SCHEMA_VERSION}'")
+        raise ValueError(
+            f"{self.path!r} is another program's SQLite database ({found}); it was not written by 'nwot-fast scan' "
+            f"and is left unchanged; use a new --db path{hint}"
+        )
+
+    def _check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (the b-trees, pages and records; linear in the file's size):
+        a damaged database is refused before anything is read from or written into it."""
+        rows = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            problems = [line.strip() for r in rows for line in r.splitlines() if line.strip() and "***" not in line]
+            problems = problems or rows
+            raise ValueError(
+                f"scan database {self.path!r} is damaged (PRAGMA quick_check: {problems[0]}"
+                + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
+                + "); nothing was read from it or written to it; 'sqlite3 FILE .recover' copies out what can still "
+                "be read; scan into a new --db path"
+            )
+
     def _check_schema(self, *, require: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        others = sorted(t for t in tables if t != "scores" and not t.startswith("sqlite_"))
-        if others:
-            raise ValueError(
-                f"{self.path!r} is another program's SQLite database (tables: {', '.join(others[:8])}); "
-                "it was not written by 'nwot-fast scan' and is left unchanged; use a new --db path"
-            )
         if "scores" not in tables:
             if require:
                 raise ValueError(f"{self.path!r} has no 'scores' table; it was not written by 'nwot-fast scan'")
@@ -228,6 +293,17 @@ class ScoreDB:
             raise ValueError(
                 f"{self.path!r} has a 'scores' table of another layout (missing columns: {', '.join(missing)}); "
                 "use a new --db path"
+            )
+        # Resuming and writing rely on one row per (arch_index, config_hash): without the
+        # constraint the upsert of write() fails, after the scoring; found here, before it.
+        unique = set()
+        for _, name, is_unique, _, partial in self.conn.execute("PRAGMA index_list(scores)"):
+            if is_unique and not partial:
+                unique.add(tuple(r[2] for r in self.conn.execute(f"PRAGMA index_info({_quote(name)})")))
+        if ("arch_index", "config_hash") not in unique:
+            raise ValueError(
+                f"{self.path!r}: its 'scores' table lacks the UNIQUE (arch_index, config_hash) constraint of a scan "
+                "database (changed by hand or by another program); use a new --db path"
             )
 
     @contextlib.contextmanager
@@ -243,13 +319,34 @@ class ScoreDB:
     def load(self, config_hash: str) -> Dict[int, StoredScore]:
         with self._errors("reading scores"):
             rows = self.conn.execute(
-                "SELECT arch_index, score_text, representative, seconds FROM scores WHERE config_hash = ?",
+                "SELECT id, arch_index, score, score_text, representative, seconds FROM scores WHERE config_hash = ?",
                 (config_hash,),
             ).fetchall()
-        return {
-            int(i): StoredScore(score_from_text(t), int(r), float("nan") if s is None else float(s))
-            for i, t, r, s in rows
-        }
+        return dict(self._stored(row) for row in rows)
+
+    def _stored(self, row) -> Tuple[int, StoredScore]:
+        """One row of :meth:`load`, checked: a value no scan writes (a flipped bit, an edit by
+        hand) is a ValueError naming the file and the row, never a wrong score."""
+        row_id, index, score, text, representative, seconds = row
+
+        def bad(what: str) -> ValueError:
+            return ValueError(f"scan database {self.path!r}, row id {row_id} (arch_index {index!r}): {what}; the row "
+                              "is damaged or was changed by hand; scan into a new --db path")
+
+        for name, value in (("arch_index", index), ("representative", representative)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < NUM_ARCHS:
+                raise bad(f"{name} {value!r} is not a benchmark index 0..{NUM_ARCHS - 1}")
+        try:
+            value = score_from_text(text)
+        except (TypeError, ValueError):
+            raise bad(f"score_text {text!r} is not a score") from None
+        # score (REAL, NULL for NaN) and score_text are written together from one float: they agree
+        # bit for bit, so a change to either shows.
+        if (score is None) != math.isnan(value) or not (score is None or score == value):
+            raise bad(f"score_text {text!r} does not match score {score!r}")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+            raise bad(f"seconds {seconds!r} is not a number")
+        return index, StoredScore(value, representative, float("nan") if seconds is None else float(seconds))
 
     def write(self, rows: Sequence[dict]) -> None:
         """Commit ``rows`` in one transaction. A real score (``representative == arch_index``)
@@ -280,8 +377,12 @@ class ScoreDB:
             )
 
     def configurations(self) -> List[dict]:
-        """One summary per configuration stored: its identity, row counts and time span."""
+        """One summary per configuration stored: its identity, row counts and time span. Every
+        row is checked as :meth:`load` checks it (a damaged row is a ValueError naming it)."""
         with self._errors("summarising"):
+            for row in self.conn.execute(
+                    "SELECT id, arch_index, score, score_text, representative, seconds FROM scores ORDER BY id"):
+                self._stored(row)
             rows = self.conn.execute(
                 "SELECT config_hash, MIN(config), COUNT(*), SUM(representative != arch_index), "
                 "SUM(score_text = 'nan'), SUM(score_text = '-inf'), SUM(seconds), MIN(created_at), "
@@ -293,7 +394,7 @@ class ScoreDB:
             out.append(
                 {
                     "config_hash": h,
-                    "config": json.loads(cfg),
+                    "config": self._config(h, cfg),
                     "data_paths": sorted((paths or "").split(",")) if paths else [],
                     "rows": int(n),
                     "reused": int(reused or 0),
@@ -308,6 +409,21 @@ class ScoreDB:
             )
         return out
 
+    def _config(self, config_hash, text) -> dict:
+        """The ``config`` column of a configuration's rows: a JSON object (``ScoreConfig.identity()``)."""
+        try:
+            config = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):
+            with self._errors("summarising"):
+                row = self.conn.execute("SELECT id, arch_index FROM scores WHERE config_hash IS ? AND config IS ? "
+                                        "ORDER BY id LIMIT 1", (config_hash, text)).fetchone()
+            where = f"row id {row[0]} (arch_index {row[1]!r})" if row else "a row"
+            raise ValueError(f"scan database {self.path!r}, {where}, config hash {config_hash!r}: the config column "
+                             f"{text!r:.80} is not a JSON object; the row is damaged or was changed by hand")
+        return config
+
     def close(self) -> None:
         conn = getattr(self, "conn", None)
         if conn is not None:
@@ -319,6 +435,11 @@ class ScoreDB:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _quote(name: str) -> str:
+    """An SQL identifier, quoted (PRAGMA arguments cannot be bound as parameters)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _uri_path(path: str) -> str:

@@ -198,7 +198,7 @@ CASES = [
          call=lambda f: scan("0:abc", engine=ENGINE), argv=lambda f: _scan_args(f, "--indices", "0:abc")),
     Case("float index", ["int", "1.5"], exc=TypeError, call=lambda f: scan([1.5], engine=ENGINE)),
     # --- batch size, seed and inputs
-    Case("batch size 1", ["batch size", ">= 2", "1"],
+    Case("batch size 1", ["batch_size", "2..65536", "got 1"],
          call=lambda f: ScoreConfig(batch_size=1),
          argv=lambda f: _scan_args(f, "--batch-size", "1"), cli_words=["--batch-size", "2..65536", "got 1"]),
     Case("batch larger than the data", ["batch_size 32", "16 images", str("tiny16.npz")],

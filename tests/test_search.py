@@ -65,7 +65,7 @@ def test_search_reports_accuracies_on_real_data(accuracies_csv, cifar10_npz):
     [
         ({"n_samples": 0}, "n_samples"),
         ({"runs": -1}, "runs"),
-        ({"batch_size": 1}, "at least 2|>= 2"),
+        ({"batch_size": 1}, "batch_size must be in 2..65536"),
         ({"method": "grad_norm"}, "jacob_cov"),
         ({"device": "tpu"}, "device"),
         ({"dtype": "float16"}, "dtype"),
