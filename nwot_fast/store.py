@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -260,7 +261,7 @@ class ScoreDB:
         if app == 0 and version == 0 and [n for _, n in objects if not n.startswith("scores_by")] == ["scores"]:
             # Databases of nwot_fast before the application_id: no migration code (pre-1.0 policy).
             hint = (f"; if it is a scan database of an earlier nwot_fast, mark it as one with "
-                    f"sqlite3 {self.path} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
+                    f"sqlite3 {shlex.quote(self.path)} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
                     f"{SCHEMA_VERSION}'")
         raise ValueError(
             f"{self.path!r} is another program's SQLite database ({found}); it was not written by 'nwot-fast scan' "

@@ -9,6 +9,7 @@ results, and the test checks those results are still there, unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -30,6 +31,8 @@ from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
 from nwot_fast.scoring import ScoreConfig, resolve_device
+from nwot_fast.search import search as run_search
+from nwot_fast.searchtable import search_table
 
 ENGINE = "fast"
 BATCH = 4
@@ -71,6 +74,7 @@ def files(tmp_path_factory):
         scan([0, 1], batch_size=BATCH, engine=ENGINE, data=str(npz), db=str(template))
     finally:
         torch.set_num_threads(threads)
+    _issue23_files(d, template)
     return {
         "dir": str(d),
         "npz": str(npz),
@@ -88,6 +92,7 @@ def files(tmp_path_factory):
         "nodir_db": str(d / "no_such_dir" / "scores.sqlite"),
         "proc_db": "/proc/nwot_fast_cannot_write_here.sqlite",
         **{k: str(d / v) for k, v in ISSUE14_FILES.items()},
+        **{k: str(d / v) for k, v in ISSUE23_FILES.items()},
     }
 
 
@@ -130,6 +135,65 @@ def _issue14_files(d, rng, header) -> None:
     (d / "scores.csv").write_text("arch_index,score\n0,1.5\n1,2.5\n2,0.5\n")
 
 
+ISSUE23_FILES = {"list_row": "list_row.jsonl", "null_row": "null_row.jsonl", "str_record": "str_record.json",
+                 "float_index": "float_index.jsonl", "bool_index": "bool_index.jsonl", "short_row": "short_row.csv",
+                 "mixed": "mixed.csv", "random_pth": "random.pth", "module_pth": "module.pth",
+                 "view_db": "view.sqlite", "appid_db": "appid.sqlite", "user_version_db": "user_version.sqlite",
+                 "no_unique_db": "no_unique.sqlite", "flipped_db": "flipped.sqlite", "config_db": "config.sqlite",
+                 "damaged_db": "damaged.sqlite"}
+#: The header of a scan database (store.APPLICATION_ID, store.SCHEMA_VERSION), written out here:
+#: the file format is pinned by the tests, not taken from the code under test.
+SCAN_DB_APPLICATION_ID = 0x4E574F54  # "NWOT"
+SCAN_DB_LAYOUT = 1
+
+
+def _issue23_files(d, template) -> None:
+    """Files of the issue-23 cases: malformed score files, benchmark files that are not, SQLite
+    files of other programs, and scan databases damaged in one row, one column or one page."""
+    good = [{"arch_index": 0, "score": 1.5}, {"arch_index": 1, "score": 2.5}]
+    (d / "list_row.jsonl").write_text(json.dumps(good[0]) + "\n[1, 2]\n")
+    (d / "null_row.jsonl").write_text(json.dumps(good[0]) + "\nnull\n")
+    (d / "str_record.json").write_text(json.dumps({"config": {}, "scores": [good[0], "x"]}))
+    (d / "float_index.jsonl").write_text('{"arch_index": 3.7, "score": 1.0}\n')
+    (d / "bool_index.jsonl").write_text('{"arch_index": true, "score": 1.0}\n')
+    (d / "short_row.csv").write_text("arch_index,score\n0,1.5\n1\n2,0.5\n")
+    (d / "mixed.csv").write_text("arch_index,method,score\n0,jacob_cov,1.5\n1,hook_logdet,2.5\n2,jacob_cov,0.5\n")
+    (d / "random.pth").write_bytes(np.random.default_rng(23).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    torch.save(torch.nn.Linear(2, 2), d / "module.pth")
+
+    def sqlite(name, *statements):
+        conn = sqlite3.connect(d / name)
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+
+    sqlite("view.sqlite", "CREATE VIEW v AS SELECT 1 AS one")
+    sqlite("appid.sqlite", "PRAGMA application_id = 42")
+    sqlite("user_version.sqlite", "PRAGMA user_version = 7")
+    for name in ("no_unique.sqlite", "flipped.sqlite", "config.sqlite", "damaged.sqlite"):
+        shutil.copy(template, d / name)
+    # Our header and columns, but the table rebuilt without UNIQUE (arch_index, config_hash).
+    sqlite("no_unique.sqlite", "CREATE TABLE copy AS SELECT * FROM scores", "DROP TABLE scores",
+           "ALTER TABLE copy RENAME TO scores", f"PRAGMA application_id = {SCAN_DB_APPLICATION_ID}",
+           f"PRAGMA user_version = {SCAN_DB_LAYOUT}")
+    # One bit of a stored score flipped: '.' (0x2e) -> '/' (0x2f) in arch 1's score_text.
+    sqlite("flipped.sqlite", "UPDATE scores SET score_text = replace(score_text, '.', '/') WHERE arch_index = 1")
+    sqlite("config.sqlite", "UPDATE scores SET config = '[1, 2]' WHERE arch_index = 1")
+    # An index page overwritten: the table's rows are intact, the b-tree of the index is not.
+    conn = sqlite3.connect(d / "damaged.sqlite")
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'scores_by_config'").fetchone()[0]
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(d / "damaged.sqlite", "r+b") as f:
+        f.seek((root - 1) * page + 8)
+        f.write(b"\xff" * 64)
+
+
+def _template_hash(f) -> str:
+    return ScoreConfig(batch_size=BATCH, engine=ENGINE, data=f["npz"]).config_hash()
+
+
 def _scan_args(files, *extra):
     return ["scan", "--indices", "0:3", "--batch-size", str(BATCH), "--engine", ENGINE, "--data", files["npz"],
             "--db", "{db}", "--quiet", *extra]
@@ -157,12 +221,19 @@ class Case:
     code: int = 2
     cli_words: Optional[Sequence[str]] = None  # defaults to `words`
     marks: list = field(default_factory=list)
+    absent: Sequence[str] = ()  # lower-case fragments no message may contain (advice that does not apply)
 
 
-def _bad_table(id: str, key: str, words, exc=ValueError) -> Case:
+def _bad_table(id: str, key: str, words, exc=ValueError, absent=()) -> Case:
     """An accuracy-table file ``files[key]`` that both the reader and ``search --accuracies`` refuse."""
     return Case(id, words, exc=exc, call=lambda f: nwot_fast.accuracies.load_accuracies(f[key]),
-                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE])
+                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE], absent=absent)
+
+
+def _bad_scores(id: str, key: str, words) -> Case:
+    """A score file ``files[key]`` that both the reader and ``evaluate --scores-in`` refuse."""
+    return Case(id, words, call=lambda f: read_scores(f[key]),
+                argv=lambda f: ["evaluate", "--scores-in", f[key], "--accuracies", f["acc_ok"]])
 
 
 def _model_and_batch(shape=(4, 3, 16, 16), dtype=torch.float32, fill=None):
@@ -344,6 +415,68 @@ CASES = [
          call=lambda f: ScoreDB(f["foreign_db"]), argv=lambda f: _scan_args(f, "--db", f["foreign_db"])),
     Case("reading scores with a bad configuration", ["scoreconfig", "config hash"], exc=TypeError,
          call=lambda f: load_scores(f["template"], 42)),
+    # --- issue 23: malformed score files name the file and the row
+    *[_bad_scores(*c) for c in (
+        ("JSONL row that is a list", "list_row", ["list_row.jsonl", "line 2", "object", "[1, 2]"]),
+        ("JSONL row that is null", "null_row", ["null_row.jsonl", "line 2", "object"]),
+        ("string in a .json scores list", "str_record", ["str_record.json", "record 2", "object", "'x'"]),
+        ("arch_index 3.7", "float_index", ["float_index.jsonl", "line 1", "3.7", "not an integer"]),
+        ("arch_index true", "bool_index", ["bool_index.jsonl", "line 1", "true", "not an integer"]),
+        ("truncated CSV score row", "short_row", ["short_row.csv", "line 3", "truncated"]),
+    )],
+    Case("score file of two methods without --method", ["mixed.csv", "2 jacob_cov", "1 hook_logdet", "--method"],
+         call=lambda f: read_scores(f["mixed"]),
+         argv=lambda f: ["evaluate", "--scores-in", f["mixed"], "--accuracies", f["acc_ok"]]),
+    # --- issue 23: --scores-in scores nothing: what only scoring uses is refused, not ignored
+    Case("evaluate --scores-in with --db and a missing --data", ["scores_in", "db", "data", "not be used"],
+         call=lambda f: run_evaluate(scores_in=f["scores_csv"], accuracies=f["acc_ok"], db=f["template"],
+                                      data=f["missing"]),
+         cli_words=["--scores-in", "--db", "--data", "not be used"],
+         argv=lambda f: ["evaluate", "--scores-in", f["scores_csv"], "--accuracies", f["acc_ok"], "--db", "{db}",
+                         "--data", f["missing"]]),
+    # --- issue 23: the command line speaks in flags, and relays no advice that does not apply
+    Case("evaluate without a selection", ["--n-archs", "--all", "--indices", "--scores-in"],
+         argv=lambda f: ["evaluate", "--accuracies", f["acc_ok"]], absent=["n_archs=", "scores_in="]),
+    _bad_table("random bytes named .pth", "random_pth", ["random.pth", "not a nas-bench-201 benchmark file"],
+               absent=["weights_only", "re-run"]),
+    _bad_table("a torch module saved as .pth", "module_pth",
+               ["module.pth", "torch.nn.modules.linear.linear", "not a nas-bench-201 benchmark file"],
+               absent=["weights_only", "re-run", "add_safe_globals"]),
+    # --- issue 23: the Python API is as strict as the command line, naming the argument
+    Case("augment='no' through the API", ["augment", "true or false", "'no'"], exc=TypeError,
+         call=lambda f: scan([0], augment="no", batch_size=BATCH, engine=ENGINE)),
+    Case("augment=0 through the API", ["augment", "true or false", "int 0"], exc=TypeError,
+         call=lambda f: ScoreConfig(augment=0)),
+    Case("fixed_batch='false' through the API", ["fixed_batch", "true or false", "'false'"], exc=TypeError,
+         call=lambda f: scan([0], fixed_batch="false", batch_size=BATCH, engine=ENGINE)),
+    Case("batch_size above the CLI's bound through the API", ["batch_size", "2..65536", str(10**12)],
+         call=lambda f: ScoreConfig(batch_size=10**12)),
+    Case("score_arch seed 2**64", ["seed", "0..9223372036854775807", str(2**64)],
+         call=lambda f: nwot_fast.score_arch(0, torch.randn(BATCH, 3, 16, 16), seed=2**64)),
+    Case("search n_samples 1e20", ["n_samples", "1..1000000"],
+         call=lambda f: run_search(n_samples=10**20, engine=ENGINE)),
+    Case("search runs 1e20", ["runs", "1..1000000"],
+         call=lambda f: run_search(n_samples=1, runs=10**20, engine=ENGINE, accuracies=f["missing_csv"])),
+    Case("search table runs 1e20", ["runs", "1..1000000"],
+         call=lambda f: search_table(({0: 1.0, 1: 2.0}), f["acc_ok"], Ns=[1], runs=10**20)),
+    # --- issue 23: SQLite files that are not ours are refused unchanged, damaged ones before writing
+    *[Case(id, [ISSUE23_FILES[key], "another program", what], call=lambda f, key=key: ScoreDB(f[key]),
+           argv=lambda f, key=key: _scan_args(f, "--db", f[key]))
+      for id, key, what in (("SQLite file with only a view", "view_db", "views: v"),
+                            ("SQLite file with another application_id", "appid_db", "application_id 0x2a"),
+                            ("SQLite file with a user_version", "user_version_db", "user_version 7"))],
+    Case("scores table without the UNIQUE constraint", ["no_unique.sqlite", "unique (arch_index, config_hash)"],
+         call=lambda f: ScoreDB(f["no_unique_db"], readonly=True),
+         argv=lambda f: _scan_args(f, "--db", f["no_unique_db"])),
+    Case("a bit flipped in a stored score", ["flipped.sqlite", "row id 2", "arch_index 1", "score_text"],
+         call=lambda f: load_scores(f["flipped_db"], _template_hash(f)),
+         argv=lambda f: _scan_args(f, "--db", f["flipped_db"])),
+    Case("config column holding JSON of the wrong type", ["config.sqlite", "row id 2", "[1, 2]", "json object"],
+         call=lambda f: ScoreDB(f["config_db"], readonly=True).configurations(),
+         argv=lambda f: ["db", f["config_db"]]),
+    Case("damaged index page", ["damaged.sqlite", "damaged", "quick_check"],
+         call=lambda f: ScoreDB(f["damaged_db"], readonly=True),
+         argv=lambda f: _scan_args(f, "--db", f["damaged_db"])),
 ]
 
 
@@ -354,6 +487,8 @@ def test_library_raises_a_clear_error(case, files):
     message = str(info.value).lower()
     for word in case.words:
         assert word.lower() in message, f"{word!r} not in {message!r}"
+    for word in case.absent:
+        assert word.lower() not in message, f"{word!r} in {message!r}"
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES if c.argv])
@@ -371,6 +506,8 @@ def test_command_line_exits_with_a_one_line_error_and_keeps_results(case, files,
         assert err.count("\n") == 1 and "Traceback" not in err
     for word in case.cli_words if case.cli_words is not None else case.words:
         assert word.lower() in err.lower(), f"{word!r} not in {err!r}"
+    for word in case.absent:
+        assert word.lower() not in err.lower(), f"{word!r} in {err!r}"
     assert _rows(db) == before  # nothing lost, nothing half-written
 
 
@@ -441,3 +578,130 @@ def test_cuda_requested_but_unavailable(capsys, tmp_path):
         assert code == 3, err
         assert out == "" and "cuda" in err.lower() and "--device cpu" in err and err.count("\n") == 1
     assert not (tmp_path / "unused.sqlite").exists()  # refused before the database was created
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 23: beyond the table
+
+
+def _snapshot(path) -> Tuple[bytes, List[str]]:
+    """The bytes of a file and what lies beside it (a -wal / -shm would show here)."""
+    return open(path, "rb").read(), sorted(os.listdir(os.path.dirname(path)))
+
+
+def test_damaged_database_is_never_written(files, tmp_path, capsys):
+    """A database with a damaged page: `db` names the damage, `scan` refuses before writing
+    (it used to write into it and exit 0 while PRAGMA integrity_check failed)."""
+    db = str(tmp_path / "damaged.sqlite")
+    shutil.copy(files["damaged_db"], db)
+    before = _snapshot(db)
+    argv = [a.replace("{db}", db) for a in _scan_args(files)]
+    assert main(argv) == 2
+    assert main(["db", db]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("quick_check") == 2 and "damaged" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="damaged"):
+        scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=db)
+    assert _snapshot(db) == before
+    # A healthy database says its check passed.
+    assert main(["db", files["template"]]) == 0
+    assert "integrity: ok" in capsys.readouterr().out
+    assert main(["db", files["template"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
+
+
+@pytest.mark.parametrize("key", ["view_db", "appid_db", "user_version_db", "no_unique_db"])
+def test_other_programs_sqlite_files_are_left_unchanged(files, tmp_path, key):
+    """Refused by `scan` (and the read-only `db`) exactly as found: no table added, no WAL switch,
+    no -wal / -shm beside it."""
+    db = str(tmp_path / ISSUE23_FILES[key])
+    shutil.copy(files[key], db)
+    before = _snapshot(db)
+    for readonly in (False, True):
+        with pytest.raises(ValueError):
+            ScoreDB(db, readonly=readonly)
+    assert main([a.replace("{db}", db) for a in _scan_args(files)]) == 2
+    assert _snapshot(db) == before
+
+
+def test_scores_table_without_unique_is_refused_before_scoring(files, tmp_path, monkeypatch):
+    from nwot_fast import scoring
+
+    scored = []
+    real = scoring.ArchScorer.score_index
+    monkeypatch.setattr(scoring.ArchScorer, "score_index", lambda self, i: scored.append(i) or real(self, i))
+    db = str(tmp_path / "no_unique.sqlite")
+    shutil.copy(files["no_unique_db"], db)
+    with pytest.raises(ValueError, match=r"UNIQUE \(arch_index, config_hash\)"):
+        scan("0:4", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=db)
+    assert scored == []
+
+
+def test_scan_database_header_and_earlier_databases(files, tmp_path):
+    """A scan database says so in its header (application_id "NWOT", layout 1). One written before
+    the header existed is refused (no migration code before 1.0) with the two PRAGMAs that mark it;
+    marked, it resumes."""
+    conn = sqlite3.connect(f"file:{files['template']}?mode=ro", uri=True)
+    try:
+        header = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version")]
+    finally:
+        conn.close()
+    assert header == [SCAN_DB_APPLICATION_ID, SCAN_DB_LAYOUT]
+    old = str(tmp_path / "before_the_header.sqlite")
+    shutil.copy(files["template"], old)
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA application_id = 0")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="earlier nwot_fast") as info:
+        scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
+    pragmas = str(info.value).split("'")[-2]
+    assert pragmas == f"PRAGMA application_id = {SCAN_DB_APPLICATION_ID}; PRAGMA user_version = {SCAN_DB_LAYOUT}"
+    conn = sqlite3.connect(old)
+    conn.executescript(pragmas)
+    conn.close()
+    res = scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
+    assert (res.resumed, res.computed) == (2, 1)
+
+
+def test_api_flags_have_one_spelling():
+    """One configuration, one hash: the accepted spellings of a flag or device give the same
+    configuration; 'no', 0 and 'false' are refused (TypeError naming the argument)."""
+    base = ScoreConfig(augment=False, fixed_batch=True)
+    assert ScoreConfig(augment=np.False_, fixed_batch=np.True_) == base
+    assert ScoreConfig(augment=np.False_, fixed_batch=np.True_).config_hash() == base.config_hash()
+    assert ScoreConfig(device=torch.device("cpu")) == ScoreConfig(device="cpu")
+    assert ScoreConfig(batch_size=np.int64(8), seed=np.int64(3)) == ScoreConfig(batch_size=8, seed=3)
+    assert ScoreConfig(batch_size=np.int64(8), seed=np.int64(3)).config_hash() == ScoreConfig(batch_size=8, seed=3).config_hash()
+    for bad in ("no", "False", 0, 1, "true"):
+        with pytest.raises(TypeError, match="augment"):
+            ScoreConfig(augment=bad)
+        with pytest.raises(TypeError, match="fixed_batch"):
+            ScoreConfig(fixed_batch=bad)
+
+
+def test_score_file_of_two_methods_read_with_method(files, capsys):
+    """--method picks one method's rows and the rows left out are counted, not hidden."""
+    res = run_evaluate(scores_in=files["mixed"], method="jacob_cov", accuracies=files["acc_ok"])
+    assert res.method == "jacob_cov" and res.indices.tolist() == [0, 2] and res.scores.tolist() == [1.5, 0.5]
+    assert "all 2 jacob_cov rows" in res.selection and "1 hook_logdet row left out" in res.selection
+    assert main(["evaluate", "--scores-in", files["mixed"], "--method", "hook_logdet", "--accuracies",
+                 files["acc_ok"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hook_logdet: 1 architectures (all 1 hook_logdet rows of") and "2 jacob_cov rows left out" in out
+
+
+def test_byte_order_marks_are_accepted(files, tmp_path):
+    """Excel writes CSV with a UTF-8 byte-order mark: it is no part of the first column's name."""
+    from nwot_fast.accuracies import load_accuracies
+
+    plain = load_accuracies(files["acc_ok"])
+    bom = tmp_path / "acc_bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(files["acc_ok"], "rb").read())
+    table = load_accuracies(bom)
+    for key in plain.splits:
+        np.testing.assert_array_equal(table.column(*key), plain.column(*key))
+    scores = tmp_path / "scores_bom.csv"
+    scores.write_bytes(b"\xef\xbb\xbf" + open(files["scores_csv"], "rb").read())
+    np.testing.assert_array_equal(read_scores(scores).scores, read_scores(files["scores_csv"]).scores)
