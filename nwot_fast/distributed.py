@@ -37,6 +37,7 @@ INSTALL_HINT = "pip install 'nwot_fast[ray]' (from a checkout: pip install .[ray
 CONNECT_TIMEOUT_S = 5.0  # to decide that nothing listens at an address; ray.init itself would wait minutes
 MAX_CHUNK = 16  # archs per task: a lost worker costs at most this much work, and progress moves per chunk
 TASK_RETRIES = 3  # re-runs of a chunk whose worker process or node died
+WAIT_SLICE_S = 0.25  # longest wait inside Ray between two chances to act on SIGINT / SIGTERM
 
 # ``ray`` argument: True (or "local") starts a local instance; a string joins that cluster.
 RayTarget = Union[bool, str]
@@ -267,33 +268,45 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
         raise ValueError(f"chunk must be an int >= 1 (indices per Ray task), got {chunk!r}")
     if not indices:
         return
+    from .process import deferred_signals
+
     conn = _Connection(target)
     ray_mod = conn.ray
     pending: Dict[object, List[int]] = {}
+    # Every call into Ray runs under deferred_signals: a Python exception raised by a signal
+    # handler inside Ray's C++ code comes back as a SystemError (and could leave Ray's state
+    # half-changed); delivered between the calls, SIGINT / SIGTERM stop the scan as anywhere else.
+    # ray.wait returns every WAIT_SLICE_S so that a signal waits at most that long.
     try:
-        cpus = conn.cpus()
-        size = chunk or chunk_size(len(indices), cpus)
-        chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
-        # Each task holds one CPU: one single-threaded worker process per core. A task whose
-        # worker dies is re-run (max_retries); a Python error in it is not (it would fail again).
-        remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_chunk)
-        config_ref = ray_mod.put(config)
+        with deferred_signals():
+            cpus = conn.cpus()
+            size = chunk or chunk_size(len(indices), cpus)
+            chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
+            # Each task holds one CPU: one single-threaded worker process per core. A task whose
+            # worker dies is re-run (max_retries); a Python error in it is not (it would fail again).
+            remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_chunk)
+            config_ref = ray_mod.put(config)
         window = 2 * cpus  # tasks in flight: the cluster stays busy, results arrive roughly in order
         queue = iter(chunks)
 
         def submit() -> None:
-            for part in queue:
-                pending[remote.remote(config_ref, part)] = part
-                if len(pending) >= window:
-                    return
+            with deferred_signals():
+                for part in queue:
+                    pending[remote.remote(config_ref, part)] = part
+                    if len(pending) >= window:
+                        return
 
         submit()
         while pending:
-            ready, _ = ray_mod.wait(list(pending), num_returns=1)
+            with deferred_signals():
+                ready, _ = ray_mod.wait(list(pending), num_returns=1, timeout=WAIT_SLICE_S)
+            if not ready:
+                continue
             ref = ready[0]
             part = pending.pop(ref)
             try:
-                rows = ray_mod.get(ref)
+                with deferred_signals():
+                    rows = ray_mod.get(ref)
             except ray_mod.exceptions.RayTaskError as e:
                 # The task's own exception (ValueError, MemoryError, ...), as a local scan raises it.
                 cause = getattr(e, "cause", None)
@@ -310,8 +323,6 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
             for index, score, seconds in rows:
                 yield ArchScore(index, arch_at(index), score, seconds)
     finally:
-        from .process import deferred_signals
-
         with deferred_signals():  # a second Ctrl-C must not leave the instance running
             for ref in pending:
                 try:
