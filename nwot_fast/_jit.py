@@ -199,7 +199,8 @@ def load_or_build(the_plan: dict, why: str, allow_build: bool = True) -> dict:
                 return {"library": library, "built_now": False, "build_seconds": None}
         where = exc.filename or directory
         raise JitBuildError(f"the build cache {directory} cannot be used ({where}: {exc.strerror or exc}); it was "
-                            f"chosen by {build_root_source()}: set NWOT_FAST_BUILD_DIR to a writable directory") from exc
+                            f"chosen by {build_root_source()}: set NWOT_FAST_BUILD_DIR to a writable "
+                            "directory") from exc
 
 
 def build_root_source(environ=os.environ) -> str:

@@ -29,12 +29,15 @@ exit codes:
   0    success
   1    internal error (a bug: please report it with the traceback)
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
-       batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
+       batch size < 2, missing or corrupt data/benchmark file, a symbolic link loop, an output
+       that is the same file as an input or the database, an optional package not installed:
+       --ray without Ray, report without matplotlib, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
        locked by another process or read-only, no Ray cluster at the --ray address, an
-       output (file or stdout) on a full or read-only file system (nothing half-written is left)
+       output file on a full or read-only file system (nothing half-written is left), stdout
+       or stderr closed, full or unable to encode the text
   130  interrupted (Ctrl-C); results already written to a scan database are kept
-  143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
+  143  stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
 
 ARCH_EXAMPLE = "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'"

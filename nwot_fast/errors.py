@@ -101,7 +101,7 @@ def classify(e: BaseException) -> Optional[Tuple[int, Optional[str]]]:
             text += "; lower --batch-size, or use a machine with more memory"
         return EXIT_RESOURCE, text
     if isinstance(e, OSError) and e.errno in RESOURCE_ERRNOS:
-        return EXIT_RESOURCE, one_line(e) if e.filename else f"cannot write the results to standard output: {e.strerror}"
+        return EXIT_RESOURCE, one_line(e)
     if isinstance(e, BAD_INPUT):
         return EXIT_USAGE, one_line(e)
     return None

@@ -262,7 +262,8 @@ def check_published_point(point, where: str) -> dict:
 
     seconds, accuracy, std = number("seconds"), number("accuracy"), number("std", 0.0)
     if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), got {seconds!r}")
+        raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), "
+                         f"got {seconds!r}")
     if not 0 <= accuracy <= 100:
         raise ValueError(f"{where}: accuracy must be a percentage in [0, 100], got {accuracy!r}")
     if not (math.isfinite(std) and std >= 0):

@@ -28,8 +28,8 @@ import stat
 import tempfile
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["OutputError", "PROBE_BYTES", "BYTES_PER_SCORE_ROW", "check_utf8", "as_path", "check_input_file", "check_output_file",
-           "check_output_prefix", "check_distinct", "atomic_write", "write_target"]
+__all__ = ["OutputError", "PROBE_BYTES", "BYTES_PER_SCORE_ROW", "check_utf8", "as_path", "check_input_file",
+           "check_output_file", "check_output_prefix", "check_distinct", "atomic_write", "write_target"]
 
 #: Bytes the output probe reserves in the output's directory before any work (and gives back):
 #: creating an empty file succeeds on a full disk, reserving this much does not. Callers that
@@ -107,7 +107,8 @@ def _loop_message(path: str) -> str:
 
 
 def _stat(path: str, what: str) -> Optional[os.stat_result]:
-    """``os.stat(path)``, None when nothing is there; a link loop is a ValueError naming it."""
+    """``os.stat(path)``, None when nothing is there; a link loop is a ValueError naming it and
+    ``what`` was expected there."""
     try:
         return os.stat(path)
     except FileNotFoundError:
@@ -177,7 +178,7 @@ def check_output_file(path, what: str, extensions=None, *, probe_bytes: int = PR
     if extensions is not None and ext not in extensions:
         raise ValueError(f"{what} {path!r} must end in {', '.join(extensions)}")
     try:
-        st = _stat(path, f"a {what} file")
+        st = _stat(path, f"a place to write the {what}")
     except NotADirectoryError:
         raise FileNotFoundError(f"cannot write {what} {path!r}: a part of the path is not a directory") from None
     if st is not None and not stat.S_ISREG(st.st_mode):

@@ -332,7 +332,8 @@ class _ScanRun:
     """The state of one :func:`scan` call: what the store holds, what is left to score, and
     the rows written for each result."""
 
-    def __init__(self, config: ScoreConfig, store: Optional[ScoreDB], dedup: bool, scorer: Optional[ArchScorer] = None):
+    def __init__(self, config: ScoreConfig, store: Optional[ScoreDB], dedup: bool,
+                 scorer: Optional[ArchScorer] = None):
         self.config, self.store, self.dedup = config, store, dedup
         self.resolved = config.resolved()
         self.chash = config.config_hash()

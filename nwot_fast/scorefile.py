@@ -58,7 +58,8 @@ def check_output_path(path, rows: int = 0) -> str:
     lower-case extension."""
     from .paths import BYTES_PER_SCORE_ROW, PROBE_BYTES
 
-    return check_output_file(path, "output file", SCORE_FORMATS, probe_bytes=max(PROBE_BYTES, BYTES_PER_SCORE_ROW * rows))
+    probe_bytes = max(PROBE_BYTES, BYTES_PER_SCORE_ROW * rows)
+    return check_output_file(path, "output file", SCORE_FORMATS, probe_bytes=probe_bytes)
 
 
 def _records(indices, scores, seconds, method, representatives, config_hash) -> List[dict]:

@@ -309,7 +309,11 @@ class ScoreDB:
             f"DO UPDATE SET {update} WHERE scores.representative != scores.arch_index"
         )
         filled_sql = f"INSERT OR IGNORE INTO scores ({cols}) VALUES ({marks})"
-        with self._errors("saving results"):
+        from .process import deferred_signals
+
+        # A Ctrl-C or SIGTERM is delivered once the transaction has ended: cut inside it (even
+        # between BEGIN and the block that would roll it back), it could leave it open.
+        with self._errors("saving results"), deferred_signals():
             with self.transaction():
                 for row in rows:
                     sql = real_sql if row["representative"] == row["arch_index"] else filled_sql
