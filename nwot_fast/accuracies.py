@@ -285,11 +285,10 @@ def table_from_benchmark_dict(data, source: str) -> AccuracyTable:
     The dict may hold results for only some architectures (``meta_archs`` must still list all
     15,625 in official order); :attr:`AccuracyTable.indices` says which are present.
     """
-    try:
-        from nas_201_api import NASBench201API
-        from nas_201_api.api_utils import ArchResults
-    except ImportError as exc:
-        raise ImportError(f"reading {source} needs the nas-bench-201 package (pip install nas-bench-201): {exc}") from None
+    from .errors import require
+
+    NASBench201API = require("nas_201_api", "nb201", f"reading {source}").NASBench201API
+    ArchResults = require("nas_201_api.api_utils", "nb201", f"reading {source}").ArchResults
     if not isinstance(data, dict):
         raise ValueError(f"{source}: holds a {type(data).__name__}; expected {_PTH_EXPECTED}")
     missing = [k for k in ("meta_archs", "arch2infos") if k not in data]

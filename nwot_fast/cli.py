@@ -9,40 +9,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
 import os
-import signal
 import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, OutputError, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, __version__, jsonable
 from .args import BATCH_SIZE, N_ARCHS, N_SAMPLES, RUNS, SEED, IntRange
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCE, EXIT_TERMINATED,  # noqa: F401
+                     EXIT_USAGE, ResourceError, Terminated)
 
 PROG = "nwot-fast"
 DEFAULT_DB = "nwot-fast-scan.sqlite"
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_RESOURCE = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
   1    internal error (a bug: please report it with the traceback)
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
-       batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
+       batch size < 2, missing or corrupt data/benchmark file, a symbolic link loop, an output
+       that is the same file as an input or the database, an optional package not installed:
+       --ray without Ray, report without matplotlib, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
        locked by another process or read-only, no Ray cluster at the --ray address, an
-       output (file or stdout) on a full or read-only file system (nothing half-written is left)
+       output file on a full or read-only file system (nothing half-written is left), stdout
+       or stderr closed, full or unable to encode the text
   130  interrupted (Ctrl-C); results already written to a scan database are kept
-  143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
+  143  stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
 
 ARCH_EXAMPLE = "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'"
@@ -161,36 +157,6 @@ constant (jacob_cov then gives NaN) or every ReLU sees only zeros (hook_logdet g
 {EXIT_CODES_HELP}""",
 }
 
-# Long-running commands print progress; these are the exception kinds that mean bad input.
-_BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
-class ResourceError(RuntimeError):
-    """A resource the command needs is not there (CUDA, memory)."""
-
-
-class Terminated(Exception):
-    """SIGTERM arrived during a scan (schedulers send it before killing a preempted job)."""
-
-
-@contextlib.contextmanager
-def _sigterm_stops_scan():
-    """Turn SIGTERM into :class:`Terminated` so that the scan stops between two database
-    transactions and says what is saved (a transaction in flight is rolled back)."""
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM on this platform
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
@@ -244,15 +210,30 @@ def _seconds_arg(text: str) -> float:
 def _path_arg(text: str) -> str:
     """A file or directory name: not empty, and valid UTF-8 (the database and the output files
     store paths as text; a name that is not UTF-8 could not be written or shown)."""
+    from .paths import check_utf8
+
     if not text:
         raise argparse.ArgumentTypeError("empty path")
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(
-            f"path {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; rename it or use a link "
-            "with a UTF-8 name") from None
-    return text
+        return check_utf8(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _path_type(role: str):
+    """An argparse type for a path the command uses as ``role``: ``input`` (read),
+    ``database`` (read, and written by scan), ``output`` (written) or ``prefix`` (PREFIX.md and
+    PREFIX.csv written). Before any work main refuses an output that is the same file as an
+    input, the database or another output (_check_paths), for every option declared so."""
+    def parse(text: str) -> str:
+        return _path_arg(text)
+
+    parse.role = role
+    parse.__name__ = "path"  # argparse names the type in its messages
+    return parse
+
+
+_input_path, _database_path, _output_path, _prefix_path = map(_path_type, ("input", "database", "output", "prefix"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +250,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--method", default="jacob_cov", choices=METHODS,
                    help="score: jacob_cov (2020, default) or hook_logdet (2021)")
-    g.add_argument("--data", metavar="PATH", type=_path_arg,
+    g.add_argument("--data", metavar="PATH", type=_input_path,
                    help="images: CIFAR-10/100 or ImageNet16-120 batch directory, or an .npz file with x, y "
                         "(default: Gaussian N(0, 1) random inputs)")
     g.add_argument("--dataset", metavar="NAME",
@@ -381,15 +362,14 @@ def cmd_scan(args) -> int:
 
     indices = parse_indices(args.indices)  # bad ranges fail before anything is opened
     if args.out is not None:
-        check_output_path(args.out)
+        check_output_path(args.out, rows=len(indices))
     config = _config_from(args)
     _check_device(args)
     bar = _progress(args, 0, "scoring")
     try:
-        with _sigterm_stops_scan():
-            result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
-                          db_timeout=args.db_timeout, ray=args.ray)
-    except (KeyboardInterrupt, Terminated) as e:
+        result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
+                      db_timeout=args.db_timeout, ray=args.ray)
+    except (KeyboardInterrupt, Terminated) as e:  # raised by main's signal handlers
         bar.close()
         saved = "?"
         try:
@@ -633,6 +613,9 @@ def _scores_arg(text: str):
     return method, _path_arg(path)
 
 
+_scores_arg.role = "input"  # METHOD=FILE: FILE is read (see _path_type)
+
+
 def cmd_report(args) -> int:
     from ._common import check_input_file, check_output_file
     from .figures import read_published_points
@@ -680,17 +663,17 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="a seeded random sample of K architectures")
     which.add_argument("--all", action="store_true", dest="all_archs", help="all 15,625 architectures")
     which.add_argument("--indices", metavar="START:STOP", help="these benchmark indices (START:STOP or a,b,c)")
-    p.add_argument("--accuracies", metavar="PATH", required=True, type=_path_arg,
+    p.add_argument("--accuracies", metavar="PATH", required=True, type=_input_path,
                    help="NB201 accuracies: nb201_accuracies.csv or the official .pth")
-    p.add_argument("--db", metavar="PATH", type=_path_arg, help="SQLite scan database: results are kept as they come and a "
+    p.add_argument("--db", metavar="PATH", type=_database_path, help="SQLite scan database: results are kept as they come and a "
                    "rerun resumes")
     _add_ray_option(p)  # Ray hook (issue 12)
-    p.add_argument("--scores-out", metavar="FILE", type=_path_arg, help="write per-architecture scores (.csv/.jsonl/.json)")
-    p.add_argument("--scores-in", metavar="FILE", type=_path_arg, help="reuse scores from FILE instead of scoring")
+    p.add_argument("--scores-out", metavar="FILE", type=_output_path, help="write per-architecture scores (.csv/.jsonl/.json)")
+    p.add_argument("--scores-in", metavar="FILE", type=_input_path, help="reuse scores from FILE instead of scoring")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
                    help="also the search table (mode 'table', over the evaluated architectures) for these N")
     p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N for --search-table (default 500)")
-    p.add_argument("--table-out", metavar="PREFIX", type=_path_arg, help="write the search table to PREFIX.md and PREFIX.csv")
+    p.add_argument("--table-out", metavar="PREFIX", type=_prefix_path, help="write the search table to PREFIX.md and PREFIX.csv")
     _add_score_options(p)
     # None = not given: scoring takes ScoreConfig's defaults (the same as the other commands'),
     # --scores-in refuses what would not be used, and without --method it reads the file's method.
@@ -701,18 +684,19 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
                    help="a scores file of one method (repeat for several methods)")
-    p.add_argument("--accuracies", required=True, metavar="PATH", type=_path_arg, help="NB201 accuracies (CSV or .pth)")
-    p.add_argument("--out", default="report.md", metavar="FILE.md", type=_path_arg,
+    p.add_argument("--accuracies", required=True, metavar="PATH", type=_input_path, help="NB201 accuracies (CSV or .pth)")
+    p.add_argument("--out", default="report.md", metavar="FILE.md", type=_output_path,
                    help="Markdown report, a .md file (default report.md)")
+    # the figures folder: build_report checks the files it writes there against the inputs
     p.add_argument("--figures-dir", metavar="DIR", type=_path_arg, help="figures and CSV tables (default: figures/ beside --out)")
-    p.add_argument("--data", metavar="PATH", type=_path_arg, help="images for Figure 1 (left out without)")
+    p.add_argument("--data", metavar="PATH", type=_input_path, help="images for Figure 1 (left out without)")
     p.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="use only the seeded sample of K from each file")
     p.add_argument("--sample-seed", type=_seed_arg, default=0, help="seed of that sample (default 0)")
     p.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
                    help="sample sizes of the search table (default 10,25,50,75,100)")
     p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N (default 500)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the search runs and Figure 1 (default 0)")
-    p.add_argument("--published", metavar="CSV", type=_path_arg,
+    p.add_argument("--published", metavar="CSV", type=_input_path,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
     p.add_argument("--fig1-per-bin", type=IntRange(1, 1000).parse, default=3, help="architectures per bin in Figure 1 (default 3)")
@@ -739,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_text, handler):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                            epilog=SUB_EPILOGS.get(name, EXIT_CODES_HELP), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command_parser=p)
         return p
 
     p = add("search", "random search: draw N architectures per run, keep the best score", cmd_search)
@@ -747,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"architectures per run, 1..{N_SAMPLES.high} (default: 10)")
     p.add_argument("-r", "--runs", type=RUNS.parse, default=1, metavar="R",
                    help=f"independent runs, 1..{RUNS.high} (default: 1)")
-    p.add_argument("--accuracies", metavar="PATH", type=_path_arg,
+    p.add_argument("--accuracies", metavar="PATH", type=_input_path,
                    help="NB201 accuracies: the official .pth or a CSV like nb201_accuracies.csv")
     _add_score_options(p)
     _add_output_options(p)
@@ -761,11 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indices", default="0:15625", metavar="START:STOP",
                    help="benchmark indices: START:STOP (STOP exclusive), START:STOP:STEP, single indices, "
                         "comma-separated (default: 0:15625, the whole space)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", type=_path_arg,
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", type=_database_path,
                    help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
     p.add_argument("--dedup", action="store_true",
                    help="score one architecture per isomorphism class; other members get its score (flagged)")
-    p.add_argument("--out", metavar="FILE", type=_path_arg, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
+    p.add_argument("--out", metavar="FILE", type=_output_path, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
     p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_ray_option(p)  # Ray hook (issue 12)
@@ -779,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(p)
 
     p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
-    p.add_argument("db", metavar="PATH", type=_path_arg, help="SQLite database written by 'nwot-fast scan'")
+    p.add_argument("db", metavar="PATH", type=_database_path, help="SQLite database written by 'nwot-fast scan'")
     p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_output_options(p)
@@ -795,87 +779,102 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if isinstance(e, KeyError) or not text:
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text
-
-
 def _fail(args, code: int, message: str) -> int:
     line = f"{PROG}: error: {message}\n"
-    try:
-        sys.stderr.write(line)
-    except UnicodeEncodeError:  # a name that is not valid UTF-8 in the message
-        sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
+    with contextlib.suppress(OSError):  # stderr itself may be what failed
+        try:
+            sys.stderr.write(line)
+        except UnicodeEncodeError:  # a name that is not valid UTF-8 in the message
+            sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     if args is not None and getattr(args, "json", False):
         with contextlib.suppress(OSError):
             _print_json({"error": message, "exit_code": code})
     return code
 
 
-# errno values that mean the place an output goes cannot take it: a resource problem (exit 3).
-_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EIO}
-
-
 def _quiet_stdout() -> None:
-    """After stdout failed (disk full), point it at /dev/null so that the interpreter's final
-    flush does not print a second error."""
+    """After stdout failed (disk full, closed), point it at /dev/null so that the interpreter's
+    final flush does not print a second error."""
     with contextlib.suppress(OSError):
         sys.stdout = open(os.devnull, "w")
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+def _check_paths(args) -> None:
+    """Before any work: no output of the command is the same file as one of its inputs, its
+    database or another output (the roles are those its options' types declare, _path_type)."""
+    from .paths import check_distinct
+    from .searchtable import TABLE_ENDINGS
+
+    parser = getattr(args, "command_parser", None)
+    outputs, inputs, databases = [], [], []
+    for action in parser._actions if parser is not None else ():
+        role = getattr(action.type, "role", None)
+        value = getattr(args, action.dest, None)
+        if role is None or value is None:
+            continue
+        label = action.option_strings[-1] if action.option_strings else action.dest
+        for v in value if isinstance(value, list) else [value]:
+            v = v[1] if isinstance(v, tuple) else v  # --scores METHOD=FILE
+            if role == "output":
+                outputs.append((label, v))
+            elif role == "prefix":
+                outputs += [(label, v + ending) for ending in TABLE_ENDINGS]
+            elif role == "database":
+                databases.append((label, v))
+            else:
+                inputs.append((label, v))
+    check_distinct(outputs, inputs, databases)
+
+
+def _run(args) -> int:
+    """The command, with every exception a user can cause mapped to its exit code
+    (:func:`nwot_fast.errors.classify`); anything else is a bug and propagates."""
+    import errno
+
+    from .errors import classify
+    from .process import StreamError, guarded_streams, stream_is_closed
+
+    stdout = sys.stdout
+    quiet = False
+    with guarded_streams():
+        try:
+            if stream_is_closed(stdout):  # every command writes its results there: refuse before any work
+                raise StreamError(errno.EBADF, "cannot write the results to standard output: it is closed")
+            _check_paths(args)
+            code = int(args.handler(args) or EXIT_OK)
+            sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
+        except (Exception, KeyboardInterrupt) as e:
+            mapped = classify(e)
+            if mapped is None:
+                raise
+            code, message = mapped
+            quiet = isinstance(e, (StreamError, BrokenPipeError)) or (
+                isinstance(e, OSError) and code == EXIT_RESOURCE and not e.filename)
+            if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                with contextlib.suppress(OSError):
+                    print(f"{PROG}: {message}", file=sys.stderr)
+            elif message is not None:
+                _fail(args, code, message)
+    if quiet:
+        _quiet_stdout()
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit code (see ``nwot-fast --help``)."""
+    """Run the command line; returns the exit code (see ``nwot-fast --help``). The first SIGINT
+    or SIGTERM stops the command (exit 130 / 143) and later ones are ignored while it cleans up;
+    called as the program (``argv`` None) they stay ignored through the interpreter's exit."""
+    from .process import stop_on_signals
+
+    entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
-
-    from .distributed import ClusterError, RayNotInstalledError
-    from .store import ScanDatabaseError
-
-    try:
-        code = int(args.handler(args) or EXIT_OK)
-        sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
-        return code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except RayNotInstalledError as e:  # an optional dependency the command line asked for
-        return _fail(args, EXIT_USAGE, _one_line(e))
-    except (ScanDatabaseError, ClusterError, ResourceError, OutputError) as e:
-        return _fail(args, EXIT_RESOURCE, _one_line(e))
-    except MemoryError as e:
-        msg = _one_line(e) if str(e) else "out of memory"
-        return _fail(args, EXIT_RESOURCE, f"{msg} (lower --batch-size, or use a machine with more memory)")
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into `head`): not an error of ours.
-        _quiet_stdout()
-        return EXIT_OK
-    except OSError as e:
-        if e.errno in _RESOURCE_ERRNOS:
-            _quiet_stdout()
-            where = _one_line(e) if e.filename else f"cannot write the results to standard output: {e.strerror}"
-            return _fail(args, EXIT_RESOURCE, where)
-        if isinstance(e, _BAD_INPUT):
-            return _fail(args, EXIT_USAGE, _one_line(e))
-        raise
-    except _BAD_INPUT as e:
-        return _fail(args, EXIT_USAGE, _one_line(e))
-    except RuntimeError as e:
-        if _is_out_of_memory(e):
-            return _fail(args, EXIT_RESOURCE, f"out of memory ({_one_line(e)}); lower --batch-size")
-        raise
+    with stop_on_signals(keep_ignoring=entry):
+        return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_seed, json_float
 from .args import N_ARCHS, check_choice, check_flag
+from .paths import check_distinct
 from .scorefile import check_output_path, read_scores, write_scores
 from .stats import correlations
 
@@ -182,12 +183,17 @@ def evaluate(
         _check_nothing_to_score(db, ray, config, options)
     seed = options.get("seed")
     seed = check_seed(config.seed if seed is None and config is not None else (seed or 0))
-    if scores_out is not None:
-        check_output_path(scores_out)  # before any scoring: a bad name must not cost the scores
     if scores_in is not None:
         check_input_file(scores_in, "a scores file")
-    table = as_table(accuracies)
     wanted, selection = _selection(n_archs, all_archs, indices, seed)
+    if scores_out is not None:
+        # Before any scoring: a bad name, a place too small for the file, or an input in the way
+        # must not cost the scores.
+        check_output_path(scores_out, rows=0 if wanted is None else int(wanted.size))
+        data = config.data if config is not None else options.get("data")
+        check_distinct([("scores_out", scores_out)], [("scores_in", scores_in), ("accuracies", accuracies),
+                                                      ("data", data)], [("db", db)])
+    table = as_table(accuracies)
     if scores_in is not None:
         idx, sc, secs, selection, cfg, description, scores_from, method = _read(scores_in, method, wanted, selection)
     elif wanted is None:

@@ -32,6 +32,7 @@ __all__ = [
     "figure3_score_vs_accuracy",
     "figure6_time_vs_accuracy",
     "read_published_points",
+    "check_published_point",
     "save_figure",
 ]
 
@@ -63,6 +64,10 @@ def _new_figure(width: float, height: float):
     return fig
 
 
+#: What a figure is written as: PREFIX.png and PREFIX.svg.
+FIGURE_ENDINGS = (".png", ".svg")
+
+
 def save_figure(fig, prefix) -> List[str]:
     """Write ``PREFIX.png`` and ``PREFIX.svg``; returns both paths."""
     prefix = os.fspath(prefix)
@@ -72,7 +77,7 @@ def save_figure(fig, prefix) -> List[str]:
     from ._common import atomic_write
 
     paths = []
-    for ext, kw in ((".png", {"dpi": 100}), (".svg", {})):
+    for ext, kw in zip(FIGURE_ENDINGS, ({"dpi": 100}, {})):
         path = prefix + ext
         # no timestamps in the SVG, so that reruns give the same file
         meta = {"Date": None} if ext == ".svg" else {}
@@ -230,12 +235,42 @@ def read_published_points(path) -> List[dict]:
                 raise ValueError(f"{path} row {n}: expected label, seconds, accuracy[, std][, kind], "
                                  f"got {row!r}") from None
             if row.get("kind") not in (None, ""):
-                if row["kind"] not in PUBLISHED_KINDS:
-                    raise ValueError(f"{path} row {n}: kind must be one of {', '.join(PUBLISHED_KINDS)}, "
-                                     f"got {row['kind']!r}")
                 point["kind"] = row["kind"]
-            out.append(point)
+            out.append(check_published_point(point, f"{path} row {n}"))
     return out
+
+
+def check_published_point(point, where: str) -> dict:
+    """``point`` when it can be drawn in Figure 6: a dict with a ``label``, ``seconds`` finite
+    and > 0 (the axis is logarithmic), ``accuracy`` a percentage in [0, 100], an optional
+    ``std`` finite and >= 0 and an optional ``kind`` of :data:`PUBLISHED_KINDS`; a ValueError
+    naming ``where`` and the field otherwise. Checked when the points are read, before any
+    figure is drawn."""
+    import math
+
+    if not isinstance(point, dict):
+        raise TypeError(f"{where}: a point must be a dict with label, seconds, accuracy, got {type(point).__name__}")
+    missing = [k for k in ("label", "seconds", "accuracy") if k not in point]
+    if missing:
+        raise ValueError(f"{where}: each point needs label, seconds and accuracy; {point!r} has no {missing[0]!r}")
+
+    def number(key, default=None) -> float:
+        value = point.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+
+    seconds, accuracy, std = number("seconds"), number("accuracy"), number("std", 0.0)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), "
+                         f"got {seconds!r}")
+    if not 0 <= accuracy <= 100:
+        raise ValueError(f"{where}: accuracy must be a percentage in [0, 100], got {accuracy!r}")
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"{where}: std must be finite and >= 0, got {std!r}")
+    if point.get("kind") is not None and point["kind"] not in PUBLISHED_KINDS:
+        raise ValueError(f"{where}: kind must be one of {', '.join(PUBLISHED_KINDS)}, got {point['kind']!r}")
+    return point
 
 
 def _label_groups(points: Sequence[dict]) -> List[List[dict]]:
@@ -331,15 +366,10 @@ def figure6_time_vs_accuracy(points: Sequence[dict], out_prefix, *, published: O
     NASWOT paper's own points (:data:`PUBLISHED_SEARCH_POINTS`) and the other NAS methods of its
     NAS-Bench-201 table (:data:`PUBLISHED_BASELINES`)."""
     published = list(PUBLISHED_SEARCH_POINTS + PUBLISHED_BASELINES if published is None else published)
-    for p in list(points) + published:
-        for k in ("label", "seconds", "accuracy"):
-            if k not in p:
-                raise ValueError(f"each point needs label, seconds and accuracy; {p!r} has no {k!r}")
-        if not p["seconds"] > 0:
-            raise ValueError(f"search time must be > 0 for the log scale, got {p['seconds']!r} for {p['label']!r}")
-    for p in published:
-        if p.get("kind") not in _KIND_STYLE:
-            raise ValueError(f"kind of {p['label']!r} must be one of {', '.join(PUBLISHED_KINDS)}, got {p['kind']!r}")
+    for n, p in enumerate(points):
+        check_published_point(p, f"point {n}")
+    for n, p in enumerate(published):
+        check_published_point(p, f"published point {n}")
     fig = _new_figure(7.2, 4.8)
     ax = fig.subplots()
     for kind, (style, legend_label) in _KIND_STYLE.items():

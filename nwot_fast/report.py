@@ -14,6 +14,8 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ._common import ACCURACY_KEYS, METHODS, OutputError, accuracy_label, atomic_write, check_output_file
+from .errors import require
+from .paths import check_distinct
 from .accuracies import as_table
 from .evaluate import evaluate
 from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
@@ -78,11 +80,25 @@ def build_report(
     for m in scores:
         if m not in METHODS:
             raise ValueError(f"unknown score method {m!r}; allowed: {', '.join(METHODS)}")
+    # Everything checked before the first figure is drawn, so that a refused report leaves no
+    # partial figures: the figures' package, every output place (only Markdown is written), no
+    # output over an input, the published points and the images of Figure 1.
+    require("matplotlib", "report", "nwot-fast report (its figures)")
     out = os.fspath(out)
-    # Every output place checked before any work: only Markdown is written.
     check_output_file(out, "report", (".md",))
     out_dir = os.path.dirname(os.path.abspath(out))
     figures_dir = os.path.join(out_dir, "figures") if figures_dir is None else os.fspath(figures_dir)
+    check_distinct([("out", out)] + [("a file of figures_dir", p) for p in _figure_files(figures_dir, scores, data)],
+                   [(f"scores[{m}]", p) for m, p in scores.items()] + [("accuracies", accuracies), ("data", data)])
+    if published_points is not None:
+        from .figures import check_published_point
+
+        published_points = [check_published_point(p, f"published point {n}") for n, p in enumerate(published_points)]
+    images = None
+    if data is not None:
+        from .data import load_images
+
+        images = load_images(data)
     _check_figures_dir(figures_dir)
     table = as_table(accuracies)
     keys = tuple(k for k in ACCURACY_KEYS if k in table.splits)
@@ -102,11 +118,37 @@ def build_report(
     md += ["## Published search results (original score, 500 runs)", "", _published_search_markdown(keys), ""]
     md += _figure6_section(fig6_points, published_points, figures_dir, out_dir, summary)
     if data is not None:
-        md += _figure1_section(data, table, fig1_batch, fig1_per_bin, seed, figures_dir, out_dir, summary)
+        md += _figure1_section(data, images, table, fig1_batch, fig1_per_bin, seed, figures_dir, out_dir, summary)
     with atomic_write(out, "report") as f:
         f.write("\n".join(md).rstrip() + "\n")
     summary["report"] = out
     return summary
+
+
+def _table_prefix(figures_dir: str, method: str) -> str:
+    return os.path.join(figures_dir, f"search_table_{method}")
+
+
+def _fig3_prefix(figures_dir: str, method: str) -> str:
+    return os.path.join(figures_dir, f"fig3_{method}_score_vs_accuracy")
+
+
+FIG6_NAME = "fig6_time_vs_accuracy"
+FIG1_NAME = "fig1_jacobian_histograms"
+
+
+def _figure_files(figures_dir: str, scores, data) -> List[str]:
+    """Every file the report writes into ``figures_dir``."""
+    from .figures import FIGURE_ENDINGS
+    from .searchtable import TABLE_ENDINGS
+
+    files = []
+    for method in scores:
+        files += [_table_prefix(figures_dir, method) + e for e in TABLE_ENDINGS]
+        files += [_fig3_prefix(figures_dir, method) + e for e in FIGURE_ENDINGS]
+    for name in (FIG6_NAME,) + ((FIG1_NAME,) if data is not None else ()):
+        files += [os.path.join(figures_dir, name) + e for e in FIGURE_ENDINGS]
+    return files
 
 
 def _check_figures_dir(figures_dir: str) -> None:
@@ -127,10 +169,9 @@ def _method_section(method: str, res, st, table, figures_dir: str, out_dir: str,
     """The correlations, the search table and Figure 3 of one score."""
     from . import figures
 
-    md_prefix = os.path.join(figures_dir, f"search_table_{method}")
+    md_prefix = _table_prefix(figures_dir, method)
     st.write(md_prefix)
-    fig3 = figures.figure3_score_vs_accuracy(res.indices, res.scores, table,
-                                             os.path.join(figures_dir, f"fig3_{method}_score_vs_accuracy"),
+    fig3 = figures.figure3_score_vs_accuracy(res.indices, res.scores, table, _fig3_prefix(figures_dir, method),
                                              method=method)
     summary["methods"][method] = {"evaluation": res.to_dict(), "search_table": st.to_dict()}
     summary["figures"][f"fig3_{method}"] = fig3["paths"]
@@ -151,8 +192,7 @@ def _method_section(method: str, res, st, table, figures_dir: str, out_dir: str,
 def _figure6_section(points, published_points, figures_dir: str, out_dir: str, summary: dict) -> List[str]:
     from . import figures
 
-    fig6 = figures.figure6_time_vs_accuracy(points, os.path.join(figures_dir, "fig6_time_vs_accuracy"),
-                                            published=published_points)
+    fig6 = figures.figure6_time_vs_accuracy(points, os.path.join(figures_dir, FIG6_NAME), published=published_points)
     summary["figures"]["fig6"] = fig6["paths"]
     return ["## Search time vs accuracy (Figure 6)", "", f"![search time vs accuracy]({_rel(fig6['paths'][0], out_dir)})",
             "", "This project's search times are the sums of the recorded per-architecture scoring times of the "
@@ -166,13 +206,13 @@ def _figure6_section(points, published_points, figures_dir: str, out_dir: str, s
                "over 500 runs (non-weight-sharing) or 3 runs (weight-sharing)."), ""]
 
 
-def _figure1_section(data, table, batch: int, per_bin: int, seed: int, figures_dir: str, out_dir: str,
+def _figure1_section(data, images, table, batch: int, per_bin: int, seed: int, figures_dir: str, out_dir: str,
                      summary: dict) -> List[str]:
     from . import figures
-    from .data import BatchSampler, load_images
+    from .data import BatchSampler
 
-    x = BatchSampler(load_images(data), batch_size=batch, augment=False, fixed=True, seed=seed).batch(0)
-    fig1 = figures.figure1_jacobian_histograms(x, table, os.path.join(figures_dir, "fig1_jacobian_histograms"),
+    x = BatchSampler(images, batch_size=batch, augment=False, fixed=True, seed=seed).batch(0)
+    fig1 = figures.figure1_jacobian_histograms(x, table, os.path.join(figures_dir, FIG1_NAME),
                                                per_bin=per_bin, seed=seed)
     summary["figures"]["fig1"] = fig1["paths"]
     summary["fig1_bins"] = fig1["bins"]

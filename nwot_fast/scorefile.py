@@ -54,10 +54,14 @@ def parse_score(value, where: str) -> float:
     raise ValueError(f"{where}: score {value!r} is not a number (nan and -inf are written as 'nan' / '-inf')")
 
 
-def check_output_path(path) -> str:
+def check_output_path(path, rows: int = 0) -> str:
     """Validate a score file name before any work: ``.csv``, ``.jsonl`` or ``.json``, in an
-    existing, writable directory. Returns the lower-case extension."""
-    return check_output_file(path, "output file", SCORE_FORMATS)
+    existing directory that takes a test write of the size of ``rows`` rows. Returns the
+    lower-case extension."""
+    from .paths import BYTES_PER_SCORE_ROW, PROBE_BYTES
+
+    probe_bytes = max(PROBE_BYTES, BYTES_PER_SCORE_ROW * rows)
+    return check_output_file(path, "output file", SCORE_FORMATS, probe_bytes=probe_bytes)
 
 
 def _records(indices, scores, seconds, method, representatives, config_hash) -> List[dict]:

@@ -22,6 +22,7 @@ import torch
 from . import reference
 from ._common import ENGINES, METHODS, RELU_MATCHES, device_type, dtype_name, resolve_device
 from .args import BATCH_SIZE, SEED, check_choice, check_device, check_flag, check_path
+from .errors import is_allocation_failure
 from .nb201 import Arch, arch_at, build_network
 
 @dataclass(frozen=True)
@@ -191,9 +192,9 @@ class ArchScorer:
     def score_index(self, index: int) -> ArchScore:
         arch = arch_at(index)
         start = time.perf_counter()
-        x = self.batch_for(index)
         c = self.config
         try:
+            x = self.batch_for(index)
             if c.engine == "fast":
                 from .fast import score_arch
 
@@ -202,7 +203,9 @@ class ArchScorer:
             else:
                 s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match,
                                          dtype=c.dtype)
-        except torch.OutOfMemoryError as e:
+        except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one; the CPU allocator's has no type
+            if not is_allocation_failure(e):
+                raise
             raise MemoryError(
                 f"out of memory scoring architecture {index} with batch size {c.batch_size} on {self.device}; "
                 "lower --batch-size or use another device (the batch is never split: that would change "

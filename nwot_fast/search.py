@@ -185,7 +185,8 @@ def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, tot
     chosen = None if best is None else indices[best]
     accs: Dict[str, float] = {}
     if table is not None and chosen is not None:
-        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in ACCURACY_KEYS}
+        # The columns the table has (a CSV may hold only some datasets), as evaluate reports them.
+        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in table.splits}
     result = RunResult(
         run=r,
         seed=run_seed,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -24,17 +23,15 @@ from .args import N_ARCHS, RUNS, SEED
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 
 SEARCH_MODES = ("table", "rescore")
+#: What a search table is written as: PREFIX.md and PREFIX.csv.
+TABLE_ENDINGS = (".md", ".csv")
 
 
 def check_table_prefix(prefix) -> Tuple[str, str]:
     """``PREFIX.md`` and ``PREFIX.csv``, both checked writable (before any work is done)."""
-    from ._common import check_output_file
+    from .paths import check_output_prefix
 
-    prefix = os.fspath(prefix)
-    paths = prefix + ".md", prefix + ".csv"
-    for p in paths:
-        check_output_file(p, "search table")
-    return paths
+    return check_output_prefix(prefix, "search table", TABLE_ENDINGS)
 
 
 @dataclass

@@ -160,11 +160,19 @@ class ScoreDB:
             check_input_file(self.path, what)
             self._open_readonly()
             return
-        if os.path.lexists(self.path):
+        created = not os.path.lexists(self.path)
+        if not created:
             if os.path.isdir(self.path):
                 raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
             check_input_file(self.path, what)
-        with self._errors("opening it"):
+            if not _writable(self.path):
+                # Said before SQLite opens it: it would open the file read-only without a word,
+                # leave a -wal and -shm beside it, and fail only at the first result.
+                raise ScanDatabaseError(
+                    f"scan database {self.path!r} is read-only (file, directory or file system) while opening it; "
+                    "choose a writable --db path"
+                )
+        with self._errors("opening it"), _removed_if_left_empty(self.path, created):
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 # Whose file, whole or damaged, and the layout first, before anything is changed:
@@ -186,6 +194,9 @@ class ScoreDB:
                     if new:  # in the same transaction as the table: a file is ours whole or not at all
                         self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                         self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    # A write statement takes the write lock for real even when it changes no row
+                    # (CREATE TABLE IF NOT EXISTS of an existing table does not).
+                    self.conn.execute("DELETE FROM scores WHERE 0")
             except BaseException:
                 self.conn.close()
                 raise
@@ -196,7 +207,14 @@ class ScoreDB:
         cannot open it, and it is opened as immutable instead (nothing can be writing to it
         there). A -wal file with transactions not yet in the main file cannot be read that
         way: that is refused rather than showing an older state."""
+        if self._open_query_only():
+            return
         uri = "file:" + _uri_path(self.path) + "?mode=ro"
+        if not _writable(self.path) and not _sidecars(self.path):
+            # A cleanly closed database that this process cannot write: a read-only connection
+            # would create a -wal and -shm it can never remove. Nothing holds the file open for
+            # writing (a writer would have created them), so it is read as immutable.
+            uri += "&immutable=1"
         try:
             self.conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
             self.conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
@@ -228,6 +246,30 @@ class ScoreDB:
             except BaseException:
                 self.close()
                 raise
+
+    def _open_query_only(self) -> bool:
+        """Open a cleanly closed database (no -wal, -shm or -journal beside it) that this process
+        may write through a read-write connection that refuses every write (query_only).
+        Reading a WAL database creates a -wal and -shm; SQLite removes them when the last
+        connection that may write closes, never after a read-only one. False (nothing open)
+        when that cannot be done here; the read-only routes then apply."""
+        if _sidecars(self.path) or not _writable(self.path):
+            return False
+        try:
+            self.conn = sqlite3.connect("file:" + _uri_path(self.path) + "?mode=rw", uri=True, timeout=self.timeout,
+                                        isolation_level=None)
+            self.conn.execute("PRAGMA query_only = ON")
+            self.conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            self.close()
+            return False
+        with self._errors("opening it for reading"):
+            try:
+                self._check_schema(require=True)
+            except BaseException:
+                self.close()
+                raise
+        return True
 
     def _errors(self, action: str):
         return _sqlite_errors(self.path, action, self.timeout)
@@ -365,7 +407,11 @@ class ScoreDB:
             f"DO UPDATE SET {update} WHERE scores.representative != scores.arch_index"
         )
         filled_sql = f"INSERT OR IGNORE INTO scores ({cols}) VALUES ({marks})"
-        with self._errors("saving results"):
+        from .process import deferred_signals
+
+        # A Ctrl-C or SIGTERM is delivered once the transaction has ended: cut inside it (even
+        # between BEGIN and the block that would roll it back), it could leave it open.
+        with self._errors("saving results"), deferred_signals():
             with self.transaction():
                 for row in rows:
                     sql = real_sql if row["representative"] == row["arch_index"] else filled_sql
@@ -441,6 +487,34 @@ class ScoreDB:
 def _quote(name: str) -> str:
     """An SQL identifier, quoted (PRAGMA arguments cannot be bound as parameters)."""
     return '"' + name.replace('"', '""') + '"'
+def _writable(path: str) -> bool:
+    """Whether this process may write ``path`` and create files beside it (SQLite's -wal and
+    -shm), as the kernel decides (root may write a 0444 file; nobody may on a read-only mount)."""
+    effective = os.access in os.supports_effective_ids
+    directory = os.path.dirname(os.path.abspath(path))
+    return (os.access(path, os.W_OK, effective_ids=effective)
+            and os.access(directory, os.W_OK | os.X_OK, effective_ids=effective))
+
+
+def _sidecars(path: str) -> List[str]:
+    """The -wal, -shm and -journal files beside the database ``path`` that exist."""
+    return [path + s for s in ("-wal", "-shm", "-journal") if os.path.lexists(path + s)]
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(path: str, created: bool):
+    """On an error, remove the database file this call created while it is still empty (a full
+    disk leaves a 0-byte file) with its -wal, -shm and -journal: a refused command leaves no
+    file behind. A file with any content may already be another process's: it stays."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
+                    for leftover in [path] + _sidecars(path):
+                        os.unlink(leftover)
+        raise
 
 
 def _uri_path(path: str) -> str:

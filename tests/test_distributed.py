@@ -202,6 +202,72 @@ def test_local_instance_scan_equals_local_scan(tmp_path):
     assert len(out.read_text().splitlines()) == 17  # header + 16 rows
 
 
+def _closed_count(db) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _left_in_session(sid: int, timeout: float = 60) -> list:
+    """The processes still in session ``sid`` once they had ``timeout`` seconds to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _session_members(sid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c_twice"])
+def test_signals_stop_a_ray_driver_and_the_instance_it_started(how, tmp_path):
+    """Issue 23: SIGTERM to the driver of `scan --ray` exits 143 with the saved-results line
+    (Ray's own handler made it abort with a native stack dump); Ctrl-C, twice, at the whole
+    process group as a terminal sends it, exits 130. Either way the local Ray instance the
+    driver started is stopped, its agents included, and the database has no -wal / -shm."""
+    pytest.importorskip("ray")
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        _cli("scan", "--indices", "0:400", "--batch-size", BATCH, "--db", str(db), "--ray", "--quiet"),
+        env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    left = []
+    try:
+        deadline = time.monotonic() + 240
+        while _closed_count(db) < 1:  # each look closes its connection: the driver's close is the last one
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no row within 240 s"
+            time.sleep(0.1)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        left = _left_in_session(proc.pid)
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == (143 if how == "sigterm" else 130), err
+    what = "terminated (SIGTERM)" if how == "sigterm" else "interrupted"
+    assert f"{what}; " in err and "saved in" in err and "Traceback" not in err, err
+    assert not left, f"left running: {left}"
+    assert sorted(os.listdir(tmp_path)) == ["s.db"]
+    assert _closed_count(db) >= 1
+
+
 # ---------------------------------------------------------------------------------------------
 # on a 'ray start --head' cluster that outlives its drivers
 
