@@ -260,6 +260,7 @@ def check_published_point(point, where: str) -> dict:
             raise ValueError(f"{where}: {key} must be a number, got {value!r}")
         return float(value)
 
+    where = f"{where} ({point['label']!r})"
     seconds, accuracy, std = number("seconds"), number("accuracy"), number("std", 0.0)
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), "

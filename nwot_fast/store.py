@@ -265,6 +265,8 @@ class ScoreDB:
             return False
         with self._errors("opening it for reading"):
             try:
+                self._check_owner(allow_new=False)
+                self._check_integrity()
                 self._check_schema(require=True)
             except BaseException:
                 self.close()
