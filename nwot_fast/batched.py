@@ -50,13 +50,7 @@ import torch.nn.functional as F
 
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
-from .nb201.arch import EDGES, NUM_NODES
-
-C_STEM = 16
-N_CELLS = 5
-STAGE_CHANNELS = (16, 32, 64)
-# Module index (state-dict "cells.<i>") of the first cell of each stage; reductions sit between.
-_STAGE_FIRST_MODULE = (0, N_CELLS + 1, 2 * N_CELLS + 2)
+from .nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS, STAGE_FIRST_MODULE
 MAX_CHUNK = 256
 LAYOUTS = ("sparse", "merged", "dense")
 
@@ -250,7 +244,7 @@ def _stage_groups(uses: List[_CellUse], A: int, C: int, stage: int, builder: _Bu
             handle = None
             if kind.startswith("conv"):
                 kernel = 1 if kind == "conv1" else 3
-                first = _STAGE_FIRST_MODULE[stage]
+                first = STAGE_FIRST_MODULE[stage]
                 handle = builder.weight([(a, f"cells.{first + cell}.layers.{k}.op.1.weight")
                                          for cell in range(N_CELLS) for a, k in pairs],
                                         (N_CELLS, len(pairs) * C, C, kernel, kernel))
@@ -365,7 +359,7 @@ def _forward(xs: torch.Tensor, uses: List[_CellUse], builder: _Builder, codes: O
         red = None
         if stage:
             Cp = STAGE_CHANNELS[stage - 1]
-            m = _STAGE_FIRST_MODULE[stage] - 1
+            m = STAGE_FIRST_MODULE[stage] - 1
             red = (builder.weight([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (A * C, Cp, 3, 3)),
                    builder.weight([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (A * C, C, 3, 3)),
                    builder.weight([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (A * C, Cp, 1, 1)))
@@ -426,12 +420,12 @@ class _DenseTensors:
         names: List[Tuple[int, str]] = []  # (arch, parameter) of every drawn weight the chunk uses
         names.extend((a, "stem.0.weight") for a in range(A))
         for stage in (1, 2):
-            m = _STAGE_FIRST_MODULE[stage] - 1
+            m = STAGE_FIRST_MODULE[stage] - 1
             for part in ("conv_a.op.1", "conv_b.op.1", "downsample.1"):
                 names.extend((a, f"cells.{m}.{part}.weight") for a in range(A))
         for stage in range(len(STAGE_CHANNELS)):
             for cell in range(N_CELLS):
-                mod = _STAGE_FIRST_MODULE[stage] + cell
+                mod = STAGE_FIRST_MODULE[stage] + cell
                 for a, u in enumerate(uses):
                     names.extend((a, f"cells.{mod}.layers.{k}.op.1.weight") for k, _ in u.conv)
         names.extend((a, "classifier.weight") for a in range(A))
@@ -460,7 +454,7 @@ class _DenseTensors:
             stem[a * C_STEM:(a + 1) * C_STEM] = by_name[a, "stem.0.weight"]
         for stage, C in enumerate(STAGE_CHANNELS):
             if stage:
-                m = _STAGE_FIRST_MODULE[stage] - 1
+                m = STAGE_FIRST_MODULE[stage] - 1
                 for part in ("conv_a.op.1", "conv_b.op.1", "downsample.1"):
                     w = next(slots)
                     for a in range(A):
@@ -472,7 +466,7 @@ class _DenseTensors:
                     for j, k in enumerate(_out_edges(s)):
                         if k in kernel:
                             for cell in range(N_CELLS):
-                                v = by_name[a, f"cells.{_STAGE_FIRST_MODULE[stage] + cell}.layers.{k}.op.1.weight"]
+                                v = by_name[a, f"cells.{STAGE_FIRST_MODULE[stage] + cell}.layers.{k}.op.1.weight"]
                                 if kernel[k] == 3:
                                     w[cell, a, :, j] = v
                                 else:

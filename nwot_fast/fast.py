@@ -52,17 +52,12 @@ from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
 from .nb201 import is_constant_output, live_edges, relu_sees_only_zeros
-from .nb201.arch import CONV1, CONV3, EDGES, NONE, NUM_NODES, POOL, SKIP, Arch
-from .nb201.index import as_arch
-from .nb201.structure import _reachable_from_input
+from .nb201 import Arch, as_arch, reachable_from_input
+from .nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS
+from .nb201.registry import OP_SPECS, OpKind
 
 METHODS = reference.METHODS
 RELU_MATCHES = reference.RELU_MATCHES
-
-# Network macro-structure (NB201 TinyNetwork, C=16, N=5, 32x32 inputs by default).
-C_STEM = 16
-N_CELLS = 5
-STAGE_CHANNELS = (16, 32, 64)
 
 __all__ = ["Step", "Plan", "compile_plan", "score_arch", "score_archs", "use_batched", "plan_flops"]
 
@@ -165,19 +160,19 @@ def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, i
     """Steps of one cell: node 0 is the input; node j (1..3) the sum of its computed edges in
     string order. ``compute[k]``: edge k is computed. ``codes``: node -> multiplicity of its
     ReLU codes (hook_logdet), emitted as soon as the node exists."""
-    ops = arch.ops
+    specs = [OP_SPECS[op] for op in arch.ops]
     steps: List[Step] = []
     ready = {0}
 
     def emit_node_work(i):
         if codes and codes.get(i):
             steps.append(Step("codes", reads=(f"n{i}",), multiplicity=codes[i]))
-        conv_edges = [k for k, (src, _) in enumerate(EDGES) if src == i and compute[k] and ops[k] in (CONV1, CONV3)]
+        conv_edges = [k for k, (src, _) in enumerate(EDGES) if src == i and compute[k] and specs[k].kind is OpKind.CONV]
         if conv_edges:
             steps.append(Step("relu", reads=(f"n{i}",), writes=(f"r{i}",)))
             groups: Dict[int, List[int]] = {}
             for k in conv_edges:
-                groups.setdefault(1 if ops[k] == CONV1 else 3, []).append(k)
+                groups.setdefault(specs[k].kernel, []).append(k)
             for kernel in (3, 1):
                 members = groups.get(kernel, [])
                 chunks = [members] if merge else [[k] for k in members]
@@ -186,7 +181,7 @@ def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, i
                         steps.append(Step("conv_bn", reads=(f"r{i}",), writes=tuple(f"e{k}" for k in chunk),
                                           kernel=kernel, edges=tuple(chunk)))
         for k, (src, _) in enumerate(EDGES):
-            if src == i and compute[k] and ops[k] == POOL:
+            if src == i and compute[k] and specs[k].kind is OpKind.POOL:
                 steps.append(Step("pool", reads=(f"n{i}",), writes=(f"e{k}",), edges=(k,)))
 
     emit_node_work(0)
@@ -194,7 +189,7 @@ def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, i
         terms = []
         for k, (src, dst) in enumerate(EDGES):
             if dst == j and compute[k]:
-                terms.append(f"n{src}" if ops[k] == SKIP else f"e{k}")
+                terms.append(f"n{src}" if specs[k].kind is OpKind.IDENTITY else f"e{k}")
         if not terms:
             continue
         steps.append(Step("sum", reads=tuple(terms), writes=(f"n{j}",)))
@@ -206,11 +201,11 @@ def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, i
 
 def _hook_cell(arch: Arch, per_edge: int):
     """For hook_logdet: which edges to compute, node code multiplicities, zero-input conv edges."""
-    ops = arch.ops
-    fwd = _reachable_from_input(arch)
+    specs = [OP_SPECS[op] for op in arch.ops]
+    fwd = reachable_from_input(arch)
     convs_reading = [0] * NUM_NODES
-    for (i, _), op in zip(EDGES, ops):
-        if op in (CONV1, CONV3):
+    for (i, _), spec in zip(EDGES, specs):
+        if spec.hooked_relu:
             convs_reading[i] += 1
     needed = [False] * NUM_NODES
     needed[NUM_NODES - 1] = fwd[NUM_NODES - 1]
@@ -219,9 +214,9 @@ def _hook_cell(arch: Arch, per_edge: int):
         if not fwd[i]:
             continue
         needed[i] = convs_reading[i] > 0 or any(
-            src == i and op != NONE and needed[dst] for (src, dst), op in zip(EDGES, ops)
+            src == i and spec.passes_signal and needed[dst] for (src, dst), spec in zip(EDGES, specs)
         )
-    compute = [op != NONE and fwd[i] and needed[j] for (i, j), op in zip(EDGES, ops)]
+    compute = [spec.passes_signal and fwd[i] and needed[j] for (i, j), spec in zip(EDGES, specs)]
     codes = {i: per_edge * convs_reading[i] for i in range(NUM_NODES - 1) if fwd[i] and convs_reading[i]}
     zero_conv = sum(convs_reading[i] for i in range(NUM_NODES - 1) if not fwd[i])
     return compute, codes, zero_conv
@@ -480,7 +475,7 @@ def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[_Codes]) 
 
 def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
     """After a constant cell output every hooked ReLU sees zeros: count their units only."""
-    n_conv = sum(1 for op in plan.arch.ops if op in (CONV1, CONV3))
+    n_conv = sum(1 for op in plan.arch.ops if OP_SPECS[op].hooked_relu)
     per_edge = plan.code_multiplier
     H, W = x.shape[2], x.shape[3]
     h, w_ = H, W

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nwot_fast import batched, fast, precision, weights
-from nwot_fast.nb201 import initial_parameters, parameter_layout
+from nwot_fast.nb201 import initial_parameters, parameter_specs
 
 from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
                        DEAD_SOURCE, DEAD_TARGETS, SAME_NODE_TWO_KERNELS, SKIP_ONLY_TO_OUTPUT)
@@ -52,7 +52,7 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
             torch.manual_seed(seed)
             want = initial_parameters(arch)
         got = stream.parameters(arch)
-        assert list(got) == list(want) == [s.name for s in parameter_layout(arch)]
+        assert list(got) == list(want) == [s.name for s in parameter_specs(arch)]
         for name in want:
             assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is not touched
@@ -65,7 +65,7 @@ def test_stream_values_concatenate_segments_in_order():
     got = stream.values([segs[n][:3] for n in names])
     params = stream.parameters(857)
     assert np.array_equal(got, np.concatenate([params[n].numpy().ravel() for n in names]))
-    assert not any(s.draws for s in parameter_layout(857) if s.name not in segs)
+    assert not any(s.draws for s in parameter_specs(857) if s.name not in segs)
     assert weights.for_seed(3) is stream
 
 

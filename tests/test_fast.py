@@ -16,7 +16,7 @@ import torch
 
 from nwot_fast import fast, ops, reference
 from nwot_fast.nb201 import Arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
-from nwot_fast.nb201.arch import NONE
+from nwot_fast.nb201.constants import NONE
 
 S = Arch.from_str
 ALL_CONV3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
