@@ -23,7 +23,7 @@ architectures the engine stacks them along the channels (``[B, A*C, H, W]``, arc
 
 The stem, the reduction blocks and the head run as grouped convolutions / per-channel ops.
 Which edges each architecture computes and which codes it counts come from its own plan
-(:func:`nwot_fast.fast.compile_plan`): the same pruning, multiplicities and structural answers
+(:func:`nwot_fast.plans.compile_plan`): the same pruning, multiplicities and structural answers
 as the per-architecture path, so a node an architecture never computes stays an exact zero.
 Nodes 1..3 of a cell share one accumulator (sparse ``[B, 3*A*C, H, W]``: each op group one
 scatter whatever its target nodes; dense ``[B, A*C, 3, H, W]``: a node is a view, and the
@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
-from .nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS, STAGE_FIRST_MODULE
+from .nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS, STAGE_FIRST_MODULE, out_edges
+from .nb201.registry import OpKind, OpSpec
 MAX_CHUNK = 256
 LAYOUTS = ("sparse", "merged", "dense")
 
@@ -63,29 +64,14 @@ __all__ = ["run_chunk", "choose_chunk", "bytes_per_arch", "available_memory", "d
 
 @dataclass(frozen=True)
 class _CellUse:
-    conv: Tuple[Tuple[int, int], ...]  # (edge, kernel) of computed convolution edges
-    pool: Tuple[int, ...]
-    skip: Tuple[int, ...]
-    codes: Dict[int, int]  # node -> multiplicity
+    edges: Tuple[Optional[OpSpec], ...]  # per edge: its op when the plan uses the edge, else None
+    codes: Tuple[int, ...]  # per node 0..2: multiplicity of its codes (0: not packed)
     zero_conv: int  # conv edges whose ReLU input is an exact zero (hook_logdet units only)
     code_multiplier: int
 
 
 def _cell_use(plan) -> _CellUse:
-    conv, pool, skip, codes = [], [], [], {}
-    for s in plan.cell_steps:
-        if s.op == "conv_bn":
-            conv.extend((k, s.kernel) for k in s.edges)
-        elif s.op == "pool":
-            pool.extend(s.edges)
-        elif s.op == "sum":
-            dst = int(s.writes[0][1:])
-            for term in s.reads:
-                if term.startswith("n"):
-                    skip.append(EDGES.index((int(term[1:]), dst)))
-        elif s.op == "codes":
-            codes[int(s.reads[0][1:])] = s.multiplicity
-    return _CellUse(tuple(conv), tuple(pool), tuple(skip), codes, plan.zero_conv_edges, plan.code_multiplier)
+    return _CellUse(plan.edge_ops(), plan.code_multiplicities(), plan.zero_conv_edges, plan.code_multiplier)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,9 +218,8 @@ def _stage_groups(uses: List[_CellUse], A: int, C: int, stage: int, builder: _Bu
                 if src != i:
                     continue
                 for a, u in enumerate(uses):
-                    if kind == "conv3" and (k, 3) in u.conv or kind == "conv1" and (k, 1) in u.conv \
-                            or kind == "conv" and ((k, 3) in u.conv or (k, 1) in u.conv) \
-                            or kind == "pool" and k in u.pool or kind == "skip" and k in u.skip:
+                    group = u.edges[k].group if u.edges[k] is not None else ""
+                    if group == kind or kind == "conv" and group.startswith("conv"):
                         pairs.append((a, k))
             if not pairs:
                 continue
@@ -343,7 +328,7 @@ def _code_arrays(uses: List[_CellUse]):
     zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
     code_mult: List[Optional[np.ndarray]] = []
     for i in range(NUM_NODES - 1):
-        m = np.array([u.codes.get(i, 0) for u in uses], dtype=np.int64)
+        m = np.array([u.codes[i] for u in uses], dtype=np.int64)
         code_mult.append(m if m.any() else None)
     return cm, zero_units, code_mult
 
@@ -398,12 +383,7 @@ def _forward(xs: torch.Tensor, uses: List[_CellUse], builder: _Builder, codes: O
 # The dense layout: every edge of every architecture computed, unused ones with zero weights
 
 
-_N_OUT = tuple(NUM_NODES - 1 - s for s in range(NUM_NODES - 1))  # edges out of source node s
-
-
-def _out_edges(s: int) -> List[int]:
-    """Edge indices from source node ``s``, by destination node (ascending)."""
-    return sorted((k for k, (src, _) in enumerate(EDGES) if src == s), key=lambda k: EDGES[k][1])
+_N_OUT = tuple(len(out_edges(s)) for s in range(NUM_NODES - 1))  # edges out of source node s
 
 
 class _DenseTensors:
@@ -427,7 +407,8 @@ class _DenseTensors:
             for cell in range(N_CELLS):
                 mod = STAGE_FIRST_MODULE[stage] + cell
                 for a, u in enumerate(uses):
-                    names.extend((a, f"cells.{mod}.layers.{k}.op.1.weight") for k, _ in u.conv)
+                    names.extend((a, f"cells.{mod}.layers.{k}.op.1.weight")
+                                 for k, op in enumerate(u.edges) if op is not None and op.has_weights)
         names.extend((a, "classifier.weight") for a in range(A))
         segs = [weights.arch_segments(archs[a])[n] for a, n in names]
         values = stream.values([s[:3] for s in segs])
@@ -462,17 +443,19 @@ class _DenseTensors:
             for s in range(NUM_NODES - 1):
                 w, mask = next(slots), next(slots)  # [cell, a, c, j, ...]: channel (a*C + c)*n + j
                 for a, u in enumerate(uses):
-                    kernel = dict(u.conv)
-                    for j, k in enumerate(_out_edges(s)):
-                        if k in kernel:
+                    for j, k in enumerate(out_edges(s)):
+                        op = u.edges[k]
+                        if op is None:
+                            continue
+                        if op.has_weights:
                             for cell in range(N_CELLS):
                                 v = by_name[a, f"cells.{STAGE_FIRST_MODULE[stage] + cell}.layers.{k}.op.1.weight"]
-                                if kernel[k] == 3:
+                                if op.kernel == 3:
                                     w[cell, a, :, j] = v
-                                else:
+                                else:  # 1x1 kernels at the centre of a zero 3x3
                                     w[cell, a, :, j, :, 1, 1] = v[:, :, 0, 0]
-                        mask[0, a, :, j] = k in u.pool
-                        mask[1, a, :, j] = k in u.skip
+                        mask[0, a, :, j] = op.kind is OpKind.POOL
+                        mask[1, a, :, j] = op.kind is OpKind.IDENTITY
         head = next(slots)
         for a in range(A):
             head[0, a * STAGE_CHANNELS[-1]:(a + 1) * STAGE_CHANNELS[-1], 0, 0, 0] = by_name[a, "classifier.weight"][0]

@@ -51,249 +51,15 @@ from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
-from .nb201 import is_constant_output, live_edges, relu_sees_only_zeros
-from .nb201 import Arch, as_arch, reachable_from_input
-from .nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS
-from .nb201.registry import OP_SPECS, OpKind
+from .nb201 import as_arch  # noqa: F401  (tests import it from here until the split)
+from .nb201.constants import N_CELLS, OUTPUT_NODE, STAGE_CHANNELS
+from .nb201.registry import OP_SPECS
+from .plans import Codes, ConvBN, Plan, Pool, Relu, Sum, check_method, compile_plan, plan_flops  # noqa: F401
 
 METHODS = reference.METHODS
 RELU_MATCHES = reference.RELU_MATCHES
 
-__all__ = ["Step", "Plan", "compile_plan", "score_arch", "score_archs", "use_batched", "plan_flops"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The plan
-
-
-@dataclass(frozen=True)
-class Step:
-    """One operation of the plan.
-
-    ``op`` is one of ``stem``, ``relu``, ``conv_bn``, ``pool``, ``sum``, ``codes``,
-    ``reduction``, ``head``. ``reads`` / ``writes`` name values (``n<i>`` node i of the current
-    cell, ``r<i>`` relu of node i, ``e<k>`` the result of edge k, ``x`` the network input).
-    ``where`` says in which part of the network the step runs (``stem``, ``cell``,
-    ``reduction1``, ``reduction2``, ``head``); cell steps are run for each of the 15 cells.
-    """
-
-    op: str
-    reads: Tuple[str, ...] = ()
-    writes: Tuple[str, ...] = ()
-    where: str = "cell"
-    kernel: int = 0  # conv_bn: 1 or 3
-    edges: Tuple[int, ...] = ()  # conv_bn / pool: edge indices (string order) it computes
-    multiplicity: int = 0  # codes: how often the reference counts these codes
-
-    def __str__(self):
-        extra = ""
-        if self.op == "conv_bn":
-            extra = f" k={self.kernel} edges={list(self.edges)}"
-        elif self.op == "codes":
-            extra = f" x{self.multiplicity}"
-        return f"{self.where}:{self.op}({', '.join(self.reads)}) -> {', '.join(self.writes)}{extra}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to run for one architecture and one score method.
-
-    ``cell_steps`` are run in every cell; ``steps`` is the whole network in order (cell steps
-    listed once per cell stage as ``cell``). ``constant``: the cell output does not depend on the
-    input. ``result``: the score when structure alone decides it (NaN / -inf), else None.
-    ``zero_conv_edges``: per cell, convolution edges whose ReLU input is an exact-zero node
-    (hook_logdet counts their units without computing anything).
-    """
-
-    arch: Arch
-    method: str
-    relu_match: str
-    merge: bool
-    channels_last: Optional[bool]
-    constant: bool
-    result: Optional[float]
-    cell_steps: Tuple[Step, ...]
-    steps: Tuple[Step, ...]
-    zero_conv_edges: int = 0
-    code_multiplier: int = 2
-
-    @property
-    def runs_network(self) -> bool:
-        return self.result is None
-
-    @property
-    def convs_per_cell(self) -> int:
-        return sum(1 for s in self.cell_steps if s.op == "conv_bn")
-
-    @property
-    def num_convolutions(self) -> int:
-        """Convolution calls of one pass after merging (stem, cells, reductions)."""
-        if not self.runs_network:
-            return 0
-        if self.constant:  # hook_logdet of a constant cell: stem + the first cell only
-            return 1 + self.convs_per_cell
-        return 1 + N_CELLS * 3 * self.convs_per_cell + 2 * 3
-
-    def describe(self) -> str:
-        lines = [f"plan for {self.arch} ({self.method}, relu_match={self.relu_match}):"]
-        if not self.runs_network:
-            lines.append(f"  answered from structure: {self.result}")
-        for s in self.steps:
-            lines.append(f"  {s}")
-        lines.append(f"  convolutions per pass after merging: {self.num_convolutions}")
-        return "\n".join(lines)
-
-
-def _check_method(method, relu_match):
-    if method not in METHODS:
-        raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
-    if relu_match not in RELU_MATCHES:
-        raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {relu_match!r}")
-
-
-def _cell_steps_jacob_cov(arch: Arch, merge: bool) -> List[Step]:
-    live = live_edges(arch)
-    return _cell_steps(arch, compute=live, codes=None, merge=merge)
-
-
-def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, int]], merge: bool) -> List[Step]:
-    """Steps of one cell: node 0 is the input; node j (1..3) the sum of its computed edges in
-    string order. ``compute[k]``: edge k is computed. ``codes``: node -> multiplicity of its
-    ReLU codes (hook_logdet), emitted as soon as the node exists."""
-    specs = [OP_SPECS[op] for op in arch.ops]
-    steps: List[Step] = []
-    ready = {0}
-
-    def emit_node_work(i):
-        if codes and codes.get(i):
-            steps.append(Step("codes", reads=(f"n{i}",), multiplicity=codes[i]))
-        conv_edges = [k for k, (src, _) in enumerate(EDGES) if src == i and compute[k] and specs[k].kind is OpKind.CONV]
-        if conv_edges:
-            steps.append(Step("relu", reads=(f"n{i}",), writes=(f"r{i}",)))
-            groups: Dict[int, List[int]] = {}
-            for k in conv_edges:
-                groups.setdefault(specs[k].kernel, []).append(k)
-            for kernel in (3, 1):
-                members = groups.get(kernel, [])
-                chunks = [members] if merge else [[k] for k in members]
-                for chunk in chunks:
-                    if chunk:
-                        steps.append(Step("conv_bn", reads=(f"r{i}",), writes=tuple(f"e{k}" for k in chunk),
-                                          kernel=kernel, edges=tuple(chunk)))
-        for k, (src, _) in enumerate(EDGES):
-            if src == i and compute[k] and specs[k].kind is OpKind.POOL:
-                steps.append(Step("pool", reads=(f"n{i}",), writes=(f"e{k}",), edges=(k,)))
-
-    emit_node_work(0)
-    for j in range(1, NUM_NODES):
-        terms = []
-        for k, (src, dst) in enumerate(EDGES):
-            if dst == j and compute[k]:
-                terms.append(f"n{src}" if specs[k].kind is OpKind.IDENTITY else f"e{k}")
-        if not terms:
-            continue
-        steps.append(Step("sum", reads=tuple(terms), writes=(f"n{j}",)))
-        ready.add(j)
-        if j < NUM_NODES - 1:
-            emit_node_work(j)
-    return steps
-
-
-def _hook_cell(arch: Arch, per_edge: int):
-    """For hook_logdet: which edges to compute, node code multiplicities, zero-input conv edges."""
-    specs = [OP_SPECS[op] for op in arch.ops]
-    fwd = reachable_from_input(arch)
-    convs_reading = [0] * NUM_NODES
-    for (i, _), spec in zip(EDGES, specs):
-        if spec.hooked_relu:
-            convs_reading[i] += 1
-    needed = [False] * NUM_NODES
-    needed[NUM_NODES - 1] = fwd[NUM_NODES - 1]
-    needed[0] = True
-    for i in range(NUM_NODES - 2, 0, -1):
-        if not fwd[i]:
-            continue
-        needed[i] = convs_reading[i] > 0 or any(
-            src == i and spec.passes_signal and needed[dst] for (src, dst), spec in zip(EDGES, specs)
-        )
-    compute = [spec.passes_signal and fwd[i] and needed[j] for (i, j), spec in zip(EDGES, specs)]
-    codes = {i: per_edge * convs_reading[i] for i in range(NUM_NODES - 1) if fwd[i] and convs_reading[i]}
-    zero_conv = sum(convs_reading[i] for i in range(NUM_NODES - 1) if not fwd[i])
-    return compute, codes, zero_conv
-
-
-def compile_plan(arch, method: str = "jacob_cov", *, relu_match: str = "name", merge: bool = True,
-                 channels_last: Optional[bool] = None) -> Plan:
-    """Compile the execution plan of ``arch`` (an Arch, arch string or benchmark index).
-
-    ``merge``: merge convolutions of the same kernel size that read the same node (bitwise the
-    same result: each output channel is computed independently). ``channels_last``: run in
-    the channels-last memory format (``None``: on the CPU, where it measured faster with the
-    compiled channels-last BatchNorm and pooling, bench/RESULTS.md; NCHW elsewhere).
-    """
-    arch = as_arch(arch)
-    _check_method(method, relu_match)
-    constant = is_constant_output(arch)
-    per_edge = 2 if relu_match == "name" else 1
-    result: Optional[float] = None
-    zero_conv = 0
-    if method == "jacob_cov":
-        if constant:
-            # d(output)/d(input) is exactly zero: every row of J has zero variance.
-            result = float("nan")
-            cell = []
-        else:
-            cell = _cell_steps_jacob_cov(arch, merge)
-    else:
-        compute, codes, zero_conv = _hook_cell(arch, per_edge)
-        if relu_sees_only_zeros(arch):
-            result = float("-inf")  # K is a multiple of the all-ones matrix
-            cell = []
-        else:
-            cell = _cell_steps(arch, compute, codes, merge)
-    cell = tuple(cell)
-    steps: List[Step] = []
-    if result is None:
-        steps.append(Step("stem", reads=("x",), writes=("n0",), where="stem", kernel=3))
-        if constant:
-            # hook_logdet: after the first cell everything is exactly zero.
-            steps.extend(Step(s.op, s.reads, s.writes, "cell1", s.kernel, s.edges, s.multiplicity) for s in cell)
-        else:
-            for stage in range(3):
-                if stage:
-                    steps.append(Step("reduction", reads=("n3",), writes=("n0",), where=f"reduction{stage}"))
-                for c in range(N_CELLS):
-                    where = f"cell{stage * N_CELLS + c + 1}"
-                    steps.extend(Step(s.op, s.reads, s.writes, where, s.kernel, s.edges, s.multiplicity) for s in cell)
-                    if c < N_CELLS - 1 or stage < 2:
-                        steps.append(Step("next_cell", reads=("n3",), writes=("n0",), where=where))
-            steps.append(Step("head", reads=("n3",), writes=("y",), where="head"))
-    return Plan(arch=arch, method=method, relu_match=relu_match, merge=merge, channels_last=channels_last,
-                constant=constant, result=result, cell_steps=cell, steps=tuple(steps), zero_conv_edges=zero_conv,
-                code_multiplier=per_edge)
-
-
-def plan_flops(plan: Plan, batch_size: int = 128, height: int = 32, width: int = 32) -> float:
-    """Multiply-add FLOPs (2 per MAC) of the plan's convolutions and classifier for one forward
-    pass; the input-only backward of a convolution costs the same again."""
-    if not plan.runs_network:
-        return 0.0
-    total = 2 * 3 * C_STEM * 9 * height * width  # stem
-    cell_macs_per_pixel_c2 = sum(len(s.edges) * s.kernel * s.kernel for s in plan.cell_steps if s.op == "conv_bn")
-    h, w = height, width
-    stages = 1 if plan.constant else 3
-    for stage in range(stages):
-        C = STAGE_CHANNELS[stage]
-        if stage:
-            Cp = STAGE_CHANNELS[stage - 1]
-            h2, w2 = (h + 1) // 2, (w + 1) // 2
-            total += 2 * (Cp * C * 9 + C * C * 9 + Cp * C) * h2 * w2
-            h, w = h2, w2
-        cells = 1 if plan.constant else N_CELLS
-        total += 2 * cells * cell_macs_per_pixel_c2 * C * C * h * w
-    if not plan.constant:
-        total += 2 * STAGE_CHANNELS[-1]
-    return float(total) * batch_size
+__all__ = ["score_arch", "score_archs", "use_batched", "run_plan"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +104,7 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
     stem = (prep("stem.0.weight", True),) + bn("stem.1")
     cells: List[_CellWeights] = []
     reductions: List[Tuple[torch.Tensor, ...]] = []
-    conv_steps = [s for s in plan.cell_steps if s.op == "conv_bn"]
+    conv_steps = [s for s in plan.cell_steps if isinstance(s, ConvBN)]
     # A constant hook_logdet plan runs the first cell only (everything after it is zero).
     n_modules = 1 if plan.constant else 3 * N_CELLS + 2
     for index in range(n_modules):
@@ -413,30 +179,31 @@ class _Codes:
 
 
 def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Codes]):
-    env = {"n0": x}
+    nodes: List[Optional[torch.Tensor]] = [x] + [None] * OUTPUT_NODE
+    relus: List[Optional[torch.Tensor]] = [None] * OUTPUT_NODE
+    edges: Dict[int, torch.Tensor] = {}
     for s in plan.cell_steps:
-        op = s.op
-        if op == "relu":
-            env[s.writes[0]] = F.relu(env[s.reads[0]])
-        elif op == "conv_bn":
+        if isinstance(s, Relu):
+            relus[s.node] = F.relu(nodes[s.node])
+        elif isinstance(s, ConvBN):
             w, g, b = cw.conv[s.edges]
-            parts = _bn_parts(F.conv2d(env[s.reads[0]], w, padding=s.kernel // 2), g, b, len(s.writes))
-            for name, part in zip(s.writes, parts):
-                env[name] = part
-        elif op == "pool":
-            env[s.writes[0]] = ops.avg_pool3x3(env[s.reads[0]])
-        elif op == "sum":
-            total = env[s.reads[0]]
-            for name in s.reads[1:]:
-                total = total + env[name]
-            env[s.writes[0]] = total
-        elif op == "codes":
-            codes.add(env[s.reads[0]], s.multiplicity)
-        else:  # pragma: no cover - compile_plan emits only the ops above
-            raise RuntimeError(f"unknown cell step {op!r}")
+            parts = _bn_parts(F.conv2d(relus[s.node], w, padding=s.kernel // 2), g, b, len(s.edges))
+            edges.update(zip(s.edges, parts))
+        elif isinstance(s, Pool):
+            edges[s.edge] = ops.avg_pool3x3(nodes[s.node])
+        elif isinstance(s, Sum):
+            first, *rest = s.terms
+            total = nodes[first.source] if first.identity else edges[first.edge]
+            for t in rest:
+                total = total + (nodes[t.source] if t.identity else edges[t.edge])
+            nodes[s.node] = total
+        elif isinstance(s, Codes):
+            codes.add(nodes[s.node], s.multiplicity)
+        else:  # pragma: no cover - compile_plan emits only the steps above
+            raise RuntimeError(f"unknown cell step {s!r}")
     if codes is not None and plan.zero_conv_edges:
         codes.add_zero(x[0].numel(), plan.zero_conv_edges * plan.code_multiplier)
-    return env.get("n3")
+    return nodes[OUTPUT_NODE]
 
 
 def _reduction(weights, x, codes: Optional[_Codes], per_edge: int):
@@ -586,7 +353,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     batched engine's (:data:`nwot_fast.batched.LAYOUTS`; default
     :func:`nwot_fast.batched.default_layout`: dense on CUDA, sparse on the CPU).
     """
-    _check_method(method, relu_match)
+    check_method(method, relu_match)
     _check_seed(seed)
     dev = _resolve_device(device)
     dt = torch_dtype(dtype)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nwot_fast import batched, fast, precision, weights
-from nwot_fast.nb201 import initial_parameters, parameter_specs
+from nwot_fast.nb201 import as_arch, initial_parameters, parameter_specs
 
 from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
                        DEAD_SOURCE, DEAD_TARGETS, SAME_NODE_TWO_KERNELS, SKIP_ONLY_TO_OUTPUT)
@@ -47,7 +47,7 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
     stream = weights.StreamWeights(seed)
     before = torch.get_rng_state()
     for arch in (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, DEAD_SOURCE, 6111, 15624):
-        arch = fast.as_arch(arch)
+        arch = as_arch(arch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             want = initial_parameters(arch)
@@ -60,7 +60,7 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
 
 def test_stream_values_concatenate_segments_in_order():
     stream = weights.for_seed(3)
-    segs = weights.arch_segments(fast.as_arch(857))
+    segs = weights.arch_segments(as_arch(857))
     names = ["classifier.weight", "stem.0.weight", "cells.5.conv_a.op.1.weight"]
     got = stream.values([segs[n][:3] for n in names])
     params = stream.parameters(857)

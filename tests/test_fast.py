@@ -14,8 +14,8 @@ import zlib
 import pytest
 import torch
 
-from nwot_fast import fast, ops, reference
-from nwot_fast.nb201 import Arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
+from nwot_fast import fast, ops, plans, reference
+from nwot_fast.nb201 import Arch, as_arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
 from nwot_fast.nb201.constants import NONE
 
 S = Arch.from_str
@@ -162,12 +162,12 @@ def test_jacob_cov_plan_merges_and_drops(arch, convs_per_cell, unmerged, monkeyp
     assert plan.num_convolutions == 1 + 15 * convs_per_cell + 6
     assert fast.compile_plan(arch, "jacob_cov", merge=False).convs_per_cell == unmerged
     # one ReLU per node read by convolutions, never a sum with a dropped (none) edge
-    relus = [s.reads[0] for s in plan.cell_steps if s.op == "relu"]
+    relus = [s.node for s in plan.cell_steps if isinstance(s, plans.Relu)]
     assert len(relus) == len(set(relus))
-    ops = fast.as_arch(arch).ops
+    ops = as_arch(arch).ops
     for s in plan.cell_steps:
-        if s.op == "sum":
-            assert all(ops[int(name[1:])] != NONE for name in s.reads if name.startswith("e"))
+        if isinstance(s, plans.Sum):
+            assert all(ops[t.edge] != NONE for t in s.terms)
     # the plan runs exactly its convolutions
     calls = []
     real = torch.nn.functional.conv2d
@@ -180,11 +180,11 @@ def test_hook_plan_keeps_hooked_dead_edges():
     # jacob_cov drops nodes 1 and 2; hook_logdet must still compute node 1 (read by a hooked conv)
     jc = fast.compile_plan(DEAD_TARGETS, "jacob_cov")
     hl = fast.compile_plan(DEAD_TARGETS, "hook_logdet")
-    assert [s.edges for s in jc.cell_steps if s.op == "conv_bn"] == [(3,)]
-    assert [s.edges for s in hl.cell_steps if s.op == "conv_bn"] == [(0,), (3,)]
-    assert {s.reads[0]: s.multiplicity for s in hl.cell_steps if s.op == "codes"} == {"n0": 6, "n1": 2}
+    assert [s.edges for s in jc.cell_steps if isinstance(s, plans.ConvBN)] == [(3,)]
+    assert [s.edges for s in hl.cell_steps if isinstance(s, plans.ConvBN)] == [(0,), (3,)]
+    assert {s.node: s.multiplicity for s in hl.cell_steps if isinstance(s, plans.Codes)} == {0: 6, 1: 2}
     ex = fast.compile_plan(DEAD_TARGETS, "hook_logdet", relu_match="exact")
-    assert {s.reads[0]: s.multiplicity for s in ex.cell_steps if s.op == "codes"} == {"n0": 3, "n1": 1}
+    assert {s.node: s.multiplicity for s in ex.cell_steps if isinstance(s, plans.Codes)} == {0: 3, 1: 1}
     assert fast.compile_plan(DEAD_SOURCE, "hook_logdet").zero_conv_edges == 2
     assert fast.compile_plan(ALL_NONE, "hook_logdet").result == float("-inf")
     assert math.isnan(fast.compile_plan(CONSTANT_CONVS, "jacob_cov").result)
@@ -249,7 +249,7 @@ def test_network_pass_runs_without_tf32_and_restores_the_settings(method, monkey
 
 def test_accepts_arch_string_index_and_arch():
     x = _batch(8, b=6, side=16)
-    arch = fast.as_arch(857)
+    arch = as_arch(857)
     s = [fast.score_arch(a, x, method="hook_logdet") for a in (857, str(arch), arch)]
     assert s[0] == s[1] == s[2]
 
