@@ -1,65 +1,37 @@
-"""The fast path: an execution plan per NB201 architecture, run with ``torch.nn.functional``.
+"""One architecture per network pass: a compiled plan (:mod:`nwot_fast.plans`) run with
+``torch.nn.functional``, and the scores of such passes.
 
-The pure path (:mod:`nwot_fast.reference`) runs the whole TinyNetwork module by module,
-including every ``none`` edge (a multiplication by zero), every op whose result never reaches
-the output, and the parameter gradients of the backward pass. None of that changes a score:
+The plan runs with the network's own weights (drawn after ``torch.manual_seed(seed)`` exactly
+as :func:`~nwot_fast.nb201.build_network` draws them: :mod:`nwot_fast.weights`, bit for bit
+:func:`nwot_fast.nb201.initial_parameters`), arranged for the plan (a merged convolution gets
+its edges' weights concatenated along the output channels; each edge keeps its own
+BatchNorm, run as one per-channel call whose output comes in one dense tensor per edge on the
+CPU, else as channel slices). jacob_cov takes the backward w.r.t. the input only (no
+parameter requires a gradient); hook_logdet is one forward pass under ``no_grad`` that packs
+the codes the plan names.
 
-* an op whose input is an all-zero tensor (a node no ``none``-free path reaches from the
-  cell input) yields exact zeros at initialisation (ReLU-Conv-BN: the BN of a zero tensor in
-  train mode is ``0 * invstd * 1 + 0``; pooling and skip keep zeros), and ``v + 0 == v``;
-* an op whose result only feeds ``none`` edges receives an exactly-zero gradient;
-* the score only needs ``d(sum y)/dx``, not the parameter gradients.
-
-On the CPU the plan runs channels-last by default (NHWC: oneDNN's convolutions, the compiled
-channels-last BatchNorm and pooling of :mod:`nwot_fast.ops`; bench/RESULTS.md, "CPU levers").
-
-So the plan (:func:`compile_plan`) keeps only what a score depends on and runs it with the
-network's own weights (drawn after ``torch.manual_seed(seed)`` exactly as :func:`build_network`
-draws them: :mod:`nwot_fast.weights`, bit for bit :func:`nwot_fast.nb201.initial_parameters`),
-which keeps the scores those of the reference:
-
-``jacob_cov``
-    only the edges on a path input -> output (:func:`nwot_fast.nb201.live_edges`);
-    ``relu(node)`` once for all convolutions reading the node; convolutions of the same
-    kernel size that read the same node merged into one (weights concatenated along the
-    output channels; each keeps its own BatchNorm, run as one per-channel call whose output
-    comes in one dense tensor per edge on the CPU, else as channel slices);
-    sums in string order without ``0 + tensor``; the backward w.r.t. the input only (no
-    parameter requires a gradient); constant-output cells answered ``NaN`` without running.
-
-``hook_logdet``
-    one forward pass under ``no_grad``. In the reference every ReLU is hooked, including those
-    of dead edges, so here the plan keeps every op that feeds the output *or* a hooked ReLU
-    input; the ReLU input of a convolution edge reading node ``i`` is node ``i`` itself, so its
-    codes are packed once per node and counted with a multiplicity (two per convolution edge
-    under ``relu_match="name"``: the ``ReLUConvBN`` wrapper and its inner ``nn.ReLU``; one
-    under ``"exact"``). Nodes that carry exact zeros (no path from the input, or any node after
-    a constant cell output) are not computed: all their codes are 0, so they only add their
-    unit count to every entry of K. Cells where every ReLU sees zeros are ``-inf`` at once.
+On the CPU the plan runs in the channels-last memory format by default (NHWC: oneDNN's
+convolutions, the compiled channels-last BatchNorm and pooling of :mod:`nwot_fast.ops`;
+bench/RESULTS.md, "CPU levers").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from . import batched as _engine
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
 from ._common import torch_dtype
-from .nb201 import as_arch  # noqa: F401  (tests import it from here until the split)
 from .nb201.constants import N_CELLS, OUTPUT_NODE, STAGE_CHANNELS
 from .nb201.registry import OP_SPECS
-from .plans import Codes, ConvBN, Plan, Pool, Relu, Sum, check_method, compile_plan, plan_flops  # noqa: F401
+from .plans import Codes, ConvBN, Plan, Pool, Relu, Sum, compile_plan
 
-METHODS = reference.METHODS
-RELU_MATCHES = reference.RELU_MATCHES
-
-__all__ = ["score_arch", "score_archs", "use_batched", "run_plan"]
+__all__ = ["run_plan", "score_arch", "network_pass", "post_process", "check_nb201_input", "check_seed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,12 +234,13 @@ def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
 # Public entry points
 
 
-def _check_seed(seed):
+def check_seed(seed) -> None:
+    """ValueError unless ``seed`` is a non-negative int (bool excluded)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
 
 
-def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):
+def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):
     """The network work of one plan in ``dtype``: ``J [B, D]`` (jacob_cov) or the collected
     codes (hook_logdet). The weights are drawn in float32 as the reference draws them, then cast."""
     w = _weights(plan, seed, dev, dtype)
@@ -287,7 +260,7 @@ def _network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dty
         return codes
 
 
-def _post_process(method: str, results: list) -> List[float]:
+def post_process(method: str, results: list) -> List[float]:
     """Scores of several network passes of the same batch size, in one operator call (the codes
     of different cells are padded with zero words of multiplicity 0 by ``ops.stack_codes``,
     which add nothing to K)."""
@@ -299,7 +272,7 @@ def _post_process(method: str, results: list) -> List[float]:
     return [float(v) for v in ops.hook_logdet_score(codes, mults, units).tolist()]
 
 
-def _check_nb201_input(x) -> None:
+def check_nb201_input(x) -> None:
     """An NB201 batch: what ``reference.check_input`` asks, and 3 channels (the stem's input).
     Other floating dtypes are accepted and cast to the scoring dtype, as
     ``build_network(arch)(x.float())`` would need."""
@@ -313,13 +286,13 @@ def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu", dtype=
     (``torch.float32`` or ``torch.float64``)."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan from compile_plan, got {type(plan).__name__}")
-    _check_nb201_input(x)
-    _check_seed(seed)
+    check_nb201_input(x)
+    check_seed(seed)
     dev = _resolve_device(device)
     dt = torch_dtype(dtype)
     if not plan.runs_network:
         return plan.result
-    return _post_process(plan.method, [_network_pass(plan, x, seed, dev, dt)])[0]
+    return post_process(plan.method, [network_pass(plan, x, seed, dev, dt)])[0]
 
 
 def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name",
@@ -333,102 +306,3 @@ def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu
     (hook_logdet) for the degenerate cells, from structure."""
     plan = compile_plan(arch, method, relu_match=relu_match)
     return run_plan(plan, x, seed=seed, device=device, dtype=dtype)
-
-
-def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", seed: int = 0, device="cpu",
-                relu_match: str = "name", chunk: Optional[int] = None, dtype=torch.float32,
-                batched: Optional[bool] = None, layout: Optional[str] = None) -> Iterator[float]:
-    """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (called
-    with the item of ``archs`` as given: an index, string or Arch; not called for cells whose
-    score structure decides). Equal to :func:`score_arch` of each within the precision
-    contract (float64: to ~1e-12 relative; NaN / -inf at the same architectures).
-
-    ``batched``: ``True`` runs chunks of architectures in one network pass
-    (:mod:`nwot_fast.batched`), ``False`` one plan per architecture; ``None`` (default) picks
-    :func:`use_batched` (CUDA: batched; CPU: the faster of the two for the batch size).
-    ``chunk``: architectures per chunk. Batched: per network pass (default from the free
-    memory and the batch size, :func:`nwot_fast.batched.choose_chunk`); per plan: passes
-    collected before one post-processing call (default 1 on the CPU, 16 on CUDA). A change of
-    batch shape starts a new chunk. ``dtype``: as for :func:`score_arch`. ``layout``: the
-    batched engine's (:data:`nwot_fast.batched.LAYOUTS`; default
-    :func:`nwot_fast.batched.default_layout`: dense on CUDA, sparse on the CPU).
-    """
-    check_method(method, relu_match)
-    _check_seed(seed)
-    dev = _resolve_device(device)
-    dt = torch_dtype(dtype)
-    if not callable(x_for):
-        raise TypeError(f"x_for must be a callable returning the batch of an architecture, got {type(x_for).__name__}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if batched is not None and not isinstance(batched, bool):
-        raise TypeError(f"batched must be True, False or None (choose), got {batched!r}")
-    if layout is not None:
-        if layout not in _engine.LAYOUTS:
-            raise ValueError(f"layout must be one of {_engine.LAYOUTS} or None (the device's), got {layout!r}")
-    pending: List[Tuple[int, object]] = []  # (position, J / codes (per plan) or (plan, x) (batched))
-    out: List[Optional[float]] = []
-    emitted = 0
-    limit = chunk
-    use = batched
-    checked = (None, None)
-
-    def flush():
-        if not pending:
-            return
-        if use:
-            scores = _engine.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt,
-                                      layout)
-        else:
-            scores = _post_process(method, [r for _, r, _ in pending])
-        for (pos, *_), value in zip(pending, scores):
-            out[pos] = value
-        pending.clear()
-
-    for item in archs:
-        plan = compile_plan(item, method, relu_match=relu_match)
-        out.append(None)
-        if not plan.runs_network:
-            out[-1] = plan.result
-        else:
-            x = x_for(item)
-            if x is not checked[0] or x._version != checked[1]:  # a scan passes one batch for all
-                _check_nb201_input(x)
-                checked = (x, x._version)
-            if pending and tuple(x.shape) != pending[0][2]:
-                flush()
-            if not pending:
-                if batched is None:
-                    use = use_batched(dev, x.shape[0])
-                if chunk is None:
-                    if use:
-                        limit = _engine.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev,
-                                                    layout=layout)
-                    else:
-                        limit = 16 if dev.type == "cuda" else 1
-            work = (plan, x) if use else _network_pass(plan, x, seed, dev, dt)
-            pending.append((len(out) - 1, work, tuple(x.shape)))
-            if len(pending) >= limit:
-                flush()
-        while emitted < len(out) and out[emitted] is not None:
-            yield out[emitted]
-            emitted += 1
-    flush()
-    while emitted < len(out):
-        yield out[emitted]
-        emitted += 1
-
-
-# The CPU batch size up to which the batched engine (its CPU layout, sparse) is faster than one
-# plan per architecture (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
-# process, alternating rounds): 0.95-1.3x at batch 2, 0.8x at 4, 0.3-0.6x at 8 and 32.
-CPU_BATCHED_MAX_BATCH = 2
-
-
-def use_batched(device, batch_size: int) -> bool:
-    """The default engine of :func:`score_archs`: batched on CUDA (kernel launches dominate);
-    on the CPU batched only for batches of at most :data:`CPU_BATCHED_MAX_BATCH` samples, where
-    it measured faster (bench/engine_ab.py); above, one plan per architecture (the grouped
-    convolutions over many archs cost more than the per-plan path's launches save)."""
-    dev = device if isinstance(device, torch.device) else torch.device(device)
-    return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH
