@@ -74,8 +74,7 @@ def test_stream_values_concatenate_segments_in_order():
 
 
 @pytest.mark.parametrize("method, relu_match", [("jacob_cov", "name"), ("hook_logdet", "name"), ("hook_logdet", "exact")])
-@pytest.mark.parametrize("layout, chunk", [("sparse", 1), ("sparse", 3), ("sparse", None), ("merged", None),
-                                           ("dense", 1), ("dense", None)])
+@pytest.mark.parametrize("layout, chunk", [("sparse", 1), ("sparse", 3), ("sparse", None), ("dense", 1), ("dense", None)])
 def test_batched_equals_per_arch_in_float64(method, relu_match, chunk, layout):
     """Chunks mixing degenerate and normal archs and two batch sizes (x_for): float64 scores
     within 1e-9 relative, NaN / -inf at the same archs."""
@@ -210,7 +209,6 @@ def test_choose_chunk_follows_the_memory():
     assert per < multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
     assert multi_arch.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
     assert multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "dense") > per
-    assert multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "merged") == per
     cpu = torch.device("cpu")
     assert multi_arch.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
     assert multi_arch.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1

@@ -21,10 +21,10 @@ def run_chunk(plans, xs: Sequence[torch.Tensor], seed: int, device: torch.device
     ``xs`` (one per plan, the same shape), in one network pass and one post-processing call.
 
     ``layout`` (default :func:`default_layout`): ``"sparse"``: per cell and source node the
-    (arch, edge) pairs of each op kind gathered and scattered, 1x1 and 3x3 convolutions apart
-    (autograd for jacob_cov); ``"merged"``: the same with the 1x1 kernels zero-padded into the 3x3
-    group; ``"dense"``: every edge of every arch in one grouped convolution per source node, zero
-    weights and 0/1 masks for what an arch does not compute, and a hand-written backward."""
+    (arch, edge) pairs of each op group gathered and scattered, 1x1 and 3x3 convolutions apart
+    (autograd for jacob_cov); ``"dense"``: every edge of every arch in one grouped convolution
+    per source node, zero weights and 0/1 masks for what an arch does not compute, and a
+    hand-written backward."""
     if layout is None:
         layout = default_layout(device)
     if layout not in LAYOUTS:
@@ -41,7 +41,7 @@ def run_chunk(plans, xs: Sequence[torch.Tensor], seed: int, device: torch.device
         if layout == "dense":
             J = dense.network_pass(x, uses, archs, stream, codes, device, dtype)
         else:
-            J = sparse.network_pass(x, uses, archs, stream, codes, device, dtype, merge_kernels=layout == "merged")
+            J = sparse.network_pass(x, uses, archs, stream, codes, device, dtype)
         if codes is None:
             J = J.view(B, A, -1).transpose(0, 1).contiguous()  # [A, B, 3*H*W]
             return [float(v) for v in ops.jacob_cov_score(J).tolist()]

@@ -13,7 +13,9 @@ from .. import ops
 from ..nb201.constants import NUM_NODES
 from ..nb201.registry import OpSpec
 
-LAYOUTS = ("sparse", "merged", "dense")
+# The merged layout (sparse with 1x1 kernels zero-padded into the 3x3 group) was dropped: it was
+# neither a default nor the fastest anywhere (bench/RESULTS.md).
+LAYOUTS = ("sparse", "dense")
 
 __all__ = ["LAYOUTS", "default_layout", "CellUse", "cell_use", "ChunkCodes", "code_arrays"]
 

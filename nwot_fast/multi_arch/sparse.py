@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .. import ops, weights
 from .._common import BN_EPS, BN_MOMENTUM
 from ..nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS, STAGE_FIRST_MODULE
+from ..nb201.registry import OpKind, OpSpec
 from .common import CellUse, ChunkCodes, code_arrays
 
 __all__ = ["network_pass"]
@@ -39,38 +40,25 @@ class _Builder:
 
     def __init__(self, stream: weights.StreamWeights, archs, device, dtype):
         self.stream, self.archs, self.device, self.dtype = stream, archs, device, dtype
-        self.segments: List[Tuple[int, int, float, bool]] = []  # (offset, numel, bound, 1x1 padded to 3x3)
+        self.segments: List[Tuple[int, int, float]] = []  # (offset, numel, bound) in the seed's streams
         self.tensors: List[Tuple[int, Tuple[int, ...]]] = []  # (element offset, shape)
         self.size = 0
 
     def weight(self, parameters: Sequence[Tuple[int, str]], shape: Tuple[int, ...]) -> int:
         """Register a weight of ``shape``: the parameters (arch position, name), each flattened,
-        one after the other; a 1x1 kernel in a weight of 3x3 kernels is zero-padded to 3x3 (its
-        value at the centre). Returns a handle for :meth:`get`."""
+        one after the other. Returns a handle for :meth:`get`."""
         start = self.size
         for a, name in parameters:
-            o, n, b, pshape = weights.arch_segments(self.archs[a])[name]
-            pad = len(shape) >= 4 and shape[-1] == 3 and pshape[-1] == 1
-            self.segments.append((o, n, b, pad))
-            self.size += 9 * n if pad else n
+            o, n, b, _ = weights.arch_segments(self.archs[a])[name]
+            self.segments.append((o, n, b))
+            self.size += n
         if self.size - start != int(np.prod(shape)):  # pragma: no cover - a layout bug
             raise RuntimeError(f"weight of shape {shape} got {self.size - start} values")
         self.tensors.append((start, tuple(shape)))
         return len(self.tensors) - 1
 
     def materialise(self):
-        values = self.stream.values([seg[:3] for seg in self.segments])
-        if any(seg[3] for seg in self.segments):
-            parts, at = [], 0
-            for _, n, _, pad in self.segments:
-                part = values[at:at + n]
-                if pad:
-                    padded = np.zeros((n, 9), dtype=values.dtype)
-                    padded[:, 4] = part
-                    part = padded.ravel()
-                parts.append(part)
-                at += n
-            values = np.concatenate(parts)
+        values = self.stream.values(self.segments)
         self.flat = torch.from_numpy(values).to(device=self.device, dtype=self.dtype)
 
     def get(self, handle: int) -> torch.Tensor:
@@ -90,11 +78,17 @@ def _channels(a: int, C: int, base: int = 0) -> range:
     return range(base + a * C, base + (a + 1) * C)
 
 
+# The order in which the op groups of a source node run and add into the accumulator (the
+# float sums follow it): 3x3 convolutions, 1x1 convolutions, pooling, skip.
+_GROUP_ORDER = ("conv3", "conv1", "pool", "skip")
+
+
 @dataclass
 class _Group:
-    """One op type from one source node in one cell stage: its pairs (arch, edge)."""
+    """One op group (:attr:`~nwot_fast.nb201.registry.OpSpec.group`) from one source node in one
+    cell stage: its pairs (arch, edge)."""
 
-    kind: str  # "conv3", "conv1", "pool", "skip"
+    op: OpSpec  # the op of every pair
     pairs: List[Tuple[int, int]]
     gather: Optional[torch.Tensor]  # channel index into the source node (None: all, in order)
     scatter: torch.Tensor  # channel index into the [B, 3*A*C, ...] accumulator
@@ -102,35 +96,33 @@ class _Group:
     cell_weights: Tuple[torch.Tensor, ...] = ()
 
 
-def _stage_groups(uses: List[CellUse], A: int, C: int, stage: int, builder: _Builder, device, merge_kernels: bool):
+def _stage_groups(uses: List[CellUse], A: int, C: int, stage: int, builder: _Builder, device):
     """Per source node, the op groups of a cell of this stage, and their weight handles for
-    the stage's N_CELLS cells. ``merge_kernels``: 1x1 and 3x3 convolutions in one group (1x1
-    kernels zero-padded: one launch less per node, 9x the FLOPs of the 1x1 edges)."""
+    the stage's N_CELLS cells."""
     per_node: List[List[_Group]] = []
     for i in range(NUM_NODES - 1):
         groups = []
-        for kind in (("conv",) if merge_kernels else ("conv3", "conv1")) + ("pool", "skip"):
-            pairs = []
+        for kind in _GROUP_ORDER:
+            pairs, op = [], None
             for k, (src, _) in enumerate(EDGES):
                 if src != i:
                     continue
                 for a, u in enumerate(uses):
-                    group = u.edges[k].group if u.edges[k] is not None else ""
-                    if group == kind or kind == "conv" and group.startswith("conv"):
+                    if u.edges[k] is not None and u.edges[k].group == kind:
                         pairs.append((a, k))
+                        op = u.edges[k]
             if not pairs:
                 continue
             gather_list = [c for a, _ in pairs for c in _channels(a, C)]
             gather = None if gather_list == list(range(A * C)) else _index(gather_list, device)
             scatter = _index([c for a, k in pairs for c in _channels(a, C, (EDGES[k][1] - 1) * A * C)], device)
             handle = None
-            if kind.startswith("conv"):
-                kernel = 1 if kind == "conv1" else 3
+            if op.has_weights:
                 first = STAGE_FIRST_MODULE[stage]
                 handle = builder.weight([(a, f"cells.{first + cell}.layers.{k}.op.1.weight")
                                          for cell in range(N_CELLS) for a, k in pairs],
-                                        (N_CELLS, len(pairs) * C, C, kernel, kernel))
-            groups.append(_Group(kind, pairs, gather, scatter, handle))
+                                        (N_CELLS, len(pairs) * C, C, op.kernel, op.kernel))
+            groups.append(_Group(op, pairs, gather, scatter, handle))
         per_node.append(groups)
     return per_node
 
@@ -174,15 +166,14 @@ def _run_cell(h, groups, cell: int, A: int, C: int, codes: Optional[ChunkCodes],
             codes.add(node, code_mult[i])
         relu = None
         for g in groups[i]:
-            if g.kind.startswith("conv"):
+            if g.op.kind is OpKind.CONV:
                 if relu is None:
                     relu = F.relu(node)
                 src = relu if g.gather is None else relu.index_select(1, g.gather)
-                kernel = 1 if g.kind == "conv1" else 3
-                y = _bn(F.conv2d(src, g.cell_weights[cell], padding=kernel // 2, groups=len(g.pairs)))
+                y = _bn(F.conv2d(src, g.cell_weights[cell], padding=g.op.kernel // 2, groups=len(g.pairs)))
             else:
                 src = node if g.gather is None else node.index_select(1, g.gather)
-                if g.kind == "pool":
+                if g.op.kind is OpKind.POOL:
                     if src is node and i:
                         # ATen's pooling (float64, or no compiled kernel) saves its input for
                         # the backward: not a view of the accumulator written to after.
@@ -197,7 +188,7 @@ def _run_cell(h, groups, cell: int, A: int, C: int, codes: Optional[ChunkCodes],
 
 
 def _forward(xs: torch.Tensor, uses: List[CellUse], builder: _Builder, codes: Optional[ChunkCodes], device,
-             merge_kernels: bool):
+         ):
     A = len(uses)
     cm, zero_units, code_mult = code_arrays(uses)
     all_archs = range(A)
@@ -211,7 +202,7 @@ def _forward(xs: torch.Tensor, uses: List[CellUse], builder: _Builder, codes: Op
             red = (builder.weight([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (A * C, Cp, 3, 3)),
                    builder.weight([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (A * C, C, 3, 3)),
                    builder.weight([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (A * C, Cp, 1, 1)))
-        stages.append((red, _stage_groups(uses, A, C, stage, builder, device, merge_kernels)))
+        stages.append((red, _stage_groups(uses, A, C, stage, builder, device)))
     head = builder.weight([(a, "classifier.weight") for a in all_archs], (A, STAGE_CHANNELS[-1]))
     builder.materialise()
     for _, groups in stages:
@@ -243,7 +234,7 @@ def _forward(xs: torch.Tensor, uses: List[CellUse], builder: _Builder, codes: Op
 
 
 def network_pass(x: torch.Tensor, uses: List[CellUse], archs, stream: weights.StreamWeights,
-                 codes: Optional[ChunkCodes], device, dtype, merge_kernels: bool = False) -> Optional[torch.Tensor]:
+                 codes: Optional[ChunkCodes], device, dtype) -> Optional[torch.Tensor]:
     """The sparse layout's pass over a chunk. ``x [B, A*3, H, W]`` (``dtype`` on ``device``):
     architecture ``a``'s batch in channels ``3a .. 3a+2``. jacob_cov (``codes`` None): returns
     the gradient of the summed outputs w.r.t. ``x``, ``[B, A*3, H, W]`` (autograd);
@@ -253,9 +244,9 @@ def network_pass(x: torch.Tensor, uses: List[CellUse], archs, stream: weights.St
     if codes is None:
         with torch.enable_grad():
             xg = (x if A > 1 else x.clone()).detach().requires_grad_(True)
-            y = _forward(xg, uses, builder, None, device, merge_kernels)
+            y = _forward(xg, uses, builder, None, device)
             (J,) = torch.autograd.grad(y.sum(), xg)
         return J
     with torch.no_grad():
-        _forward(x, uses, builder, codes, device, merge_kernels)
+        _forward(x, uses, builder, codes, device)
     return None
