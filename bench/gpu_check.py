@@ -347,9 +347,9 @@ def precision(args) -> dict:
     archs = PRECISION_ARCHS[:1] if args.smoke else PRECISION_ARCHS
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
-    engines = contract.engines(dev)
+    engines = contract.scorers(dev)
     # The batched engine in each layout (the default on CUDA is dense): fast = per plan.
-    candidates = {"fast": engines["fast"], **{f"batched-{layout}": partial(engines["batched"], layout=layout)
+    candidates = {"fast": engines["per_arch"], **{f"batched-{layout}": partial(engines["multi_arch"], layout=layout)
                                               for layout in multi_arch.LAYOUTS}}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):

@@ -109,7 +109,7 @@ def _bn_parts(x, weight, bias, parts: int = 1) -> Tuple[torch.Tensor, ...]:
     """Train-mode BatchNorm from batch statistics, split into ``parts`` channel groups; the
     running statistics the reference updates never reach the output of this pass. ``weight``
     None (channels-last plans at the initial affine): ``ops.batch_norm_train``, whose groups are
-    dense channels-last tensors, so that the node sums add tensors of one layout."""
+    dense channels-last tensors, so that the node sums add tensors of one memory format."""
     if weight is None:
         return ops.batch_norm_train(x, parts)
     y = F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)

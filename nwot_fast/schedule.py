@@ -1,8 +1,10 @@
-"""The many-architecture scheduler: scores of a sequence of architectures, in order, by chunks.
+"""The many-architecture scheduler: the fast engine's scores of a sequence of architectures,
+in order, by chunks.
 
-For each chunk it runs either one plan per network pass (:mod:`nwot_fast.per_arch`, the
-passes post-processed in one operator call) or the whole chunk in one network pass
-(:mod:`nwot_fast.multi_arch`), by :func:`use_batched` unless told.
+For each chunk it runs either the per-arch mode (:mod:`nwot_fast.per_arch`: one plan per
+network pass, the passes post-processed in one operator call) or the multi-arch mode
+(:mod:`nwot_fast.multi_arch`: the whole chunk in one network pass), by :func:`use_batched`
+unless told (``batched=True``: multi-arch).
 """
 
 from __future__ import annotations
@@ -25,18 +27,27 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
                 batched: Optional[bool] = None, layout: Optional[str] = None) -> Iterator[float]:
     """Scores of many architectures, in order; ``x_for(arch)`` gives the batch of each (called
     with the item of ``archs`` as given: an index, string or Arch; not called for cells whose
-    score structure decides). Equal to :func:`score_arch` of each within the precision
-    contract (float64: to ~1e-12 relative; NaN / -inf at the same architectures).
+    score structure decides). Equal to :func:`nwot_fast.per_arch.score_arch` of each within the
+    precision contract (float64: to ~1e-12 relative; NaN / -inf at the same architectures).
 
-    ``batched``: ``True`` runs chunks of architectures in one network pass
-    (:mod:`nwot_fast.multi_arch`), ``False`` one plan per architecture; ``None`` (default) picks
-    :func:`use_batched` (CUDA: batched; CPU: the faster of the two for the batch size).
-    ``chunk``: architectures per chunk. Batched: per network pass (default from the free
-    memory and the batch size, :func:`nwot_fast.multi_arch.choose_chunk`); per plan: passes
-    collected before one post-processing call (default 1 on the CPU, 16 on CUDA). A change of
-    batch shape starts a new chunk. ``dtype``: as for :func:`score_arch`. ``layout``: the
-    batched engine's (:data:`nwot_fast.multi_arch.LAYOUTS`; default
-    :func:`nwot_fast.multi_arch.default_layout`: dense on CUDA, sparse on the CPU).
+    Args:
+        archs: architectures (benchmark indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
+        x_for: ``x_for(arch) -> x [B, 3, H, W]`` floating tensor, the batch of ``arch``.
+        batched: the mode: ``True`` multi-arch (a chunk of architectures in one network pass,
+            :mod:`nwot_fast.multi_arch`), ``False`` per-arch (one plan per pass); ``None``
+            (default) picks :func:`use_batched` (CUDA: multi-arch; CPU: the faster of the two
+            for the batch size).
+        chunk: architectures per chunk. Multi-arch: per network pass (default from the free
+            memory and the batch size, :func:`nwot_fast.multi_arch.choose_chunk`); per-arch:
+            passes collected before one post-processing call (default 1 on the CPU, 16 on
+            CUDA). A change of batch shape starts a new chunk.
+        dtype: ``torch.float32`` (default) or ``torch.float64``, as for ``score_arch``.
+        layout: the multi-arch layout (:data:`nwot_fast.multi_arch.LAYOUTS`; default
+            :func:`nwot_fast.multi_arch.default_layout`: dense on CUDA, sparse on the CPU).
+        method, seed, device, relu_match: as for ``score_arch``.
+
+    Returns:
+        An iterator of float scores, one per architecture, in order.
     """
     check_method(method, relu_match)
     check_seed(seed)
@@ -51,7 +62,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
     if layout is not None:
         if layout not in multi_arch.LAYOUTS:
             raise ValueError(f"layout must be one of {multi_arch.LAYOUTS} or None (the device's), got {layout!r}")
-    pending: List[Tuple[int, object]] = []  # (position, J / codes (per plan) or (plan, x) (batched))
+    pending: List[Tuple[int, object]] = []  # (position, J / codes (per-arch) or (plan, x) (multi-arch))
     out: List[Optional[float]] = []
     emitted = 0
     limit = chunk
@@ -104,16 +115,16 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
         emitted += 1
 
 
-# The CPU batch size up to which the batched engine (its CPU layout, sparse) is faster than one
-# plan per architecture (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
+# The CPU batch size up to which the multi-arch mode (its CPU layout, sparse) is faster than the
+# per-arch mode (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
 # process, alternating rounds): 0.95-1.3x at batch 2, 0.8x at 4, 0.3-0.6x at 8 and 32.
 CPU_BATCHED_MAX_BATCH = 2
 
 
 def use_batched(device, batch_size: int) -> bool:
-    """The default engine of :func:`score_archs`: batched on CUDA (kernel launches dominate);
-    on the CPU batched only for batches of at most :data:`CPU_BATCHED_MAX_BATCH` samples, where
-    it measured faster (bench/engine_ab.py); above, one plan per architecture (the grouped
+    """The default mode of :func:`score_archs` (True: multi-arch): multi-arch on CUDA (kernel
+    launches dominate); on the CPU only for batches of at most :data:`CPU_BATCHED_MAX_BATCH`
+    samples, where it measured faster (bench/engine_ab.py); above, per-arch (the grouped
     convolutions over many archs cost more than the per-plan path's launches save)."""
     dev = device if isinstance(device, torch.device) else torch.device(device)
     return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH

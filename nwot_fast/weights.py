@@ -28,7 +28,7 @@ __all__ = ["StreamWeights", "arch_segments"]
 
 
 @functools.lru_cache(maxsize=16384)
-def _layout(arch: Arch):
+def _segments_and_order(arch: Arch):
     """``(segments, order)`` of ``arch``: ``name -> (stream offset, numel, bound, shape)`` of every
     drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_specs` order as
     ``(name, shape, init)`` (``init`` None for a drawn one; BatchNorm's "ones" / "zeros")."""
@@ -47,7 +47,7 @@ def _layout(arch: Arch):
 def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
     """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
     (BatchNorm parameters are not drawn: weight 1, bias 0)."""
-    return _layout(arch)[0]
+    return _segments_and_order(arch)[0]
 
 
 def stream_length(arch: Arch) -> int:
@@ -88,7 +88,7 @@ class StreamWeights:
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
         BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order."""
         arch = as_arch(arch)
-        segs, order = _layout(arch)
+        segs, order = _segments_and_order(arch)
         out: Dict[str, torch.Tensor] = {}
         for name, shape, init in order:
             if init is None:

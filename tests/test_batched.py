@@ -144,7 +144,7 @@ def _contract_envelope(archs, x, method, seed):
         ref = {}
         for n in precision.THREADS:
             with precision.threads(n):
-                ref[n] = precision.pure_scores(archs, x, method=method, seed=seed)
+                ref[n] = precision.reference_scores(archs, x, method=method, seed=seed)
         _CONTRACT[key] = ([str(a) for a in archs], truth, ref)
     names, truth, ref = _CONTRACT[key]
     return precision.Envelope(list(names), method, list(truth), dict(ref))

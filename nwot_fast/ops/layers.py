@@ -2,7 +2,7 @@
 on the CPU (channels-last aware) or ATen's, with their fake kernels and autograd formulas.
 
 - :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
-  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU),
+  compiled CPU kernel bitwise equal to ATen's (the per-arch mode's slowest op in ATen on the CPU),
   NCHW and channels-last.
 - :func:`batch_norm_train` ``x [N, P C, H, W] float32|float64, parts P -> P tensors [N, C, H, W]``:
   NB201's BatchNorm2d in train mode at initialisation (weight 1, bias 0), with autograd; on
@@ -44,7 +44,7 @@ def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
     autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's
     kernels in both directions and several times faster than its NCHW ones: a dense
-    channels-last input is pooled in that layout (channels-last output), any other made
+    channels-last input is pooled in that memory format (channels-last output), any other made
     contiguous first (NCHW output); elsewhere ATen's pooling."""
     if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and x.dim() == 4 and compiled("cpu")):
@@ -57,7 +57,7 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
     variance, no affine: NB201's BatchNorm2d at initialisation), with autograd, split along the
     channels into ``parts`` equal groups (a merged convolution's edges). On the CPU (float32 or
     float64, 4-D) the compiled kernel: statistics summed in float64, every group returned as a
-    dense channels-last tensor (any input layout is read as channels-last); elsewhere ATen's
+    dense channels-last tensor (any input memory format is read as channels-last); elsewhere ATen's
     BatchNorm, split into channel slices."""
     _check_bn_input(x, parts)
     if x.device.type == "cpu" and compiled("cpu"):
@@ -110,7 +110,7 @@ def _register_fakes() -> None:
         y, invstd = ctx.saved_tensors
         return torch.ops.nwot_fast.batch_norm_train_backward(grad_y, y, invstd), None
 
-    # First derivatives only: the fast path differentiates the network once (jacob_cov).
+    # First derivatives only: the fast engine differentiates the network once (jacob_cov).
     torch.library.register_autograd("nwot_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)
 
 
