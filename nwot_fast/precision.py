@@ -72,10 +72,19 @@ def threads(n: int) -> Iterator[None]:
 
 
 def reference_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
-                relu_match: str = "name", device="cpu") -> List[float]:
+                     relu_match: str = "name", device="cpu") -> List[float]:
     """The reference engine (the authors' procedure op for op): ``reference.score`` on
     ``build_network(arch)`` built right after ``torch.manual_seed(seed)`` (the caller's RNG
-    state is kept)."""
+    state is kept).
+
+    Args:
+        archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
+        x: ``[B, 3, H, W]`` floating: the one batch for all of them.
+        method, seed, dtype, relu_match, device: as for :func:`nwot_fast.per_arch.score_arch`.
+
+    Returns:
+        The scores as floats, in the order of ``archs``.
+    """
     scores = []
     for arch in archs:
         with torch.random.fork_rng(devices=[]):
@@ -88,7 +97,16 @@ def reference_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int
 def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
                 relu_match: str = "name", device="cpu", **options) -> List[float]:
     """The fast engine: :func:`nwot_fast.schedule.score_archs` (``options`` go to it, e.g. ``chunk``
-    or ``batched``)."""
+    or ``batched``).
+
+    Args:
+        archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
+        x: ``[B, 3, H, W]`` floating: the one batch for all of them.
+        method, seed, dtype, relu_match, device: as for :func:`nwot_fast.per_arch.score_arch`.
+
+    Returns:
+        The scores as floats, in the order of ``archs``.
+    """
     return list(schedule.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
                                  relu_match=relu_match, dtype=dtype, **options))
 
@@ -179,10 +197,11 @@ class Envelope:
 def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Optional[Mapping[str, Scorer]] = None,
             seed: int = 0, relu_match: str = "name", thread_counts: Sequence[int] = THREADS,
             dtype=torch.float32) -> Envelope:
-    """Score ``archs`` on batch ``x``: the truth (reference engine, float64), the float32 reference engine at
-    each of ``thread_counts`` (restored after), and each candidate scorer in ``dtype`` (float32
-    by default; float64 to check a float64 path against the truth) at the current thread count.
-    Decide with :meth:`Envelope.violations`."""
+    """Score ``archs`` on batch ``x [B, 3, H, W]`` (floating): the truth (reference engine,
+    float64), the float32 reference engine at each of ``thread_counts`` (restored after), and
+    each candidate scorer (name -> scorer) in ``dtype`` (float32 by default; float64 to check a
+    float64 path against the truth) at the current thread count. Returns the
+    :class:`Envelope`; decide with :meth:`Envelope.violations`."""
     if method not in reference.METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(reference.METHODS)}")
     candidates = {} if candidates is None else candidates

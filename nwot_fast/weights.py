@@ -51,6 +51,7 @@ def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...
 
 
 def stream_length(arch: Arch) -> int:
+    """How many generator outputs ``arch``'s network draws (its drawn parameters' elements)."""
     return sum(n for _, n, _, _ in arch_segments(as_arch(arch)).values())
 
 
@@ -79,14 +80,16 @@ class StreamWeights:
             return t
 
     def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
-        """The concatenated values ``(offset, numel, bound)`` of the given segments (float32)."""
+        """The values of the given segments ``(stream offset, numel, bound)``, concatenated: a
+        float32 NumPy array of ``sum(numel)`` values."""
         parts: List[np.ndarray] = [self._stream(b)[o:o + n] for o, n, b in segments]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
         """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
-        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order."""
+        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order:
+        float32 CPU tensors of the state-dict shapes."""
         arch = as_arch(arch)
         segs, order = _segments_and_order(arch)
         out: Dict[str, torch.Tensor] = {}

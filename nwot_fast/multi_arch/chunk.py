@@ -17,14 +17,23 @@ __all__ = ["run_chunk"]
 
 def run_chunk(plans, xs: Sequence[torch.Tensor], seed: int, device: torch.device, dtype,
               layout: Optional[str] = None) -> List[float]:
-    """Scores of the plans (all of one method, all running a network) on their batches
-    ``xs`` (one per plan, the same shape), in one network pass and one post-processing call.
+    """Scores of a chunk of plans in one network pass and one post-processing call.
 
-    ``layout`` (default :func:`default_layout`): ``"sparse"``: per cell and source node the
-    (arch, edge) pairs of each op group gathered and scattered, 1x1 and 3x3 convolutions apart
-    (autograd for jacob_cov); ``"dense"``: every edge of every arch in one grouped convolution
-    per source node, zero weights and 0/1 masks for what an arch does not compute, and a
-    hand-written backward."""
+    Args:
+        plans: :class:`~nwot_fast.plans.Plan` s of one method, each running a network.
+        xs: one batch per plan, ``[B, 3, H, W]`` floating, all of one shape.
+        seed: the weights' seed.
+        device: the ``torch.device`` to run on.
+        dtype: ``torch.float32`` or ``torch.float64``.
+        layout: ``"sparse"`` (per cell and source node the (arch, edge) pairs of each op group
+            gathered and scattered, 1x1 and 3x3 convolutions apart; autograd for jacob_cov) or
+            ``"dense"`` (every edge of every arch in one grouped convolution per source node,
+            zero weights and 0/1 masks for what an arch does not compute, a hand-written
+            backward); None: :func:`default_layout`.
+
+    Returns:
+        The scores as floats, in the order of ``plans``.
+    """
     if layout is None:
         layout = default_layout(device)
     if layout not in LAYOUTS:

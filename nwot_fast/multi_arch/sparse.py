@@ -235,10 +235,22 @@ def _forward(xs: torch.Tensor, uses: List[CellUse], builder: _Builder, codes: Op
 
 def network_pass(x: torch.Tensor, uses: List[CellUse], archs, stream: weights.StreamWeights,
                  codes: Optional[ChunkCodes], device, dtype) -> Optional[torch.Tensor]:
-    """The sparse layout's pass over a chunk. ``x [B, A*3, H, W]`` (``dtype`` on ``device``):
-    architecture ``a``'s batch in channels ``3a .. 3a+2``. jacob_cov (``codes`` None): returns
-    the gradient of the summed outputs w.r.t. ``x``, ``[B, A*3, H, W]`` (autograd);
-    hook_logdet: fills ``codes`` and returns None."""
+    """The sparse layout's network pass over a chunk of ``A`` architectures.
+
+    Args:
+        x: ``[B, A*3, H, W]`` of ``dtype`` on ``device``: architecture ``a``'s batch in channels
+            ``3a .. 3a+2``.
+        uses: per architecture its :class:`~nwot_fast.multi_arch.common.CellUse`.
+        archs: the architectures (:class:`~nwot_fast.nb201.Arch`), in the order of ``uses``.
+        stream: the seed's weight streams (:func:`nwot_fast.weights.for_seed`).
+        codes: hook_logdet: the chunk's :class:`~nwot_fast.multi_arch.common.ChunkCodes`, filled
+            by the pass; jacob_cov: None.
+        device, dtype: where and in which floating dtype the pass runs.
+
+    Returns:
+        jacob_cov: ``[B, A*3, H, W]`` of ``dtype``, the gradient of the summed outputs w.r.t.
+        ``x`` (autograd); hook_logdet: None.
+    """
     A = len(uses)
     builder = _Builder(stream, archs, device, dtype)
     if codes is None:
