@@ -36,20 +36,16 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nwot_fast import per_arch, plans, reference, schedule
+from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nwot_fast import per_arch, plans, reference, schedule  # noqa: E402
-from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network  # noqa: E402
-
 DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
 EPS = 1e-5
 

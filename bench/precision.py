@@ -31,8 +31,8 @@ import torch
 
 import compare  # bench/compare.py: the fixed arch sample, the batch, the authors' procedure
 
-from nwot_fast import precision  # noqa: E402
-from nwot_fast.nb201.index import as_arch  # noqa: E402
+from nwot_fast import precision
+from nwot_fast.nb201 import as_arch
 
 
 def authors_scores(archs, x, *, method, seed=0, dtype=torch.float32, relu_match="name", threads=None):
