@@ -116,7 +116,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
 
 
 # The CPU batch size up to which the multi-arch mode (its CPU layout, sparse) is faster than the
-# per-arch mode (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one
+# per-arch mode (bench/RESULTS.md, "Engine choice on the CPU": bench/ab.py, one
 # process, alternating rounds): 0.95-1.3x at batch 2, 0.8x at 4, 0.3-0.6x at 8 and 32.
 CPU_BATCHED_MAX_BATCH = 2
 
@@ -124,7 +124,7 @@ CPU_BATCHED_MAX_BATCH = 2
 def use_batched(device, batch_size: int) -> bool:
     """The default mode of :func:`score_archs` (True: multi-arch): multi-arch on CUDA (kernel
     launches dominate); on the CPU only for batches of at most :data:`CPU_BATCHED_MAX_BATCH`
-    samples, where it measured faster (bench/engine_ab.py); above, per-arch (the grouped
+    samples, where it measured faster (bench/ab.py); above, per-arch (the grouped
     convolutions over many archs cost more than the per-plan path's launches save)."""
     dev = device if isinstance(device, torch.device) else torch.device(device)
     return dev.type == "cuda" or batch_size <= CPU_BATCHED_MAX_BATCH
