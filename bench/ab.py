@@ -37,9 +37,9 @@ from functools import partial
 import torch
 
 import common
-import compare  # bench/compare.py: the fixed architecture sample and the image batch
+import compare  # bench/compare.py: the fixed architecture sample, the image batch, the reference score
 from nwot_fast import multi_arch, per_arch, plans, precision, reference, schedule
-from nwot_fast.nb201 import NUM_ARCHS, as_arch, build_network
+from nwot_fast.nb201 import NUM_ARCHS, as_arch
 
 VARIANTS = (["default", "per-arch"] + [f"multi-arch:{layout}" for layout in multi_arch.LAYOUTS]
             + ["per-arch:nchw", "per-arch:channels-last", "reference"])
@@ -55,19 +55,13 @@ def per_arch_format(archs, x, method, seed, channels_last):
 
 
 def reference_scores(archs, x, method, seed):
-    out = []
-    for arch in archs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_network(arch)
-        out.append(reference.score(net, x, method))
-    return out
+    return [compare.pure_score(arch, x, method, seed) for arch in archs]
 
 
 def variant(name: str, chunk):
     """The function ``(archs, x, method, seed) -> scores`` that variant ``name`` times."""
     if name == "default":
-        return partial(scan, chunk=chunk)
+        return scan
     if name == "per-arch":
         return partial(scan, batched=False)
     if name.startswith("multi-arch:"):
@@ -110,11 +104,12 @@ def run(archs, batch_sizes, methods, variants, rounds, seed, chunk=None, gaussia
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["per-arch", "multi-arch:sparse", "multi-arch:dense"],
                    choices=VARIANTS, metavar="VARIANT",
-                   help="one or more of: " + ", ".join(VARIANTS) + "; the first is the baseline of the speed-ups and score differences")
+                   help="one or more of: " + ", ".join(VARIANTS)
+                   + "; the first is the baseline of the speed-ups and score differences")
     p.add_argument("--n-archs", type=int, default=16, help="size of the fixed sample (default 16)")
     p.add_argument("--sample-seed", type=int, default=2020, help="seed of the fixed sample (default 2020)")
     p.add_argument("--archs", nargs="+", help="benchmark indices or arch strings instead of the sample")

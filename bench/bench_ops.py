@@ -105,12 +105,16 @@ def record(benchmark, group: str, got, want) -> None:
                                 load_average=os.getloadavg(), backend=nwot_fast.backend_info()["in_use"])
 
 
+def size_id(size) -> str:
+    return f"A{size[0]}-B{size[1]}"
+
+
 def loop_pipeline_fits(pipeline: str, A: int) -> None:
     if pipeline != "fused" and A > LOOP_MAX_A:
         pytest.skip(f"the {pipeline} pipeline loops over architectures: run for A <= {LOOP_MAX_A} only")
 
 
-@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_JACOB_SIZES", "1x128 64x128"), ids=lambda s: f"A{s[0]}-B{s[1]}")
+@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_JACOB_SIZES", "1x128 64x128"), ids=size_id)
 def jacob_case(request):
     A, B = request.param
     J = common.jacobians(A, B, seed=A + B)
@@ -127,7 +131,7 @@ def test_jacob_cov(benchmark, jacob_case, pipeline):
     record(benchmark, benchmark.group, got, fused)
 
 
-@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_HOOK_SIZES", "1x128 16x128"), ids=lambda s: f"A{s[0]}-B{s[1]}")
+@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_HOOK_SIZES", "1x128 16x128"), ids=size_id)
 def hook_case(request):
     A, B = request.param
     seed = A + B
@@ -154,7 +158,7 @@ def test_hook_logdet(benchmark, hook_case, pipeline):
     record(benchmark, benchmark.group, got, fused)
 
 
-@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_LOGDET_SIZES", "64x128"), ids=lambda s: f"A{s[0]}-B{s[1]}")
+@pytest.fixture(scope="module", params=sizes("NWOT_BENCH_LOGDET_SIZES", "64x128"), ids=size_id)
 def kernel_matrices(request):
     A, B = request.param
     return A, B, ops.hamming_kernel(*common.hook_codes(A, B, seed=A + B))

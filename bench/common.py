@@ -62,7 +62,8 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def alternating_best(fns: Mapping[str, Callable[[], object]], rounds: int) -> Tuple[Dict[str, float], Dict[str, object]]:
+def alternating_best(fns: Mapping[str, Callable[[], object]],
+                     rounds: int) -> Tuple[Dict[str, float], Dict[str, object]]:
     """Best wall seconds of each ``fns[name]()`` over ``rounds`` rounds that call every function
     once in turn (on a shared machine a burst of load then hits all of them alike), and what each
     returned in its last call."""
