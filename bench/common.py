@@ -1,5 +1,5 @@
-"""What the bench tools share: the operators' input builders, the timing helpers and the
-description of the machine a figure was measured on.
+"""What the bench tools share: the operators' input builders, the alternating-rounds timing and
+the description of the machine a figure was measured on.
 
 Operator inputs (bench/bench_ops.py):
   Jacobians ``J [A, B, 3072]`` float32 (a 3x32x32 input), rows correlated like real ones.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import time
 from typing import Callable, Dict, List, Mapping, Tuple
@@ -48,18 +47,6 @@ def hook_codes(A: int, B: int, seed: int = 0):
     (built once; packing is not part of a timed operator call)."""
     items = [ops.pack_layers(*hook_activations(B, seed + a)) for a in range(A)]
     return ops.stack_codes(items)
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call
-    (allocations, first-call loading)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def alternating_best(fns: Mapping[str, Callable[[], object]],
