@@ -196,7 +196,7 @@ class ArchScorer:
         try:
             x = self.batch_for(index)
             if c.engine == "fast":
-                from .fast import score_arch
+                from .per_arch import score_arch
 
                 s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match,
                                dtype=c.dtype)
