@@ -108,7 +108,7 @@ def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0,
         The scores as floats, in the order of ``archs``.
     """
     return list(schedule.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
-                                 relu_match=relu_match, dtype=dtype, **options))
+                                     relu_match=relu_match, dtype=dtype, **options))
 
 
 def scorers(device="cpu") -> Dict[str, Scorer]:

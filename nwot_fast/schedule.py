@@ -74,7 +74,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
             return
         if use:
             scores = multi_arch.run_chunk([w[0] for _, w, _ in pending], [w[1] for _, w, _ in pending], seed, dev, dt,
-                                      layout)
+                                          layout)
         else:
             scores = post_process(method, [r for _, r, _ in pending])
         for (pos, *_), value in zip(pending, scores):
@@ -99,7 +99,7 @@ def score_archs(archs: Iterable, x_for: Callable, *, method: str = "jacob_cov", 
                 if chunk is None:
                     if use:
                         limit = multi_arch.choose_chunk(method, x.shape[0], x.shape[2], x.shape[3], dt, dev,
-                                                    layout=layout)
+                                                        layout=layout)
                     else:
                         limit = 16 if dev.type == "cuda" else 1
             work = (plan, x) if use else network_pass(plan, x, seed, dev, dt)
