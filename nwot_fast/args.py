@@ -36,9 +36,13 @@ class IntRange:
     what: str = "an integer"
 
     def check(self, value, name: str) -> int:
+        """``value`` as an int in the range: a TypeError for a non-int (bool included), a
+        ValueError naming ``name`` and the range otherwise (the API's check)."""
         return check_int(value, name, self.low, self.high)
 
     def parse(self, text: str) -> int:
+        """The command line's reading of ``text`` (an argparse ``type=``): the same range, with
+        argparse's usage error instead of an exception."""
         try:
             value = int(text)
         except ValueError:

@@ -26,7 +26,7 @@ import sys
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, ResourceError
 
 if TYPE_CHECKING:  # torch-free at import: the scoring types are imported where they are used
     from .scoring import ArchScore, ArchScorer, ScoreConfig
@@ -47,7 +47,7 @@ class RayNotInstalledError(MissingDependencyError):
     """``ray=...`` was asked for but Ray is not importable (the CLI exits 2)."""
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ResourceError):
     """The Ray cluster cannot be reached or lost the work (the CLI exits 3)."""
 
 

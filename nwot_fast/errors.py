@@ -21,7 +21,14 @@ EXIT_TERMINATED = 143
 
 
 class ResourceError(RuntimeError):
-    """A resource the command needs is not there (CUDA, memory): exit 3."""
+    """A resource the command needs is not there or not usable now (CUDA, memory, a locked or
+    read-only database, a lost cluster): exit 3. The modules' own kinds subclass it, so the
+    mapping needs no import of them."""
+
+
+class OutputError(OSError):
+    """An output file cannot be written (read-only place, no permission, disk full): a resource
+    problem (exit 3). Nothing half-written is left behind."""
 
 
 class Terminated(Exception):
@@ -76,22 +83,17 @@ def classify(e: BaseException) -> Optional[Tuple[int, Optional[str]]]:
     """``(exit code, one-line message)`` for an exception a user can cause, ``None`` for a bug
     (exit 1 with its traceback). The message is None where nothing should be said (a closed
     pipe on stdout)."""
-    from .distributed import ClusterError
-    from .paths import OutputError
-    from .store import ScanDatabaseError
-    from .process import StreamError
-
     if isinstance(e, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted; results already saved are kept"
     if isinstance(e, Terminated):
         return EXIT_TERMINATED, "terminated (SIGTERM); results already saved are kept"
     if isinstance(e, MissingDependencyError):
         return EXIT_USAGE, one_line(e)
-    if isinstance(e, StreamError):
+    if isinstance(e, OutputError):  # also process.StreamError: stdout/stderr closed, full, unencodable
         return EXIT_RESOURCE, one_line(e)
     if isinstance(e, BrokenPipeError):  # stdout closed early (piped into `head`): not an error of ours
         return EXIT_OK, None
-    if isinstance(e, (ScanDatabaseError, ClusterError, ResourceError, OutputError)):
+    if isinstance(e, ResourceError):  # also store.ScanDatabaseError, distributed.ClusterError
         return EXIT_RESOURCE, one_line(e)
     if is_allocation_failure(e):
         text = one_line(e) if str(e) else "out of memory"

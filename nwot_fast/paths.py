@@ -28,6 +28,8 @@ import stat
 import tempfile
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from .errors import OutputError
+
 __all__ = ["OutputError", "PROBE_BYTES", "BYTES_PER_SCORE_ROW", "check_utf8", "as_path", "check_input_file",
            "check_output_file", "check_output_prefix", "check_distinct", "atomic_write", "write_target"]
 
@@ -41,14 +43,6 @@ BYTES_PER_SCORE_ROW = 256
 
 #: Entries of a data directory compared with the outputs (a batch directory holds a dozen).
 _MAX_DIR_ENTRIES = 1000
-
-
-class OutputError(OSError):
-    """An output file cannot be written (read-only place, no permission, disk full): a resource
-    problem (exit 3). Nothing half-written is left behind."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def check_utf8(path: str) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from ._common import NUM_ARCHS, check_input_file
+from .errors import ResourceError
 from .scorefile import score_from_text
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
@@ -83,7 +84,7 @@ APPLICATION_ID = 0x4E574F54
 SCHEMA_VERSION = 1
 
 
-class ScanDatabaseError(RuntimeError):
+class ScanDatabaseError(ResourceError):
     """The scan database cannot be written right now (locked by another process, read-only,
     disk full): a resource problem, not a mistake in the input. Results already committed
     are kept."""
