@@ -13,8 +13,8 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
   -> K int64 [A, B, B]``: ``K[a, i, j] = units[a] - sum_w multiplicity[a, w] *
   popcount(codes[a, i, w] ^ codes[a, j, w])``, i.e. ``sum over hooks of c c^T + (1-c)(1-c)^T``.
 - :func:`logdet_score` ``K [A, B, B] int64|float64 -> [A] float64``: ``log|det K|`` (sign
-  ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic, see
-  :mod:`nwot_fast.exact`; a float64 K with non-integer entries keeps the floating rule).
+  ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic on K's rows
+  scaled by powers of two, see :mod:`nwot_fast.exact`), NaN where K has a NaN or inf entry.
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
 - :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
   compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU),
@@ -187,7 +187,8 @@ def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch
 
 
 def logdet_score(K: torch.Tensor) -> torch.Tensor:
-    """``K [A, B, B]`` (int64/float64) -> ``log|det K|`` ``[A]`` float64, ``-inf`` where singular."""
+    """``K [A, B, B]`` (int64/float64) -> ``log|det K|`` ``[A]`` float64, ``-inf`` where singular
+    (decided exactly), NaN where K[a] has a NaN or infinite entry."""
     _check_kernel_matrix(K)
     _device(K, "K")
     if _compiled(K.device.type):
@@ -361,7 +362,8 @@ def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, uni
 def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     _check_kernel_matrix(K)
     # Singularity is decided exactly on the host (nwot_fast.exact, the algorithm of the
-    # compiled operators); only a K not proven singular gets torch's LU, one matrix per call:
+    # compiled operators); only a K proven nonsingular gets torch's LU (its value taken if its
+    # error bound allows, exact.lu_logabsdet), one matrix per call:
     # torch's batched CPU LU runs LAPACK getrf on several pool threads at once for large
     # matrices, and with MKL that returns wrong determinants once torch.set_num_threads has
     # been called (seen with torch 2.13: log|det| off by ~20 for 7 x 256 x 256;
@@ -369,10 +371,10 @@ def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     host = K.detach().cpu().numpy()
     device_K = K.to(torch.float64)
 
-    def floating(a: int) -> float:
-        return float(torch.linalg.slogdet(device_K[a]).logabsdet)
+    def factors(a: int):
+        return torch.linalg.lu_factor_ex(device_K[a]).LU.cpu().numpy()
 
-    scores = [exact.logabsdet(host[a], lambda _, a=a: floating(a)) for a in range(len(host))]
+    scores = [exact.logabsdet(host[a], lambda _, a=a: factors(a)) for a in range(len(host))]
     return torch.tensor(scores, dtype=torch.float64, device=K.device)
 
 
