@@ -93,7 +93,7 @@ def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
                 continue
             report = strict_json(path)  # valid at every moment, not only at the end
             scans = [s for s in report["steps"] if s["name"] == "timing"]
-            if scans and any(x["covered"] > 0 for s in scans[0]["scans"] for x in s["samples"]):
+            if scans and any(x["covered"] > 0 for s in scans[0].get("scans", []) for x in s["samples"]):
                 break
         assert proc.poll() is None, "the smoke ended before a timed sample was seen"
     finally:
