@@ -77,7 +77,7 @@ REPORT_FILES = ("gpu_check.json", "gpu_check.md", "nb201_scores.csv")
 RESULT_MARK = "GPU_CHECK_RESULT "
 # Seconds each step may take at most (device, smoke); the timing step takes what is left. A
 # step also leaves RESERVE seconds to each step after it, so that a slow build cannot starve them.
-CAPS = {"build": (210, None), "backend": (45, 180), "tests": (100, 420), "precision": (75, 420)}
+CAPS = {"build": (200, None), "backend": (40, 180), "tests": (120, 420), "precision": (110, 420)}
 RESERVE = {"backend": 15, "tests": 40, "precision": 30, "timing": 30}
 # Scans of the timing step, in the order they get the time.
 SCANS = (("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True))

@@ -177,3 +177,15 @@ def test_run_logged_kills_the_process_group_at_its_timeout(tmp_path):
     assert rc is None and 2.0 <= seconds < 30 and time.monotonic() - started < 30
     text = log.read_text()
     assert "child" in text and "killed after 2 s (its timeout)" in text
+
+
+def test_budget_leaves_time_to_every_later_step(tmp_path):
+    """A step's timeout is its cap, cut so that each later step keeps its reserve before the
+    deadline: a slow build cannot starve the tests, the precision check and the timing."""
+    gc = load_gpu_check()
+    args = gc.parse_args(["--out", str(tmp_path), "--deadline", "300"])
+    report = gc.Report(args)
+    report.data["pending"].remove("build")
+    later = sum(gc.RESERVE[s] for s in ("backend", "tests", "precision", "timing"))
+    assert 300 - later - 5 < report.timeout_for("build", 1000) <= 300 - later
+    assert report.timeout_for("build", 20) == 20
