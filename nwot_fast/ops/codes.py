@@ -9,8 +9,8 @@ Shapes: A architectures, B samples, W 64-bit code words.
   -> K int64 [A, B, B]``: ``K[a, i, j] = units[a] - sum_w multiplicity[a, w] *
   popcount(codes[a, i, w] ^ codes[a, j, w])``, i.e. ``sum over hooks of c c^T + (1-c)(1-c)^T``.
 - :func:`logdet_score` ``K [A, B, B] int64|float64 -> [A] float64``: ``log|det K|`` (sign
-  ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic, see
-  :mod:`nwot_fast.exact`; a float64 K with non-integer entries keeps the floating rule).
+  ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic on K's rows
+  scaled by powers of two, see :mod:`nwot_fast.exact`), NaN where K has a NaN or inf entry.
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
 - :func:`pack_layers` / :func:`stack_codes`: build the ``codes, multiplicity, units`` triple
   from per-layer activations, and batch several architectures.
@@ -123,7 +123,8 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
             not with exact integer arithmetic, :mod:`nwot_fast.exact`).
 
     Returns:
-        ``[A]`` float64 on ``K``'s device (the sign of the determinant is ignored).
+        ``[A]`` float64 on ``K``'s device (the sign of the determinant is ignored); NaN where
+        ``K[a]`` has a NaN or infinite entry.
     """
     _check_kernel_matrix(K)
     check_device(K, "K")
@@ -273,7 +274,8 @@ def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     """:func:`logdet_score` in Python: ``K [A, B, B]`` int64|float64 -> ``[A]`` float64."""
     _check_kernel_matrix(K)
     # Singularity is decided exactly on the host (nwot_fast.exact, the algorithm of the
-    # compiled operators); only a K not proven singular gets torch's LU, one matrix per call:
+    # compiled operators); only a K proven nonsingular gets torch's LU (its value taken if its
+    # error bound allows, exact.lu_logabsdet), one matrix per call:
     # torch's batched CPU LU runs LAPACK getrf on several pool threads at once for large
     # matrices, and with MKL that returns wrong determinants once torch.set_num_threads has
     # been called (seen with torch 2.13: log|det| off by ~20 for 7 x 256 x 256;
@@ -281,10 +283,10 @@ def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
     host = K.detach().cpu().numpy()
     device_K = K.to(torch.float64)
 
-    def floating(a: int) -> float:
-        return float(torch.linalg.slogdet(device_K[a]).logabsdet)
+    def factors(a: int):
+        return torch.linalg.lu_factor_ex(device_K[a]).LU.cpu().numpy()
 
-    scores = [exact.logabsdet(host[a], lambda _, a=a: floating(a)) for a in range(len(host))]
+    scores = [exact.logabsdet(host[a], lambda _, a=a: factors(a)) for a in range(len(host))]
     return torch.tensor(scores, dtype=torch.float64, device=K.device)
 
 
