@@ -30,6 +30,9 @@ class OutputError(OSError):
     """An output file cannot be written (read-only place, no permission, disk full): a resource
     problem (exit 3). Nothing half-written is left behind."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class Terminated(Exception):
     """SIGTERM arrived (schedulers send it before killing a preempted job): exit 143."""
