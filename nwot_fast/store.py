@@ -80,6 +80,13 @@ CREATE INDEX IF NOT EXISTS scores_by_config ON scores (config_hash);
 
 @dataclass(frozen=True)
 class StoredScore:
+    """One architecture's row of the ``scores`` table, as :meth:`ScoreDB.load` reads it back.
+
+    ``score`` is bitwise the float that was written (NaN and ``-inf`` included);
+    ``representative`` the benchmark index whose network gave it (the row's own index unless
+    it was filled from an isomorphism representative); ``seconds`` the scoring time, NaN for a
+    filled row (stored as NULL)."""
+
     score: float
     representative: int
     seconds: float
@@ -248,6 +255,10 @@ class ScoreDB:
 
     @contextlib.contextmanager
     def transaction(self):
+        """A context in which the statements run as one transaction: ``BEGIN IMMEDIATE`` (the
+        write lock is taken at the start, so a locked database fails before any work), ``COMMIT``
+        on leaving, ``ROLLBACK`` on any exception (re-raised). sqlite3 errors are not mapped here;
+        callers wrap it in their own error context."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -257,6 +268,9 @@ class ScoreDB:
         self.conn.execute("COMMIT")
 
     def load(self, config_hash: str) -> Dict[int, StoredScore]:
+        """``{arch_index: StoredScore}`` for every row of one configuration (empty when it has
+        none). Every row is checked: a value no scan writes is a ValueError naming the file and
+        the row, never a wrong score."""
         with self._errors("reading scores"):
             rows = self.conn.execute(
                 "SELECT id, arch_index, score, score_text, representative, seconds FROM scores WHERE config_hash = ?",
@@ -315,6 +329,8 @@ class ScoreDB:
                     self.conn.execute(sql, tuple(row[c] for c in _COLUMNS))
 
     def count(self, config_hash: str) -> int:
+        """The number of rows stored for one configuration (rows filled from a representative
+        included); the rows themselves are not read or checked."""
         with self._errors("counting rows"):
             return int(
                 self.conn.execute("SELECT COUNT(*) FROM scores WHERE config_hash = ?", (config_hash,)).fetchone()[0]
@@ -369,6 +385,7 @@ class ScoreDB:
         return config
 
     def close(self) -> None:
+        """Close the connection; closing again, or closing a store whose open failed, does nothing."""
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
