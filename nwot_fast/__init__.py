@@ -47,8 +47,6 @@ _LAZY = {
     "backend_info": "nwot_fast._ext",
 }
 _SUBMODULES = ("nb201", "reference", "ops", "data", "accuracies")
-# Old module names, still reachable as attributes of the package.
-_RENAMED = {"benchmark": "accuracies"}
 
 __all__ = sorted(list(_LAZY) + list(_SUBMODULES) + ["__version__"])
 
@@ -56,8 +54,8 @@ __all__ = sorted(list(_LAZY) + list(_SUBMODULES) + ["__version__"])
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES or name in _RENAMED:
-        return importlib.import_module(f"nwot_fast.{_RENAMED.get(name, name)}")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"nwot_fast.{name}")
     raise AttributeError(f"module 'nwot_fast' has no attribute {name!r}")
 
 

@@ -37,6 +37,7 @@ class JitBuildError(RuntimeError):
 
 
 def package_dir() -> str:
+    """The absolute directory of the installed ``nwot_fast`` package (where its csrc/ copy is looked for)."""
     return os.path.dirname(os.path.abspath(__file__))
 
 
@@ -57,6 +58,10 @@ def unavailable_reason(environ=os.environ) -> Optional[str]:
 
 
 def build_root(environ=os.environ) -> str:
+    """The directory that holds the first-use builds (one subdirectory per :func:`plan` key):
+    ``$NWOT_FAST_BUILD_DIR/nwot_fast`` when that is set, else ``$TORCH_EXTENSIONS_DIR/nwot_fast``,
+    else torch's default extensions root with a ``py<major><minor>_<cpu|cuXYZ>`` level, then
+    ``nwot_fast``. Creates nothing."""
     if environ.get("NWOT_FAST_BUILD_DIR"):
         return os.path.join(os.path.abspath(environ["NWOT_FAST_BUILD_DIR"]), "nwot_fast")
     root = environ.get("TORCH_EXTENSIONS_DIR")

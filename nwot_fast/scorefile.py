@@ -33,10 +33,15 @@ _SCAN_COLUMNS = ["representative", "reused", "config_hash"]
 
 
 def score_to_text(score: float) -> str:
+    """The exact text of a score: ``repr(float(score))``, so :func:`score_from_text` gives back
+    the same float bit for bit (NaN as ``'nan'``, infinities as ``'inf'`` / ``'-inf'``)."""
     return repr(float(score))  # 'nan', '-inf', 'inf' or the shortest exact decimal
 
 
 def score_from_text(text: str) -> float:
+    """The score written by :func:`score_to_text`: ``float(text)``. A string that is not a
+    number is a ValueError, a non-string that ``float`` cannot take (``None``) a TypeError;
+    callers name the file and row."""
     return float(text)
 
 

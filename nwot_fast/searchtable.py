@@ -61,9 +61,14 @@ class SearchTable:
         return "N/A" if t is None or math.isnan(t) else f"{t:.2f}"
 
     def header(self) -> List[str]:
+        """The column titles: ``Method``, ``Search (s)``, then one label per accuracy key
+        (:func:`nwot_fast._common.accuracy_label`)."""
         return ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in self.keys]
 
     def format_text(self) -> str:
+        """The table for a terminal: :meth:`describe`, a blank line, then aligned columns
+        (accuracies as ``mean +- std`` to 2 decimals, ``-`` when NaN; search time
+        ``N/A`` when unknown). No trailing newline."""
         head = self.header()
         body = [[r["name"], self._seconds(r)] + self._cells(r) for r in self.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
@@ -74,10 +79,13 @@ class SearchTable:
         return "\n".join(out)
 
     def describe(self) -> str:
+        """One line saying how the table was made: mode, runs per N, seed, pool, and the time note if any."""
         return (f"search table, mode '{self.mode}': {self.runs} runs per N (seed {self.seed}); pool: {self.pool}"
                 + (f"; {self.time_note}" if self.time_note else ""))
 
     def to_markdown(self) -> str:
+        """The table as Markdown (cells as in :meth:`format_text`; numbers right-aligned), without
+        the :meth:`describe` line. No trailing newline."""
         head = self.header()
         out = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
         for r in self.rows:
@@ -85,6 +93,9 @@ class SearchTable:
         return "\n".join(out)
 
     def csv_text(self) -> str:
+        """The table as CSV text: ``method, N, runs, search_seconds_median``, then
+        ``<dataset>_<split>_mean`` / ``_std`` per accuracy key, then ``mode, pool``. Numbers in
+        ``%.6g``; NaN and unknown values are empty cells."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         cols = ["method", "N", "runs", "search_seconds_median"]
@@ -110,6 +121,10 @@ class SearchTable:
         return md, cs
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict: ``mode, runs, seed, pool, time_note`` and ``rows``, each with
+        ``method, N, runs, search_seconds_median, all_nan_runs`` and
+        ``accuracy[dataset][split] = {"mean", "std"}``; NaN and infinities as
+        :func:`nwot_fast._common.json_float` spells them."""
         rows = []
         for r in self.rows:
             acc = {}
@@ -123,6 +138,8 @@ class SearchTable:
                 "time_note": self.time_note, "rows": rows}
 
     def row(self, name: str) -> dict:
+        """The first row called ``name`` (e.g. ``"Random"``, ``"Optimal (N=10)"``); a KeyError
+        listing the row names when there is none."""
         for r in self.rows:
             if r["name"] == name:
                 return r

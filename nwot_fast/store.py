@@ -1,5 +1,5 @@
-"""The SQLite store of a scan: the ``scores`` table, its schema, and sqlite3 errors mapped to
-the package's error kinds.
+"""The SQLite store of a scan: the ``scores`` table, its schema, and its rows read back checked.
+The file under it (its header, integrity, sidecars, sqlite3's errors) is :mod:`nwot_fast.dbfile`.
 
 Rows are keyed by ``(arch_index, config_hash)`` (:meth:`nwot_fast.scoring.ScoreConfig.config_hash`).
 Scores are stored faithfully: ``score`` is a REAL (SQLite cannot hold NaN and stores it as
@@ -21,13 +21,13 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from ._common import NUM_ARCHS, check_input_file
-from .errors import ResourceError
+from .dbfile import (APPLICATION_ID, SCHEMA_VERSION, ScanDatabaseError, check_integrity, check_owner, quote_identifier,
+                     removed_if_left_empty, sidecars, sqlite_errors, uri_path, writable)
 from .scorefile import score_from_text
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
@@ -78,67 +78,18 @@ CREATE INDEX IF NOT EXISTS scores_by_config ON scores (config_hash);
 """
 
 
-#: ``PRAGMA application_id`` of a scan database: "NWOT" in ASCII.
-APPLICATION_ID = 0x4E574F54
-#: ``PRAGMA user_version`` of a scan database: the layout of its ``scores`` table (:data:`_SCHEMA`).
-SCHEMA_VERSION = 1
-
-
-class ScanDatabaseError(ResourceError):
-    """The scan database cannot be written right now (locked by another process, read-only,
-    disk full): a resource problem, not a mistake in the input. Results already committed
-    are kept."""
-
-
 @dataclass(frozen=True)
 class StoredScore:
+    """One architecture's row of the ``scores`` table, as :meth:`ScoreDB.load` reads it back.
+
+    ``score`` is bitwise the float that was written (NaN and ``-inf`` included);
+    ``representative`` the benchmark index whose network gave it (the row's own index unless
+    it was filled from an isomorphism representative); ``seconds`` the scoring time, NaN for a
+    filled row (stored as NULL)."""
+
     score: float
     representative: int
     seconds: float
-
-
-def _sqlite_errors(path: str, action: str, timeout: float):
-    """Turn sqlite3 errors into the package's error kinds, naming the file."""
-
-    @contextlib.contextmanager
-    def ctx():
-        try:
-            yield
-        except sqlite3.OperationalError as e:
-            msg = str(e).lower()
-            if "locked" in msg or "busy" in msg:
-                raise ScanDatabaseError(
-                    f"scan database {path!r} is locked by another process or connection "
-                    f"(waited {timeout:g} s) while {action}; wait for it to finish, raise --db-timeout, "
-                    "or use another --db path"
-                ) from e
-            if "readonly" in msg or "read-only" in msg:
-                raise ScanDatabaseError(
-                    f"scan database {path!r} is read-only (file, directory or file system) while {action}; "
-                    "choose a writable --db path"
-                ) from e
-            if "unable to open" in msg:
-                parent = os.path.dirname(os.path.abspath(path))
-                if not os.path.isdir(parent):
-                    raise FileNotFoundError(
-                        f"cannot create scan database {path!r}: directory {parent!r} does not exist"
-                    ) from e
-                if os.path.isdir(path):
-                    raise ValueError(f"scan database path {path!r} is a directory; give a file path") from e
-                raise ScanDatabaseError(
-                    f"cannot open scan database {path!r} for writing (read-only location or no permission) "
-                    f"while {action}; choose a writable --db path"
-                ) from e
-            if "disk" in msg or "full" in msg:
-                raise ScanDatabaseError(f"scan database {path!r}: {e} while {action}; free disk space") from e
-            raise ScanDatabaseError(f"scan database {path!r}: {e} while {action}") from e
-        except sqlite3.DatabaseError as e:
-            raise ValueError(
-                f"{path!r} is not a usable nwot_fast scan database ({e}); give a new path or a database "
-                "written by 'nwot-fast scan'"
-            ) from e
-
-    return ctx()
 
 
 class ScoreDB:
@@ -166,21 +117,21 @@ class ScoreDB:
             if os.path.isdir(self.path):
                 raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
             check_input_file(self.path, what)
-            if not _writable(self.path):
+            if not writable(self.path):
                 # Said before SQLite opens it: it would open the file read-only without a word,
                 # leave a -wal and -shm beside it, and fail only at the first result.
                 raise ScanDatabaseError(
                     f"scan database {self.path!r} is read-only (file, directory or file system) while opening it; "
                     "choose a writable --db path"
                 )
-        with self._errors("opening it"), _removed_if_left_empty(self.path, created):
+        with self._errors("opening it"), removed_if_left_empty(self.path, created):
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 # Whose file, whole or damaged, and the layout first, before anything is changed:
                 # another tool's SQLite file is refused as it was found (no WAL switch, no -wal /
                 # -shm left beside it), a damaged one before a row is written into it.
-                new = self._check_owner(allow_new=True)
-                self._check_integrity()
+                new = check_owner(self.conn, self.path, allow_new=True)
+                check_integrity(self.conn, self.path)
                 self._check_schema(require=not new)
                 # WAL: readers never block the writer, and a killed writer leaves every committed
                 # transaction intact. synchronous=NORMAL survives any process crash (only a power
@@ -210,8 +161,8 @@ class ScoreDB:
         way: that is refused rather than showing an older state."""
         if self._open_query_only():
             return
-        uri = "file:" + _uri_path(self.path) + "?mode=ro"
-        if not _writable(self.path) and not _sidecars(self.path):
+        uri = "file:" + uri_path(self.path) + "?mode=ro"
+        if not writable(self.path) and not sidecars(self.path):
             # A cleanly closed database that this process cannot write: a read-only connection
             # would create a -wal and -shm it can never remove. Nothing holds the file open for
             # writing (a writer would have created them), so it is read as immutable.
@@ -241,8 +192,8 @@ class ScoreDB:
                 raise
         with self._errors("opening it for reading"):
             try:
-                self._check_owner(allow_new=False)
-                self._check_integrity()
+                check_owner(self.conn, self.path, allow_new=False)
+                check_integrity(self.conn, self.path)
                 self._check_schema(require=True)
             except BaseException:
                 self.close()
@@ -254,10 +205,10 @@ class ScoreDB:
         Reading a WAL database creates a -wal and -shm; SQLite removes them when the last
         connection that may write closes, never after a read-only one. False (nothing open)
         when that cannot be done here; the read-only routes then apply."""
-        if _sidecars(self.path) or not _writable(self.path):
+        if sidecars(self.path) or not writable(self.path):
             return False
         try:
-            self.conn = sqlite3.connect("file:" + _uri_path(self.path) + "?mode=rw", uri=True, timeout=self.timeout,
+            self.conn = sqlite3.connect("file:" + uri_path(self.path) + "?mode=rw", uri=True, timeout=self.timeout,
                                         isolation_level=None)
             self.conn.execute("PRAGMA query_only = ON")
             self.conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
@@ -266,8 +217,8 @@ class ScoreDB:
             return False
         with self._errors("opening it for reading"):
             try:
-                self._check_owner(allow_new=False)
-                self._check_integrity()
+                check_owner(self.conn, self.path, allow_new=False)
+                check_integrity(self.conn, self.path)
                 self._check_schema(require=True)
             except BaseException:
                 self.close()
@@ -275,57 +226,7 @@ class ScoreDB:
         return True
 
     def _errors(self, action: str):
-        return _sqlite_errors(self.path, action, self.timeout)
-
-    def _check_owner(self, *, allow_new: bool) -> bool:
-        """Whether the file is a new, empty one (``allow_new``: it may become a scan database);
-        a scan database of this layout returns False; anything else is a ValueError that names
-        what the file holds. Reads only the header and the schema."""
-        app = int(self.conn.execute("PRAGMA application_id").fetchone()[0])
-        version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-        objects = self.conn.execute(
-            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
-        if app == APPLICATION_ID:
-            if version != SCHEMA_VERSION:
-                raise ValueError(
-                    f"{self.path!r} is a scan database of another nwot_fast version (layout {version}; this version "
-                    f"reads layout {SCHEMA_VERSION}); it is left unchanged; use a new --db path"
-                )
-            return False
-        if app == 0 and version == 0 and not objects:
-            if allow_new:
-                return True
-            raise ValueError(f"{self.path!r} is an empty SQLite file, not a scan database written by 'nwot-fast scan'")
-        held = "; ".join(
-            f"{kind}s: {', '.join(n for k, n in objects if k == kind)}" for kind in sorted({k for k, _ in objects})
-        )
-        header = ", ".join(f"{name} {value:#x}" if name == "application_id" else f"{name} {value}"
-                           for name, value in (("application_id", app), ("user_version", version)) if value)
-        found = "; ".join(part for part in (held, header) if part)
-        hint = ""
-        if app == 0 and version == 0 and [n for _, n in objects if not n.startswith("scores_by")] == ["scores"]:
-            # Databases of nwot_fast before the application_id: no migration code (pre-1.0 policy).
-            hint = (f"; if it is a scan database of an earlier nwot_fast, mark it as one with "
-                    f"sqlite3 {shlex.quote(self.path)} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
-                    f"{SCHEMA_VERSION}'")
-        raise ValueError(
-            f"{self.path!r} is another program's SQLite database ({found}); it was not written by 'nwot-fast scan' "
-            f"and is left unchanged; use a new --db path{hint}"
-        )
-
-    def _check_integrity(self) -> None:
-        """``PRAGMA quick_check`` (the b-trees, pages and records; linear in the file's size):
-        a damaged database is refused before anything is read from or written into it."""
-        rows = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check").fetchall()]
-        if rows != ["ok"]:
-            problems = [line.strip() for r in rows for line in r.splitlines() if line.strip() and "***" not in line]
-            problems = problems or rows
-            raise ValueError(
-                f"scan database {self.path!r} is damaged (PRAGMA quick_check: {problems[0]}"
-                + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
-                + "); nothing was read from it or written to it; 'sqlite3 FILE .recover' copies out what can still "
-                "be read; scan into a new --db path"
-            )
+        return sqlite_errors(self.path, action, self.timeout)
 
     def _check_schema(self, *, require: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -345,7 +246,7 @@ class ScoreDB:
         unique = set()
         for _, name, is_unique, _, partial in self.conn.execute("PRAGMA index_list(scores)"):
             if is_unique and not partial:
-                unique.add(tuple(r[2] for r in self.conn.execute(f"PRAGMA index_info({_quote(name)})")))
+                unique.add(tuple(r[2] for r in self.conn.execute(f"PRAGMA index_info({quote_identifier(name)})")))
         if ("arch_index", "config_hash") not in unique:
             raise ValueError(
                 f"{self.path!r}: its 'scores' table lacks the UNIQUE (arch_index, config_hash) constraint of a scan "
@@ -354,6 +255,10 @@ class ScoreDB:
 
     @contextlib.contextmanager
     def transaction(self):
+        """A context in which the statements run as one transaction: ``BEGIN IMMEDIATE`` (the
+        write lock is taken at the start, so a locked database fails before any work), ``COMMIT``
+        on leaving, ``ROLLBACK`` on any exception (re-raised). sqlite3 errors are not mapped here;
+        callers wrap it in their own error context."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -363,6 +268,9 @@ class ScoreDB:
         self.conn.execute("COMMIT")
 
     def load(self, config_hash: str) -> Dict[int, StoredScore]:
+        """``{arch_index: StoredScore}`` for every row of one configuration (empty when it has
+        none). Every row is checked: a value no scan writes is a ValueError naming the file and
+        the row, never a wrong score."""
         with self._errors("reading scores"):
             rows = self.conn.execute(
                 "SELECT id, arch_index, score, score_text, representative, seconds FROM scores WHERE config_hash = ?",
@@ -421,6 +329,8 @@ class ScoreDB:
                     self.conn.execute(sql, tuple(row[c] for c in _COLUMNS))
 
     def count(self, config_hash: str) -> int:
+        """The number of rows stored for one configuration (rows filled from a representative
+        included); the rows themselves are not read or checked."""
         with self._errors("counting rows"):
             return int(
                 self.conn.execute("SELECT COUNT(*) FROM scores WHERE config_hash = ?", (config_hash,)).fetchone()[0]
@@ -475,6 +385,7 @@ class ScoreDB:
         return config
 
     def close(self) -> None:
+        """Close the connection; closing again, or closing a store whose open failed, does nothing."""
         conn = getattr(self, "conn", None)
         if conn is not None:
             conn.close()
@@ -485,45 +396,6 @@ class ScoreDB:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _quote(name: str) -> str:
-    """An SQL identifier, quoted (PRAGMA arguments cannot be bound as parameters)."""
-    return '"' + name.replace('"', '""') + '"'
-def _writable(path: str) -> bool:
-    """Whether this process may write ``path`` and create files beside it (SQLite's -wal and
-    -shm), as the kernel decides (root may write a 0444 file; nobody may on a read-only mount)."""
-    effective = os.access in os.supports_effective_ids
-    directory = os.path.dirname(os.path.abspath(path))
-    return (os.access(path, os.W_OK, effective_ids=effective)
-            and os.access(directory, os.W_OK | os.X_OK, effective_ids=effective))
-
-
-def _sidecars(path: str) -> List[str]:
-    """The -wal, -shm and -journal files beside the database ``path`` that exist."""
-    return [path + s for s in ("-wal", "-shm", "-journal") if os.path.lexists(path + s)]
-
-
-@contextlib.contextmanager
-def _removed_if_left_empty(path: str, created: bool):
-    """On an error, remove the database file this call created while it is still empty (a full
-    disk leaves a 0-byte file) with its -wal, -shm and -journal: a refused command leaves no
-    file behind. A file with any content may already be another process's: it stays."""
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
-                    for leftover in [path] + _sidecars(path):
-                        os.unlink(leftover)
-        raise
-
-
-def _uri_path(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(os.path.abspath(path))
 
 
 def _config_hash(config_or_hash) -> str:
