@@ -302,7 +302,7 @@ def test_float64_and_float16_batches_are_scored_as_float32(method):
         ({"method": "naswot"}, None, ValueError, "unknown score method"),
         ({"relu_match": "fuzzy"}, None, ValueError, "relu_match"),
         ({"seed": -1}, None, ValueError, "seed"),
-        ({"seed": 1.5}, None, ValueError, "seed"),
+        ({"seed": 1.5}, None, TypeError, "seed"),
         ({"device": "tpu"}, None, ValueError, "device"),
         ({"device": 3}, None, TypeError, "device"),
         ({}, torch.zeros(1, 3, 16, 16), ValueError, "batch size"),
