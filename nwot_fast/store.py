@@ -343,6 +343,8 @@ class ScoreDB:
             for row in self.conn.execute(
                     "SELECT id, arch_index, score, score_text, representative, seconds FROM scores ORDER BY id"):
                 self._stored(row)
+            for config_hash, text in self.conn.execute("SELECT DISTINCT config_hash, config FROM scores"):
+                self._config(config_hash, text)
             rows = self.conn.execute(
                 "SELECT config_hash, MIN(config), COUNT(*), SUM(representative != arch_index), "
                 "SUM(score_text = 'nan'), SUM(score_text = '-inf'), SUM(seconds), MIN(created_at), "
