@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_int, check_seed, json_float
-from .scorefile import check_output_path, read_scores, write_scores
+from .scorefile import ScoreFile, check_output_path, read_scores, write_scores
 from .stats import correlations
 
 __all__ = ["EvaluationResult", "evaluate", "sample_indices"]
@@ -178,7 +178,7 @@ def evaluate(
     seed = check_seed(config.seed if seed is None and config is not None else (seed or 0))
     if scores_out is not None:
         check_output_path(scores_out)  # before any scoring: a bad name must not cost the scores
-    if scores_in is not None:
+    if scores_in is not None and not isinstance(scores_in, ScoreFile):
         check_input_file(scores_in, "a scores file")
     table = as_table(accuracies)
     wanted, selection = _selection(n_archs, all_archs, indices, seed)
@@ -210,8 +210,10 @@ def evaluate(
 
 
 def _read(scores_in, method: str, wanted, selection: str):
-    """Scores of ``wanted`` (or of every row) from a score file."""
-    sf = read_scores(scores_in, method=method)
+    """Scores of ``wanted`` (or of every row) from a score file or a loaded ScoreFile."""
+    sf = scores_in if isinstance(scores_in, ScoreFile) else read_scores(scores_in, method=method)
+    if sf.method is not None and sf.method != method:
+        raise ValueError(f"{sf.source} holds {sf.method} scores, not {method}")
     if wanted is None:
         idx, sc, secs = sf.indices, sf.scores, sf.seconds
         selection = f"all {idx.size} architectures in {sf.source}"
