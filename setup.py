@@ -125,7 +125,14 @@ setup(
     # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it. torch >= 2.9: the
     # range README states (the tests use its fp32_precision API).
     install_requires=["torch>=2.9", "numpy", "scipy", "tqdm", "ninja"],
-    extras_require={"ray": ["ray>=2.60,<3"]},  # scans over a Ray cluster (nwot_fast.distributed)
+    extras_require={
+        "ray": ["ray>=2.60,<3"],  # scans over a Ray cluster (nwot_fast.distributed)
+        # Figure 5 (nwot_fast.zoo): pytorchcv's CIFAR-10 models and the least-squares fits. pytorchcv
+        # >= 0.0.73 imports torchvision (a build matching the installed torch is needed); 0.0.67 does not.
+        "zoo": ["pytorchcv>=0.0.67", "statsmodels>=0.14"],
+    },
+    # the score tables shipped with the package (nwot_fast.tables), with their provenance records
+    package_data={"nwot_fast.tables": ["shipped/*.csv", "shipped/*.json", "shipped/README.md"]},
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=EXTENSIONS,
     cmdclass=_cmdclass(EXTENSIONS),

@@ -717,6 +717,7 @@ def cmd_report(args) -> int:
         fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch, fig4_archs=args.fig4_archs,
         fig4_repeats=args.fig4_repeats, fig4_batch=args.fig4_batch, fig4_method=args.fig4_method, zoo=args.zoo,
         zoo_models=args.zoo_models, zoo_methods=args.zoo_methods, zoo_batch=args.zoo_batch,
+        **({"notes": args.notes} if args.notes else {}),
     )
     if args.json:
         _print_json(summary)
@@ -777,6 +778,7 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--published", metavar="CSV", type=_path_arg,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
+    p.add_argument("--notes", metavar="TEXT", help="a paragraph (Markdown) written under the report's title")
     p.add_argument("--fig1-per-bin", type=_count(1, 1000), default=3, help="architectures per bin in Figure 1 (default 3)")
     p.add_argument("--fig1-batch", type=_count(2, MAX_BATCH), default=64, help="batch size for Figure 1 (default 64)")
     g = p.add_argument_group("Figure 4 (with --data): the score under other minibatches, initialisations, Gaussian inputs")

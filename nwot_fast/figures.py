@@ -265,7 +265,10 @@ def figure5_zoo(results: Sequence, out_prefix) -> dict:
         models = [m for m in res.models if np.isfinite(m.score)]
         x = np.array([m.score for m in models])
         y = np.array([m.accuracy for m in models])
-        ax.scatter(x, y, s=14, c=np.log10([m.params for m in models]) if models else None, cmap="viridis", zorder=3)
+        points = ax.scatter(x, y, s=14, c=np.log10([m.params for m in models]) if models else None, cmap="viridis",
+                            zorder=3)
+        if models:
+            fig.colorbar(points, ax=ax, label="log10 parameters")
         title = f"{res.method}, {len(models)} models"
         if res.fits:
             f1, f2 = res.fits[FIT_SCORE], res.fits[FIT_WITH_PARAMS]
@@ -277,8 +280,7 @@ def figure5_zoo(results: Sequence, out_prefix) -> dict:
         ax.set_ylabel("CIFAR-10 test accuracy (%, pytorchcv)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-    fig.suptitle("pytorchcv CIFAR-10 models: score at initialisation vs trained accuracy (colour: log10 parameters)",
-                 fontsize=9)
+    fig.suptitle("pytorchcv CIFAR-10 models: score at initialisation vs trained accuracy", fontsize=9)
     return {"paths": save_figure(fig, out_prefix)}
 
 

@@ -175,8 +175,42 @@ def _method_section(method: str, res, st, table, figures_dir: str, out_dir: str,
         md.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {_fmt(c['kendall_tau'])} | "
                   f"{_fmt(c['spearman_rho'])} | {pub.get(c['dataset'], '') if c['split'] == 'test' else ''} |")
     csv_link = _rel(md_prefix + ".csv", out_dir)
+    md += _table_provenance(res.config, summary["methods"][method])
     return md + ["", f"Search table ({st.describe()}):", "", st.to_markdown(), "", f"CSV: [{csv_link}]({csv_link})",
                  "", f"![score vs accuracy]({_rel(fig3['paths'][0], out_dir)})", ""]
+
+
+def _table_provenance(config: dict, summary: dict) -> List[str]:
+    """Where a score table's numbers come from (nothing when the scores came from a score file),
+    and for a float32 table its error on the rows of the float64 table of the same score beside it."""
+    prov = config.get("provenance")
+    if not prov:
+        return []
+    from .tables import float32_error, list_tables, load
+
+    scan, proto = prov["scan"], prov["protocol"]
+    cov = prov["coverage"]
+    lines = ["", f"Scores: score table `{prov['name']}` ({prov['method']}, {prov['dtype']}; "
+             + ("all its rows" if cov["complete"] else f"PARTIAL, {cov['covered']} of {cov['expected']} rows")
+             + f"): {proto['data']['description']} ({proto['data']['fingerprint'][:30]}...), batch {proto['batch_size']}, "
+             f"one fixed batch, seed {proto['seed']}, engine {proto['engine']}; scanned by nwot_fast "
+             f"{scan.get('nwot_fast_version')} at commit `{scan.get('git_commit')}`, torch {scan.get('torch')}, "
+             f"{scan.get('threads') or '?'} thread(s), {scan.get('cpu')}, {scan.get('started')} to {scan.get('finished')} "
+             f"(wall {scan.get('wall_seconds')} s). Command: `{scan.get('command')}`."]
+    path = config.get("table_path")
+    if prov["dtype"] == "float32" and path:
+        directory = os.path.dirname(path)
+        for t in list_tables(directory):
+            if t["method"] == prov["method"] and t["dtype"] == "float64":
+                err = float32_error(load(path), load(t["path"]))
+                if err is not None:
+                    summary["float32_error"] = err
+                    lines.append(f"Against the float64 table `{t['name']}` ({err['rows']} rows): float32 relative error "
+                                 f"max {err['max_rel_error']:.2e}, median {err['median_rel_error']:.2e} over the "
+                                 f"{err['finite']} finite rows; NaN / -inf: {err['special_agree']} rows agree, "
+                                 f"{err['special_disagree']} differ.")
+                break
+    return lines
 
 
 def _figure6_section(points, published_points, figures_dir: str, out_dir: str, summary: dict) -> List[str]:
@@ -279,11 +313,13 @@ def _figure5_section(data, models, methods: Sequence[str], batch: int, seed: int
     skips = [line for r in results for line in r.skip_lines()]
     if skips:
         md += [f"- {line}" for line in dict.fromkeys(skips)] + [""]
-    md += ["| model | accuracy (%) | parameters | " + " | ".join(r.method for r in results) + " |",
-           "|:--|--:|--:|" + "--:|" * len(results)]
+    md += ["| model | accuracy (%) | parameters | " + " | ".join(f"{r.method} | s" for r in results) + " |",
+           "|:--|--:|--:|" + "--:|--:|" * len(results)]
     by_method = [{m.name: m for m in r.models} for r in results]
     for name in dict.fromkeys(m.name for r in results for m in r.models):
         first = next(b[name] for b in by_method if name in b)
         md.append(f"| {name} | {first.accuracy:.2f} | {first.params} | "
-                  + " | ".join(f"{b[name].score:.6g}" if name in b else "-" for b in by_method) + " |")
+                  + " | ".join(f"{b[name].score:.6g} | {b[name].seconds:.1f}" if name in b else "- | -"
+                               for b in by_method) + " |")
+    md += ["", "Seconds: building and scoring each model on this machine, one thread."]
     return md + [""]

@@ -30,10 +30,12 @@ __all__ = ["DEFAULT_MODELS", "INSTALL_HINT", "ZooNotInstalledError", "ZooResult"
 
 INSTALL_HINT = "pip install 'nwot_fast[zoo]' (from a checkout: pip install .[zoo])"
 
-#: The CIFAR-10 models of pytorchcv's table scored by default: those that score in a few
-#: seconds at batch 64 on one CPU core (forward cost up to about 1.7 GFLOP per image; the
-#: timings are in docs/RESULTS.md). Larger ones (wide ResNets, PyramidNet-200+, ResNet-1001+,
-#: DenseNet-100 k=24+, ResNeXt-272) take a minute or more each; name them with ``models=``.
+#: The CIFAR-10 models of pytorchcv's table scored by default: those whose forward pass costs
+#: at most about 1.7 GFLOP per 32x32 image (torch's FlopCounterMode), which score in seconds
+#: at batch 64 on one CPU core (the report's Figure 5 table gives each model's time). The
+#: larger ones (rir, DenseNet-100 k=12 and k=24, ResNet-1001/1202, wide ResNets, PyramidNet-110
+#: a270 and the -bn 164..272, ResNeXt-272 and 29 16x64d, DenseNet-190/250: 2.6 to 21 GFLOP per
+#: image) take up to about ten times longer each; name them with ``models=``.
 DEFAULT_MODELS: Tuple[str, ...] = (
     "resnet20_cifar10", "resnet56_cifar10", "resnet110_cifar10", "resnet164bn_cifar10", "resnet272bn_cifar10",
     "resnet542bn_cifar10",

@@ -102,7 +102,7 @@ class ScoreTable:
         place of a score file); its config carries the provenance and a data description."""
         from ..scorefile import ScoreFile
 
-        config = {"method": self.method, "dtype": self.dtype, "table": self.name,
+        config = {"method": self.method, "dtype": self.dtype, "table": self.name, "table_path": self.json_path,
                   "data_description": self.describe(), "provenance": self.provenance}
         return ScoreFile(indices=self.indices.copy(), scores=self.scores.copy(),
                          seconds=np.full(self.indices.shape, np.nan), method=self.method, config=config,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -103,13 +103,15 @@ def _same_special(a: float, b: float) -> bool:
 
 
 def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Optional[int] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> Verification:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 thread_counts: Optional[Sequence[int]] = None) -> Verification:
     """Recompute ``sample`` random rows of ``table`` (all rows when it has fewer) on this
     machine and compare them as the module docstring says. ``data``: a source of the table's
     images (a CIFAR-10 batch directory or an ``.npz``; its first N training images must have
     the table's pixel fingerprint, else ValueError). ``sample_seed``: which rows (default: a
     fresh seed, reported in the result so that the same rows can be checked again).
-    ``progress(done, total)`` is called after each row."""
+    ``progress(done, total)`` is called after each row. ``thread_counts``: those of the float32
+    reference envelope (default :data:`nwot_fast.precision.THREADS`, the contract's 1 and 2)."""
     import torch
 
     from .. import precision
@@ -153,11 +155,14 @@ def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Opti
             if progress is not None:
                 progress(n, len(indices))
     else:
-        truth, reference = [], {n: [] for n in precision.THREADS}
+        counts = tuple(precision.THREADS if thread_counts is None else thread_counts)
+        if not counts:
+            raise ValueError("thread_counts must name at least one thread count")
+        truth, reference = [], {n: [] for n in counts}
         kwargs = dict(method=table.method, seed=proto["seed"], relu_match=proto["relu_match"])
         for n, (i, s) in enumerate(zip(indices, shipped), start=1):
             truth.append(truth_scorer.score_index(i).score)
-            for threads in precision.THREADS:
+            for threads in counts:
                 with precision.threads(threads):
                     reference[threads] += precision.pure_scores([i], x, dtype=torch.float32, **kwargs)
             if progress is not None:
