@@ -126,8 +126,14 @@ example:
       --accuracies ../shared/data/nb201_accuracies.csv --data ../shared/data/cifar10_sample.npz \\
       --search-ns 10,100 --out report.md
 
-Correlations, search tables (table mode) and figures from score files, next to the published
-numbers; nothing is rescored except the few networks of Figure 1 (with --data).
+  {PROG} report --table jacob_cov.float32 --table hook_logdet.float32 \\
+      --accuracies nb201_accuracies.csv --data cifar-10-batches-py --zoo --out report.md
+
+Correlations, search tables (table mode) and figures from score files or score tables, next to
+the published numbers. Nothing of those is rescored; the figures that are measurements of their
+own are: Figure 1 (a few networks' Jacobians) and Figure 4 (8 architectures under 10
+minibatches, initialisations and Gaussian batches) with --data, Figure 5 (pytorchcv's CIFAR-10
+models at initialisation) with --data and --zoo (pip install 'nwot_fast[zoo]').
 
 {EXIT_CODES_HELP}""",
     "tables": f"""\
@@ -717,7 +723,7 @@ def cmd_report(args) -> int:
         fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch, fig4_archs=args.fig4_archs,
         fig4_repeats=args.fig4_repeats, fig4_batch=args.fig4_batch, fig4_method=args.fig4_method, zoo=args.zoo,
         zoo_models=args.zoo_models, zoo_methods=args.zoo_methods, zoo_batch=args.zoo_batch,
-        **({"notes": args.notes} if args.notes else {}),
+        notes=args.notes or "",
     )
     if args.json:
         _print_json(summary)

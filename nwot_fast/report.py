@@ -196,7 +196,9 @@ def _table_provenance(config: dict, summary: dict) -> List[str]:
              f"one fixed batch, seed {proto['seed']}, engine {proto['engine']}; scanned by nwot_fast "
              f"{scan.get('nwot_fast_version')} at commit `{scan.get('git_commit')}`, torch {scan.get('torch')}, "
              f"{scan.get('threads') or '?'} thread(s), {scan.get('cpu')}, {scan.get('started')} to {scan.get('finished')} "
-             f"(wall {scan.get('wall_seconds')} s). Command: `{scan.get('command')}`."]
+             f"(wall {scan.get('wall_seconds')} s). Command: `{scan.get('command')}`. A table keeps no per-row "
+             f"times: the search times below are N x the scan's mean scoring time per architecture "
+             f"({scan['scoring_seconds'] / max(prov['rows'], 1):.3f} s on that CPU)."]
     path = config.get("table_path")
     if prov["dtype"] == "float32" and path:
         directory = os.path.dirname(path)

@@ -272,13 +272,35 @@ def whole_space_table(tmp_path_factory):
     scores = acc + rng.normal(0, 5, NUM_ARCHS)
     scores[rng.choice(NUM_ARCHS, 30, replace=False)] = np.nan
     d = tmp_path_factory.mktemp("synthetic")
-    prov = {"method": "hook_logdet", "dtype": "float32",
+    return write_table(d, "synthetic", np.arange(NUM_ARCHS), scores, _made_up_provenance()), acc
+
+
+def _made_up_provenance() -> dict:
+    return {"method": "hook_logdet", "dtype": "float32",
             "coverage": {"complete": True, "covered": NUM_ARCHS, "expected": NUM_ARCHS, "missing": 0,
                          "selection": {"kind": "indices", "spec": "0:15625"}},
-            "protocol": {"batch_size": 2, "seed": 0, "fixed_batch": True, "augment": False,
-                         "data": {"description": "made-up scores"}},
-            "scan": {"nwot_fast_version": "test", "git_commit": COMMIT}}
-    return write_table(d, "synthetic", np.arange(NUM_ARCHS), scores, prov), acc
+            "protocol": {"batch_size": 2, "seed": 0, "fixed_batch": True, "augment": False, "relu_match": "name",
+                         "engine": "fast", "device_type": "cpu",
+                         "data": {"description": "made-up scores", "dataset": "cifar10", "images": 2,
+                                  "fingerprint": "sha256-pixels:none"}},
+            "scan": {"nwot_fast_version": "test", "git_commit": COMMIT, "torch": "none", "cpu": "none", "threads": 1,
+                     "started": "", "finished": "", "wall_seconds": 0.0, "scoring_seconds": 0.0, "command": "none"}}
+
+
+def test_a_record_lacking_keys_is_refused(tmp_path):
+    prov = _made_up_provenance()
+    del prov["scan"]["git_commit"], prov["protocol"]["data"]["fingerprint"]
+    with pytest.raises(ValueError, match="protocol.data.fingerprint, scan.git_commit"):
+        write_table(tmp_path, "t", [1], [1.0], prov)
+    assert not os.listdir(tmp_path)
+    good = write_table(tmp_path, "t", [1], [1.0], _made_up_provenance())
+    with open(good.json_path) as f:
+        record = json.load(f)
+    del record["coverage"]["covered"]
+    with open(good.json_path, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match="lacks coverage.covered"):
+        tables.load(good.csv_path)
 
 
 def test_evaluate_from_a_table(whole_space_table, capsys):
@@ -315,3 +337,9 @@ def test_report_from_a_table(whole_space_table, tmp_path, capsys):
     assert (tmp_path / "figures" / "fig3_hook_logdet_score_vs_accuracy.png").exists()
     code, _, err = run(capsys, "report", "--accuracies", str(shared_file("nb201_accuracies.csv")), "--out", str(out))
     assert code == 2 and "--table" in err
+
+
+@pytest.mark.parametrize("argv", [["tables", "--help"], ["tables", "verify", "--help"], ["tables", "build", "--help"]])
+def test_tables_help_has_examples_and_exit_codes(capsys, argv):
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "examples:" in out and "nwot-fast tables verify" in out and "exit codes:" in out

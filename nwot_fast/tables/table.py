@@ -39,8 +39,27 @@ FORMAT = "nwot_fast score table 1"
 #: Where the tables shipped with the package live (package data, see MANIFEST.in / setup.py).
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped")
 _HEADER = "arch_index,score"
-# The keys a provenance record must have (the rest is descriptive and shown as it is).
-_REQUIRED = ("format", "name", "method", "dtype", "rows", "nan", "neg_inf", "csv_sha256", "coverage", "protocol", "scan")
+# The keys a provenance record must have, by section ("" is the top level); the readers of a
+# record (show, verify, the report) rely on these and on nothing else being present.
+_REQUIRED = {
+    "": ("format", "name", "method", "dtype", "rows", "nan", "neg_inf", "csv_sha256", "coverage", "protocol", "scan"),
+    "coverage": ("complete", "covered", "expected", "selection"),
+    "protocol": ("batch_size", "seed", "fixed_batch", "augment", "relu_match", "engine", "device_type", "data"),
+    "protocol.data": ("description", "dataset", "images", "fingerprint"),
+    "scan": ("nwot_fast_version", "git_commit", "torch", "cpu", "threads", "started", "finished", "wall_seconds",
+             "scoring_seconds", "command"),
+}
+
+
+def _missing_keys(record: dict) -> List[str]:
+    """The required keys (dotted) that ``record`` lacks."""
+    missing = []
+    for section, keys in _REQUIRED.items():
+        node = record
+        for part in filter(None, section.split(".")):
+            node = node.get(part) if isinstance(node, dict) else None
+        missing += [f"{section}.{k}".lstrip(".") for k in keys if not isinstance(node, dict) or k not in node]
+    return missing
 
 
 class TableIntegrityError(ValueError):
@@ -99,13 +118,19 @@ class ScoreTable:
 
     def as_score_file(self):
         """The table as a :class:`nwot_fast.scorefile.ScoreFile` (what ``evaluate`` reads in
-        place of a score file); its config carries the provenance and a data description."""
+        place of a score file); its config carries the provenance and a data description. A
+        table keeps no per-row times: every row gets the scan's mean scoring time per
+        architecture (``scoring_seconds / rows``, on the scan's CPU), so that a search table's
+        time column is N times that mean."""
         from ..scorefile import ScoreFile
+
+        scan = self.provenance["scan"]
+        mean = float(scan["scoring_seconds"]) / len(self) if scan["scoring_seconds"] and len(self) else float("nan")
 
         config = {"method": self.method, "dtype": self.dtype, "table": self.name, "table_path": self.json_path,
                   "data_description": self.describe(), "provenance": self.provenance}
         return ScoreFile(indices=self.indices.copy(), scores=self.scores.copy(),
-                         seconds=np.full(self.indices.shape, np.nan), method=self.method, config=config,
+                         seconds=np.full(self.indices.shape, mean), method=self.method, config=config,
                          source=f"score table {self.name} ({self.csv_path})")
 
 
@@ -152,13 +177,13 @@ def write_table(directory, name: str, indices, scores, provenance: dict) -> Scor
         raise ValueError(f"indices must be distinct benchmark indices in 0..{NUM_ARCHS - 1}")
     if np.isposinf(sc).any():
         raise ValueError("a score is +inf; no NASWOT score can be (NaN and -inf are the degenerate values)")
-    for key in ("method", "dtype", "coverage", "protocol", "scan"):
-        if key not in provenance:
-            raise ValueError(f"provenance needs {key!r}")
     text = _csv_text(idx, sc)
     record = dict(provenance, format=FORMAT, name=_check_name(name), rows=int(idx.size),
                   nan=int(np.isnan(sc).sum()), neg_inf=int(np.isneginf(sc).sum()),
                   csv_sha256=hashlib.sha256(text.encode("ascii")).hexdigest())
+    missing = _missing_keys(record)
+    if missing:
+        raise ValueError(f"provenance lacks {', '.join(missing)}")
     csv_path, json_path = table_paths(directory, name)
     with atomic_write(csv_path, "score table", newline="") as f:
         f.write(text)
@@ -194,7 +219,7 @@ def _read_record(json_path: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{json_path}: not a score table record of format {FORMAT!r} "
                          f"(format: {record.get('format') if isinstance(record, dict) else type(record).__name__!r})")
-    missing = [k for k in _REQUIRED if k not in record]
+    missing = _missing_keys(record)
     if missing:
         raise ValueError(f"{json_path}: provenance record lacks {', '.join(missing)}")
     if record["method"] not in METHODS or record["dtype"] not in DTYPES:
