@@ -865,6 +865,10 @@ def cmd_tables_show(args) -> int:
                  f"{scan['scoring_seconds']:.0f} s)"),
         ("command", scan["command"]),
     ]
+    deg = p.get("degenerate")
+    if deg:
+        lines.append(("degenerate", f"{deg['scored']} rows are {deg['value']}; {deg['cells']} cells have "
+                                    f"'{deg['structure']}'; {deg['both']} are both"))
     if truth is not None:
         lines.append(("float32 error", f"on the {truth['rows']} rows of the float64 table: max {truth['max_rel_error']:.2e}, "
                                        f"median {truth['median_rel_error']:.2e} relative ({truth['finite']} finite); "

@@ -120,6 +120,17 @@ def test_provenance_record(built, source):
     cov = built["t64"].provenance["coverage"]
     assert cov["complete"] and cov["selection"]["kind"] == "random" and cov["covered"] == 4
     assert built["t64"].provenance["neg_inf"] == 0
+    assert p["degenerate"] == {"value": "nan", "structure": "constant output", "scored": 2, "cells": 2, "both": 2}
+
+
+def test_degenerate_rows_over_the_whole_space():
+    """The structural counts the tables' records carry: 341 constant-output cells (jacob_cov NaN)."""
+    from nwot_fast.tables.export import degenerate_rows
+
+    d = degenerate_rows("jacob_cov", np.arange(NUM_ARCHS), np.zeros(NUM_ARCHS))
+    assert d["cells"] == 341 and d["scored"] == 0 and d["both"] == 0
+    h = degenerate_rows("hook_logdet", [12, 0], [-np.inf, 1.0])
+    assert (h["scored"], h["cells"], h["both"]) == (1, 1, 1)
 
 
 def test_export_refuses_missing_rows_unless_partial(built, tmp_path):

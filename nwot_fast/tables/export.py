@@ -24,7 +24,7 @@ import numpy as np
 from .._common import DTYPES, METHODS, NUM_ARCHS, __version__, check_int, check_seed
 from .table import ScoreTable, write_table
 
-__all__ = ["build_table", "cpu_description", "random_rows"]
+__all__ = ["build_table", "cpu_description", "degenerate_rows", "random_rows"]
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 
@@ -34,6 +34,29 @@ def random_rows(count: int, seed: int = 0) -> np.ndarray:
     rule that picks a table's random rows (the float64 tables: 500 rows, seed 0)."""
     count = check_int(count, "count", 1, NUM_ARCHS)
     return np.sort(np.random.default_rng(check_seed(seed)).choice(NUM_ARCHS, count, replace=False)).astype(np.int64)
+
+
+def degenerate_rows(method: str, indices, scores) -> dict:
+    """How a table's degenerate scores sit against the structure of the cells: for jacob_cov the
+    NaN rows and the constant-output cells (no path from input to output through non-``none``
+    edges), for hook_logdet the -inf rows and the cells whose ReLUs see only zeros. ``scored``:
+    rows with that value; ``cells``: rows whose cell has that structure; ``both``: the overlap.
+    Over the whole space, jacob_cov's NaN rows are exactly the 341 constant-output cells; a
+    hook_logdet -inf row outside the structural set is a K that the exact test proved singular."""
+    from ..nb201 import arch_at, is_constant_output, relu_sees_only_zeros
+
+    idx = np.asarray(indices, dtype=np.int64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if method == "jacob_cov":
+        value, marked = "nan", np.isnan(sc)
+        cells = np.array([is_constant_output(arch_at(int(i))) for i in idx], dtype=bool)
+        structure = "constant output"
+    else:
+        value, marked = "-inf", np.isneginf(sc)
+        cells = np.array([relu_sees_only_zeros(arch_at(int(i))) for i in idx], dtype=bool)
+        structure = "every ReLU sees only zeros"
+    return {"value": value, "structure": structure, "scored": int(marked.sum()), "cells": int(cells.sum()),
+            "both": int((marked & cells).sum())}
 
 
 def cpu_description() -> str:
@@ -223,6 +246,7 @@ def build_table(
                      "isomorphic cells have their own weights and scores",
         "coverage": {"complete": bool(missing == 0), "covered": int(covered.size), "expected": int(wanted.size),
                      "missing": int(missing), "selection": selection},
+        "degenerate": degenerate_rows(cfg["method"], covered, scores),
         "protocol": {
             "batch_size": cfg["batch_size"], "seed": cfg["seed"], "fixed_batch": True, "augment": False,
             "relu_match": cfg["relu_match"], "engine": cfg["engine"], "device_type": cfg["device_type"],
@@ -244,6 +268,10 @@ def build_table(
             "scoring_seconds": float(np.nansum(np.asarray(secs, dtype=np.float64))),
             "command": command or _scan_command(cfg, selection, len(images), threads, os.path.basename(os.fspath(db)),
                                                 name),
+            "command_placeholders": None if command else {
+                "DATA": "a CIFAR-10 source: the python batch directory (cifar-10-batches-py) or an .npz (x, y) whose "
+                        "first images are the training set's",
+                "COMMIT": "the git commit of the nwot_fast code that ran the scan"},
         },
         "export": {"nwot_fast_version": __version__,
                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
