@@ -323,5 +323,5 @@ def _figure5_section(data, models, methods: Sequence[str], batch: int, seed: int
         md.append(f"| {name} | {first.accuracy:.2f} | {first.params} | "
                   + " | ".join(f"{b[name].score:.6g} | {b[name].seconds:.1f}" if name in b else "- | -"
                                for b in by_method) + " |")
-    md += ["", "Seconds: building and scoring each model on this machine, one thread."]
+    md += ["", "Seconds: building and scoring each model, on the machine that ran the report."]
     return md + [""]
