@@ -12,7 +12,7 @@
 # accuracy table), TABLES (a directory of tables instead of the shipped ones), VERIFY_SAMPLE
 # (rows recomputed per table, default 5; 0 skips the check).
 # Time on a 2-core CPU: the report itself takes seconds; Figure 4 (240 scores) and Figure 5
-# (48 models x 2 scores) take minutes, the verification about a minute per table.
+# (40 models x 2 scores) take minutes, the verification about a minute per table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10_sample.npz}

@@ -30,29 +30,28 @@ __all__ = ["DEFAULT_MODELS", "INSTALL_HINT", "ZooNotInstalledError", "ZooResult"
 
 INSTALL_HINT = "pip install 'nwot_fast[zoo]' (from a checkout: pip install .[zoo])"
 
-#: The CIFAR-10 models of pytorchcv's table scored by default: those whose forward pass costs
-#: at most about 1.7 GFLOP per 32x32 image (torch's FlopCounterMode), which score in seconds
-#: at batch 64 on one CPU core (the report's Figure 5 table gives each model's time). The
-#: larger ones (rir, DenseNet-100 k=12 and k=24, ResNet-1001/1202, wide ResNets, PyramidNet-110
-#: a270 and the -bn 164..272, ResNeXt-272 and 29 16x64d, DenseNet-190/250: 2.6 to 21 GFLOP per
-#: image) take up to about ten times longer each; name them with ``models=``.
+#: The CIFAR-10 models of pytorchcv's table scored by default: the 40 whose forward pass costs
+#: at most 0.9 GFLOP per 32x32 image (torch's FlopCounterMode). On the project's 2-core machine
+#: under a load of 10-16 (one thread, batch 64) each took 1-33 s for jacob_cov and 1-130 s for
+#: hook_logdet, building included; the next ones up (DenseNet-40 k=36, PyramidNet-110 a84,
+#: ResNeXt-29 32x4d, the ResNet-542bn family: 1.3-1.6 GFLOP) took 49-541 s each for jacob_cov,
+#: and the largest (up to 21 GFLOP) more. Name any of them with ``models=``.
 DEFAULT_MODELS: Tuple[str, ...] = (
     "resnet20_cifar10", "resnet56_cifar10", "resnet110_cifar10", "resnet164bn_cifar10", "resnet272bn_cifar10",
-    "resnet542bn_cifar10",
     "preresnet20_cifar10", "preresnet56_cifar10", "preresnet110_cifar10", "preresnet164bn_cifar10",
-    "preresnet272bn_cifar10", "preresnet542bn_cifar10",
+    "preresnet272bn_cifar10",
     "seresnet20_cifar10", "seresnet56_cifar10", "seresnet110_cifar10", "seresnet164bn_cifar10",
-    "seresnet272bn_cifar10", "seresnet542bn_cifar10",
+    "seresnet272bn_cifar10",
     "sepreresnet20_cifar10", "sepreresnet56_cifar10", "sepreresnet110_cifar10", "sepreresnet164bn_cifar10",
-    "sepreresnet272bn_cifar10", "sepreresnet542bn_cifar10",
+    "sepreresnet272bn_cifar10",
     "diaresnet20_cifar10", "diaresnet56_cifar10", "diaresnet110_cifar10", "diaresnet164bn_cifar10",
     "diapreresnet20_cifar10", "diapreresnet56_cifar10", "diapreresnet110_cifar10", "diapreresnet164bn_cifar10",
-    "densenet40_k12_cifar10", "densenet40_k12_bc_cifar10", "densenet40_k24_bc_cifar10", "densenet40_k36_bc_cifar10",
-    "densenet100_k12_bc_cifar10", "xdensenet40_2_k24_bc_cifar10", "xdensenet40_2_k36_bc_cifar10",
+    "densenet40_k12_cifar10", "densenet40_k12_bc_cifar10", "densenet40_k24_bc_cifar10",
+    "densenet100_k12_bc_cifar10", "xdensenet40_2_k24_bc_cifar10",
     "ror3_56_cifar10", "ror3_110_cifar10", "ror3_164_cifar10",
-    "pyramidnet110_a48_cifar10", "pyramidnet110_a84_cifar10",
+    "pyramidnet110_a48_cifar10",
     "shakeshakeresnet20_2x16d_cifar10", "shakeshakeresnet26_2x32d_cifar10",
-    "resnext29_32x4d_cifar10", "nin_cifar10",
+    "nin_cifar10",
 )
 
 
