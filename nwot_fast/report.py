@@ -301,7 +301,8 @@ def _figure5_section(data, models, methods: Sequence[str], batch: int, seed: int
           f"![zoo]({_rel(fig5['paths'][0], out_dir)})", "",
           f"{'The default model list' if models is None else 'Models'} ({len(DEFAULT_MODELS if models is None else models)}), "
           f"each built untrained by pytorchcv's `get_model(name, pretrained=False)` right after "
-          f"`torch.manual_seed({seed})` and scored with `nwot_fast.score(model, x)` on one batch: "
+          f"`torch.manual_seed({seed})` and scored (train mode, the forward's random draws following on from that "
+          f"seed) with `nwot_fast.score(model, x)` on one batch: "
           f"{sampler.describe()}. Accuracy: 100 - the CIFAR-10 test error of pytorchcv's model table. "
           "Ordinary least squares (statsmodels) of accuracy on the score, and on the score and log(parameters).", "",
           "| score | fit | n | coefficient of the score | 95 % interval | p-value | R^2 |", "|:--|:--|--:|--:|:--|--:|--:|"]

@@ -219,11 +219,14 @@ def score_zoo(x, *, models: Optional[Sequence[str]] = None, method: str = "jacob
         else:
             start = time.perf_counter()
             try:
+                # The forward pass inside the seeded block too: some models draw random numbers
+                # in train mode (Dropout in NIN, the branch weights of Shake-Shake), and their
+                # score must not depend on the caller's RNG state.
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     model = provider.get_model(name, pretrained=False)
+                    value = score(model, x, method)
                 params = int(sum(p.numel() for p in model.parameters()))
-                value = score(model, x, method)
             except _MODEL_FAILURES as e:
                 skipped.append((name, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"))
             else:

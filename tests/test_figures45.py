@@ -170,6 +170,21 @@ def test_score_zoo_on_tiny_batch():
     assert "skipped no_such_model" in res.format_text()
 
 
+@pytest.mark.skipif(not (HAVE_PYTORCHCV and HAVE_STATSMODELS), reason="the zoo extra (pytorchcv, statsmodels) not installed")
+def test_score_zoo_is_seeded_through_the_forward_pass():
+    """Shake-Shake draws its branch weights in train mode: the score must not depend on the
+    caller's RNG state (before, it did)."""
+    from nwot_fast.zoo import score_zoo
+
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    names = ["shakeshakeresnet20_2x16d_cifar10"]
+    torch.manual_seed(123)
+    a = score_zoo(x, models=names, method="jacob_cov").models[0].score
+    torch.manual_seed(456)
+    b = score_zoo(x, models=names, method="jacob_cov").models[0].score
+    assert a == b
+
+
 def test_report_zoo_without_the_extra_says_how_to_install(tiny_npz, tmp_path, capsys, monkeypatch):
     from nwot_fast.scorefile import write_scores
 
