@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nwot_fast-installed
 RUNTIME_DEPS := numpy scipy tqdm matplotlib nas-bench-201
 BUILD_DEPS := setuptools wheel pybind11 ninja
-TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3'
+TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3' statsmodels 'pytorchcv==0.0.67'
 SOURCES := setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 
 DEMO_ARGS := --n-samples 10 --runs 3

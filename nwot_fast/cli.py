@@ -1,6 +1,6 @@
 """The ``nwot-fast`` command line (also ``python -m nwot_fast``).
 
-Subcommands: ``search``, ``score``, ``scan``, ``db``, ``evaluate``, ``report``, ``info``, ``arch``.
+Subcommands: ``search``, ``score``, ``scan``, ``db``, ``evaluate``, ``report``, ``tables``, ``info``, ``arch``.
 Results go to stdout (a table, or JSON with ``--json`` and nothing else); messages, warnings
 and progress bars go to stderr. Exit codes are documented in :data:`EXIT_CODES_HELP`.
 """
@@ -20,7 +20,7 @@ from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, __versio
 from .args import BATCH_SIZE, N_ARCHS, N_SAMPLES, RUNS, SEED, IntRange
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCE, EXIT_TERMINATED,  # noqa: F401
-                     EXIT_USAGE, ResourceError, Terminated)
+                     EXIT_USAGE, ResourceError, Terminated, one_line)
 
 PROG = "nwot-fast"
 DEFAULT_DB = "nwot-fast-scan.sqlite"
@@ -124,8 +124,31 @@ example:
       --accuracies ../shared/data/nb201_accuracies.csv --data ../shared/data/cifar10_sample.npz \\
       --search-ns 10,100 --out report.md
 
-Correlations, search tables (table mode) and figures from score files, next to the published
-numbers; nothing is rescored except the few networks of Figure 1 (with --data).
+  {PROG} report --table jacob_cov.float32 --table hook_logdet.float32 \\
+      --accuracies nb201_accuracies.csv --data cifar-10-batches-py --zoo --out report.md
+
+Correlations, search tables (table mode) and figures from score files or score tables, next to
+the published numbers. Nothing of those is rescored; the figures that are measurements of their
+own are: Figure 1 (a few networks' Jacobians) and Figure 4 (8 architectures under 10
+minibatches, initialisations and Gaussian batches) with --data, Figure 5 (pytorchcv's CIFAR-10
+models at initialisation) with --data and --zoo (pip install 'nwot_fast[zoo]').
+
+{EXIT_CODES_HELP}""",
+    "tables": f"""\
+examples:
+  {PROG} tables list
+  {PROG} tables show hook_logdet.float32
+  {PROG} tables verify --data cifar-10-batches-py --sample 20
+  {PROG} evaluate --table hook_logdet.float32 --accuracies nb201_accuracies.csv --search-table 10,100
+  {PROG} tables build --db jacob_cov.f32.db --data first128.npz --out DIR --commit GIT_COMMIT --threads 1
+
+Whole-space NAS-Bench-201 score tables shipped with the package, each with its provenance
+(scan code commit, torch, CPU, data fingerprint, batch, seed, dtype, dates, wall time, the
+command that reproduces it). 'verify' recomputes random rows on this machine from the first
+128 CIFAR-10 training images of --data (a CIFAR-10 batch directory or an .npz; checked against
+the table's fingerprint): float64 rows must agree to 1e-9 relative, float32 rows keep the
+precision contract of docs/PRECISION.md. It exits 1 when a table disagrees or its scores no
+longer match their record.
 
 {EXIT_CODES_HELP}""",
     "db": f"""\
@@ -567,16 +590,23 @@ def cmd_evaluate(args) -> int:
         if not args.search_table:
             raise ValueError("--table-out needs --search-table N,N,...")
         check_table_prefix(args.table_out)
-    if args.scores_in is not None:
+    scores_in = args.scores_in
+    if args.table is not None:  # a score table in place of scoring (issue 21)
+        if args.scores_in is not None:
+            raise ValueError("give --table or --scores-in, not both")
+        scores_in = _load_score_table(args.table, args.method)
+        args.method = scores_in.method
+    if scores_in is not None:
         # Nothing is scored: the options only scoring uses are refused, not silently ignored.
         given = [flag for dest, flag in _SCORING_ONLY if getattr(args, dest) is not None]
         if given:
-            raise ValueError(f"--scores-in reads earlier scores and scores nothing: {', '.join(given)} would not be "
+            source = "--table" if args.table is not None else "--scores-in"
+            raise ValueError(f"{source} reads earlier scores and scores nothing: {', '.join(given)} would not be "
                              "used; leave them out, or score with --n-archs, --all or --indices instead")
     elif args.n_archs is None and not args.all_archs and args.indices is None:
         raise ValueError("say which architectures to score: --n-archs K, --all or --indices START:STOP; "
-                         "or read earlier scores with --scores-in FILE")
-    config = None if args.scores_in is not None else _config_from(args)
+                         "or read earlier scores with --scores-in FILE or --table NAME")
+    config = None if scores_in is not None else _config_from(args)
     if config is not None:
         _check_device(config)  # its device: --device or the default
         if args.data is None and not args.quiet:
@@ -584,7 +614,7 @@ def cmd_evaluate(args) -> int:
     accuracies = as_table(args.accuracies)
     progress = None if args.quiet or config is None else True
     result = evaluate(n_archs=args.n_archs, all_archs=args.all_archs, indices=args.indices, accuracies=accuracies,
-                      scores_out=args.scores_out, scores_in=args.scores_in, db=args.db, progress=progress,
+                      scores_out=args.scores_out, scores_in=scores_in, db=args.db, progress=progress,
                       config=config, ray=args.ray, **({"method": args.method, "seed": args.seed} if config is None else {}))
     table = None
     if args.search_table:
@@ -616,24 +646,59 @@ def _scores_arg(text: str):
 _scores_arg.role = "input"  # METHOD=FILE: FILE is read (see _path_type)
 
 
+def _name_list(text: str) -> List[str]:
+    names = [t for t in text.replace(" ", "").split(",") if t]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _method_list(text: str) -> List[str]:
+    names = _name_list(text)
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown score method(s) {', '.join(bad)}; allowed: {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _load_score_table(name: str, method: Optional[str] = None):
+    """A score table (name or path) as the ScoreFile evaluate reads; its method must be ``method``
+    when one is given."""
+    from .tables import load
+
+    table = load(name)
+    if method is not None and method != table.method:
+        raise ValueError(f"table {table.name} holds {table.method} scores, but --method {method} was given")
+    if not table.complete:
+        cov = table.provenance["coverage"]
+        print(f"note: table {table.name} is PARTIAL: {cov['covered']} of {cov['expected']} rows", file=sys.stderr)
+    return table.as_score_file()
+
+
 def cmd_report(args) -> int:
     from ._common import check_input_file, check_output_file
     from .figures import read_published_points
     from .report import build_report
 
     check_output_file(args.out, "report", (".md",))  # only Markdown is written
-    for _, path in args.scores:
+    if not args.scores and not args.table:
+        raise ValueError("give the scores: --scores METHOD=FILE or --table NAME (repeat for each score)")
+    for _, path in args.scores or ():
         check_input_file(path, "a scores file")
     scores: dict = {}
-    for method, path in args.scores:
+    sources = list(args.scores or ()) + [(t.method, t) for t in (_load_score_table(n) for n in args.table or ())]
+    for method, source in sources:
         if method in scores:
-            raise ValueError(f"--scores given twice for {method}")
-        scores[method] = path
+            raise ValueError(f"scores given twice for {method} (--scores / --table)")
+        scores[method] = source
     summary = build_report(
         scores=scores, accuracies=args.accuracies, out=args.out, figures_dir=args.figures_dir, data=args.data,
         n_archs=args.n_archs, sample_seed=args.sample_seed, Ns=args.search_ns, runs=args.runs, seed=args.seed,
         published_points=None if args.published is None else read_published_points(args.published),
-        fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch,
+        fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch, fig4_archs=args.fig4_archs,
+        fig4_repeats=args.fig4_repeats, fig4_batch=args.fig4_batch, fig4_method=args.fig4_method, zoo=args.zoo,
+        zoo_models=args.zoo_models, zoo_methods=args.zoo_methods, zoo_batch=args.zoo_batch,
+        notes=args.notes or "",
     )
     if args.json:
         _print_json(summary)
@@ -670,6 +735,9 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     _add_ray_option(p)  # Ray hook (issue 12)
     p.add_argument("--scores-out", metavar="FILE", type=_output_path, help="write per-architecture scores (.csv/.jsonl/.json)")
     p.add_argument("--scores-in", metavar="FILE", type=_input_path, help="reuse scores from FILE instead of scoring")
+    p.add_argument("--table", metavar="NAME|PATH",
+                   help="read the scores of a score table instead of scoring: a shipped table's name (nwot-fast "
+                        "tables list) or the path of a table's .csv/.json; its score method is used")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
                    help="also the search table (mode 'table', over the evaluated architectures) for these N")
     p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N for --search-table (default 500)")
@@ -682,8 +750,11 @@ def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
+    p.add_argument("--scores", type=_scores_arg, action="append", metavar="METHOD=FILE",
                    help="a scores file of one method (repeat for several methods)")
+    p.add_argument("--table", action="append", metavar="NAME|PATH",
+                   help="a score table in place of a scores file: a shipped table's name or a table's .csv/.json "
+                        "path (repeat for each score)")
     p.add_argument("--accuracies", required=True, metavar="PATH", type=_input_path, help="NB201 accuracies (CSV or .pth)")
     p.add_argument("--out", default="report.md", metavar="FILE.md", type=_output_path,
                    help="Markdown report, a .md file (default report.md)")
@@ -699,9 +770,201 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--published", metavar="CSV", type=_input_path,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
+    p.add_argument("--notes", metavar="TEXT", help="a paragraph (Markdown) written under the report's title")
     p.add_argument("--fig1-per-bin", type=IntRange(1, 1000).parse, default=3, help="architectures per bin in Figure 1 (default 3)")
     p.add_argument("--fig1-batch", type=BATCH_SIZE.parse, default=64, help="batch size for Figure 1 (default 64)")
+    g = p.add_argument_group("Figure 4 (with --data): the score under other minibatches, initialisations, Gaussian inputs")
+    g.add_argument("--fig4-archs", type=IntRange(0, 1000).parse, default=8, metavar="K",
+                   help="seeded random architectures (default 8; 0 leaves Figure 4 out)")
+    g.add_argument("--fig4-repeats", type=IntRange(2, 1000).parse, default=10, metavar="R", help="scores per factor (default 10)")
+    g.add_argument("--fig4-batch", type=BATCH_SIZE.parse, default=128, metavar="B", help="batch size (default 128)")
+    g.add_argument("--fig4-method", default="hook_logdet", choices=METHODS, help="score (default hook_logdet)")
+    g = p.add_argument_group("Figure 5: pytorchcv CIFAR-10 models at initialisation (needs --data and "
+                             "pip install 'nwot_fast[zoo]')")
+    g.add_argument("--zoo", action="store_true", help="draw Figure 5")
+    g.add_argument("--zoo-models", type=_name_list, metavar="NAME,NAME,...",
+                   help="pytorchcv model names (default: the CIFAR-10 models that score in seconds on a CPU, "
+                        "nwot_fast.zoo.DEFAULT_MODELS)")
+    g.add_argument("--zoo-methods", type=_method_list, default=list(METHODS), metavar="METHOD,...",
+                   help=f"scores to fit (default {','.join(METHODS)})")
+    g.add_argument("--zoo-batch", type=BATCH_SIZE.parse, default=64, metavar="B", help="batch size (default 64)")
     _add_output_options(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# score tables (issue 21)
+
+
+def _tables_dir(args):
+    return getattr(args, "dir", None)
+
+
+def cmd_tables_list(args) -> int:
+    from .tables import SHIPPED_DIR, list_tables
+
+    directory = _tables_dir(args) or SHIPPED_DIR
+    items = list_tables(directory)
+    if args.json:
+        _print_json({"directory": directory, "tables": items})
+        return EXIT_OK
+    if not items:
+        print(f"no score tables in {directory}")
+        return EXIT_OK
+    rows = [[t["name"], t["method"], t["dtype"], str(t["rows"]),
+             "complete" if t["complete"] else f"PARTIAL {t['covered']}/{t['expected']}"] for t in items]
+    print(f"score tables in {directory}:")
+    print(_table(["name", "method", "dtype", "rows", "coverage"], rows))
+    return EXIT_OK
+
+
+def cmd_tables_show(args) -> int:
+    from .tables import float32_error, list_tables, load, summary_counts
+
+    table = load(args.table, _tables_dir(args))
+    counts = summary_counts(table)
+    truth = None
+    if table.dtype == "float32":
+        directory = os.path.dirname(table.json_path)
+        for t in list_tables(directory):
+            if t["method"] == table.method and t["dtype"] == "float64":
+                truth = float32_error(table, load(t["path"]))
+                break
+    if args.json:
+        _print_json({"name": table.name, "csv": table.csv_path, "counts": counts, "provenance": table.provenance,
+                     "float32_error_vs_float64_table": truth})
+        return EXIT_OK
+    p, scan = table.provenance, table.provenance["scan"]
+    proto, data = p["protocol"], p["protocol"]["data"]
+    lines = [
+        ("table", f"{table.name}: {table.csv_path}"),
+        ("scores", f"{p['method']} in {p['dtype']}; {len(table)} rows: {counts['finite']} finite, {counts['nan']} NaN, "
+                   f"{counts['neg_inf']} -inf"),
+        ("coverage", ("complete" if table.complete else "PARTIAL") + f": {p['coverage']['covered']} of "
+                     f"{p['coverage']['expected']} rows ({p['coverage']['selection'].get('rule') or p['coverage']['selection'].get('spec')})"),
+        ("data", f"{data['description']}; {data['fingerprint']}"),
+        ("protocol", f"batch {proto['batch_size']}, {'fixed batch' if proto['fixed_batch'] else 'batch per arch'}, "
+                     f"augment {proto['augment']}, seed {proto['seed']}, relu {proto['relu_match']}, "
+                     f"engine {proto['engine']}, {proto['device_type']}"),
+        ("scanned by", f"nwot_fast {scan['nwot_fast_version']} at commit {scan['git_commit']}, torch {scan['torch']}, "
+                       f"{scan['threads'] if scan['threads'] is not None else '?'} thread(s), {scan['cpu']}"),
+        ("when", f"{scan['started']} .. {scan['finished']} (wall {scan['wall_seconds']} s, scoring "
+                 f"{scan['scoring_seconds']:.0f} s)"),
+        ("command", scan["command"]),
+    ]
+    deg = p.get("degenerate")
+    if deg:
+        lines.append(("degenerate", f"{deg['scored']} rows are {deg['value']}; {deg['cells']} cells have "
+                                    f"'{deg['structure']}'; {deg['both']} are both"))
+    if truth is not None:
+        lines.append(("float32 error", f"on the {truth['rows']} rows of the float64 table: max {truth['max_rel_error']:.2e}, "
+                                       f"median {truth['median_rel_error']:.2e} relative ({truth['finite']} finite); "
+                                       f"special values: {truth['special_agree']} agree, {truth['special_disagree']} differ"))
+    for k, v in lines:
+        print(f"{k:<14}{v}")
+    return EXIT_OK
+
+
+def cmd_tables_verify(args) -> int:
+    from .tables import SHIPPED_DIR, TableIntegrityError, list_tables, load, verify
+
+    directory = _tables_dir(args) or SHIPPED_DIR
+    names = args.tables or [t["path"] for t in list_tables(directory)]
+    if not names:
+        raise FileNotFoundError(f"no score tables in {directory} to verify")
+    results, failed = [], 0
+    for name in names:
+        try:
+            table = load(name, directory)
+        except TableIntegrityError as e:
+            failed += 1
+            results.append({"table": name, "passed": False, "problems": [str(e)]})
+            if not args.json:
+                print(f"table {name}: FAIL: {one_line(e)}")
+            continue
+        with _progress(args, 0, f"verifying {table.name}") as bar:
+            v = verify(table, args.data, sample=args.sample, sample_seed=args.sample_seed,
+                       progress=lambda done, total: bar(done, total))
+        failed += not v.passed
+        results.append(v.to_dict())
+        if not args.json:
+            print(v.format_text())
+            print()
+    if args.json:
+        _print_json({"passed": failed == 0, "tables": results})
+    elif len(names) > 1:
+        print(f"{len(names) - failed} of {len(names)} tables agree" + ("" if not failed else f"; {failed} FAIL"))
+    return EXIT_OK if failed == 0 else EXIT_INTERNAL
+
+
+def cmd_tables_build(args) -> int:
+    from .tables import build
+
+    table = build(args.db, data=args.data, out_dir=args.out, commit=args.commit, method=args.method,
+                  dtype=args.dtype, config_hash=args.config_hash, indices=args.indices, random=args.random,
+                  random_seed=args.random_seed, allow_partial=args.allow_partial, name=args.name,
+                  threads=args.threads, command=args.command, timeout=args.db_timeout)
+    if args.json:
+        _print_json({"csv": table.csv_path, "json": table.json_path, "provenance": table.provenance})
+    else:
+        print(table.describe())
+        print(f"written: {table.csv_path}, {table.json_path}")
+    return EXIT_OK
+
+
+def _add_tables_parser(sub, add) -> None:
+    p = add("tables", "list, show, verify and build the whole-space NAS-Bench-201 score tables", None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    actions.required = True
+
+    def action(name, help_text, handler):
+        q = actions.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                               epilog=SUB_EPILOGS["tables"], formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.set_defaults(handler=handler)
+        return q
+
+    def dir_option(q):
+        q.add_argument("--dir", metavar="DIR", type=_path_arg,
+                       help="a directory of tables (default: the tables shipped with the package)")
+
+    q = action("list", "list the score tables", cmd_tables_list)
+    dir_option(q)
+    _add_output_options(q)
+    q = action("show", "show a table's provenance, counts and float32 error", cmd_tables_show)
+    q.add_argument("table", metavar="NAME|PATH", type=_path_arg, help="table name or path of its .csv/.json")
+    dir_option(q)
+    _add_output_options(q)
+    q = action("verify", "recompute random rows of tables on this machine and compare", cmd_tables_verify)
+    q.add_argument("tables", nargs="*", metavar="NAME|PATH", type=_path_arg, help="tables (default: all in --dir)")
+    q.add_argument("--data", required=True, metavar="PATH", type=_path_arg,
+                   help="CIFAR-10 images: the python batch directory or an .npz whose first 128 training images are "
+                        "the table's")
+    q.add_argument("--sample", type=N_ARCHS.parse, default=5, metavar="K", help="rows per table (default 5)")
+    q.add_argument("--sample-seed", type=_seed_arg, metavar="S",
+                   help="which rows (default: a fresh seed, printed, so that the same rows can be checked again)")
+    dir_option(q)
+    _add_output_options(q)
+    q = action("build", "export a table from a scan database, with its provenance", cmd_tables_build)
+    q.add_argument("--db", required=True, metavar="PATH", type=_path_arg, help="scan database (opened read-only)")
+    q.add_argument("--data", required=True, metavar="PATH", type=_path_arg, help="the image file the scan read")
+    q.add_argument("--out", required=True, metavar="DIR", type=_path_arg, help="directory for NAME.csv and NAME.json")
+    q.add_argument("--commit", required=True, metavar="HASH", help="git commit of the code that ran the scan")
+    q.add_argument("--method", choices=METHODS, help="which configuration (when the database holds several)")
+    q.add_argument("--dtype", choices=DTYPES, help="which configuration (when the database holds several)")
+    q.add_argument("--config-hash", metavar="HASH", help="which configuration (see nwot-fast db)")
+    rows = q.add_mutually_exclusive_group()
+    rows.add_argument("--indices", metavar="SPEC", help="the rows the table is for (default 0:15625)")
+    rows.add_argument("--random", type=N_ARCHS.parse, metavar="K",
+                      help="the rows: sorted(numpy.random.default_rng(RANDOM_SEED).choice(15625, K, replace=False))")
+    q.add_argument("--random-seed", type=_seed_arg, default=0, metavar="S", help="seed of --random (default 0)")
+    q.add_argument("--allow-partial", action="store_true",
+                   help="export even if rows are missing; the record says PARTIAL and how many rows it covers")
+    q.add_argument("--name", metavar="NAME", help="table name (default METHOD.DTYPE)")
+    q.add_argument("--threads", type=IntRange(1, 4096).parse, metavar="N", help="torch threads of the scan (recorded)")
+    q.add_argument("--command", metavar="TEXT", help="the reproducing command to record (default: built from the "
+                   "configuration)")
+    q.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a locked database (default: 30)")
+    _add_output_options(q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,9 +1021,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", "score architectures and correlate the scores with NB201 accuracies", cmd_evaluate)
     _add_evaluate_options(p)
+    p.set_defaults(method=None)  # jacob_cov unless --table names another (cmd_evaluate decides)
 
     p = add("report", "assemble tables and figures of an evaluation into one Markdown report", cmd_report)
     _add_report_options(p)
+
+    _add_tables_parser(sub, add)
 
     p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
     p.add_argument("db", metavar="PATH", type=_database_path, help="SQLite database written by 'nwot-fast scan'")

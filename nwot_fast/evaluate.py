@@ -20,7 +20,7 @@ import numpy as np
 from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_seed, json_float
 from .args import N_ARCHS, check_choice, check_flag
 from .paths import check_distinct
-from .scorefile import check_output_path, read_scores, write_scores
+from .scorefile import ScoreFile, check_output_path, read_scores, write_scores
 from .stats import correlations
 
 __all__ = ["EvaluationResult", "evaluate", "sample_indices"]
@@ -183,7 +183,7 @@ def evaluate(
         _check_nothing_to_score(db, ray, config, options)
     seed = options.get("seed")
     seed = check_seed(config.seed if seed is None and config is not None else (seed or 0))
-    if scores_in is not None:
+    if scores_in is not None and not isinstance(scores_in, ScoreFile):
         check_input_file(scores_in, "a scores file")
     wanted, selection = _selection(n_archs, all_archs, indices, seed)
     if scores_out is not None:
@@ -191,7 +191,8 @@ def evaluate(
         # must not cost the scores.
         check_output_path(scores_out, rows=0 if wanted is None else int(wanted.size))
         data = config.data if config is not None else options.get("data")
-        check_distinct([("scores_out", scores_out)], [("scores_in", scores_in), ("accuracies", accuracies),
+        file_in = None if isinstance(scores_in, ScoreFile) else scores_in
+        check_distinct([("scores_out", scores_out)], [("scores_in", file_in), ("accuracies", accuracies),
                                                       ("data", data)], [("db", db)])
     table = as_table(accuracies)
     if scores_in is not None:
@@ -231,8 +232,10 @@ def _check_nothing_to_score(db, ray, config, options) -> None:
 
 
 def _read(scores_in, method: Optional[str], wanted, selection: str):
-    """Scores of ``wanted`` (or of every row) from a score file, and the method they are of."""
-    sf = read_scores(scores_in, method=method)
+    """Scores of ``wanted`` (or of every row) from a score file (or a loaded ScoreFile: a score table), and the method they are of."""
+    sf = scores_in if isinstance(scores_in, ScoreFile) else read_scores(scores_in, method=method)
+    if method is not None and sf.method is not None and sf.method != method:
+        raise ValueError(f"{sf.source} holds {sf.method} scores, not {method}")
     method = method or sf.method or "jacob_cov"  # an unlabelled file: the default method, as --method says
     left_out = "".join(f", {n} {m} row{'s' if n != 1 else ''} left out" for m, n in sorted(sf.skipped.items()))
     if wanted is None:
