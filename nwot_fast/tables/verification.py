@@ -164,7 +164,7 @@ def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Opti
             truth.append(truth_scorer.score_index(i).score)
             for threads in counts:
                 with precision.threads(threads):
-                    reference[threads] += precision.pure_scores([i], x, dtype=torch.float32, **kwargs)
+                    reference[threads] += precision.reference_scores([i], x, dtype=torch.float32, **kwargs)
             if progress is not None:
                 progress(n, len(indices))
         env = precision.Envelope([str(arch_at(i)) for i in indices], table.method, truth, reference,
