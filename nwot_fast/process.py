@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import sys
 import threading
@@ -97,8 +98,6 @@ def stream_is_closed(stream) -> bool:
     if stream is None:
         return True
     try:
-        import os
-
         os.fstat(stream.fileno())
     except (AttributeError, ValueError, OSError) as e:
         # A stream without a descriptor (a test's capture) is open; a descriptor that is gone is not.

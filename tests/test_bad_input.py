@@ -543,7 +543,6 @@ def test_cuda_requested_but_unavailable(capsys, tmp_path):
 
 import ast  # noqa: E402
 import resource  # noqa: E402
-import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
