@@ -1047,11 +1047,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(args, code: int, message: str) -> int:
     line = f"{PROG}: error: {message}\n"
+    # A name the stream cannot encode (not valid UTF-8, or beyond its encoding) is shown escaped.
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    line = line.encode(encoding, "backslashreplace").decode(encoding, "replace")
     with contextlib.suppress(OSError):  # stderr itself may be what failed
-        try:
-            sys.stderr.write(line)
-        except UnicodeEncodeError:  # a name that is not valid UTF-8 in the message
-            sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
+        sys.stderr.write(line)
     if args is not None and getattr(args, "json", False):
         with contextlib.suppress(OSError):
             _print_json({"error": message, "exit_code": code})

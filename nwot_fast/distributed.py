@@ -324,9 +324,15 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
                 yield ArchScore(index, arch_at(index), score, seconds)
     finally:
         with deferred_signals():  # a second Ctrl-C must not leave the instance running
-            for ref in pending:
-                try:
-                    ray_mod.cancel(ref, force=True)
-                except Exception:  # best effort: the job ends with the driver anyway
-                    pass
+            if not conn.owned:
+                # The caller's Ray session goes on: stop what it would still compute for nothing.
+                # A session of this run ends with it instead, and Ray stops the job's tasks; a
+                # force-cancel racing a task that is finishing can make Ray's core worker fail
+                # its own check ("Tried to complete task that was not pending") and kill the
+                # process (seen on Ray 2.60 when a scan was interrupted).
+                for ref in pending:
+                    try:
+                        ray_mod.cancel(ref)
+                    except Exception:  # best effort: the results are not waited for
+                        pass
             conn.close()

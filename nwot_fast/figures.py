@@ -354,7 +354,8 @@ def check_published_point(point, where: str) -> dict:
     if not (math.isfinite(std) and std >= 0):
         raise ValueError(f"{where}: std must be finite and >= 0, got {std!r}")
     if point.get("kind") is not None and point["kind"] not in PUBLISHED_KINDS:
-        raise ValueError(f"{where}: kind must be one of {', '.join(PUBLISHED_KINDS)}, got {point['kind']!r}")
+        raise ValueError(f"{where}: kind of {point['label']!r} is {point['kind']!r}; kind must be one of "
+                         f"{', '.join(PUBLISHED_KINDS)}")
     return point
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import sys
 import threading
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .errors import Terminated
 from .paths import OutputError
@@ -97,8 +98,6 @@ def stream_is_closed(stream) -> bool:
     if stream is None:
         return True
     try:
-        import os
-
         os.fstat(stream.fileno())
     except (AttributeError, ValueError, OSError) as e:
         # A stream without a descriptor (a test's capture) is open; a descriptor that is gone is not.
@@ -122,14 +121,19 @@ def guarded_streams():
             sys.stderr = saved[1]
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def _current_handlers() -> Optional[Dict[int, object]]:
+    """The Python-level handlers of SIGINT and SIGTERM, or None where they cannot be replaced
+    and put back: outside the main thread, or where one was installed by native code (which
+    Python could not restore)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handlers = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    return None if any(h is None for h in handlers.values()) else handlers
 
 
 def _restore(previous: Dict[int, object]) -> None:
     for sig, handler in previous.items():
-        # None: a handler not set from Python (a native one); the default is the safe stand-in.
-        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -139,22 +143,23 @@ def stop_on_signals(*, keep_ignoring: bool = False):
     previous handlers come back, unless a signal arrived and ``keep_ignoring`` (the command
     line's own process: a second Ctrl-C during the interpreter's exit must not print a
     traceback from an exit handler)."""
-    if not _in_main_thread():  # signal handlers can only be set there
+    previous = _current_handlers()
+    if previous is None:
         yield
         return
     fired: List[int] = []
 
     def handler(signum, frame):
         fired.append(signum)
-        for sig in _SIGNALS:
+        for sig in _SIGNALS:  # from now on the clean-up runs to its end
             signal.signal(sig, signal.SIG_IGN)
         if signum == signal.SIGTERM:
             raise Terminated()
         raise KeyboardInterrupt
 
-    previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     for sig in _SIGNALS:
-        signal.signal(sig, handler)
+        if previous[sig] is not signal.SIG_IGN:  # ignored by the parent (a background job): stays so
+            signal.signal(sig, handler)
     try:
         yield
     finally:
@@ -167,13 +172,14 @@ def deferred_signals():
     """SIGINT and SIGTERM that arrive within the block are delivered when it ends (the first
     one, to the handlers in place before it), so that the block is never cut in two. Later
     signals within the block are dropped."""
-    if not _in_main_thread():
+    previous = _current_handlers()
+    if previous is None:
         yield
         return
     pending: List[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     for sig in _SIGNALS:
-        signal.signal(sig, lambda signum, frame: pending.append(signum))
+        if previous[sig] is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: pending.append(signum))
     try:
         yield
     finally:

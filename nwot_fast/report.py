@@ -17,10 +17,10 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ._common import ACCURACY_KEYS, METHODS, OutputError, accuracy_label, atomic_write, check_output_file
-from .errors import require
-from .paths import check_distinct
 from .accuracies import as_table
+from .errors import require
 from .evaluate import evaluate
+from .paths import check_distinct
 from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
 from .searchtable import search_table
 

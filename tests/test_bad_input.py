@@ -809,6 +809,7 @@ import resource  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 import warnings  # noqa: E402
 
 from conftest import REPO_ROOT, subprocess_env  # noqa: E402
@@ -1103,3 +1104,27 @@ def test_broken_build_cache_falls_back_naming_the_variable(tmp_path, monkeypatch
             _ext._reset_for_tests()
     monkeypatch.undo()
     _ext._reset_for_tests()
+
+
+def test_signals_wait_for_a_block_that_must_not_be_cut():
+    """process.deferred_signals: a SIGINT inside the block is delivered when it ends;
+    stop_on_signals: the first SIGINT stops, a second one during the clean-up is ignored."""
+    from nwot_fast.process import deferred_signals, stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the KeyboardInterrupt cuts this short
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while cleaning up: ignored
+                done.append("clean-up ran to its end")
+    assert done[-1] == "clean-up ran to its end"
+    assert signal.getsignal(signal.SIGINT) is before  # put back after the block
