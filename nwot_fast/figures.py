@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._common import DATASET_LABELS
-from .published import PUBLISHED_BASELINES, PUBLISHED_SEARCH_POINTS
+from .published import PUBLISHED_BASELINES, PUBLISHED_KINDS, PUBLISHED_SEARCH_POINTS, check_published_point, read_published_points  # noqa: F401  (re-exported)
 
 __all__ = [
     "ACCURACY_BINS",
@@ -47,8 +47,6 @@ ACCURACY_BINS: Tuple[Tuple[Optional[float], Optional[float]], ...] = (
     (None, 60.0), (60.0, 70.0), (70.0, 80.0), (80.0, 90.0), (90.0, None),
 )
 
-#: Kinds a published point may have (optional ``kind`` key), each drawn with its own marker.
-PUBLISHED_KINDS = ("training-free", "non-weight-sharing", "weight-sharing")
 
 # marker style and legend entry per kind; None: a published point without a kind
 _KIND_STYLE = {
@@ -291,72 +289,6 @@ def figure5_zoo(results: Sequence, out_prefix) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Figure 6
-
-
-def read_published_points(path) -> List[dict]:
-    """Read published points from a CSV with columns ``label, seconds, accuracy`` and optional
-    ``std`` and ``kind`` (search time in seconds, CIFAR-10 test accuracy in percent, ``kind`` one
-    of :data:`PUBLISHED_KINDS`)."""
-    import csv
-
-    from ._common import check_input_file
-
-    expected = "a CSV with columns label, seconds, accuracy[, std][, kind]"
-    path = check_input_file(path, expected)
-    out = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("label", "seconds", "accuracy") if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {header}); expected {expected}")
-        for n, row in enumerate(reader, start=2):
-            try:
-                point = {"label": row["label"], "seconds": float(row["seconds"]),
-                         "accuracy": float(row["accuracy"]),
-                         "std": float(row["std"]) if row.get("std") not in (None, "") else 0.0}
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"{path} row {n}: expected label, seconds, accuracy[, std][, kind], "
-                                 f"got {row!r}") from None
-            if row.get("kind") not in (None, ""):
-                point["kind"] = row["kind"]
-            out.append(check_published_point(point, f"{path} row {n}"))
-    return out
-
-
-def check_published_point(point, where: str) -> dict:
-    """``point`` when it can be drawn in Figure 6: a dict with a ``label``, ``seconds`` finite
-    and > 0 (the axis is logarithmic), ``accuracy`` a percentage in [0, 100], an optional
-    ``std`` finite and >= 0 and an optional ``kind`` of :data:`PUBLISHED_KINDS`; a ValueError
-    naming ``where`` and the field otherwise. Checked when the points are read, before any
-    figure is drawn."""
-    import math
-
-    if not isinstance(point, dict):
-        raise TypeError(f"{where}: a point must be a dict with label, seconds, accuracy, got {type(point).__name__}")
-    missing = [k for k in ("label", "seconds", "accuracy") if k not in point]
-    if missing:
-        raise ValueError(f"{where}: each point needs label, seconds and accuracy; {point!r} has no {missing[0]!r}")
-
-    def number(key, default=None) -> float:
-        value = point.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
-        return float(value)
-
-    where = f"{where} ({point['label']!r})"
-    seconds, accuracy, std = number("seconds"), number("accuracy"), number("std", 0.0)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), "
-                         f"got {seconds!r}")
-    if not 0 <= accuracy <= 100:
-        raise ValueError(f"{where}: accuracy must be a percentage in [0, 100], got {accuracy!r}")
-    if not (math.isfinite(std) and std >= 0):
-        raise ValueError(f"{where}: std must be finite and >= 0, got {std!r}")
-    if point.get("kind") is not None and point["kind"] not in PUBLISHED_KINDS:
-        raise ValueError(f"{where}: kind of {point['label']!r} is {point['kind']!r}; kind must be one of "
-                         f"{', '.join(PUBLISHED_KINDS)}")
-    return point
 
 
 def _label_groups(points: Sequence[dict]) -> List[List[dict]]:

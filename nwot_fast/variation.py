@@ -38,7 +38,7 @@ def pick_archs(count: int, seed: int = 0, method: str = "hook_logdet") -> List[i
     """The first ``count`` indices of ``numpy.random.default_rng(seed).permutation(15625)``
     whose ``method`` score is computed (not decided by structure: constant-output cells give
     NaN under jacob_cov, cells whose ReLUs see only zeros -inf under hook_logdet)."""
-    from .fast import compile_plan
+    from .plans import compile_plan
     from .nb201 import arch_at
 
     count = check_int(count, "count", 1, NUM_ARCHS)
@@ -82,6 +82,7 @@ class Variation:
         return out
 
     def to_dict(self) -> dict:
+        """The scores per factor and their spread as JSON-ready data."""
         return {"method": self.method, "indices": self.indices, "batch_size": self.batch_size, "repeats": self.repeats,
                 "seed": self.seed, "data": self.data_description,
                 "scores": {f: [[json_float(v) for v in row] for row in self.scores[f]] for f in FACTORS},
@@ -98,7 +99,7 @@ def score_variation(images, *, archs: int = 8, repeats: int = 10, batch_size: in
     ``images``: an :class:`~nwot_fast.data.ImageSet` with at least ``batch_size`` images.
     ``progress(done, total)`` after each score."""
     from .data import BatchSampler, ImageSet
-    from .fast import score_arch
+    from .per_arch import score_arch
     from .nb201 import arch_at
 
     if method not in METHODS:

@@ -110,6 +110,7 @@ class ZooModel:
     seconds: float
 
     def to_dict(self) -> dict:
+        """This model's row as JSON-ready data."""
         return {"model": self.name, "accuracy": self.accuracy, "params": self.params, "score": json_float(self.score),
                 "seconds": round(self.seconds, 3)}
 
@@ -130,11 +131,13 @@ class ZooResult:
     fit_note: str = ""
 
     def skip_lines(self) -> List[str]:
+        """One line per model that was not scored or was left out of the fits, with the reason."""
         return [f"skipped {name}: {why}" for name, why in self.skipped] + \
                [f"left out of the fits {name}: {why}" for name, why in self.excluded] + \
                ([f"no fits: {self.fit_note}"] if self.fit_note else [])
 
     def to_dict(self) -> dict:
+        """Every model, the skips and both fits as JSON-ready data."""
         return {"method": self.method, "batch_size": self.batch_size, "seed": self.seed, "data": self.data_description,
                 "models": [m.to_dict() for m in self.models],
                 "skipped": [{"model": n, "reason": r} for n, r in self.skipped],
@@ -143,6 +146,7 @@ class ZooResult:
                          for k, v in self.fits.items()}}
 
     def format_text(self) -> str:
+        """The models, the skips and the two fits (coefficient of the score and its p-value) as text."""
         lines = [f"{self.method} at initialisation of {len(self.models)} pytorchcv CIFAR-10 models; "
                  f"{self.data_description}",
                  f"{'model':<34} {'accuracy':>8} {'params':>10} {'score':>14} {'seconds':>8}"]

@@ -81,10 +81,12 @@ class ScoreTable:
 
     @property
     def method(self) -> str:
+        """The score method of the table (``jacob_cov`` or ``hook_logdet``), from its provenance."""
         return self.provenance["method"]
 
     @property
     def dtype(self) -> str:
+        """The precision the table was computed in (``float32`` or ``float64``), from its provenance."""
         return self.provenance["dtype"]
 
     @property
@@ -103,6 +105,7 @@ class ScoreTable:
         return float(self.scores[k])
 
     def scores_by_index(self) -> Dict[int, float]:
+        """``{benchmark index: score}`` of every row the table holds."""
         return {int(i): float(s) for i, s in zip(self.indices, self.scores)}
 
     def describe(self) -> str:

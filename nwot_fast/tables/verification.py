@@ -45,6 +45,7 @@ class RowCheck:
     note: str = ""
 
     def to_dict(self) -> dict:
+        """This row as JSON-ready data (NaN and infinities spelled as strings)."""
         from .._common import json_float
 
         return {"arch_index": self.index, "table": json_float(self.table), "truth_float64": json_float(self.truth),
@@ -70,14 +71,17 @@ class Verification:
 
     @property
     def passed(self) -> bool:
+        """Whether every checked row agreed with the table (no problem recorded)."""
         return not self.problems
 
     def to_dict(self) -> dict:
+        """The whole verification as JSON-ready data (what ``tables verify --json`` prints)."""
         return {"table": self.table, "dtype": self.dtype, "method": self.method, "passed": self.passed,
                 "problems": self.problems, "sample_seed": self.sample_seed, "data": self.data,
                 "seconds": round(self.seconds, 3), "summary": self.summary, "rows": [r.to_dict() for r in self.rows]}
 
     def format_text(self) -> str:
+        """One line per checked row and a verdict, as ``tables verify`` prints it."""
         ref = self.dtype == "float32"
         head = f"{'index':>6}  {'table':>22}  {'float64 here':>22}  {'rel. error':>10}" + (
             f"  {'ref. error':>10}" if ref else "") + "  agreement"
