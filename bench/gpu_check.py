@@ -458,7 +458,9 @@ def _timed_scan(args, report, scan, db, data, timeout) -> dict:
         scan["whole_space_seconds"] = round(seconds, 1)
     else:
         scan["measured"] = "failed"
-        scan["error"] = f"exit code {rc}: see {LOGS['timing']}"
+        scan["log_tail"] = log_tail(os.path.join(args.out, LOGS["timing"]), 1500)
+        last = [line for line in scan["log_tail"].splitlines() if line.strip() and not line.startswith("=====")]
+        scan["error"] = f"exit code {rc}: {last[-1].strip() if last else 'no output'} (see {LOGS['timing']})"
     report.write()
     return _scan_scores(db)
 
@@ -530,7 +532,8 @@ def child_backend(args) -> dict:
         device = f"{torch.cuda.get_device_name(0)} (capability {torch.cuda.get_device_capability(0)})"
     else:
         device = f"CPU ({os.cpu_count()} cores)" if args.smoke else "no CUDA device"
-    failures = [] if ok else [f"compiled={info['compiled']} backends={info['backends']}: {info['reason']}"]
+    failures = [] if ok else [f"no {'compiled' if not info['compiled'] else 'CUDA'} backend in nwot_fast._C "
+                              f"(backends: {', '.join(info['backends']) or 'none'}; {info['reason'] or 'built without CUDA'})"]
     return {"ok": ok, "failures": failures, "device": device, "torch": torch.__version__,
             **{k: info[k] for k in ("compiled", "backends", "route", "eigensolver_cuda", "cuda_built_with",
                                     "torch_built_against", "torch_running", "reason")}}
@@ -555,6 +558,8 @@ def child_precision(args) -> dict:
     from nwot_fast import precision as contract
 
     dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        return {"ok": False, "failures": ["no CUDA device (torch.cuda.is_available() is False)"]}
     archs = PRECISION_ARCHS[:1] if args.smoke else PRECISION_ARCHS
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
@@ -665,9 +670,8 @@ def main(argv=None) -> int:
     timing_entry = next((s for s in d["steps"] if s["name"] == "timing"), None)
     figures = ""
     if timing_entry and timing_entry.get("scans"):
-        figures = "; " + ", ".join(
-            f"{s['method']}{' dedup' if s['dedup'] else ''} {s.get('whole_space_seconds') or 'extrapolated ' + str(s.get('extrapolated_whole_space_seconds'))} s"
-            for s in timing_entry["scans"])
+        figures = "; whole space " + ", ".join(f"{s['method']}{' --dedup' if s['dedup'] else ''} {_scan_figure(s)}"
+                                               for s in timing_entry["scans"])
     verdict = "OK" if not failed and code == 0 else (
         f"FAILED {', '.join(failed) or 'interrupted'} ({len(d['failures'])} failing check(s))")
     d["summary"] = (f"gpu_check {verdict}: {len(d['steps'])} step(s) in {time.monotonic() - START:.0f} s"
@@ -675,6 +679,14 @@ def main(argv=None) -> int:
     report.write()
     print(d["summary"], flush=True)
     return code or (0 if d["ok"] else 1)
+
+
+def _scan_figure(scan: dict) -> str:
+    if scan.get("whole_space_seconds") is not None:
+        return f"{scan['whole_space_seconds']} s"
+    if scan.get("extrapolated_whole_space_seconds") is not None:
+        return f"~{scan['extrapolated_whole_space_seconds']} s (extrapolated)"
+    return scan.get("measured", "not measured")
 
 
 def partial_child(name):

@@ -143,6 +143,8 @@ double logdet_one(const T* K, int64_t n, Workspace& ws) {
   const std::vector<int64_t> primes = exact_primes(exact_primes_for_bits(needed));
   const int64_t count = static_cast<int64_t>(primes.size());
   status = exact::exact_det(K, n, ws.shifts.data(), needed, primes.data(), count, ws.work.data(), nullptr, nullptr);
+  TORCH_CHECK(status != exact::kUndecided, "logdet_score: internal error, a prime table of ", count,
+              " primes for ", needed, " bits");
   if (status == exact::kSingular) return -std::numeric_limits<double>::infinity();
   std::copy(K, K + n * n, ws.lu.begin());
   if (lu_factor<Arith>(ws.lu.data(), n)) {
@@ -154,7 +156,7 @@ double logdet_one(const T* K, int64_t n, Workspace& ws) {
   status = exact::exact_det(K, n, ws.shifts.data(), needed, primes.data(), count, ws.work.data(), ws.digits.data(),
                             &logdet);
   TORCH_CHECK(status == exact::kNonsingular, "logdet_score: internal error, exact status ", status,
-              " with a prime table sized for ", needed, " bits");
+              " for a matrix proven nonsingular");
   return logdet;
 }
 
