@@ -56,6 +56,15 @@ bool avx512_popcount() {
 #endif
 }
 
+bool has_popcnt() {
+#if NWOT_X86_VARIANTS
+  static const bool yes = __builtin_cpu_supports("popcnt");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512:

@@ -42,6 +42,10 @@ const char* isa_name(Isa isa);
 // Zen 4), for the popcounts of the Hamming kernel. False unless kernel_isa() is Avx512.
 bool avx512_popcount();
 
+// Whether the CPU has POPCNT (the baseline variant's Hamming kernel uses it when it does; the
+// x86-64 baseline does not promise it, every AVX2 CPU has it).
+bool has_popcnt();
+
 // The variants compiled into this build, best last ("default" or "default,avx2,avx512").
 std::string compiled_isas();
 
