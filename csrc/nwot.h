@@ -64,7 +64,9 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& x, int
 at::Tensor batch_norm_train_backward_cpu(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& invstd);
 
 // build_info() -> "key=value;..." with torch (version built against), cuda (version or
-// "none"), cusolver, backends ("cpu" or "cpu,cuda") and eigensolver; read by nwot_fast/_ext.py.
+// "none"), cusolver, backends ("cpu" or "cpu,cuda"), eigensolver, openmp, cpu_kernels (the CPU
+// kernel variant in use: default, avx2 or avx512) and cpu_kernels_built; read by
+// nwot_fast/_ext.py.
 std::string build_info();
 
 #ifdef WITH_CUDA

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "cpu/cpu_isa.h"
 #include "nwot.h"
 
 #define NWOT_STR2(x) #x
@@ -34,6 +35,8 @@ std::string build_info() {
 #else
       "no";
 #endif
+  // The CPU kernel variant in use (cpu/cpu_isa.h) and the variants built.
+  s << ";cpu_kernels=" << cpu::isa_name(cpu::kernel_isa()) << ";cpu_kernels_built=" << cpu::compiled_isas();
   return s.str();
 }
 

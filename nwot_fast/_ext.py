@@ -221,6 +221,8 @@ def _blank_state(torch_version: str) -> dict:
         "torch_running": torch_version,
         "cuda_built_with": None,
         "eigensolver_cuda": None,
+        "cpu_kernels": None,
+        "cpu_kernels_built": None,
         "library": None,
         "build_dir": None,
         "build_seconds": None,
@@ -255,6 +257,8 @@ def _load(allow_build: bool = True) -> Optional[dict]:
         state["torch_built_against"] = info.get("torch")
         state["cuda_built_with"] = None if info.get("cuda", "none") == "none" else info.get("cuda")
         state["eigensolver_cuda"] = info.get("eigensolver")
+        state["cpu_kernels"] = info.get("cpu_kernels")
+        state["cpu_kernels_built"] = info.get("cpu_kernels_built")
     if info is not None and reason is None:
         state.update(compiled=True, route=route, library=_loaded["library"], build_dir=_loaded["build_dir"])
         state["backends"] = [b for b in info.get("backends", "").split(",") if b]
@@ -298,6 +302,9 @@ def backend_info(build: bool = True) -> dict:
     ``library`` (the loaded shared library), ``build_dir`` (where the build lives),
     ``build_seconds`` (compile time when this process compiled it, else None),
     ``torch_built_against``, ``torch_running``, ``cuda_built_with``, ``eigensolver_cuda``,
+    ``cpu_kernels`` (the variant of the CPU kernels in use: ``"default"``, ``"avx2"`` or
+    ``"avx512"``, from ATen's CPU capability, lowered by ``ATEN_CPU_CAPABILITY``),
+    ``cpu_kernels_built`` (the variants compiled, e.g. ``"default,avx2,avx512"``),
     ``reason`` (why the compiled operators are not used, else None).
     """
     state = _get(allow_build=build)

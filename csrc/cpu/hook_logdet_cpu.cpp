@@ -1,7 +1,8 @@
 // hook_logdet on the CPU: the Hamming-agreement kernel K by popcount (exact integers), its
 // singularity decided exactly (exact_det.h) and log|det K| by LU with partial pivoting in
 // float64 (exactly where that LU's error bound fails), separately or fused. Also the host
-// half of exact_det.h (primes, decision).
+// half of exact_det.h (primes, decision). K's popcount loops (hamming_kernels.h) are built for
+// the baseline, AVX2 and AVX-512 and chosen at run time (cpu_isa.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -10,59 +11,25 @@
 #include <cstring>
 #include <mutex>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "../exact_det.h"
 #include "../nwot.h"
 
+#define NWOT_VARIANT_HEADER "hamming_kernels.h"
+#include "cpu_variants.h"
+
 namespace nwot_fast {
 namespace {
 
-// Words per tile: B rows x kTileWords x 8 bytes stays in L2 for B <= 256, so each row tile
-// is read from memory once per block of i rows instead of once per (i, j) pair.
-constexpr int64_t kTileWords = 256;
-constexpr int64_t kRowBlock = 16;
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define NWOT_POPCNT_TARGET __attribute__((target("popcnt")))
-#else
-#define NWOT_POPCNT_TARGET
-#endif
-
-// Adds sum_w m[w] * popcount(c_i[w] ^ c_j[w]) for i in [i0, i1), j in [i, B) over all words
-// into disagree[(i - i0) * B + j].
-NWOT_POPCNT_TARGET void disagreements(const int64_t* codes, const int64_t* mult, int64_t B, int64_t W, int64_t i0,
-                                      int64_t i1, int64_t* disagree) {
-  for (int64_t w0 = 0; w0 < W; w0 += kTileWords) {
-    const int64_t w1 = std::min(W, w0 + kTileWords);
-    for (int64_t i = i0; i < i1; ++i) {
-      const uint64_t* ci = reinterpret_cast<const uint64_t*>(codes + i * W);
-      int64_t* acc = disagree + (i - i0) * B;
-      for (int64_t j = i; j < B; ++j) {
-        const uint64_t* cj = reinterpret_cast<const uint64_t*>(codes + j * W);
-        int64_t sum = 0;
-        for (int64_t w = w0; w < w1; ++w) sum += mult[w] * __builtin_popcountll(ci[w] ^ cj[w]);
-        acc[j] += sum;
-      }
-    }
-  }
-}
-
-// K for one architecture into the row-major [B, B] buffer K (int64_t or double).
+// K for one architecture into the row-major [B, B] buffer K (int64_t or double), by the CPU
+// kernel variant in use (hamming_kernels.h).
 template <typename out_t>
 void agreement_kernel(const int64_t* codes, const int64_t* mult, int64_t units, int64_t B, int64_t W,
                       std::vector<int64_t>& scratch, out_t* K) {
-  for (int64_t i0 = 0; i0 < B; i0 += kRowBlock) {
-    const int64_t i1 = std::min(B, i0 + kRowBlock);
-    scratch.assign(static_cast<size_t>((i1 - i0) * B), 0);
-    disagreements(codes, mult, B, W, i0, i1, scratch.data());
-    for (int64_t i = i0; i < i1; ++i) {
-      for (int64_t j = i; j < B; ++j) {
-        const out_t v = static_cast<out_t>(units - scratch[(i - i0) * B + j]);
-        K[i * B + j] = v;
-        K[j * B + i] = v;
-      }
-    }
-  }
+  NWOT_CPU_DISPATCH(agreement_kernel<out_t>)(codes, mult, units, B, W, scratch, K);
 }
 
 // Each product rounded on its own before the add: the CPU build's arithmetic. GCC contracts

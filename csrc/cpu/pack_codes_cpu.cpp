@@ -1,8 +1,19 @@
-// pack_codes on the CPU: (x > 0) packed 64 units per int64 word, one sample row per task.
+// pack_codes on the CPU: (x > 0) packed 64 units per int64 word, one sample row per task. The
+// loop (pack_codes_kernels.h) is built for the baseline, AVX2 and AVX-512 and chosen at run
+// time (cpu_isa.h); the bits do not depend on the variant.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../nwot.h"
+
+#define NWOT_VARIANT_HEADER "pack_codes_kernels.h"
+#include "cpu_variants.h"
 
 namespace nwot_fast {
 
@@ -18,21 +29,7 @@ at::Tensor pack_codes_cpu(const at::Tensor& x_in) {
   int64_t* out = codes.data_ptr<int64_t>();
 
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, x.scalar_type(), "pack_codes_cpu", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* row = xp + b * units;
-        for (int64_t w = 0; w < W; ++w) {
-          const int64_t first = 64 * w;
-          const int64_t count = std::min<int64_t>(64, units - first);
-          uint64_t word = 0;
-          for (int64_t k = 0; k < count; ++k) {
-            word |= static_cast<uint64_t>(static_cast<double>(row[first + k]) > 0.0) << k;
-          }
-          out[b * W + w] = static_cast<int64_t>(word);
-        }
-      }
-    });
+    NWOT_CPU_DISPATCH(pack_rows<scalar_t>)(x.const_data_ptr<scalar_t>(), B, units, W, out);
   });
   return codes;
 }

@@ -1,0 +1,276 @@
+// The loops of batch_norm_cpu.cpp, compiled once per CPU kernel variant (cpu_variants.h): no
+// include guard, included inside a variant namespace after the library headers.
+//
+// A batch is a [rows = N*H*W, channels] matrix (channels-last); every loop runs along the
+// contiguous channels, so vectors of any width hold independent channels and each channel's
+// values are added in the same order on every variant.
+
+// Rows per statistics block: about 16k values, at least one row.
+inline int64_t block_rows(int64_t channels) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(channels, 1)); }
+
+// Calls f(width) with the width as a compile-time constant for NB201's channel counts (the
+// loops along the channels are then unrolled into whole vectors; a run-time trip count of 16
+// costs more in loop set-up than in arithmetic), else as an int64_t.
+template <typename F>
+void with_width(int64_t width, F f) {
+  switch (width) {
+    case 16: return f(std::integral_constant<int64_t, 16>{});
+    case 32: return f(std::integral_constant<int64_t, 32>{});
+    case 48: return f(std::integral_constant<int64_t, 48>{});
+    case 64: return f(std::integral_constant<int64_t, 64>{});
+    case 96: return f(std::integral_constant<int64_t, 96>{});
+    case 128: return f(std::integral_constant<int64_t, 128>{});
+    case 192: return f(std::integral_constant<int64_t, 192>{});
+    default: return f(width);
+  }
+}
+
+// Rows summed in scalar_t before a float64 add: short enough that the scalar_t sums keep
+// float32 close to float64 (a few ulps), long enough that the float64 adds cost nothing.
+constexpr int64_t kInnerRows = 32;
+
+// Per-channel sums over the rows of a [rows, width] matrix: rowfn(r, acc) adds row r into a
+// scalar_t accumulator; every kInnerRows rows it is added into float64, per block of rows, and
+// the blocks are combined in block order (the result depends on the shape only, not on the
+// thread count).
+template <typename scalar_t, typename RowFn>
+std::vector<double> column_sums(int64_t rows, int64_t width, RowFn rowfn) {
+  const int64_t per = block_rows(width);
+  const int64_t blocks = (rows + per - 1) / per;
+  std::vector<double> partial(blocks * width, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> inner(width);
+    for (int64_t b = b0; b < b1; ++b) {
+      double* acc = partial.data() + b * width;
+      const int64_t r1 = std::min(rows, (b + 1) * per);
+      for (int64_t r = b * per; r < r1; r += kInnerRows) {
+        std::fill(inner.begin(), inner.end(), scalar_t(0));
+        const int64_t r2 = std::min(r1, r + kInnerRows);
+        for (int64_t q = r; q < r2; ++q) rowfn(q, inner.data());
+        for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<double>(inner[c]);
+      }
+    }
+  });
+  std::vector<double> total(width, 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t c = 0; c < width; ++c) total[c] += partial[b * width + c];
+  return total;
+}
+
+// One register of scalar_t lanes, one channel each (16 bytes in the baseline, 32 for AVX2, 64
+// for AVX-512): each lane is computed as the scalar code would. Written out because GCC's own
+// vectoriser, given the unrolled channel loops below, vectorised across the parts instead
+// (scalar loads and shuffles: the AVX2 build's backward ran 2x slower than the baseline's);
+// and one register wide, not wider, because a vector type wider than the target's registers
+// lives in memory.
+constexpr int64_t kLaneBytes = NWOT_VARIANT_ISA == 2 ? 64 : NWOT_VARIANT_ISA == 1 ? 32 : 16;
+template <typename T>
+struct Lanes {
+  typedef T vec __attribute__((vector_size(kLaneBytes)));
+  static constexpr int64_t n = kLaneBytes / static_cast<int64_t>(sizeof(T));
+};
+#define NWOT_LOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(v))
+#define NWOT_STORE(p, v) __builtin_memcpy((p), &(v), sizeof(v))
+
+// Whether a width goes the lane-block way: a compile-time width (with_width) that is a whole
+// number of lane blocks.
+template <typename scalar_t, typename Width>
+constexpr bool lane_width() {
+  if constexpr (std::is_integral_v<Width>) {
+    return false;
+  } else {
+    return Width::value % Lanes<scalar_t>::n == 0;
+  }
+}
+
+// column_sums for a width of NV lane blocks, blocks of `per` rows: rowfn(r, inner) adds row r
+// into the NV lane blocks inner[]; the same additions in the same order as column_sums.
+template <typename scalar_t, int64_t NV, typename RowFn>
+std::vector<double> column_sums_lanes(int64_t rows, int64_t per, RowFn rowfn) {
+  using V = typename Lanes<scalar_t>::vec;
+  constexpr int64_t width = NV * Lanes<scalar_t>::n;
+  const int64_t blocks = (rows + per - 1) / per;
+  std::vector<double> partial(blocks * width, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double* acc = partial.data() + b * width;
+      const int64_t r1 = std::min(rows, (b + 1) * per);
+      for (int64_t r = b * per; r < r1; r += kInnerRows) {
+        V inner[NV];
+        for (int64_t j = 0; j < NV; ++j) inner[j] = V{};
+        const int64_t r2 = std::min(r1, r + kInnerRows);
+        for (int64_t q = r; q < r2; ++q) rowfn(q, inner);
+        alignas(kLaneBytes) scalar_t flat[width];
+        __builtin_memcpy(flat, inner, sizeof(flat));
+        for (int64_t c = 0; c < width; ++c) acc[c] += static_cast<double>(flat[c]);
+      }
+    }
+  });
+  std::vector<double> total(width, 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t c = 0; c < width; ++c) total[c] += partial[b * width + c];
+  return total;
+}
+
+// Forward: x [rows, PC] (PC = parts * C) -> y [parts][rows, C], invstd [PC].
+template <typename scalar_t>
+void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t parts, double eps, scalar_t* yp,
+                        double* inv) {
+  using V = typename Lanes<scalar_t>::vec;
+  constexpr int64_t L = Lanes<scalar_t>::n;
+  const int64_t C = PC / parts;
+  std::vector<scalar_t> shift(PC), scale(PC);
+  // Mean, then the biased variance about it (two passes: no cancellation).
+  with_width(PC, [&](auto width) {
+    std::vector<double> mean, var;
+    if constexpr (lane_width<scalar_t, decltype(width)>()) {
+      constexpr int64_t NV = decltype(width)::value / L;
+      const int64_t per = block_rows(PC);
+      mean = column_sums_lanes<scalar_t, NV>(rows, per, [&](int64_t r, V* inner) {
+        const scalar_t* row = xp + r * PC;
+        for (int64_t j = 0; j < NV; ++j) {
+          V v;
+          NWOT_LOAD(v, row + j * L);
+          inner[j] += v;
+        }
+      });
+      for (int64_t c = 0; c < PC; ++c) shift[c] = static_cast<scalar_t>(mean[c] / static_cast<double>(rows));
+      V sh[NV];
+      for (int64_t j = 0; j < NV; ++j) NWOT_LOAD(sh[j], shift.data() + j * L);
+      var = column_sums_lanes<scalar_t, NV>(rows, per, [&](int64_t r, V* inner) {
+        const scalar_t* row = xp + r * PC;
+        for (int64_t j = 0; j < NV; ++j) {
+          V v;
+          NWOT_LOAD(v, row + j * L);
+          const V d = v - sh[j];
+          inner[j] += d * d;
+        }
+      });
+    } else {
+      mean = column_sums<scalar_t>(rows, PC, [&](int64_t r, scalar_t* __restrict__ acc) {
+        const scalar_t* __restrict__ row = xp + r * PC;
+        for (int64_t c = 0; c < width; ++c) acc[c] += row[c];
+      });
+      for (int64_t c = 0; c < PC; ++c) shift[c] = static_cast<scalar_t>(mean[c] / static_cast<double>(rows));
+      const scalar_t* __restrict__ sh = shift.data();
+      var = column_sums<scalar_t>(rows, PC, [&](int64_t r, scalar_t* __restrict__ acc) {
+        const scalar_t* __restrict__ row = xp + r * PC;
+        for (int64_t c = 0; c < width; ++c) {
+          const scalar_t d = row[c] - sh[c];
+          acc[c] += d * d;
+        }
+      });
+    }
+    for (int64_t c = 0; c < PC; ++c) {
+      inv[c] = 1.0 / std::sqrt(var[c] / static_cast<double>(rows) + eps);
+      scale[c] = static_cast<scalar_t>(inv[c]);
+    }
+  });
+  with_width(C, [&](auto width) {
+    at::parallel_for(0, rows, block_rows(PC), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t p = 0; p < parts; ++p) {
+          const scalar_t* __restrict__ s = shift.data() + p * C;
+          const scalar_t* __restrict__ k = scale.data() + p * C;
+          const scalar_t* __restrict__ row = xp + r * PC + p * C;
+          scalar_t* __restrict__ o = yp + (p * rows + r) * C;
+          if constexpr (lane_width<scalar_t, decltype(width)>()) {
+            for (int64_t j = 0; j < decltype(width)::value; j += L) {
+              V v, sv, kv;
+              NWOT_LOAD(v, row + j);
+              NWOT_LOAD(sv, s + j);
+              NWOT_LOAD(kv, k + j);
+              const V out = (v - sv) * kv;
+              NWOT_STORE(o + j, out);
+            }
+          } else {
+            for (int64_t c = 0; c < width; ++c) o[c] = (row[c] - s[c]) * k[c];
+          }
+        }
+      }
+    });
+  });
+}
+
+// Backward: grad, y [P][rows, C], invstd [P C] -> grad_x [rows, P C]:
+// invstd * (grad - mean(grad) - y * mean(grad * y)) per channel.
+template <typename scalar_t>
+void batch_norm_backward(const scalar_t* gp, const scalar_t* ypp, const double* inv, int64_t rows, int64_t P,
+                         int64_t C, scalar_t* out) {
+  using V = typename Lanes<scalar_t>::vec;
+  constexpr int64_t L = Lanes<scalar_t>::n;
+  const int64_t PC = P * C;
+  std::vector<scalar_t> mg(PC), mgy(PC), k(PC);
+  with_width(C, [&](auto width) {
+    // sum(g) and sum(g * y) per channel: columns (part, g or g*y, channel).
+    std::vector<double> sums;
+    if constexpr (lane_width<scalar_t, decltype(width)>()) {
+      // Each part is a dense [rows, C] matrix: summed on its own, in the row blocks of the
+      // all-parts sum below (the same additions per channel).
+      constexpr int64_t NV = decltype(width)::value / L;
+      sums.resize(2 * PC);
+      for (int64_t p = 0; p < P; ++p) {
+        std::vector<double> part = column_sums_lanes<scalar_t, 2 * NV>(rows, block_rows(2 * PC), [&](int64_t r, V* inner) {
+          const scalar_t* gr = gp + (p * rows + r) * C;
+          const scalar_t* yr = ypp + (p * rows + r) * C;
+          for (int64_t j = 0; j < NV; ++j) {
+            V g, y;
+            NWOT_LOAD(g, gr + j * L);
+            NWOT_LOAD(y, yr + j * L);
+            inner[j] += g;
+            inner[NV + j] += g * y;
+          }
+        });
+        std::copy(part.begin(), part.end(), sums.begin() + 2 * p * C);
+      }
+    } else {
+      sums = column_sums<scalar_t>(rows, 2 * PC, [&](int64_t r, scalar_t* __restrict__ acc) {
+        for (int64_t p = 0; p < P; ++p) {
+          const scalar_t* __restrict__ gr = gp + (p * rows + r) * C;
+          const scalar_t* __restrict__ yr = ypp + (p * rows + r) * C;
+          scalar_t* __restrict__ a = acc + 2 * p * C;
+          for (int64_t c = 0; c < width; ++c) {
+            a[c] += gr[c];
+            a[width + c] += gr[c] * yr[c];
+          }
+        }
+      });
+    }
+    for (int64_t p = 0; p < P; ++p) {
+      for (int64_t c = 0; c < C; ++c) {
+        mg[p * C + c] = static_cast<scalar_t>(sums[2 * p * C + c] / static_cast<double>(rows));
+        mgy[p * C + c] = static_cast<scalar_t>(sums[2 * p * C + C + c] / static_cast<double>(rows));
+        k[p * C + c] = static_cast<scalar_t>(inv[p * C + c]);
+      }
+    }
+    at::parallel_for(0, rows, block_rows(PC), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t p = 0; p < P; ++p) {
+          const scalar_t* __restrict__ a = mg.data() + p * C;
+          const scalar_t* __restrict__ b = mgy.data() + p * C;
+          const scalar_t* __restrict__ s = k.data() + p * C;
+          const scalar_t* __restrict__ gr = gp + (p * rows + r) * C;
+          const scalar_t* __restrict__ yr = ypp + (p * rows + r) * C;
+          scalar_t* __restrict__ o = out + r * PC + p * C;
+          if constexpr (lane_width<scalar_t, decltype(width)>()) {
+            for (int64_t j = 0; j < decltype(width)::value; j += L) {
+              V g, y, av, bv, sv;
+              NWOT_LOAD(g, gr + j);
+              NWOT_LOAD(y, yr + j);
+              NWOT_LOAD(av, a + j);
+              NWOT_LOAD(bv, b + j);
+              NWOT_LOAD(sv, s + j);
+              const V v = (g - av - y * bv) * sv;
+              NWOT_STORE(o + j, v);
+            }
+          } else {
+            for (int64_t c = 0; c < width; ++c) o[c] = (gr[c] - a[c] - yr[c] * b[c]) * s[c];
+          }
+        }
+      }
+    });
+  });
+}
+
+#undef NWOT_LOAD
+#undef NWOT_STORE

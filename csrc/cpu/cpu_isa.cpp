@@ -1,0 +1,82 @@
+// The CPU kernel variant of this process (cpu_isa.h): ATen's capability, never above what the
+// CPU reports for the instruction sets a variant was compiled with.
+#include <ATen/Version.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cpu_isa.h"
+
+namespace nwot_fast {
+namespace cpu {
+namespace {
+
+// The best variant whose instruction sets the CPU (and the OS, for the AVX-512 state) supports.
+Isa best_supported() {
+#if NWOT_X86_VARIANTS
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  if (avx512) return Isa::Avx512;
+  if (avx2) return Isa::Avx2;
+#endif
+  return Isa::Default;
+}
+
+// ATen's choice for its own kernels: the best the CPU supports, or what ATEN_CPU_CAPABILITY
+// says (read once by ATen; an invalid value is ignored with a warning). ATen takes a valid
+// value at its word, even one above what the CPU can run: hence the minimum with
+// best_supported() below.
+Isa aten_capability() {
+  const std::string capability = at::get_cpu_capability();  // "DEFAULT", "AVX2", "AVX512", ...
+  if (capability == "AVX512") return Isa::Avx512;
+  if (capability == "AVX2") return Isa::Avx2;
+  return Isa::Default;
+}
+
+Isa decide() {
+  const Isa isa = std::min(aten_capability(), best_supported());
+  return NWOT_X86_VARIANTS ? isa : Isa::Default;
+}
+
+}  // namespace
+
+Isa kernel_isa() {
+  static const Isa isa = decide();
+  return isa;
+}
+
+bool avx512_popcount() {
+#if NWOT_X86_VARIANTS
+  static const bool yes = kernel_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512vpopcntdq");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool has_popcnt() {
+#if NWOT_X86_VARIANTS
+  static const bool yes = __builtin_cpu_supports("popcnt");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    default:
+      return "default";
+  }
+}
+
+std::string compiled_isas() { return NWOT_X86_VARIANTS ? "default,avx2,avx512" : "default"; }
+
+}  // namespace cpu
+}  // namespace nwot_fast
