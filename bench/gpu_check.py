@@ -37,8 +37,9 @@ Report, in DIR (at most 8 files, none deeper than DIR/logs):
                     the output of every subprocess.
 
 Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data beside the checkout if present,
-else Gaussian inputs (the report says which). Exit code 0 when every step passed, 1 otherwise;
-the last line printed is the summary.
+else Gaussian inputs (the report says which). Exit code 0 when every step passed, 1 otherwise,
+143 on SIGTERM (the running subprocess killed, the report written); the last line printed is
+the summary.
 """
 
 from __future__ import annotations
