@@ -79,10 +79,20 @@ def check_owner(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool
     """Whether the file is a new, empty one (``allow_new``: it may become a scan database);
     a scan database of this layout returns False; anything else is a ValueError that names
     what the file holds. Reads only the header and the schema."""
-    app = int(conn.execute("PRAGMA application_id").fetchone()[0])
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    objects = conn.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+    # One read transaction: the header and the schema from one snapshot. Read statement by
+    # statement, a scan creating the file in another process could commit in between (header 0,
+    # then its table), and the file would look like another program's.
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        app = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        objects = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+    finally:
+        if own:
+            conn.execute("COMMIT")
     if app == APPLICATION_ID:
         if version != SCHEMA_VERSION:
             raise ValueError(
