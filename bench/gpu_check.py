@@ -454,9 +454,11 @@ def _timed_scan(args, report, scan, db, data, timeout) -> dict:
             scan["extrapolated_whole_space_seconds"] = round(first["seconds"] + (args.space - first["covered"]) / rate, 1)
         scan["measured"] = (f"SAMPLE ONLY: stopped after {seconds:.0f} s (its share of the time) with {scored} "
                             f"archs scored, indices in order from 0; whole space extrapolated")
-    elif rc == 0:
+    elif rc == 0 and (args.smoke or args.space == SPACE):  # the smoke's few archs stand for the space
         scan["measured"] = "whole space"
         scan["whole_space_seconds"] = round(seconds, 1)
+    elif rc == 0:
+        scan["measured"] = f"first {args.space} archs only (--space {args.space}); not the whole space"
     else:
         scan["measured"] = "failed"
         scan["log_tail"] = log_tail(os.path.join(args.out, LOGS["timing"]), 1500)
@@ -617,6 +619,8 @@ def parse_args(argv):
     p.add_argument("--time-budget", type=float, default=None,
                    help="at most this many seconds for the timing scans (default: what the deadline leaves)")
     p.add_argument("--gaussian", action="store_true", help="Gaussian inputs even if the CIFAR-10 sample exists")
+    p.add_argument("--space", type=int, default=None,
+                   help=f"time the scans over the first N archs (1..{SPACE}; default {SPACE}; --smoke 6)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.out:
@@ -626,7 +630,10 @@ def parse_args(argv):
     args.device = "cpu" if args.smoke else "cuda"
     args.deadline = args.deadline if args.deadline is not None else (900.0 if args.smoke else 420.0)
     args.batch = 8 if args.smoke else 128
-    args.space = 6 if args.smoke else SPACE  # smoke: the first 6 archs stand for the space
+    if args.space is not None and not 1 <= args.space <= SPACE:
+        p.error(f"--space: {args.space} is not an arch count in 1..{SPACE}")
+    if args.space is None:
+        args.space = 6 if args.smoke else SPACE  # smoke: the first 6 archs stand for the space
     args.poll = 1.0 if args.smoke else 10.0
     if args.smoke:
         args.gaussian = True

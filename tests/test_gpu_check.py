@@ -81,8 +81,11 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
     """SIGKILL to the whole run once the timing step has written a timed sample: the report on
-    disk is strict JSON that says which step was running and holds the samples taken."""
-    proc = subprocess.Popen([sys.executable, SCRIPT, "--smoke", "--steps", "timing", "--out", str(tmp_path)],
+    disk is strict JSON that says which step was running and holds the samples taken. The scan
+    covers 3000 archs so that it is still running at its first sample on any machine (6 archs, the
+    smoke's default, end within one 1 s poll on a fast one)."""
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--smoke", "--steps", "timing", "--space", "3000",
+                             "--out", str(tmp_path)],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     path = tmp_path / "gpu_check.json"
     try:
@@ -97,7 +100,10 @@ def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
                 break
         assert proc.poll() is None, "the smoke ended before a timed sample was seen"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and the scan it started
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and the scan it started
+        except ProcessLookupError:
+            pass  # it already ended: the assertion above says so
         proc.wait()
     report = strict_json(path)
     assert report["running"] == "timing" and not report["ok"]
@@ -189,3 +195,14 @@ def test_budget_leaves_time_to_every_later_step(tmp_path):
     later = sum(gc.RESERVE[s] for s in ("backend", "tests", "precision", "timing"))
     assert 300 - later - 5 < report.timeout_for("build", 1000) <= 300 - later
     assert report.timeout_for("build", 20) == 20
+
+
+def test_space_sets_the_timed_archs_and_refuses_counts_outside_the_space(tmp_path, capsys):
+    gc = load_gpu_check()
+    assert gc.parse_args(["--out", str(tmp_path)]).space == gc.SPACE
+    assert gc.parse_args(["--out", str(tmp_path), "--smoke"]).space == 6
+    assert gc.parse_args(["--out", str(tmp_path), "--smoke", "--space", "3000"]).space == 3000
+    for bad in ("0", "15626"):
+        with pytest.raises(SystemExit):
+            gc.parse_args(["--out", str(tmp_path), "--space", bad])
+        assert f"--space: {bad} is not an arch count in 1..15625" in capsys.readouterr().err
