@@ -17,6 +17,8 @@ _LAZY = {
     "search": "nwot_fast.search",
     "SearchResult": "nwot_fast.search",
     "evaluate": "nwot_fast.evaluate",
+    "Scorer": "nwot_fast.scorer",
+    "ScoreConfig": "nwot_fast.config",
     "backend_info": "nwot_fast._ext",
 }
 _SUBMODULES = ("nb201", "reference", "ops", "data", "accuracies")

@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
+from ._common import DTYPES, ENGINES, LAYOUTS, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 
 PROG = "nwot-fast"
@@ -301,6 +301,10 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
                    help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
     g.add_argument("--engine", default="fast", choices=ENGINES,
                    help="fast (default: execution plans, compiled operators) or reference (the pure-PyTorch oracle)")
+    g.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="how the fast engine lays out its work: auto (default: on CUDA a chunk of architectures "
+                        "per network pass; on the CPU one plan per architecture above batch 2), per-arch, or a "
+                        "many-architecture layout by name")
     g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
                    help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "
                         "or only nn.ReLU (exact)")
@@ -320,7 +324,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
 
 def _config_from(args):
     """The ScoreConfig of the scoring options (validated: a typo in --dataset is an error)."""
-    from .scoring import config_from_namespace
+    from .config import config_from_namespace
 
     return config_from_namespace(args)
 
@@ -363,16 +367,16 @@ def parse_arch_argument(text: str):
 
 
 def cmd_score(args) -> int:
-    from .scoring import ArchScorer
+    from .scorer import Scorer
 
     targets = [parse_arch_argument(a) for a in args.archs]
     config = _config_from(args)
     _check_device(args)
-    scorer = ArchScorer(config)
+    scorer = Scorer(config)
     results = []
     with _progress(args, len(targets), "scoring") as bar:
-        for n, (index, _) in enumerate(targets, start=1):
-            results.append(scorer.score_index(index))
+        for n, result in enumerate(scorer.score_many(index for index, _ in targets), start=1):
+            results.append(result)
             bar(n)
     data = scorer.describe_data()
     if args.json:

@@ -158,7 +158,7 @@ def evaluate(
     How they are scored: ``config`` or its fields as keyword options (``method``, ``data``,
     ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``, ``seed`` (also the seed of the
     sample), ``relu_match``, ``engine``, ``device``, ``dtype``; see
-    :func:`nwot_fast.scoring.score_config`); ``db`` makes the scoring a durable, resumable scan
+    :func:`nwot_fast.config.score_config`); ``db`` makes the scoring a durable, resumable scan
     (:func:`nwot_fast.scan.scan`). ``scores_in`` reads the scores of an earlier run instead of
     scoring (with a selection given, those indices are taken from the file; only ``method`` and
     ``seed`` of the options are used). ``scores_out`` writes the per-architecture scores
@@ -233,7 +233,7 @@ def _read(scores_in, method: str, wanted, selection: str):
 def _score(wanted, db, progress, config, options, ray=None):
     """Scores of ``wanted`` from a scan under the configuration of the call."""
     from .scan import scan
-    from .scoring import score_config
+    from .config import score_config
 
     cfg = score_config(config, **options)
     result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress, ray=ray)

@@ -70,7 +70,8 @@ def _tensor(t, name: str) -> None:
 
 
 def _device(t: torch.Tensor, name: str) -> None:
-    if t.device.type not in ("cpu", "cuda"):
+    # meta: shapes only (bench/gpu_cost.py runs the engine there to count a GPU's work).
+    if t.device.type not in ("cpu", "cuda", "meta"):
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {t.device}")
 
 
@@ -389,7 +390,10 @@ _fakes_registered = False
 
 def _compiled(device_type: str) -> bool:
     """Whether the compiled operators serve ``device_type`` (registering their fake kernels
-    the first time they do)."""
+    the first time they do). Meta tensors get the fake kernels (shapes and dtypes, no values)
+    whenever the library is loaded: the fallbacks need values."""
+    if device_type == "meta":
+        device_type = "cpu"
     if not _ext.available(device_type):
         return False
     _register_fakes()

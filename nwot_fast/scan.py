@@ -1,7 +1,7 @@
 """Durable, resumable scans of NB201 architectures into an SQLite database.
 
 ``scan(indices, ...)`` scores a range or list of benchmark indices under one
-:class:`~nwot_fast.scoring.ScoreConfig` and writes every result to the ``scores`` table of an
+:class:`~nwot_fast.config.ScoreConfig` and writes every result to the ``scores`` table of an
 SQLite database (:mod:`nwot_fast.store`) as soon as it is computed (one committed transaction
 per architecture), so a killed scan loses at most the architecture in flight. Running the same
 scan again resumes: it reads what the database already holds for this configuration (rows are
@@ -31,7 +31,8 @@ from ._common import NUM_ARCHS, __version__, check_index, json_float
 from .nb201 import arch_at, representative_index
 from .scorefile import SCORE_FORMATS as OUTPUT_FORMATS
 from .scorefile import check_output_path, score_to_text, write_scores
-from .scoring import ArchScorer, ScoreConfig, score_config
+from .config import ScoreConfig, score_config
+from .scorer import Scorer
 from .store import ScanDatabaseError, ScoreDB, StoredScore, load_scores
 
 __all__ = [
@@ -273,8 +274,8 @@ def scan(
 
     The scoring configuration: ``config`` (a :class:`ScoreConfig`), or its fields as keyword
     options (``method``, ``data``, ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``,
-    ``seed``, ``relu_match``, ``engine``, ``device``, ``dtype``; see
-    :func:`nwot_fast.scoring.score_config`).
+    ``seed``, ``relu_match``, ``engine``, ``layout``, ``device``, ``dtype``; see
+    :func:`nwot_fast.config.score_config`).
     ``db`` (a path): write each result to that SQLite database as it is produced and resume
     from what it holds; ``None`` keeps results in memory only. ``dedup``: score one
     representative per isomorphism class and give the other members its score (flagged).
@@ -334,7 +335,7 @@ class _ScanRun:
         self.members: Dict[int, List[int]] = {}
         self.todo: List[int] = []
         self.resumed = 0
-        self.scorer: Optional[ArchScorer] = None
+        self.scorer: Optional[Scorer] = None
         self.description = GAUSSIAN_DATA if self.resolved.data is None else self.resolved.data
         self.dataset: Optional[str] = self.resolved.dataset
 
@@ -360,7 +361,7 @@ class _ScanRun:
             else:
                 self.todo.append(r)
         if self.todo:
-            self.scorer = ArchScorer(self.config)
+            self.scorer = Scorer(self.config)
             self.description = self.scorer.describe_data()
             if self.dataset is None and self.scorer.images is not None:
                 self.dataset = getattr(self.scorer.images, "dataset", None)
@@ -371,7 +372,7 @@ class _ScanRun:
         if not self.todo:
             scored = (s for s in ())
         elif ray is None or ray is False:
-            scored = self.scorer.score_indices(self.todo)
+            scored = self.scorer.score_many(self.todo)
         else:  # Ray hook (issue 12): the same scores from a cluster, in completion order
             from .distributed import score_on_ray
 

@@ -29,7 +29,8 @@ from nwot_fast.figures import read_published_points
 from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
-from nwot_fast.scoring import ScoreConfig, resolve_device
+from nwot_fast._common import resolve_device
+from nwot_fast.config import ScoreConfig
 
 ENGINE = "fast"
 BATCH = 4

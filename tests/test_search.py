@@ -8,7 +8,8 @@ import pytest
 import nwot_fast
 from nwot_fast import nb201
 from nwot_fast.search import derive_seed, nanargmax, search
-from nwot_fast.scoring import ArchScorer, ScoreConfig
+from nwot_fast.config import ScoreConfig
+from nwot_fast.scorer import Scorer
 
 
 def test_nanargmax_rules():
@@ -35,7 +36,7 @@ def test_search_reproducible_and_each_run_is_independent():
 def test_search_scores_equal_the_scorer_and_the_pure_path():
     result = search(n_samples=2, runs=1, batch_size=4, seed=3, engine="reference", method="hook_logdet")
     run = result.runs[0]
-    scorer = ArchScorer(ScoreConfig(method="hook_logdet", batch_size=4, seed=run.seed, engine="reference"))
+    scorer = Scorer(ScoreConfig(method="hook_logdet", batch_size=4, seed=run.seed, engine="reference"))
     for index, score in zip(run.indices, run.scores):
         x = scorer.batch_for(index)
         import torch
