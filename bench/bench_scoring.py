@@ -17,7 +17,7 @@ import random
 import pytest
 import torch
 
-from nwot_fast import fast, reference
+from nwot_fast import per_arch, plans, reference, schedule
 from nwot_fast.nb201 import NUM_ARCHS, build_network
 
 pytest.importorskip("pytest_benchmark")
@@ -56,7 +56,7 @@ def test_per_arch_pure(benchmark, name, method):
 @pytest.mark.parametrize("name", list(PER_ARCH))
 def test_per_arch_fast(benchmark, name, method):
     x = _batch(BATCH)
-    benchmark.pedantic(lambda: fast.score_arch(PER_ARCH[name], x, method=method), rounds=3, iterations=1,
+    benchmark.pedantic(lambda: per_arch.score_arch(PER_ARCH[name], x, method=method), rounds=3, iterations=1,
                        warmup_rounds=1)
 
 
@@ -66,13 +66,10 @@ def test_post_processing_alone(benchmark, method):
     x = _batch(BATCH)
     if method == "jacob_cov":
         J = torch.randn(BATCH, 3 * 32 * 32, generator=torch.Generator().manual_seed(1))
-        benchmark(fast._post_process, method, [J])
+        benchmark(per_arch.post_process, method, [J])
     else:
-        plan = fast.compile_plan(6111, method)
-        codes = fast._Codes()
-        with torch.no_grad():
-            fast._forward(plan, fast._weights(plan, 0, torch.device("cpu")), x, codes)
-        benchmark(fast._post_process, method, [codes])
+        codes = per_arch.network_pass(plans.compile_plan(6111, method), x, 0, torch.device("cpu"))
+        benchmark(per_arch.post_process, method, [codes])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -80,7 +77,7 @@ def test_scan_throughput_fast(benchmark, method):
     """Fast-path scan of a fixed seeded sample (NWOT_BENCH_SCAN_N archs, one batch for all)."""
     indices = random.Random(2021).sample(range(NUM_ARCHS), SCAN_N)
     x = _batch(SCAN_BATCH)
-    scores = benchmark.pedantic(lambda: list(fast.score_archs(indices, lambda _: x, method=method)), rounds=1,
+    scores = benchmark.pedantic(lambda: list(schedule.score_archs(indices, lambda _: x, method=method)), rounds=1,
                                 iterations=1)
     assert len(scores) == SCAN_N
     benchmark.extra_info["archs"] = SCAN_N

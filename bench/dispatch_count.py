@@ -1,4 +1,4 @@
-"""ATen operators dispatched per architecture by ``fast.score_archs`` (the launch count a GPU sees).
+"""ATen operators dispatched per architecture by ``schedule.score_archs`` (the launch count a GPU sees).
 
     python bench/dispatch_count.py [--archs 64] [--batch-size 8] [--methods jacob_cov hook_logdet]
                                    [--seed 2020] [--chunk N] [--dtype float32] [--layout dense]
@@ -9,7 +9,7 @@ fixed random sample of architectures on the CPU, with ``batched=False`` (one pla
 architecture) and ``batched=True`` (default chunk unless ``--chunk``), and prints the count
 per architecture (all sampled architectures in the denominator, also those that structure
 answers) and the most frequent operators. ``--layout`` picks the batched engine's layout
-(``nwot_fast.batched.LAYOUTS``; default: the CPU's, ``batched.default_layout``); ``dense`` is
+(``nwot_fast.multi_arch.LAYOUTS``; default: the CPU's, ``multi_arch.default_layout``); ``dense`` is
 the CUDA default.
 """
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nwot_fast import batched as engine, fast, reference  # noqa: E402
+from nwot_fast import multi_arch, reference, schedule  # noqa: E402
 from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
 
 
@@ -45,10 +45,10 @@ class CountingMode(TorchDispatchMode):
 def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32, layout=None):
     # Warm up outside the count: the seed's weight streams are drawn once per process.
     kw = dict(method=method, batched=batched, dtype=dtype, layout=layout if batched else None)
-    list(fast.score_archs(archs[:1], lambda _: x, **kw))
+    list(schedule.score_archs(archs[:1], lambda _: x, **kw))
     mode = CountingMode()
     with mode:
-        scores = list(fast.score_archs(archs, lambda _: x, chunk=chunk, **kw))
+        scores = list(schedule.score_archs(archs, lambda _: x, chunk=chunk, **kw))
     return mode.counts, scores
 
 
@@ -60,7 +60,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2020, help="seed of the architecture sample")
     p.add_argument("--chunk", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--layout", default=None, choices=engine.LAYOUTS,
+    p.add_argument("--layout", default=None, choices=multi_arch.LAYOUTS,
                    help="layout of the batched engine (default: the CPU's; dense is CUDA's)")
     p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
     a = p.parse_args(argv)

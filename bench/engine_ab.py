@@ -4,11 +4,11 @@
                               [--methods jacob_cov hook_logdet] [--layouts sparse dense]
                               [--threads N] [--chunk N]
 
-Times ``fast.score_archs(..., batched=False)`` and ``batched=True`` with each ``--layouts``
+Times ``schedule.score_archs(..., batched=False)`` and ``batched=True`` with each ``--layouts``
 (default chunk unless ``--chunk``) on the same fixed random architectures (seed 2020) and
 Gaussian batch, rounds alternating so that the load of a shared machine hits all alike;
 prints the best round of each (seconds for all architectures) and each layout's ratio
-per-plan / batched. The basis of ``fast.use_batched`` and ``batched.default_layout``.
+per-plan / batched. The basis of ``schedule.use_batched`` and ``multi_arch.default_layout``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nwot_fast import batched, fast, reference  # noqa: E402
+from nwot_fast import multi_arch, reference, schedule  # noqa: E402
 from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main(argv=None):
     p.add_argument("--archs", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(reference.METHODS), choices=reference.METHODS)
-    p.add_argument("--layouts", nargs="+", default=["sparse", "dense"], choices=batched.LAYOUTS)
+    p.add_argument("--layouts", nargs="+", default=["sparse", "dense"], choices=multi_arch.LAYOUTS)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chunk", type=int, default=None)
     a = p.parse_args(argv)
@@ -51,7 +51,7 @@ def main(argv=None):
             for _ in range(a.rounds):
                 for e in engines:
                     t = time.perf_counter()
-                    list(fast.score_archs(archs, lambda _: x, method=method, batched=e is not None, layout=e,
+                    list(schedule.score_archs(archs, lambda _: x, method=method, batched=e is not None, layout=e,
                                           chunk=a.chunk if e else None))
                     best[e] = min(best[e], time.perf_counter() - t)
             cells = "  ".join(f"{e} {best[e]:6.2f} s ({best[None] / best[e]:4.2f}x)" for e in a.layouts)

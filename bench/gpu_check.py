@@ -340,7 +340,7 @@ PRECISION_ARCHS = [
 def precision(args) -> dict:
     import torch
 
-    from nwot_fast import batched
+    from nwot_fast import multi_arch
     from nwot_fast import precision as contract
 
     dev = args.device
@@ -350,7 +350,7 @@ def precision(args) -> dict:
     engines = contract.engines(dev)
     # The batched engine in each layout (the default on CUDA is dense): fast = per plan.
     candidates = {"fast": engines["fast"], **{f"batched-{layout}": partial(engines["batched"], layout=layout)
-                                              for layout in batched.LAYOUTS}}
+                                              for layout in multi_arch.LAYOUTS}}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure
@@ -398,7 +398,7 @@ def _sampler(args):
 def timing(args, report: Report) -> dict:
     import torch
 
-    from nwot_fast import fast
+    from nwot_fast import schedule
 
     dev = torch.device(args.device)
     make, source = _sampler(args)
@@ -414,7 +414,7 @@ def timing(args, report: Report) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = list(fast.score_archs(indices, lambda i: sampler.batch(i).to(dev, non_blocking=True), method=method,
+        out = list(schedule.score_archs(indices, lambda i: sampler.batch(i).to(dev, non_blocking=True), method=method,
                                     seed=0, device=dev, **kw))
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -54,7 +54,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from nwot_fast import batched
+from nwot_fast import multi_arch
 from nwot_fast._common import METHODS, NUM_ARCHS
 from nwot_fast.config import ScoreConfig
 from nwot_fast.data import ImageSet, default_data_settings
@@ -339,7 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        f"{LAUNCH_S * 1e6:g} us per launch, {SYNC_S * 1e6:g} us per sync, "
                                        f"host->device {H2D_BYTES / 1e9:g} GB/s")
     p.add_argument("--method", default="jacob_cov", choices=METHODS)
-    p.add_argument("--layout", default="auto", choices=("auto", "per-arch") + batched.LAYOUTS,
+    p.add_argument("--layout", default="auto", choices=("auto", "per-arch") + multi_arch.LAYOUTS,
                    help="auto: what CUDA gets by default (nwot_fast.scorer.resolve_execution)")
     p.add_argument("--archs", type=int, default=64, help="architectures in the chunk (random, --sample-seed)")
     p.add_argument("--batch-size", type=int, default=128)

@@ -3,7 +3,7 @@
     python bench/layout_ab.py [--archs 6] [--batch-size 128] [--rounds 3]
                               [--methods jacob_cov hook_logdet] [--threads N]
 
-Runs ``fast.run_plan`` over the first ``--archs`` of ``compare.fixed_archs(20)`` on the real
+Runs ``per_arch.run_plan`` over the first ``--archs`` of ``compare.fixed_archs(20)`` on the real
 CIFAR-10 batch (Gaussian without it) with ``compile_plan(..., channels_last=False)`` (the
 NCHW path: ATen BatchNorm, the compiled NCHW pooling) and ``channels_last=True`` (the
 compiled channels-last BatchNorm and pooling), rounds alternating so that the load of a shared
@@ -27,7 +27,7 @@ for path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 import compare  # noqa: E402
-from nwot_fast import fast, reference  # noqa: E402
+from nwot_fast import per_arch, plans, reference  # noqa: E402
 
 
 def main(argv=None):
@@ -44,13 +44,13 @@ def main(argv=None):
     x, what = compare.load_batch(a.batch_size)
     print(f"{a.archs} archs, batch {a.batch_size} ({what}), {torch.get_num_threads()} threads")
     for method in a.methods:
-        plans = {cl: [fast.compile_plan(arch, method, channels_last=cl) for arch in archs] for cl in (False, True)}
+        plans = {cl: [plans.compile_plan(arch, method, channels_last=cl) for arch in archs] for cl in (False, True)}
         best = {False: float("inf"), True: float("inf")}
         scores = {}
         for _ in range(a.rounds):
             for cl in (False, True):
                 t = time.perf_counter()
-                scores[cl] = [fast.run_plan(plan, x) for plan in plans[cl]]
+                scores[cl] = [per_arch.run_plan(plan, x) for plan in plans[cl]]
                 best[cl] = min(best[cl], time.perf_counter() - t)
         diff = max((abs(u - v) / abs(u) if u not in (0.0,) and u == u and abs(u) != float("inf") else 0.0)
                    for u, v in zip(scores[False], scores[True]))

@@ -12,7 +12,7 @@ from ._common import __version__  # noqa: F401  (the package version)
 # Public name -> module that defines it; resolved lazily so that importing the package is cheap.
 _LAZY = {
     "score": "nwot_fast.reference",
-    "score_arch": "nwot_fast.fast",
+    "score_arch": "nwot_fast.per_arch",
     "scan": "nwot_fast.scan",
     "search": "nwot_fast.search",
     "SearchResult": "nwot_fast.search",

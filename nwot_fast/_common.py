@@ -19,7 +19,7 @@ RELU_MATCHES = ("name", "exact")
 ENGINES = ("fast", "reference")
 DEVICES = ("cpu", "cuda", "auto")
 # How the fast engine lays out its work: "per-arch" runs one execution plan per architecture;
-# the others run a chunk of architectures in one network pass (nwot_fast.batched); "auto" is
+# the others run a chunk of architectures in one network pass (nwot_fast.multi_arch); "auto" is
 # the device's choice (nwot_fast.scorer.resolve_execution).
 MULTI_ARCH_LAYOUTS = ("sparse", "dense")
 LAYOUTS = ("auto", "per-arch") + MULTI_ARCH_LAYOUTS

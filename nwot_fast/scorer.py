@@ -56,7 +56,7 @@ class Execution:
     """How a :class:`Scorer` computes, decided once by :func:`resolve_execution`.
 
     ``engine``: ``"fast"`` or ``"reference"``. ``layout`` (fast engine): ``"per-arch"`` (one
-    execution plan per architecture) or a many-architecture layout of :mod:`nwot_fast.batched`
+    execution plan per architecture) or a many-architecture layout of :mod:`nwot_fast.multi_arch`
     (a chunk of architectures per network pass); ``None`` for the reference engine.
     ``channels_last``: the memory format of the per-arch plans. ``chunk``: architectures per
     network pass (many-architecture layouts), or per post-processing call (per-arch).
@@ -96,15 +96,15 @@ def resolve_execution(config: ScoreConfig, *, image_shape: Tuple[int, int, int] 
 
     Rules: the device is ``config.device`` resolved (``auto``: CUDA when available), unless
     ``device`` is given. Layout ``"auto"``: on CUDA the many-architecture engine
-    (:func:`nwot_fast.batched.default_layout`; kernel launches dominate there); on the CPU one
+    (:func:`nwot_fast.multi_arch.default_layout`; kernel launches dominate there); on the CPU one
     plan per architecture, except for batches of at most
-    :data:`nwot_fast.fast.CPU_BATCHED_MAX_BATCH` samples, where the many-architecture engine
+    :data:`nwot_fast.schedule.CPU_BATCHED_MAX_BATCH` samples, where the many-architecture engine
     measured faster (bench/RESULTS.md, "Engine choice on the CPU"). Per-arch plans run
     channels-last on the CPU (bench/RESULTS.md, "CPU levers"), NCHW elsewhere. The chunk of a
     many-architecture layout comes from the memory free on the device (``available_memory``
     bytes when given, else measured) and the batch size
-    (:func:`nwot_fast.batched.choose_chunk`)."""
-    from . import batched, fast
+    (:func:`nwot_fast.multi_arch.choose_chunk`)."""
+    from . import multi_arch, schedule
 
     if not isinstance(config, ScoreConfig):
         raise TypeError(f"config must be a ScoreConfig, got {type(config).__name__}")
@@ -116,14 +116,14 @@ def resolve_execution(config: ScoreConfig, *, image_shape: Tuple[int, int, int] 
         return Execution("reference", None, False, 1, dev, dtype, seed, c.method, c.relu_match)
     layout = c.layout
     if layout == "auto":
-        layout = batched.default_layout(dev) if fast.use_batched(dev, c.batch_size) else "per-arch"
+        layout = multi_arch.default_layout(dev) if schedule.use_batched(dev, c.batch_size) else "per-arch"
     if layout == "per-arch":
         return Execution("fast", "per-arch", dev.type == "cpu", 16 if dev.type == "cuda" else 1, dev, dtype, seed,
                          c.method, c.relu_match)
-    if layout not in batched.LAYOUTS:
-        raise ValueError(f"layout must be 'per-arch' or one of {batched.LAYOUTS}, got {layout!r}")
+    if layout not in multi_arch.LAYOUTS:
+        raise ValueError(f"layout must be 'per-arch' or one of {multi_arch.LAYOUTS}, got {layout!r}")
     _, height, width = image_shape
-    chunk = batched.choose_chunk(c.method, c.batch_size, height, width, dtype, dev, available=available_memory,
+    chunk = multi_arch.choose_chunk(c.method, c.batch_size, height, width, dtype, dev, available=available_memory,
                                  layout=layout)
     return Execution("fast", layout, False, chunk, dev, dtype, seed, c.method, c.relu_match)
 
@@ -218,10 +218,10 @@ class Scorer:
                                              relu_match=e.relu_match, dtype=e.dtype)
                     out[i] = ArchScore(i, arch_at(i), float(s), time.perf_counter() - start)
                 return out
-            from . import fast
+            from . import schedule
 
             start = time.perf_counter()
-            scores = list(fast.score_archs(indices, self.batch_for, method=e.method, seed=e.seed, device=e.device,
+            scores = list(schedule.score_archs(indices, self.batch_for, method=e.method, seed=e.seed, device=e.device,
                                            relu_match=e.relu_match, chunk=e.chunk, dtype=e.dtype,
                                            batched=e.multi_arch, layout=e.layout if e.multi_arch else None))
             share = (time.perf_counter() - start) / len(indices)

@@ -1,7 +1,7 @@
 """The seeded initial weights of NB201 networks, drawn once per seed for all architectures.
 
 ``torch.manual_seed(seed); build_network(arch)`` draws every parameter from one CPU generator
-stream in creation order (:func:`nwot_fast.nb201.parameter_layout`): element ``i`` of that
+stream in creation order (:func:`nwot_fast.nb201.parameter_specs`): element ``i`` of that
 stream becomes ``uniform_(-b, b)`` of the 32-bit generator output ``i``, with ``b`` the bound of
 the parameter that element falls in. Every architecture starts from the same seed, so all of
 them read the same stream; only where each parameter starts in it and its bound differ. So for
@@ -21,9 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .nb201 import parameter_layout
-from .nb201.arch import Arch
-from .nb201.index import as_arch
+from .nb201 import Arch, as_arch, parameter_specs
+from .nb201.constants import CONV3, EDGES
 
 __all__ = ["StreamWeights", "arch_segments"]
 
@@ -31,12 +30,12 @@ __all__ = ["StreamWeights", "arch_segments"]
 @functools.lru_cache(maxsize=16384)
 def _layout(arch: Arch):
     """``(segments, order)`` of ``arch``: ``name -> (stream offset, numel, bound, shape)`` of every
-    drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_layout` order as
+    drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_specs` order as
     ``(name, shape, init)`` (``init`` None for a drawn one; BatchNorm's "ones" / "zeros")."""
     segments: Dict[str, Tuple[int, int, float, Tuple[int, ...]]] = {}
     order: List[Tuple[str, Tuple[int, ...], Optional[str]]] = []
     offset = 0
-    for spec in parameter_layout(arch):
+    for spec in parameter_specs(arch):
         n = spec.draws
         if n:
             segments[spec.name] = (offset, n, spec.bound, spec.shape)
@@ -58,7 +57,7 @@ def stream_length(arch: Arch) -> int:
 @functools.lru_cache(maxsize=1)
 def max_length() -> int:
     """The longest stream any NB201 cell reads (all six edges 3x3 convolutions)."""
-    return stream_length(Arch((3,) * 6))
+    return stream_length(Arch((CONV3,) * len(EDGES)))
 
 
 class StreamWeights:
@@ -87,7 +86,7 @@ class StreamWeights:
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
         """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
-        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_layout` order."""
+        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order."""
         arch = as_arch(arch)
         segs, order = _layout(arch)
         out: Dict[str, torch.Tensor] = {}

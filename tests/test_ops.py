@@ -18,7 +18,7 @@ RTOL = 1e-9
 
 def compiled(device: str) -> bool:
     # Through ops: it registers the fake kernels that opcheck needs on first use.
-    return ops._compiled(device)
+    return ops.compiled(device)
 
 
 def need_compiled(device: str):

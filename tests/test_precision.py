@@ -20,7 +20,7 @@ import torch
 from conftest import SHARED_DATA
 from nwot_fast import precision
 from nwot_fast.nb201 import is_constant_output, relu_sees_only_zeros
-from nwot_fast.nb201.arch import CONV1, CONV3, POOL, SKIP
+from nwot_fast.nb201.constants import CONV1, CONV3, POOL, SKIP
 from nwot_fast.nb201.index import as_arch
 
 ARCHS = [

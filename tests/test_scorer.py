@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import nwot_fast
-from nwot_fast import batched, cli, fast
+from nwot_fast import cli, multi_arch, per_arch, schedule
 from nwot_fast.config import ScoreConfig
 from nwot_fast.evaluate import evaluate
 from nwot_fast.scan import scan
@@ -124,14 +124,14 @@ def test_resolve_execution_rules(method):
     cpu = resolve_execution(ScoreConfig(method=method, batch_size=128))
     assert (cpu.engine, cpu.layout, cpu.channels_last, cpu.chunk) == ("fast", "per-arch", True, 1)
     assert cpu.device == torch.device("cpu") and cpu.dtype == torch.float32 and not cpu.multi_arch
-    small = resolve_execution(ScoreConfig(method=method, batch_size=fast.CPU_BATCHED_MAX_BATCH))
-    assert small.multi_arch and small.layout == batched.default_layout("cpu")
+    small = resolve_execution(ScoreConfig(method=method, batch_size=schedule.CPU_BATCHED_MAX_BATCH))
+    assert small.multi_arch and small.layout == multi_arch.default_layout("cpu")
     # CUDA (decided without a GPU: the device and its free memory given): the many-arch engine,
     # NCHW, its chunk from the memory and the batch.
     gpu = resolve_execution(ScoreConfig(method=method, batch_size=128, dtype="float64"), **_cuda_memory(40))
-    assert gpu.multi_arch and gpu.layout == batched.default_layout("cuda") and not gpu.channels_last
+    assert gpu.multi_arch and gpu.layout == multi_arch.default_layout("cuda") and not gpu.channels_last
     assert gpu.dtype == torch.float64
-    assert gpu.chunk == batched.choose_chunk(method, 128, 32, 32, torch.float64, gpu.device, available=40 * 2**30,
+    assert gpu.chunk == multi_arch.choose_chunk(method, 128, 32, 32, torch.float64, gpu.device, available=40 * 2**30,
                                              layout=gpu.layout)
     more = resolve_execution(ScoreConfig(method=method, batch_size=128, dtype="float64"), **_cuda_memory(80))
     assert more.chunk > gpu.chunk
@@ -183,7 +183,7 @@ def test_a_new_batch_per_architecture_with_the_many_arch_engine(method):
     assert not torch.equal(batches[0], batches[1])
     got = [s.score for s in scorer.score_many(indices)]
     for index, x, score in zip(indices, batches, got):
-        want = fast.score_arch(index, x, method=method, seed=4, dtype=torch.float64)
+        want = per_arch.score_arch(index, x, method=method, seed=4, dtype=torch.float64)
         assert score == want or abs(score - want) <= 1e-9 * abs(want), (index, score, want)
 
 

@@ -1,12 +1,8 @@
-"""Typed wrappers over the compiled operators ``torch.ops.nwot_fast.*``, their fake kernels,
-and a batched pure-PyTorch fallback with the same semantics.
+"""The hook_logdet op family: packed ReLU codes, their agreement kernel and its log-determinant,
+compiled or fallback, with their fake kernels.
 
-Shapes: A architectures, B samples, D input features, W 64-bit code words.
+Shapes: A architectures, B samples, W 64-bit code words.
 
-- :func:`jacob_cov_score` ``J [A, B, D] float32|float64 -> [A] float64``: row-centred,
-  row-normalised float64 correlation (``np.corrcoef`` semantics), symmetric eigenvalues ``l``,
-  ``S = -sum(log(l + 1e-5) + 1 / (l + 1e-5))``; NaN for an architecture with a zero-variance
-  row of J (all its entries equal), the others unaffected.
 - :func:`pack_codes` ``x [B, ...] -> int64 [B, W]``: bit k of word w is
   ``x.flatten(1)[:, 64 w + k] > 0``; padding bits are 0.
 - :func:`hamming_kernel` ``codes int64 [A, B, W], multiplicity int64 [A, W], units int64 [A]
@@ -16,84 +12,25 @@ Shapes: A architectures, B samples, D input features, W 64-bit code words.
   ignored), ``-inf`` exactly when K is singular (decided with integer arithmetic, see
   :mod:`nwot_fast.exact`; a float64 K with non-integer entries keeps the floating rule).
 - :func:`hook_logdet_score`: :func:`hamming_kernel` then :func:`logdet_score`, fused.
-- :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
-  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU),
-  NCHW and channels-last.
-- :func:`batch_norm_train` ``x [N, P C, H, W] float32|float64, parts P -> P tensors [N, C, H, W]``:
-  NB201's BatchNorm2d in train mode at initialisation (weight 1, bias 0), with autograd; on
-  the CPU a compiled channels-last kernel whose outputs are dense channels-last tensors.
 - :func:`pack_layers` / :func:`stack_codes`: build the ``codes, multiplicity, units`` triple
   from per-layer activations, and batch several architectures.
-
-The compiled extension is used when :mod:`nwot_fast._ext` could load it for the tensors'
-device; otherwise the ``*_fallback`` functions below run (tests call them directly).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Tuple
 
 import torch
 
-from nwot_fast import _ext, exact
-from nwot_fast._common import BN_EPS, EIG_EPS
-# Bytes of float64 temporaries the fallbacks allow themselves per step (they chunk above it).
-_FALLBACK_BYTES = 256 << 20
+from nwot_fast import exact
+from nwot_fast.ops._support import FALLBACK_BYTES, check_device, check_same_device, check_tensor, compiled_switch
 
-__all__ = [
-    "jacob_cov_score",
-    "pack_codes",
-    "hamming_kernel",
-    "logdet_score",
-    "hook_logdet_score",
-    "avg_pool3x3",
-    "batch_norm_train",
-    "pack_layers",
-    "stack_codes",
-    "jacob_cov_score_fallback",
-    "pack_codes_fallback",
-    "hamming_kernel_fallback",
-    "logdet_score_fallback",
-    "hook_logdet_score_fallback",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument checks: the same words as the TORCH_CHECKs in csrc/nwot.h. The fake kernels call
-# them without the device check.
-
-
-def _tensor(t, name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
-def _device(t: torch.Tensor, name: str) -> None:
-    # meta: shapes only (bench/gpu_cost.py runs the engine there to count a GPU's work).
-    if t.device.type not in ("cpu", "cuda", "meta"):
-        raise ValueError(f"{name} must be on a CPU or CUDA device, got {t.device}")
-
-
-def _same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {t.device}")
-
-
-def _check_jacobian(J) -> None:
-    _tensor(J, "J")
-    if J.dim() != 3:
-        raise ValueError(f"J must be 3-D [archs, batch, features], got {J.dim()}-D")
-    if J.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"J must be float32 or float64, got {J.dtype}")
-    if J.shape[1] < 2:
-        raise ValueError(f"J must have at least 2 samples per architecture (batch >= 2), got batch {J.shape[1]}")
-    if J.shape[2] < 1:
-        raise ValueError(f"J must have at least 1 feature, got {J.shape[2]}")
+__all__ = ["pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score", "pack_layers", "stack_codes",
+           "pack_codes_fallback", "hamming_kernel_fallback", "logdet_score_fallback", "hook_logdet_score_fallback"]
 
 
 def _check_activations(x, name: str = "x") -> None:
-    _tensor(x, name)
+    check_tensor(x, name)
     if x.dim() < 2:
         raise ValueError(f"{name} must be at least 2-D [batch, units...], got {x.dim()}-D")
     if not (x.is_floating_point() or x.dtype == torch.bool):
@@ -101,9 +38,9 @@ def _check_activations(x, name: str = "x") -> None:
 
 
 def _check_codes(codes, multiplicity, units) -> None:
-    _tensor(codes, "codes")
-    _tensor(multiplicity, "multiplicity")
-    _tensor(units, "units")
+    check_tensor(codes, "codes")
+    check_tensor(multiplicity, "multiplicity")
+    check_tensor(units, "units")
     if codes.dim() != 3:
         raise ValueError(f"codes must be 3-D [archs, batch, words], got {codes.dim()}-D")
     if codes.dtype != torch.int64:
@@ -127,7 +64,7 @@ def _check_codes(codes, multiplicity, units) -> None:
 
 
 def _check_kernel_matrix(K) -> None:
-    _tensor(K, "K")
+    check_tensor(K, "K")
     if K.dim() != 3:
         raise ValueError(f"K must be 3-D [archs, batch, batch], got {K.dim()}-D")
     if K.shape[1] != K.shape[2]:
@@ -136,42 +73,12 @@ def _check_kernel_matrix(K) -> None:
         raise TypeError(f"K must be int64 or float64, got {K.dtype}")
 
 
-def _check_pool_input(x, name: str) -> None:
-    _tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {x.dim()}-D")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-
-
-def _check_bn_input(x, parts) -> None:
-    _check_pool_input(x, "x")
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"parts must be a positive int, got {parts!r}")
-    if x.shape[1] % parts:
-        raise ValueError(f"x channels ({x.shape[1]}) must be divisible by parts ({parts})")
-    if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
-        raise ValueError(f"x must have more than 1 value per channel for train-mode BatchNorm, got shape {list(x.shape)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Public wrappers
-
-
-def jacob_cov_score(J: torch.Tensor) -> torch.Tensor:
-    """``J [A, B, D]`` (float32/float64) -> scores ``[A]`` float64; NaN where a row of J[a] has zero variance."""
-    _check_jacobian(J)
-    _device(J, "J")
-    if _compiled(J.device.type):
-        return torch.ops.nwot_fast.jacob_cov_score(J)
-    return jacob_cov_score_fallback(J)
-
 
 def pack_codes(x: torch.Tensor) -> torch.Tensor:
     """``x [B, ...]`` (floating or bool) -> ``int64 [B, ceil(units / 64)]``, bits ``x > 0``."""
     _check_activations(x)
-    _device(x, "x")
-    if _compiled(x.device.type):
+    check_device(x, "x")
+    if compiled(x.device.type):
         return torch.ops.nwot_fast.pack_codes(x)
     return pack_codes_fallback(x)
 
@@ -179,10 +86,10 @@ def pack_codes(x: torch.Tensor) -> torch.Tensor:
 def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Agreement counts ``K int64 [A, B, B]`` from packed codes (see the module docstring)."""
     _check_codes(codes, multiplicity, units)
-    _device(codes, "codes")
-    _same_device(multiplicity, "multiplicity", codes, "codes")
-    _same_device(units, "units", codes, "codes")
-    if _compiled(codes.device.type):
+    check_device(codes, "codes")
+    check_same_device(multiplicity, "multiplicity", codes, "codes")
+    check_same_device(units, "units", codes, "codes")
+    if compiled(codes.device.type):
         return torch.ops.nwot_fast.hamming_kernel(codes, multiplicity, units)
     return hamming_kernel_fallback(codes, multiplicity, units)
 
@@ -190,52 +97,23 @@ def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch
 def logdet_score(K: torch.Tensor) -> torch.Tensor:
     """``K [A, B, B]`` (int64/float64) -> ``log|det K|`` ``[A]`` float64, ``-inf`` where singular."""
     _check_kernel_matrix(K)
-    _device(K, "K")
-    if _compiled(K.device.type):
+    check_device(K, "K")
+    if compiled(K.device.type):
         return torch.ops.nwot_fast.logdet_score(K)
     return logdet_score_fallback(K)
 
-
-def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
-    """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
-    autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's
-    kernels in both directions and several times faster than its NCHW ones: a dense
-    channels-last input is pooled in that layout (channels-last output), any other made
-    contiguous first (NCHW output); elsewhere ATen's pooling."""
-    if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and x.dim() == 4 and _compiled("cpu")):
-        return torch.ops.nwot_fast.avg_pool3x3(x)
-    return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-
-
-def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...]:
-    """``F.batch_norm(x, None, None, training=True, eps=1e-5)`` (batch statistics, biased
-    variance, no affine: NB201's BatchNorm2d at initialisation), with autograd, split along the
-    channels into ``parts`` equal groups (a merged convolution's edges). On the CPU (float32 or
-    float64, 4-D) the compiled kernel: statistics summed in float64, every group returned as a
-    dense channels-last tensor (any input layout is read as channels-last); elsewhere ATen's
-    BatchNorm, split into channel slices."""
-    _check_bn_input(x, parts)
-    if x.device.type == "cpu" and _compiled("cpu"):
-        y, _ = torch.ops.nwot_fast.batch_norm_train(x, parts)
-        return y.unbind(0)
-    y = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
-    return y.split(x.shape[1] // parts, dim=1)
 
 
 def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """``log|det K|`` ``[A]`` float64 of the agreement kernel of packed codes, in one call."""
     _check_codes(codes, multiplicity, units)
-    _device(codes, "codes")
-    _same_device(multiplicity, "multiplicity", codes, "codes")
-    _same_device(units, "units", codes, "codes")
-    if _compiled(codes.device.type):
+    check_device(codes, "codes")
+    check_same_device(multiplicity, "multiplicity", codes, "codes")
+    check_same_device(units, "units", codes, "codes")
+    if compiled(codes.device.type):
         return torch.ops.nwot_fast.hook_logdet_score(codes, multiplicity, units)
     return hook_logdet_score_fallback(codes, multiplicity, units)
 
-
-# ---------------------------------------------------------------------------------------------
-# Building codes
 
 
 def pack_layers(
@@ -303,28 +181,6 @@ def stack_codes(
     return codes, multiplicity, units
 
 
-# ---------------------------------------------------------------------------------------------
-# Pure-PyTorch fallback: batched, same semantics as the compiled operators.
-
-
-def jacob_cov_score_fallback(J: torch.Tensor) -> torch.Tensor:
-    _check_jacobian(J)
-    A, B, D = J.shape
-    scores = torch.empty(A, dtype=torch.float64, device=J.device)
-    step = max(1, min(A, _FALLBACK_BYTES // max(1, B * D * 8)))
-    for a0 in range(0, A, step):
-        Jc = J[a0 : a0 + step]
-        flat = (Jc.amax(dim=2) == Jc.amin(dim=2)).any(dim=1)  # zero-variance row: NaN by rule
-        X = Jc.to(torch.float64)
-        X = X - X.mean(dim=2, keepdim=True)
-        norm = X.square().sum(dim=2, keepdim=True).sqrt()
-        X = torch.where(norm > 0, X / torch.where(norm > 0, norm, 1.0), 0.0)
-        G = torch.bmm(X, X.transpose(1, 2)).clamp_(-1.0, 1.0)
-        eig = torch.linalg.eigvalsh(G) + EIG_EPS
-        s = -(torch.log(eig) + 1.0 / eig).sum(dim=1)
-        scores[a0 : a0 + step] = torch.where(flat, torch.full_like(s, math.nan), s)
-    return scores
-
 
 def pack_codes_fallback(x: torch.Tensor) -> torch.Tensor:
     _check_activations(x)
@@ -349,7 +205,7 @@ def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, uni
     _check_codes(codes, multiplicity, units)
     A, B, W = codes.shape
     disagree = torch.zeros(A, B, B, dtype=torch.float64, device=codes.device)
-    step = max(1, _FALLBACK_BYTES // max(1, A * B * 64 * 8 * 2))
+    step = max(1, FALLBACK_BYTES // max(1, A * B * 64 * 8 * 2))
     for w0 in range(0, W, step):
         c = _unpack(codes[:, :, w0 : w0 + step])  # [A, B, 64 w]
         m = multiplicity[:, w0 : w0 + step].to(torch.float64).repeat_interleave(64, dim=1)  # [A, 64 w]
@@ -381,36 +237,8 @@ def hook_logdet_score_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, 
     return logdet_score_fallback(hamming_kernel_fallback(codes, multiplicity, units))
 
 
-# ---------------------------------------------------------------------------------------------
-# Fake kernels (shapes and dtypes only) for torch.compile / opcheck; registered once the
-# loader has loaded the library that defines the schemas.
-
-_fakes_registered = False
-
-
-def _compiled(device_type: str) -> bool:
-    """Whether the compiled operators serve ``device_type`` (registering their fake kernels
-    the first time they do). Meta tensors get the fake kernels (shapes and dtypes, no values)
-    whenever the library is loaded: the fallbacks need values."""
-    if device_type == "meta":
-        device_type = "cpu"
-    if not _ext.available(device_type):
-        return False
-    _register_fakes()
-    return True
-
 
 def _register_fakes() -> None:
-    global _fakes_registered
-    if _fakes_registered:
-        return
-    _fakes_registered = True
-
-    @torch.library.register_fake("nwot_fast::jacob_cov_score")
-    def _jacob_cov_score_fake(J):
-        _check_jacobian(J)
-        return J.new_empty((J.shape[0],), dtype=torch.float64)
-
     @torch.library.register_fake("nwot_fast::pack_codes")
     def _pack_codes_fake(x):
         _check_activations(x)
@@ -436,46 +264,10 @@ def _register_fakes() -> None:
         _check_codes(codes, multiplicity, units)
         return codes.new_empty((codes.shape[0],), dtype=torch.float64)
 
-    def _pool_fake(name):
-        def fake(x):
-            _check_pool_input(x, name)
-            nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            return torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
-        return fake
+_switch = compiled_switch(_register_fakes)
 
-    torch.library.register_fake("nwot_fast::avg_pool3x3")(_pool_fake("x"))
-    torch.library.register_fake("nwot_fast::avg_pool3x3_backward")(_pool_fake("grad"))
 
-    # The pooling is linear: its backward is the adjoint (nothing saved from the forward), and
-    # the adjoint of the backward is the forward again (double backward).
-    torch.library.register_autograd(
-        "nwot_fast::avg_pool3x3", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3_backward(grad))
-    torch.library.register_autograd(
-        "nwot_fast::avg_pool3x3_backward", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3(grad))
-
-    def _parts_strides(N, C, H, W):
-        return (N * H * W * C, H * W * C, 1, W * C, C)
-
-    @torch.library.register_fake("nwot_fast::batch_norm_train")
-    def _batch_norm_train_fake(x, parts):
-        _check_bn_input(x, parts)
-        N, PC, H, W = x.shape
-        C = PC // parts
-        y = x.new_empty_strided((parts, N, C, H, W), _parts_strides(N, C, H, W))
-        return y, x.new_empty((PC,), dtype=torch.float64)
-
-    @torch.library.register_fake("nwot_fast::batch_norm_train_backward")
-    def _batch_norm_train_backward_fake(grad, y, invstd):
-        P, N, C, H, W = y.shape
-        return y.new_empty((N, P * C, H, W)).contiguous(memory_format=torch.channels_last)
-
-    def _bn_setup(ctx, inputs, output):
-        ctx.save_for_backward(*output)
-
-    def _bn_backward(ctx, grad_y, grad_invstd):
-        y, invstd = ctx.saved_tensors
-        return torch.ops.nwot_fast.batch_norm_train_backward(grad_y, y, invstd), None
-
-    # First derivatives only: the fast path differentiates the network once (jacob_cov).
-    torch.library.register_autograd("nwot_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)
+def compiled(device_type: str) -> bool:
+    """Whether the compiled code operators serve ``device_type`` (registering their fake kernels the first time)."""
+    return _switch(device_type)
