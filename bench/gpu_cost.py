@@ -17,8 +17,9 @@ that sees every ATen operator the engine dispatches. For each operator on the de
   whether they are non-blocking;
 * syncs: operators that need a device value on the host (``.item()``, ``float(t)``,
   ``bool(t)`` as in ``isfinite().all()`` in an ``if``, ``.tolist()`` and other device -> host
-  copies, ``nonzero``, ``equal``); the answer handed back is a zero (or True), so the scores
-  this run prints are meaningless, and it says so;
+  copies, ``nonzero``, ``equal``; the answer handed back is a zero (or True), so the scores
+  this run computes are meaningless), and host -> device copies without ``non_blocking``
+  (PyTorch waits for the stream after them);
 * host time: the CPU time of the scoring thread over the chunk minus its time inside the device
   operators' dispatch (the Python the engine runs between them: plans, weights, index arrays,
   batches; CPU time, so that other processes on a shared machine do not inflate it).
@@ -178,7 +179,9 @@ class CostMode(TorchDispatchMode):
                 self.h2d[kind] += _nbytes(src)
                 self.h2d[kind + "_copies"] += 1
                 if not kwargs.get("non_blocking", False):
+                    # A blocking copy waits for the stream (copy, then cudaStreamSynchronize).
                     self.h2d_blocking += _nbytes(src)
+                    self._sync("blocking host->device copy")
                 return func(*args, **kwargs)
             if src.device.type == "meta" and not dst_meta:  # device -> host: .tolist(), .cpu(), .numpy()
                 self._sync("device->host copy")
