@@ -17,7 +17,7 @@ import random
 import pytest
 import torch
 
-from nwot_fast import per_arch, plans, reference, schedule
+from nwot_fast import per_arch, plans, reference, scorer
 from nwot_fast.nb201 import NUM_ARCHS, build_network
 
 pytest.importorskip("pytest_benchmark")
@@ -77,7 +77,7 @@ def test_scan_throughput_fast(benchmark, method):
     """Fast-path scan of a fixed seeded sample (NWOT_BENCH_SCAN_N archs, one batch for all)."""
     indices = random.Random(2021).sample(range(NUM_ARCHS), SCAN_N)
     x = _batch(SCAN_BATCH)
-    scores = benchmark.pedantic(lambda: list(schedule.score_archs(indices, lambda _: x, method=method)), rounds=1,
+    scores = benchmark.pedantic(lambda: list(scorer.score_archs(indices, lambda _: x, method=method)), rounds=1,
                                 iterations=1)
     assert len(scores) == SCAN_N
     benchmark.extra_info["archs"] = SCAN_N

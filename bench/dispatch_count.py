@@ -1,16 +1,14 @@
-"""ATen operators dispatched per architecture by ``schedule.score_archs`` (the launch count a GPU sees).
+"""ATen operators dispatched per architecture by ``scorer.score_archs`` (the launch count a GPU sees).
 
     python bench/dispatch_count.py [--archs 64] [--batch-size 8] [--methods jacob_cov hook_logdet]
-                                   [--seed 2020] [--chunk N] [--dtype float32] [--layout dense]
+                                   [--seed 2020] [--chunk N] [--dtype float32]
 
 Counts every operator that reaches the Python dispatch key (a ``TorchDispatchMode``: forward,
 backward, weights, post-processing; views included, host-side NumPy not) while scoring a
-fixed random sample of architectures on the CPU, with ``batched=False`` (one plan per
-architecture) and ``batched=True`` (default chunk unless ``--chunk``), and prints the count
+fixed random sample of architectures on the CPU, in the per-arch mode (one plan per
+architecture) and the multi-arch mode (default chunk unless ``--chunk``), and prints the count
 per architecture (all sampled architectures in the denominator, also those that structure
-answers) and the most frequent operators. ``--layout`` picks the batched engine's layout
-(``nwot_fast.multi_arch.LAYOUTS``; default: the CPU's, ``multi_arch.default_layout``); ``dense`` is
-the CUDA default.
+answers) and the most frequent operators. (bench/gpu_cost.py counts the same and what it costs.)
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nwot_fast import multi_arch, reference, schedule  # noqa: E402
+from nwot_fast import reference, scorer  # noqa: E402
 from nwot_fast.nb201 import NUM_ARCHS  # noqa: E402
 
 
@@ -42,13 +40,13 @@ class CountingMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32, layout=None):
+def count(archs, x, method: str, batched: bool, chunk=None, dtype=torch.float32):
     # Warm up outside the count: the seed's weight streams are drawn once per process.
-    kw = dict(method=method, batched=batched, dtype=dtype, layout=layout if batched else None)
-    list(schedule.score_archs(archs[:1], lambda _: x, **kw))
+    kw = dict(method=method, mode="multi-arch" if batched else "per-arch", dtype=dtype)
+    list(scorer.score_archs(archs[:1], lambda _: x, **kw))
     mode = CountingMode()
     with mode:
-        scores = list(schedule.score_archs(archs, lambda _: x, chunk=chunk, **kw))
+        scores = list(scorer.score_archs(archs, lambda _: x, chunk=chunk, **kw))
     return mode.counts, scores
 
 
@@ -60,8 +58,6 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=2020, help="seed of the architecture sample")
     p.add_argument("--chunk", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--layout", default=None, choices=multi_arch.LAYOUTS,
-                   help="layout of the batched engine (default: the CPU's; dense is CUDA's)")
     p.add_argument("--engines", nargs="+", default=["per-arch", "batched"], choices=("per-arch", "batched"))
     a = p.parse_args(argv)
     archs = random.Random(a.seed).sample(range(NUM_ARCHS), a.archs)
@@ -69,10 +65,10 @@ def main(argv=None):
     dtype = getattr(torch, a.dtype)
     for method in a.methods:
         for batched in [e == "batched" for e in a.engines]:
-            counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype, a.layout)
+            counts, scores = count(archs, x, method, batched, a.chunk if batched else None, dtype)
             total = sum(counts.values())
             top = ", ".join(f"{k} {v}" for k, v in counts.most_common(12))
-            print(f"{method:12s} batched={batched!s:5s} layout={a.layout if batched else '-'} {total:7d} ops, {total / len(archs):7.1f} per arch "
+            print(f"{method:12s} batched={batched!s:5s} {total:7d} ops, {total / len(archs):7.1f} per arch "
                   f"({a.archs} archs, batch {a.batch_size}); top: {top}", flush=True)
 
 

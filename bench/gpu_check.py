@@ -15,14 +15,16 @@ after every step, so that a run cut short still leaves its report):
               non-contiguous / channels-last inputs, the size limits (A > 65535), exact
               singularity, the older eigensolver path (NWOT_FORCE_SYEVJ), float64 inputs, each
               op twice bitwise equal.
-4. precision  the fast path (score_arch) and the batched engine (score_archs) in each layout
-              (sparse, merged, dense: CUDA's default) on the device against the float64 truth
+4. precision  the per-arch and the multi-arch mode (scorer.score_archs; multi-arch is CUDA's
+              default) on the device against the float64 truth
               (the pure path in float64): per arch, the float32 error at most 2x the error of
               the authors' float32 procedure on the same arch; float64 within 1e-9.
-5. timing     the whole NB201 space (15,625) per score at batch 128, end to end (data,
-              weights, network, post-processing), peak GPU memory. A sample is timed first;
-              if the time left (--time-budget, --deadline) would not allow the rest, the sample
-              is extrapolated and the report says so.
+5. timing     the product through its front door: ``nwot_fast.scan`` (what ``nwot-fast scan``
+              runs) over the whole NB201 space (15,625) per score at batch 128, end to end
+              (data, weights, network, post-processing), peak GPU memory; and with
+              ``dedup=True`` (``--dedup``: one representative per isomorphism class). A sample
+              is timed first; if the time left (--time-budget, --deadline) would not allow the
+              rest, the sample is extrapolated and the report says so.
 6. scores     the scores of step 5 as DIR/nb201_scores.csv.
 
 Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data relative to the repository if
@@ -41,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 import traceback
 import xml.etree.ElementTree as ET
 
@@ -340,7 +341,6 @@ PRECISION_ARCHS = [
 def precision(args) -> dict:
     import torch
 
-    from nwot_fast import multi_arch
     from nwot_fast import precision as contract
 
     dev = args.device
@@ -348,9 +348,8 @@ def precision(args) -> dict:
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
     engines = contract.engines(dev)
-    # The batched engine in each layout (the default on CUDA is dense): fast = per plan.
-    candidates = {"fast": engines["fast"], **{f"batched-{layout}": partial(engines["batched"], layout=layout)
-                                              for layout in multi_arch.LAYOUTS}}
+    # fast: one plan per architecture; batched: the multi-arch mode (CUDA's default).
+    candidates = {"fast": engines["fast"], "batched": engines["batched"]}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure
@@ -374,73 +373,69 @@ def precision(args) -> dict:
 # Steps 5 and 6: whole-space timing and its scores
 
 
-def _sampler(args):
-    from nwot_fast.data import BatchSampler, default_data_settings, load_images
-
+def _data(args):
+    """The data path of the timing step (the CIFAR-10 sample) and its description, or Gaussian."""
     shared = os.environ.get("NWOT_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
     path = os.path.join(shared, "cifar10_sample.npz")
-    images, source = None, "Gaussian N(0, 1) inputs (no ../shared/data/cifar10_sample.npz)"
     if os.path.exists(path) and not args.gaussian:
-        images = load_images(path)
-        source = f"CIFAR-10 images from {os.path.normpath(path)}"
-
-    def make(method):
-        settings = default_data_settings(method)
-        settings["batch_size"] = args.batch
-        shape = (3, args.side, args.side)
-        if images is None:
-            return BatchSampler(None, seed=0, image_shape=shape, **settings)
-        return BatchSampler(images, seed=0, **settings)
-
-    return make, source
+        return path, f"CIFAR-10 images from {os.path.normpath(path)}"
+    return None, "Gaussian N(0, 1) inputs (no ../shared/data/cifar10_sample.npz)"
 
 
 def timing(args, report: Report) -> dict:
     import torch
 
-    from nwot_fast import schedule
+    from nwot_fast.config import ScoreConfig
+    from nwot_fast.nb201 import representative_index
+    from nwot_fast.nb201.index import arch_at
+    from nwot_fast.scan import scan
 
     dev = torch.device(args.device)
-    make, source = _sampler(args)
+    data, source = _data(args)
     total = args.space
     sample_n = min(args.sample, total)
     step = total / sample_n
     sample = sorted({int(i * step) for i in range(sample_n)})
-    kw = {"batched": True}
-    figures = {"data": source, "batch": args.batch, "archs_in_space": total, "methods": {}}
+    classes = len({representative_index(arch_at(i)) for i in range(total)})
+    figures = {"data": source, "batch": args.batch, "archs_in_space": total, "classes_in_space": classes,
+               "entry": "nwot_fast.scan (nwot-fast scan), dedup False and True", "methods": {}}
     scores = {}
 
-    def run(method, indices, sampler):
+    def run(method, indices, dedup=False):
+        config = ScoreConfig(method=method, data=data, batch_size=args.batch, seed=0, device=str(dev))
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = list(schedule.score_archs(indices, lambda i: sampler.batch(i).to(dev, non_blocking=True), method=method,
-                                    seed=0, device=dev, **kw))
+        result = scan(indices, config=config, dedup=dedup)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        return out, time.perf_counter() - t0
+        return dict(zip(result.indices.tolist(), result.scores.tolist())), time.perf_counter() - t0, result
 
     for k, method in enumerate(("jacob_cov", "hook_logdet")):
-        sampler = make(method)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        run(method, sample[:4], sampler)  # warm-up: cuDNN plans, allocator, prime table
-        got, t_sample = run(method, sample, sampler)
+        run(method, sample[:4])  # warm-up: cuDNN plans, allocator, the seed's weights on the device
+        res, t_sample, _ = run(method, sample)
         per_arch = t_sample / len(sample)
-        in_sample = set(sample)
-        rest = [i for i in range(total) if i not in in_sample]
+        rest = [i for i in range(total) if i not in res]
         predicted_rest = per_arch * len(rest)
         left = min(args.time_budget - (time.monotonic() - report.timing_start),
                    args.deadline - (time.monotonic() - START) - 20)
         share = left / (2 - k)  # what this method may use of the time left
         m = {"sample_archs": len(sample), "sample_seconds": round(t_sample, 2),
-             "ms_per_arch": round(1e3 * per_arch, 3), "extrapolated_whole_space_seconds": round(per_arch * total, 1)}
-        res = dict(zip(sample, got))
+             "ms_per_arch": round(1e3 * per_arch, 3), "extrapolated_whole_space_seconds": round(per_arch * total, 1),
+             "extrapolated_dedup_seconds": round(per_arch * classes, 1)}
         if predicted_rest <= share:
-            got_rest, t_rest = run(method, rest, sampler)
-            res.update(zip(rest, got_rest))
+            got_rest, t_rest, _ = run(method, rest)
+            res.update(got_rest)
             m["whole_space_seconds"] = round(t_sample + t_rest, 1)
             m["measured"] = "whole space"
+            left = min(args.time_budget - (time.monotonic() - report.timing_start),
+                       args.deadline - (time.monotonic() - START) - 20)
+            if per_arch * classes <= left / (2 - k):
+                _, t_dedup, result = run(method, range(total), dedup=True)
+                m["dedup_seconds"] = round(t_dedup, 1)
+                m["dedup_scored"] = int(result.computed)
         else:
             m["measured"] = (f"SAMPLE ONLY: {len(sample)} archs measured, whole space extrapolated "
                              f"(predicted {predicted_rest:.0f} s for the rest, {share:.0f} s left)")
@@ -487,7 +482,7 @@ def main(argv=None) -> int:
     args.device = "cpu" if args.smoke else "cuda"
     args.time_budget = args.time_budget if args.time_budget is not None else (60.0 if args.smoke else 240.0)
     args.deadline = args.deadline if args.deadline is not None else (600.0 if args.smoke else 470.0)
-    args.batch, args.side = (8, 16) if args.smoke else (128, 32)
+    args.batch = 8 if args.smoke else 128
     args.space = 12 if args.smoke else SPACE  # smoke: the first 12 archs stand for the space
     args.sample = 4 if args.smoke else 256
     if args.smoke:

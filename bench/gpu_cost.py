@@ -3,17 +3,19 @@
     python bench/gpu_cost.py --method jacob_cov --layout auto --archs 64 --batch-size 128 --json j.json
 
 Builds a :class:`nwot_fast.scorer.Scorer` with the decisions :func:`nwot_fast.scorer.resolve_execution`
-makes for CUDA (an H200's memory; ``--layout`` other than ``auto`` replaces the layout), moves
+makes for CUDA (an H200's memory; ``--layout`` other than ``auto`` forces the mode: ``per-arch``,
+or ``sparse``, the multi-arch mode's one layout), moves
 its device to ``meta`` (shapes and dtypes, no values: the compiled operators run their fake
 kernels) and scores one chunk of ``--archs`` random architectures under a ``TorchDispatchMode``
 that sees every ATen operator the engine dispatches. For each operator on the device it counts:
 
 * FLOPs: ``torch.utils.flop_counter``'s formulas (convolutions, their backward, matmuls); the
   compiled score operators by the formulas in :func:`custom_flops`;
-* bytes moved: the sizes of its tensor inputs and outputs (gathers and scatters: the gathered
-  part); views and allocations move nothing and launch nothing;
+* bytes moved: the sizes of its tensor inputs and outputs (gathers: the gathered part read and
+  written; scatter-adds: the part read, read and written; index copies and fills: the part
+  written); views and allocations move nothing and launch nothing;
 * host -> device copies (a CPU tensor copied to the device), split into the inputs (copies made
-  by the data path: ``Scorer.batch_for`` or ``nwot_fast.data``) and everything else, and
+  by the data path: the scorer's batch source or ``nwot_fast.data``) and everything else, and
   whether they are non-blocking;
 * syncs: operators that need a device value on the host (``.item()``, ``float(t)``,
   ``bool(t)`` as in ``isfinite().all()`` in an ``if``, ``.tolist()`` and other device -> host
@@ -21,10 +23,12 @@ that sees every ATen operator the engine dispatches. For each operator on the de
   this run computes are meaningless), and host -> device copies without ``non_blocking``
   (PyTorch waits for the stream after them);
 * host time: the CPU time of the scoring thread over the chunk minus its time inside the device
-  operators' dispatch (the Python the engine runs between them: plans, weights, index arrays,
-  batches; CPU time, so that other processes on a shared machine do not inflate it).
+  operators' dispatch and minus the measured cost of reaching the counting mode per operator
+  (:func:`dispatch_overhead`; on a GPU the host cost of issuing an operator is the per-launch
+  cost below): the Python the engine runs between operators (plans, weights, index arrays,
+  batches). CPU time, so that other processes on a shared machine do not inflate it.
 
-The same architectures run through the per-arch plans (``layout="per-arch"``) give the
+The same architectures run through the per-arch plans (``mode="per-arch"``) give the
 ``sparse_plan_flops_per_arch`` the targets compare with. A first chunk of other architectures
 runs before the count (the seed's weight streams drawn, the operators loaded); what it copies to
 the device once (per seed or per data set) is counted, divided over the whole space.
@@ -55,7 +59,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from nwot_fast import multi_arch
 from nwot_fast._common import METHODS, NUM_ARCHS
 from nwot_fast.config import ScoreConfig
 from nwot_fast.data import ImageSet, default_data_settings
@@ -82,10 +85,12 @@ _SCALAR = {_aten._local_scalar_dense, _aten.is_nonzero, _aten.equal}
 _DATA_DEPENDENT = {_aten.nonzero, _aten.masked_select, _aten.unique_consecutive, _aten._unique2}
 # Gathers read the gathered part of their source; scatters read and write the part they touch.
 _GATHER = {_aten.index_select, _aten.index, _aten.gather, _aten.embedding}
-_SCATTER = {_aten.index_add, _aten.index_add_, _aten.index_copy_, _aten.index_put_, _aten.scatter_add_,
-            _aten.scatter_add}
-# Stack frames whose copies are the inputs' (the data path).
-INPUT_FUNCTIONS = ("batch_for",)
+_SCATTER = {_aten.index_add, _aten.index_add_, _aten.index_put_, _aten.scatter_add_, _aten.scatter_add}
+_COPY_INTO = {_aten.index_copy_, _aten.index_copy}  # write the part they touch, read only the source
+_FILL = {_aten.index_fill_, _aten.index_fill}  # write the part they touch
+# Copies made on behalf of these are the inputs': the scorer's batch source (any method of a
+# class named like these, e.g. nwot_fast.scorer._SampledBatches) and the data package.
+INPUT_CLASSES = ("_Batches",)
 INPUT_MODULES = ("/nwot_fast/data/",)
 
 
@@ -128,8 +133,10 @@ def _nbytes(t: torch.Tensor) -> int:
 def _from_data_path() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
-        code = frame.f_code
-        if code.co_name in INPUT_FUNCTIONS or any(m in code.co_filename.replace("\\", "/") for m in INPUT_MODULES):
+        owner = frame.f_locals.get("self")
+        if owner is not None and any(c.__name__ in INPUT_CLASSES for c in type(owner).__mro__):
+            return True
+        if any(m in frame.f_code.co_filename.replace("\\", "/") for m in INPUT_MODULES):
             return True
         frame = frame.f_back
     return False
@@ -151,7 +158,8 @@ class CostMode(TorchDispatchMode):
         self.sync_kinds = Counter()
         self.by_op = Counter()
         self.bytes_by_op = Counter()
-        self.device_s = 0.0  # wall time inside the device operators (excluded from host time)
+        self.device_s = 0.0  # CPU time inside the device operators' dispatch (not host time)
+        self.dispatches = 0  # operators that reached this mode (device and host)
 
     def _sync(self, kind: str):
         self.syncs += 1
@@ -159,11 +167,15 @@ class CostMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.dispatches += 1
         start = time.thread_time()
+        on_device = any(t.device.type == "meta" for t in _tensors((args, kwargs))) or \
+            str(kwargs.get("device")) == "meta"
         try:
             return self._handle(func, args, kwargs)
         finally:
-            self.device_s += time.thread_time() - start
+            if on_device:  # a host operator's own time is host work
+                self.device_s += time.thread_time() - start
 
     def _handle(self, func, args, kwargs):
         inputs = _tensors((args, kwargs))
@@ -206,9 +218,13 @@ class CostMode(TorchDispatchMode):
         outputs = _tensors(out)
         if packet in _GATHER:
             moved = 2 * sum(_nbytes(t) for t in outputs) + sum(_nbytes(t) for t in inputs if t.dtype == torch.int64)
-        elif packet in _SCATTER:
+        elif packet in _SCATTER or packet in _COPY_INTO:
             src = inputs[-1]
-            moved = 3 * _nbytes(src) + sum(_nbytes(t) for t in inputs if t.dtype == torch.int64)
+            moved = (3 if packet in _SCATTER else 2) * _nbytes(src) + sum(_nbytes(t) for t in inputs
+                                                                          if t.dtype == torch.int64)
+        elif packet in _FILL:
+            self_, dim, index = args[0], args[1], args[2]
+            moved = index.numel() * _nbytes(self_) // max(1, self_.shape[dim]) + _nbytes(index)
         else:
             moved = sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
         flops = 0.0
@@ -230,19 +246,39 @@ class Measurement:
     cpu_s: float
     archs: int
 
+    per_dispatch_s: float = 0.0
+
     @property
     def host_s(self) -> float:
-        return max(0.0, self.cpu_s - self.mode.device_s)
+        """The engine's own host work: CPU time less the device operators' dispatch and less the
+        cost of reaching this mode per operator (:func:`dispatch_overhead`; on a GPU the host
+        cost of issuing an operator is the roofline's per-launch cost instead)."""
+        return max(0.0, self.cpu_s - self.mode.device_s - self.mode.dispatches * self.per_dispatch_s)
 
 
-def measure(scorer: Scorer, archs: List[int]) -> Measurement:
+def dispatch_overhead(n: int = 3000) -> float:
+    """CPU seconds per operator spent outside :meth:`CostMode._handle` (the Python call of a
+    torch function and the dispatch into the mode), measured on ``n`` additions of meta tensors."""
+    a = torch.empty(128, 16, 32, 32, device="meta")
+    mode = CostMode()
+    with mode:
+        torch.add(a, a)
+        mode.device_s, mode.dispatches = 0.0, 0
+        start = time.thread_time()
+        for _ in range(n):
+            torch.add(a, a)
+        total = time.thread_time() - start
+    return max(0.0, total - mode.device_s) / max(1, mode.dispatches)
+
+
+def measure(scorer: Scorer, archs: List[int], per_dispatch_s: float = 0.0) -> Measurement:
     """Score ``archs`` (one chunk) under a :class:`CostMode`."""
     mode = CostMode()
     start = time.thread_time()  # CPU time of this thread: other processes on the machine do not count
     with mode:
         for _ in scorer.score_many(archs):
             pass
-    return Measurement(mode, time.thread_time() - start, len(archs))
+    return Measurement(mode, time.thread_time() - start, len(archs), per_dispatch_s)
 
 
 def synthetic_images(n: int, seed: int) -> ImageSet:
@@ -259,21 +295,23 @@ def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "f
     images = synthetic_images(CIFAR_TRAIN, seed) if inputs == "images" else None
     config = ScoreConfig(method=method, batch_size=batch_size, seed=seed, dtype=dtype,
                          augment=settings["augment"] and images is not None, fixed_batch=settings["fixed"])
-    cuda = dict(device=torch.device("cuda"), available_memory=GPU_MEMORY)
-    if layout in ("auto", "per-arch"):
-        execution = resolve_execution(dataclasses.replace(config, layout=layout), **cuda)
-    else:  # any layout the engine has (also those the configuration no longer offers)
-        execution = dataclasses.replace(resolve_execution(config, **cuda), layout=layout, channels_last=False)
+    mode = {"auto": "auto", "per-arch": "per-arch", "sparse": "multi-arch"}[layout]
+    execution = resolve_execution(dataclasses.replace(config, mode=mode), device=torch.device("cuda"),
+                                  available_memory=GPU_MEMORY)
     if execution.multi_arch:
         execution = dataclasses.replace(execution, chunk=archs)  # the model's chunk: --archs
     meta = dataclasses.replace(execution, device=torch.device("meta"))
     sample = random.Random(sample_seed).sample(range(NUM_ARCHS), archs + 4)
     warm, chosen = sample[:4], sample[4:]
-    warm_run = measure(Scorer(config, images=images, execution=meta), warm)
-    run = measure(Scorer(config, images=images, execution=meta), chosen)
-    half = measure(Scorer(config, images=images, execution=meta), chosen[: max(1, archs // 2)])
+    # One scorer for all three, as one scan: what it moves to the device once (the seed's weight
+    # streams, the images) the first chunk moves and the others do not.
+    scorer = Scorer(config, images=images, execution=meta)
+    warm_run = measure(scorer, warm)
+    overhead = dispatch_overhead()
+    run = measure(scorer, chosen, overhead)
+    half = measure(scorer, chosen[: max(1, archs // 2)])
     plan = measure(Scorer(config, images=images, execution=dataclasses.replace(
-        meta, layout="per-arch", chunk=1, channels_last=False)), chosen)
+        meta, mode="per-arch", chunk=1, channels_last=False)), chosen)
     m = run.mode
     A = archs
     # Copies the first chunk makes and later ones do not (per seed, per data set), over the space.
@@ -309,9 +347,10 @@ def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "f
     }
     details = {
         "execution": execution.describe(),
-        "resolved_layout": execution.layout,
+        "resolved_mode": execution.mode,
         "chunk": execution.chunk,
         "launches_per_arch": m.launches / A,
+        "measurement_overhead_us_per_dispatch": 1e6 * overhead,
         "roofline_device_ms_per_arch": 1e3 * device_s / A,
         "issue_ms_per_arch": 1e3 * issue_s / A,
         "h2d_ms_per_arch": 1e3 * h2d_s / A,
@@ -325,7 +364,7 @@ def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "f
         "top_bytes_per_arch": {k: v / A for k, v in m.bytes_by_op.most_common(10)},
         "inputs": "synthetic uint8 images (50,000, CIFAR-10 sized)" if images is not None else
                   "Gaussian N(0, 1), drawn on the host (NumPy PCG64 from the seed and the index)",
-        "data": Scorer(config, images=images, execution=meta).describe_data(),
+        "data": scorer.describe_data(),
     }
     log(f"{method} layout={layout} ({execution.describe()}), {A} archs, batch {batch_size}, {dtype}:")
     for k in KEYS[2:]:
@@ -342,8 +381,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        f"{LAUNCH_S * 1e6:g} us per launch, {SYNC_S * 1e6:g} us per sync, "
                                        f"host->device {H2D_BYTES / 1e9:g} GB/s")
     p.add_argument("--method", default="jacob_cov", choices=METHODS)
-    p.add_argument("--layout", default="auto", choices=("auto", "per-arch") + multi_arch.LAYOUTS,
-                   help="auto: what CUDA gets by default (nwot_fast.scorer.resolve_execution)")
+    p.add_argument("--layout", default="auto", choices=("auto", "per-arch", "sparse"),
+                   help="auto: what CUDA gets by default (nwot_fast.scorer.resolve_execution); per-arch: one plan "
+                        "per architecture; sparse: the multi-arch mode (its one layout)")
     p.add_argument("--archs", type=int, default=64, help="architectures in the chunk (random, --sample-seed)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))

@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, LAYOUTS, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, MODES, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 
 PROG = "nwot-fast"
@@ -301,10 +301,10 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
                    help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
     g.add_argument("--engine", default="fast", choices=ENGINES,
                    help="fast (default: execution plans, compiled operators) or reference (the pure-PyTorch oracle)")
-    g.add_argument("--layout", default="auto", choices=LAYOUTS,
-                   help="how the fast engine lays out its work: auto (default: on CUDA a chunk of architectures "
-                        "per network pass; on the CPU one plan per architecture above batch 2), per-arch, or a "
-                        "many-architecture layout by name")
+    g.add_argument("--mode", default="auto", choices=MODES,
+                   help="how the fast engine runs: auto (default: on CUDA multi-arch; on the CPU per-arch above "
+                        "batch 2), per-arch (one plan per architecture) or multi-arch (a chunk of architectures "
+                        "per network pass)")
     g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
                    help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "
                         "or only nn.ReLU (exact)")

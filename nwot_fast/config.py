@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ._common import ENGINES, LAYOUTS, METHODS, RELU_MATCHES, SEED_MAX, check_seed, device_type, dtype_name
+from ._common import ENGINES, METHODS, MODES, RELU_MATCHES, SEED_MAX, check_seed, device_type, dtype_name
 
 __all__ = ["ScoreConfig", "CONFIG_FIELDS", "score_config", "config_from_namespace"]
 
@@ -30,11 +30,10 @@ class ScoreConfig:
     (see :func:`nwot_fast.data.default_data_settings`).
 
     ``engine``: ``"fast"`` (execution plans and compiled operators) or ``"reference"`` (the
-    pure-PyTorch oracle, one network module by module). ``layout`` (fast engine only): how the
-    fast engine lays out its work, ``"auto"`` (the device's choice), ``"per-arch"`` (one plan
-    per architecture) or a many-architecture layout (:data:`nwot_fast._common.MULTI_ARCH_LAYOUTS`:
-    a chunk of architectures per network pass). ``seed``: 0..2**63-1, the seed of the weights
-    and of the batches."""
+    pure-PyTorch oracle, one network module by module). ``mode`` (fast engine only): how it runs,
+    ``"auto"`` (the device's choice, :func:`nwot_fast.scorer.default_mode`), ``"per-arch"`` (one
+    plan per network pass) or ``"multi-arch"`` (a chunk of architectures per network pass).
+    ``seed``: 0..2**63-1, the seed of the weights and of the batches."""
 
     method: str = "jacob_cov"
     data: Optional[str] = None  # path to images; None: Gaussian N(0, 1) inputs
@@ -45,7 +44,7 @@ class ScoreConfig:
     seed: int = 0
     relu_match: str = "name"
     engine: str = "fast"
-    layout: str = "auto"
+    mode: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"  # or "float64"; a torch.dtype is accepted and stored by name
 
@@ -56,11 +55,11 @@ class ScoreConfig:
             raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {self.relu_match!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; allowed: {', '.join(ENGINES)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; allowed: {', '.join(LAYOUTS)}")
-        if self.engine == "reference" and self.layout != "auto":
-            raise ValueError(f"layout {self.layout!r} is a layout of the fast engine; the reference engine runs "
-                             "each network module by module (leave layout at 'auto')")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.engine == "reference" and self.mode != "auto":
+            raise ValueError(f"mode {self.mode!r} is a mode of the fast engine; the reference engine runs "
+                             "each network module by module (leave mode at 'auto')")
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
         ):
@@ -92,9 +91,9 @@ class ScoreConfig:
     def identity(self) -> dict:
         """The fields that decide the scores, bit for bit. The engine and the device type are
         part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
-        1e-9 relative, not bitwise, so their results are kept apart. ``layout`` is part of it
-        when it is not ``"auto"`` (a layout asked for by name computes in another order than
-        the device's choice may); ``dtype`` when it is float64, so that float32 configurations
+        1e-9 relative, not bitwise, so their results are kept apart. ``mode`` is part of it
+        when it is not ``"auto"`` (a mode asked for by name computes in another order than the
+        device's choice may); ``dtype`` when it is float64, so that float32 configurations
         keep the hash they had before the option existed (rows of older databases are float32
         rows).
 
@@ -115,8 +114,8 @@ class ScoreConfig:
             "engine": c.engine,
             "device_type": device_type(c.device),
         }
-        if c.layout != "auto":
-            ident["layout"] = c.layout
+        if c.mode != "auto":
+            ident["mode"] = c.mode
         if c.dtype != "float32":
             ident["dtype"] = c.dtype
         return ident

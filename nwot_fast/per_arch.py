@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import ops, reference, weights
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
+from ._common import check_seed as _check_seed
 from ._common import torch_dtype
 from .nb201.constants import N_CELLS, OUTPUT_NODE, STAGE_CHANNELS
 from .nb201.registry import OP_SPECS
@@ -235,9 +236,9 @@ def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
 
 
 def check_seed(seed) -> None:
-    """ValueError unless ``seed`` is a non-negative int (bool excluded)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    """The package's one seed rule (:func:`nwot_fast._common.check_seed`: an int in
+    0..2**63-1; TypeError / ValueError otherwise)."""
+    _check_seed(seed)
 
 
 def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):

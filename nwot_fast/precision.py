@@ -37,7 +37,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from . import reference, schedule
+from . import reference
+from .scorer import score_archs
 from ._common import torch_dtype
 from .nb201 import build_network, index_of
 from .nb201.index import as_arch
@@ -87,19 +88,19 @@ def pure_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0,
 
 def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
                 relu_match: str = "name", device="cpu", **options) -> List[float]:
-    """The fast path: :func:`nwot_fast.schedule.score_archs` (``options`` go to it, e.g. ``chunk``)."""
-    return list(schedule.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
+    """The fast path: :func:`nwot_fast.scorer.score_archs` (``options`` go to it, e.g. ``chunk``)."""
+    return list(score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
                                  relu_match=relu_match, dtype=dtype, **options))
 
 
 def engines(device="cpu") -> Dict[str, Scorer]:
-    """This package's scorers by name: ``pure``, ``fast`` (``schedule.score_archs`` with the
-    per-architecture plans) and ``batched`` (its ``batched=True`` engine). Add your own to the
+    """This package's scorers by name: ``pure``, ``fast`` (``scorer.score_archs`` with the
+    per-architecture plans) and ``batched`` (its multi-arch mode). Add your own to the
     dict to check them."""
     return {
         "pure": partial(pure_scores, device=device),
-        "fast": partial(fast_scores, device=device, batched=False),
-        "batched": partial(fast_scores, device=device, batched=True),
+        "fast": partial(fast_scores, device=device, mode="per-arch"),
+        "batched": partial(fast_scores, device=device, mode="multi-arch"),
     }
 
 

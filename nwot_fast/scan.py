@@ -274,7 +274,7 @@ def scan(
 
     The scoring configuration: ``config`` (a :class:`ScoreConfig`), or its fields as keyword
     options (``method``, ``data``, ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``,
-    ``seed``, ``relu_match``, ``engine``, ``layout``, ``device``, ``dtype``; see
+    ``seed``, ``relu_match``, ``engine``, ``mode``, ``device``, ``dtype``; see
     :func:`nwot_fast.config.score_config`).
     ``db`` (a path): write each result to that SQLite database as it is produced and resume
     from what it holds; ``None`` keeps results in memory only. ``dedup``: score one

@@ -261,10 +261,10 @@ def test_errors_with_json_also_give_json(capsys):
 
 
 def test_keyboard_interrupt_exits_130_and_keeps_results(capsys, tmp_path, tiny_npz, monkeypatch):
-    from nwot_fast import schedule, scorer
+    from nwot_fast import per_arch, scorer
 
-    # The engine the scorer calls, once per architecture on the CPU (per-arch layout, chunk 1).
-    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("score_archs", schedule)
+    # What the scorer calls once per architecture on the CPU (the per-arch mode, chunk 1).
+    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("network_pass", per_arch)
     real = getattr(module, name)
     calls = []
 
@@ -289,7 +289,7 @@ def test_keyboard_interrupt_exits_130_and_keeps_results(capsys, tmp_path, tiny_n
 def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_path, tiny_npz, monkeypatch):
     import torch
 
-    from nwot_fast import schedule, scorer
+    from nwot_fast import per_arch, scorer
 
     calls = []
 
@@ -299,8 +299,8 @@ def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    # The engine the scorer calls, once per architecture on the CPU (per-arch layout, chunk 1).
-    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("score_archs", schedule)
+    # What the scorer calls once per architecture on the CPU (the per-arch mode, chunk 1).
+    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("network_pass", per_arch)
     real = getattr(module, name)
     monkeypatch.setattr(module, name, oom)
     db = str(tmp_path / "oom.sqlite")
