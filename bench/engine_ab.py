@@ -6,8 +6,8 @@
 Times ``scorer.score_archs(..., mode="per-arch")`` and ``mode="multi-arch"`` (default chunk
 unless ``--chunk``) on the same fixed random architectures (seed 2020) and Gaussian batch,
 rounds alternating so that the load of a shared machine hits both alike; prints the best
-round of each (seconds for all architectures) and the ratio per-arch / multi-arch. The basis
-of ``scorer.default_mode`` on the CPU.
+round of each (seconds for all architectures) and the ratio per-arch / multi-arch (above 1:
+multi-arch faster). The basis of ``scorer.default_mode`` on the CPU.
 """
 
 from __future__ import annotations

@@ -302,8 +302,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", default="fast", choices=ENGINES,
                    help="fast (default: execution plans, compiled operators) or reference (the pure-PyTorch oracle)")
     g.add_argument("--mode", default="auto", choices=MODES,
-                   help="how the fast engine runs: auto (default: on CUDA multi-arch; on the CPU per-arch above "
-                        "batch 2), per-arch (one plan per architecture) or multi-arch (a chunk of architectures "
+                   help="how the fast engine runs: auto (default: multi-arch on CUDA, per-arch on the CPU), per-arch (one plan per architecture) or multi-arch (a chunk of architectures "
                         "per network pass)")
     g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
                    help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "

@@ -31,7 +31,8 @@ class ScoreConfig:
 
     ``engine``: ``"fast"`` (execution plans and compiled operators) or ``"reference"`` (the
     pure-PyTorch oracle, one network module by module). ``mode`` (fast engine only): how it runs,
-    ``"auto"`` (the device's choice, :func:`nwot_fast.scorer.default_mode`), ``"per-arch"`` (one
+    ``"auto"`` (the device's choice, :func:`nwot_fast.scorer.default_mode`: multi-arch on CUDA,
+    per-arch on the CPU), ``"per-arch"`` (one
     plan per network pass) or ``"multi-arch"`` (a chunk of architectures per network pass).
     ``seed``: 0..2**63-1, the seed of the weights and of the batches."""
 

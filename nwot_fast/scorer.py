@@ -43,12 +43,7 @@ from .plans import check_method, compile_plan
 from .transfer import to_device
 
 __all__ = ["Scorer", "ArchScore", "Execution", "resolve_execution", "default_mode", "score_archs",
-           "score_with_reference", "CPU_MULTI_ARCH_MAX_BATCH"]
-
-# The CPU batch size up to which the multi-arch mode is faster than one plan per architecture
-# (bench/RESULTS.md, "Engine choice on the CPU": bench/engine_ab.py, one process, alternating
-# rounds): 0.95-1.3x at batch 2, 0.8x at 4, 0.3-0.6x at 8 and 32.
-CPU_MULTI_ARCH_MAX_BATCH = 2
+           "score_with_reference"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +100,12 @@ class Execution:
 
 
 def default_mode(device: torch.device, batch_size: int) -> str:
-    """The fast engine's mode unless told: multi-arch on CUDA (kernel launches dominate); on
-    the CPU multi-arch only for batches of at most :data:`CPU_MULTI_ARCH_MAX_BATCH` samples,
-    where it measured faster (bench/engine_ab.py); above, one plan per architecture."""
-    return "multi-arch" if torch.device(device).type == "cuda" or batch_size <= CPU_MULTI_ARCH_MAX_BATCH \
-        else "per-arch"
+    """The fast engine's mode unless told: multi-arch on CUDA (kernel launches and host work
+    dominate there; bench/gpu_cost.py); on the CPU one plan per architecture, which measured
+    faster at every batch size from 2 up (bench/engine_ab.py, bench/RESULTS.md) and scores an
+    index bitwise alike whatever else is scored with it. (``batch_size``: the rule's input,
+    kept for a rule that depends on it.)"""
+    return "multi-arch" if torch.device(device).type == "cuda" else "per-arch"
 
 
 def _execution(engine: str, mode: Optional[str], method: str, relu_match: str, seed: int, dev: torch.device,

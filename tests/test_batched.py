@@ -214,21 +214,17 @@ def test_default_chunk_comes_from_the_memory(monkeypatch):
 
 
 def test_default_mode_rule():
-    small = scorer.CPU_MULTI_ARCH_MAX_BATCH
-    assert scorer.default_mode("cpu", 2) == scorer.default_mode("cpu", small) == "multi-arch"
-    assert scorer.default_mode("cpu", small + 1) == scorer.default_mode(torch.device("cpu"), 128) == "per-arch"
-    assert scorer.default_mode("cuda", 128) == "multi-arch"
+    assert scorer.default_mode("cpu", 2) == scorer.default_mode(torch.device("cpu"), 128) == "per-arch"
+    assert scorer.default_mode("cuda", 2) == scorer.default_mode("cuda", 128) == "multi-arch"
 
 
 def test_mode_none_picks_by_the_rule(monkeypatch):
     used = []
     monkeypatch.setattr(multi_arch, "run_chunk", lambda plans, *a: used.append(len(plans)) or [0.0] * len(plans))
-    small = _batch(73, b=scorer.CPU_MULTI_ARCH_MAX_BATCH, side=8)
-    large = _batch(74, b=scorer.CPU_MULTI_ARCH_MAX_BATCH + 1, side=8)
-    list(scorer.score_archs([6111], lambda _: small, method="hook_logdet"))
+    list(scorer.score_archs([6111], lambda _: _batch(73, b=2, side=8), method="hook_logdet"))
+    assert used == []  # the CPU's mode: per-arch
+    list(scorer.score_archs([6111], lambda _: _batch(74, b=2, side=8), method="hook_logdet", mode="multi-arch"))
     assert used == [1]
-    list(scorer.score_archs([6111], lambda _: large, method="hook_logdet"))
-    assert used == [1]  # the per-arch mode ran
 
 
 @pytest.mark.parametrize("kwargs, exc, words", [

@@ -28,7 +28,7 @@ from nwot_fast.evaluate import evaluate
 from nwot_fast.scan import scan
 from nwot_fast.search import search
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
-from nwot_fast.scorer import CPU_MULTI_ARCH_MAX_BATCH, Execution, Scorer, resolve_execution
+from nwot_fast.scorer import Execution, Scorer, resolve_execution
 
 from test_evaluate import synthetic_csv, synthetic_table  # noqa: F401  (fixtures)
 
@@ -126,8 +126,10 @@ def test_resolve_execution_rules(method):
     cpu = resolve_execution(ScoreConfig(method=method, batch_size=128))
     assert (cpu.engine, cpu.mode, cpu.channels_last, cpu.chunk) == ("fast", "per-arch", True, 1)
     assert cpu.device == torch.device("cpu") and cpu.dtype == torch.float32 and not cpu.multi_arch
-    small = resolve_execution(ScoreConfig(method=method, batch_size=CPU_MULTI_ARCH_MAX_BATCH))
-    assert small.multi_arch and not small.channels_last
+    small = resolve_execution(ScoreConfig(method=method, batch_size=2))
+    assert small.mode == "per-arch" and small.channels_last
+    forced_cpu = resolve_execution(ScoreConfig(method=method, batch_size=128, mode="multi-arch"))
+    assert forced_cpu.multi_arch and not forced_cpu.channels_last and forced_cpu.device == torch.device("cpu")
     # CUDA (decided without a GPU: the device and its free memory given): the many-arch engine,
     # NCHW, its chunk from the memory and the batch.
     gpu = resolve_execution(ScoreConfig(method=method, batch_size=128, dtype="float64"), **_cuda_memory(40))
