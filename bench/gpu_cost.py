@@ -52,7 +52,7 @@ import random
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nwot_fast import multi_arch, per_arch, plans, precision, scorer, weights
+from nwot_fast import multi_arch, per_arch, precision, scorer, weights
 from nwot_fast.nb201 import as_arch, initial_parameters, parameter_specs
 
 from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
