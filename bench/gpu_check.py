@@ -347,9 +347,9 @@ def precision(args) -> dict:
     archs = PRECISION_ARCHS[:1] if args.smoke else PRECISION_ARCHS
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
-    engines = contract.engines(dev)
+    engines = contract.scorers(dev)
     # fast: one plan per architecture; batched: the multi-arch mode (CUDA's default).
-    candidates = {"fast": engines["fast"], "batched": engines["batched"]}
+    candidates = {"fast": engines["per_arch"], "batched": engines["multi_arch"]}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure

@@ -1,6 +1,39 @@
 """nwot_fast: Neural Architecture Search without Training (NASWOT), fast and exact.
 
 Nothing is computed or loaded at import; the compiled extension is loaded on first use.
+
+Glossary (each word has this one meaning in the code, the docs and the options):
+
+engine
+    How a score is computed: ``"reference"`` (:mod:`nwot_fast.reference`, the authors'
+    procedure module by module: the oracle of every test) or ``"fast"`` (compiled execution
+    plans, :mod:`nwot_fast.plans`, run in one of the two modes below). ``ScoreConfig.engine``
+    and the CLI's ``--engine`` take these two values.
+mode
+    How the fast engine runs its plans: *per-arch* (:mod:`nwot_fast.per_arch`: one
+    architecture per network pass) or *multi-arch* (:mod:`nwot_fast.multi_arch`: a chunk of
+    architectures stacked along the channels in one network pass). ``ScoreConfig.mode`` and
+    the CLI's ``--mode`` take these and ``"auto"`` (multi-arch on CUDA, per-arch on the CPU:
+    :func:`nwot_fast.scorer.default_mode`).
+layout
+    How the multi-arch mode arranges a chunk in its network pass; it has one, ``"sparse"``
+    (only the (architecture, edge) pairs that compute something, gathered and scattered; a
+    ``"dense"`` one, every edge of every architecture with zero weights, was dropped).
+    NCHW versus channels-last is the *memory format*; the order in which the network creates
+    its parameters is the *parameter order* (:func:`nwot_fast.nb201.parameter_specs`).
+scorer
+    The front door (:class:`nwot_fast.scorer.Scorer`): every command scores through it, and
+    :func:`nwot_fast.scorer.resolve_execution` decides engine, mode, memory format, chunk,
+    device, dtype and seed once for it.
+chunk
+    Consecutive architectures whose scores are computed together: one multi-arch network pass
+    (at most :data:`nwot_fast.multi_arch.MAX_CHUNK` architectures, sized from the memory by
+    :mod:`nwot_fast.multi_arch.sizing`), or in the per-arch mode the passes post-processed in
+    one operator call. The unit of work a Ray worker takes is a *task*, not a chunk.
+plan
+    What the fast engine computes for one architecture and method: typed steps over node and
+    edge ids (:mod:`nwot_fast.plans`); what each NB201 op is comes from
+    :mod:`nwot_fast.nb201.registry`.
 """
 
 from __future__ import annotations

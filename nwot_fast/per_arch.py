@@ -32,7 +32,7 @@ from .nb201.constants import N_CELLS, OUTPUT_NODE, STAGE_CHANNELS
 from .nb201.registry import OP_SPECS
 from .plans import Codes, ConvBN, Plan, Pool, Relu, Sum, compile_plan
 
-__all__ = ["run_plan", "score_arch", "network_pass", "post_process", "check_nb201_input", "check_seed"]
+__all__ = ["run_plan", "score_arch", "network_pass", "post_process", "ArchCodes", "check_nb201_input", "check_seed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def _bn_parts(x, weight, bias, parts: int = 1) -> Tuple[torch.Tensor, ...]:
     """Train-mode BatchNorm from batch statistics, split into ``parts`` channel groups; the
     running statistics the reference updates never reach the output of this pass. ``weight``
     None (channels-last plans at the initial affine): ``ops.batch_norm_train``, whose groups are
-    dense channels-last tensors, so that the node sums add tensors of one layout."""
+    dense channels-last tensors, so that the node sums add tensors of one memory format."""
     if weight is None:
         return ops.batch_norm_train(x, parts)
     y = F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)
@@ -121,7 +121,7 @@ def _bn(x, weight, bias):
     return _bn_parts(x, weight, bias)[0]
 
 
-class _Codes:
+class ArchCodes:
     """Collects bit-packed ReLU codes with their multiplicities (hook_logdet)."""
 
     def __init__(self):
@@ -130,6 +130,8 @@ class _Codes:
         self.units = 0
 
     def add(self, t: torch.Tensor, multiplicity: int):
+        """Pack the codes ``t > 0`` of a hooked layer ``t [B, ...]`` (floating), counted
+        ``multiplicity`` times."""
         if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
             # Packed in memory order (h, w, c), no copy: K sums over units with one
             # multiplicity per call, so the order of the units in a code does not matter.
@@ -139,6 +141,7 @@ class _Codes:
         self.units += multiplicity * (t[0].numel())
 
     def add_zero(self, units: int, multiplicity: int):
+        """Count ``units`` all-zero codes ``multiplicity`` times without packing them."""
         # All-zero codes: equal for every pair of samples, they add units to each entry of K.
         self.units += multiplicity * units
 
@@ -151,7 +154,7 @@ class _Codes:
         return torch.cat(self.packed, 1)[None], mult[None], units
 
 
-def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Codes]):
+def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[ArchCodes]):
     nodes: List[Optional[torch.Tensor]] = [x] + [None] * OUTPUT_NODE
     relus: List[Optional[torch.Tensor]] = [None] * OUTPUT_NODE
     edges: Dict[int, torch.Tensor] = {}
@@ -179,7 +182,7 @@ def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[_Co
     return nodes[OUTPUT_NODE]
 
 
-def _reduction(weights, x, codes: Optional[_Codes], per_edge: int):
+def _reduction(weights, x, codes: Optional[ArchCodes], per_edge: int):
     wa, ga, ba, wb, gb, bb, wd = weights
     if codes is not None:
         codes.add(x, per_edge)
@@ -191,7 +194,7 @@ def _reduction(weights, x, codes: Optional[_Codes], per_edge: int):
     return shortcut + b
 
 
-def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[_Codes]) -> torch.Tensor:
+def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[ArchCodes]) -> torch.Tensor:
     """The network pass of the plan: logits (or None for a constant hook_logdet plan)."""
     h = _bn(F.conv2d(x, w.stem[0], padding=1), w.stem[1], w.stem[2])
     if plan.constant:
@@ -213,7 +216,7 @@ def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[_Codes]) 
     return F.linear(F.adaptive_avg_pool2d(h, 1).flatten(1), lw, lb)
 
 
-def _add_zero_rest(plan: Plan, codes: _Codes, x: torch.Tensor):
+def _add_zero_rest(plan: Plan, codes: ArchCodes, x: torch.Tensor):
     """After a constant cell output every hooked ReLU sees zeros: count their units only."""
     n_conv = sum(1 for op in plan.arch.ops if OP_SPECS[op].hooked_relu)
     per_edge = plan.code_multiplier
@@ -242,8 +245,20 @@ def check_seed(seed) -> None:
 
 
 def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):
-    """The network work of one plan in ``dtype``: ``J [B, D]`` (jacob_cov) or the collected
-    codes (hook_logdet). The weights are drawn in float32 as the reference draws them, then cast."""
+    """The network pass of one plan that runs a network (``plan.runs_network``), with the
+    weights of ``seed`` (drawn in float32 as the reference draws them, then cast).
+
+    Args:
+        plan: a :class:`~nwot_fast.plans.Plan` with ``runs_network``.
+        x: ``[B, 3, H, W]`` floating: the batch, moved to ``dev`` and cast to ``dtype``.
+        seed: the weights' seed (a non-negative int).
+        dev: the device to run on.
+        dtype: ``torch.float32`` or ``torch.float64``.
+
+    Returns:
+        jacob_cov: ``J [B, 3*H*W]`` of ``dtype`` on ``dev``, the gradient of the summed outputs
+        w.r.t. each sample; hook_logdet: the :class:`ArchCodes` the pass collected.
+    """
     w = _weights(plan, seed, dev, dtype)
     x = x.to(device=dev, dtype=dtype)
     if _uses_channels_last(plan, dev):
@@ -255,7 +270,7 @@ def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtyp
                 y = _forward(plan, w, xg, None)
                 (J,) = torch.autograd.grad(y, xg, torch.ones_like(y))
             return J.reshape(J.shape[0], -1)
-        codes = _Codes()
+        codes = ArchCodes()
         with torch.no_grad():
             _forward(plan, w, x, codes)
         return codes
@@ -264,7 +279,16 @@ def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtyp
 def post_process(method: str, results: list) -> List[float]:
     """Scores of several network passes of the same batch size, in one operator call (the codes
     of different cells are padded with zero words of multiplicity 0 by ``ops.stack_codes``,
-    which add nothing to K)."""
+    which add nothing to K).
+
+    Args:
+        method: ``"jacob_cov"`` or ``"hook_logdet"``.
+        results: what :func:`network_pass` returned for each plan: ``J [B, D]`` tensors
+            (jacob_cov) or :class:`ArchCodes` (hook_logdet), one batch size ``B`` for all.
+
+    Returns:
+        The scores as floats, in the order of ``results``.
+    """
     if method == "jacob_cov":
         if len({tuple(J.shape) for J in results}) == 1:
             return [float(v) for v in ops.jacob_cov_score(torch.stack(results)).tolist()]
@@ -274,7 +298,8 @@ def post_process(method: str, results: list) -> List[float]:
 
 
 def check_nb201_input(x) -> None:
-    """An NB201 batch: what ``reference.check_input`` asks, and 3 channels (the stem's input).
+    """ValueError / TypeError unless ``x`` is an NB201 batch: what ``reference.check_input`` asks
+    (a finite floating ``[B, C, H, W]`` tensor with ``B >= 2``) and ``C = 3`` (the stem's input).
     Other floating dtypes are accepted and cast to the scoring dtype, as
     ``build_network(arch)(x.float())`` would need."""
     reference.check_input(x)
@@ -283,8 +308,18 @@ def check_nb201_input(x) -> None:
 
 
 def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu", dtype=torch.float32) -> float:
-    """Score ``x`` with a compiled plan (weights from ``torch.manual_seed(seed)``), in ``dtype``
-    (``torch.float32`` or ``torch.float64``)."""
+    """Score a batch with a compiled plan (weights from ``torch.manual_seed(seed)``).
+
+    Args:
+        plan: a :class:`~nwot_fast.plans.Plan` from :func:`~nwot_fast.plans.compile_plan`.
+        x: ``[B, 3, H, W]`` floating, ``B >= 2``: the batch.
+        seed: the weights' seed (a non-negative int).
+        device: where to run (``"cpu"``, ``"cuda"``, a ``torch.device``...).
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+
+    Returns:
+        The score (a float; ``plan.result`` when structure decides it).
+    """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan from compile_plan, got {type(plan).__name__}")
     check_nb201_input(x)
@@ -298,12 +333,24 @@ def run_plan(plan: Plan, x: torch.Tensor, *, seed: int = 0, device="cpu", dtype=
 
 def score_arch(arch, x, *, method: str = "jacob_cov", seed: int = 0, device="cpu", relu_match: str = "name",
                dtype=torch.float32) -> float:
-    """NASWOT score of the NB201 architecture ``arch`` (Arch, arch string or benchmark index) on
-    batch ``x [B, 3, H, W]`` (cast to ``dtype``), equal to
+    """NASWOT score of one NB201 architecture by the fast engine's per-arch mode, equal to
     ``reference.score(build_network(arch), x, method, dtype=dtype)`` with the network built right
-    after ``torch.manual_seed(seed)``. ``dtype``: ``torch.float32`` (default, the authors'
-    precision) or ``torch.float64`` (the machine-independent truth; weights drawn in float32 as
-    usual, then cast). The caller's RNG state is left untouched. NaN (jacob_cov) / -inf
-    (hook_logdet) for the degenerate cells, from structure."""
+    after ``torch.manual_seed(seed)`` (within the precision contract; float64 to 1e-9). The
+    caller's RNG state is left untouched.
+
+    Args:
+        arch: an :class:`~nwot_fast.nb201.Arch`, an arch string or a benchmark index.
+        x: ``[B, 3, H, W]`` floating, ``B >= 2``: the batch (cast to ``dtype``).
+        method: ``"jacob_cov"`` or ``"hook_logdet"``.
+        seed: the weights' seed (a non-negative int).
+        device: where to run.
+        relu_match: which ReLUs hook_logdet counts (``"name"``, the authors' rule, or ``"exact"``).
+        dtype: ``torch.float32`` (default, the authors' precision) or ``torch.float64`` (the
+            machine-independent truth; weights drawn in float32 as usual, then cast).
+
+    Returns:
+        The score (a float): NaN (jacob_cov) / -inf (hook_logdet) for the degenerate cells,
+        from structure.
+    """
     plan = compile_plan(arch, method, relu_match=relu_match)
     return run_plan(plan, x, seed=seed, device=device, dtype=dtype)

@@ -247,10 +247,10 @@ def _cell_steps(arch: Arch, compute: Sequence[bool], codes: Optional[Dict[int, i
                 groups.setdefault(specs[k].kernel, []).append(k)
             for kernel in (3, 1):
                 members = groups.get(kernel, [])
-                chunks = [members] if merge else [[k] for k in members]
-                for chunk in chunks:
-                    if chunk:
-                        steps.append(ConvBN(i, kernel, tuple(chunk)))
+                runs = [members] if merge else [[k] for k in members]
+                for edges in runs:
+                    if edges:
+                        steps.append(ConvBN(i, kernel, tuple(edges)))
         for k, (src, _) in enumerate(EDGES):
             if src == i and compute[k] and specs[k].kind is OpKind.POOL:
                 steps.append(Pool(i, k))

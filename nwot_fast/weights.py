@@ -28,7 +28,7 @@ __all__ = ["StreamWeights", "DeviceStreams", "arch_segments", "bounds", "for_see
 
 
 @functools.lru_cache(maxsize=16384)
-def _layout(arch: Arch):
+def _segments_and_order(arch: Arch):
     """``(segments, order)`` of ``arch``: ``name -> (stream offset, numel, bound, shape)`` of every
     drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_specs` order as
     ``(name, shape, init)`` (``init`` None for a drawn one; BatchNorm's "ones" / "zeros")."""
@@ -47,10 +47,11 @@ def _layout(arch: Arch):
 def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
     """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
     (BatchNorm parameters are not drawn: weight 1, bias 0)."""
-    return _layout(arch)[0]
+    return _segments_and_order(arch)[0]
 
 
 def stream_length(arch: Arch) -> int:
+    """How many generator outputs ``arch``'s network draws (its drawn parameters' elements)."""
     return sum(n for _, n, _, _ in arch_segments(as_arch(arch)).values())
 
 
@@ -80,16 +81,18 @@ class StreamWeights:
             return t
 
     def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
-        """The concatenated values ``(offset, numel, bound)`` of the given segments (float32)."""
+        """The values of the given segments ``(stream offset, numel, bound)``, concatenated: a
+        float32 NumPy array of ``sum(numel)`` values."""
         parts: List[np.ndarray] = [self.stream(b)[o:o + n] for o, n, b in segments]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
         """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
-        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order."""
+        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order:
+        float32 CPU tensors of the state-dict shapes."""
         arch = as_arch(arch)
-        segs, order = _layout(arch)
+        segs, order = _segments_and_order(arch)
         out: Dict[str, torch.Tensor] = {}
         for name, shape, init in order:
             if init is None:

@@ -1,4 +1,5 @@
-"""The fast path (execution plans) against the pure path (nwot_fast.reference).
+"""The fast engine's per-arch mode (execution plans, nwot_fast.plans + nwot_fast.per_arch) against
+the reference engine (nwot_fast.reference).
 
 The plans (which edges run, merged convolutions, codes counted with multiplicities, answers
 from structure) are checked in float64, where both paths agree to 1e-9 on any machine: in
@@ -14,7 +15,8 @@ import zlib
 import pytest
 import torch
 
-from nwot_fast import _ext, ops, per_arch, plans, reference, scorer
+from conftest import assert_scores_close
+from nwot_fast import _ext, ops, per_arch, plans, reference, scorer, weights
 from nwot_fast.nb201 import Arch, as_arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
 from nwot_fast.nb201.constants import NONE
 
@@ -58,16 +60,6 @@ def _reference(arch, x, method, seed=0, relu_match="name", dtype=torch.float64):
 F64 = torch.float64
 
 
-def _assert_same(fast_score, ref_score, rel=1e-9):
-    if math.isnan(ref_score):
-        assert math.isnan(fast_score)
-    elif math.isinf(ref_score):
-        assert fast_score == ref_score
-    else:
-        assert math.isfinite(fast_score)
-        assert abs(fast_score - ref_score) <= rel * abs(ref_score), (fast_score, ref_score)
-
-
 def test_fixed_archs_cover_the_degenerate_cases():
     archs = [Arch.from_str(a) if isinstance(a, str) else a for a in ARCHS]
     assert len(ARCHS) >= 20
@@ -77,23 +69,24 @@ def test_fixed_archs_cover_the_degenerate_cases():
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=str)
-def test_jacob_cov_equals_pure_path(arch):
+def test_jacob_cov_equals_pure_path(arch, device):
     x = _batch(zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
     ref = _reference(arch, x, "jacob_cov", seed=3)
-    _assert_same(per_arch.score_arch(arch, x, method="jacob_cov", seed=3, dtype=F64), ref)
+    assert_scores_close(per_arch.score_arch(arch, x, method="jacob_cov", seed=3, dtype=F64, device=device), ref)
 
 
 @pytest.mark.parametrize("arch", [6111, ALL_CONV_MIXED, DEAD_SOURCE], ids=str)
 def test_jacob_cov_equals_pure_path_32x32(arch):
     x = _batch(50 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=32)
-    _assert_same(per_arch.score_arch(arch, x, method="jacob_cov", seed=0, dtype=F64), _reference(arch, x, "jacob_cov", seed=0))
+    assert_scores_close(per_arch.score_arch(arch, x, method="jacob_cov", seed=0, dtype=F64),
+                        _reference(arch, x, "jacob_cov", seed=0))
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=str)
-def test_hook_logdet_equals_pure_path(arch):
+def test_hook_logdet_equals_pure_path(arch, device):
     x = _batch(1 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
     ref = _reference(arch, x, "hook_logdet", seed=1)
-    _assert_same(per_arch.score_arch(arch, x, method="hook_logdet", seed=1, dtype=F64), ref)
+    assert_scores_close(per_arch.score_arch(arch, x, method="hook_logdet", seed=1, dtype=F64, device=device), ref)
 
 
 @pytest.mark.parametrize("arch", [ALL_CONV_MIXED, CONSTANT_CONVS, CONSTANT_ZEROS, DEAD_TARGETS, DEAD_SOURCE, 1459], ids=str)
@@ -101,7 +94,7 @@ def test_hook_logdet_equals_pure_path(arch):
 def test_hook_logdet_exact_rule_equals_pure_path(arch, relu_match):
     x = _batch(2 + zlib.crc32(str(arch).encode()) % 1000, b=8, side=16)
     ref = _reference(arch, x, "hook_logdet", seed=1, relu_match=relu_match)
-    _assert_same(per_arch.score_arch(arch, x, method="hook_logdet", seed=1, relu_match=relu_match, dtype=F64), ref)
+    assert_scores_close(per_arch.score_arch(arch, x, method="hook_logdet", seed=1, relu_match=relu_match, dtype=F64), ref)
 
 
 @pytest.mark.parametrize("arch, relu_match", [(DEAD_TARGETS, "name"), (DEAD_SOURCE, "exact"), (CONSTANT_CONVS, "name")])
@@ -113,9 +106,7 @@ def test_hook_kernel_is_exact(arch, relu_match):
         net = build_network(arch)
     K_ref = torch.from_numpy(reference.hamming_kernel(reference.relu_codes(net, x, relu_match)))
     plan = plans.compile_plan(arch, "hook_logdet", relu_match=relu_match)
-    codes = per_arch._Codes()
-    with torch.no_grad():
-        per_arch._forward(plan, per_arch._weights(plan, 0, torch.device("cpu")), x, codes)
+    codes = per_arch.network_pass(plan, x, 0, torch.device("cpu"))
     K = ops.hamming_kernel(*codes.triple())[0]
     assert torch.equal(K.to(torch.float64), K_ref)
 
@@ -125,7 +116,7 @@ def test_degenerate_archs_are_answered_without_running(monkeypatch):
         raise AssertionError("the network must not run")
 
     monkeypatch.setattr(torch.nn.functional, "conv2d", boom)
-    monkeypatch.setattr(per_arch, "_weights", boom)
+    monkeypatch.setattr(weights, "for_seed", boom)  # not even the weights are drawn
     x = _batch(11)
     for arch in (ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS):
         assert math.isnan(per_arch.score_arch(arch, x, method="jacob_cov"))
@@ -199,14 +190,14 @@ def test_merge_and_channels_last_give_the_same_scores():
     base = per_arch.run_plan(plans.compile_plan(ALL_CONV_MIXED, "jacob_cov", merge=False), x, dtype=F64)
     merged = per_arch.run_plan(plans.compile_plan(ALL_CONV_MIXED, "jacob_cov"), x, dtype=F64)
     cl = per_arch.run_plan(plans.compile_plan(ALL_CONV_MIXED, "jacob_cov", channels_last=True), x, dtype=F64)
-    _assert_same(merged, base)
-    _assert_same(cl, base)
+    assert_scores_close(merged, base)
+    assert_scores_close(cl, base)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
-def test_both_layouts_with_and_without_the_extension_equal_the_reference(method, channels_last, compiled, monkeypatch):
+def test_both_memory_formats_with_and_without_the_extension_equal_the_reference(method, channels_last, compiled, monkeypatch):
     # Channels-last (the CPU default) runs BatchNorm and pooling as the compiled channels-last
     # kernels, merged edges as dense parts and codes packed in (h, w, c) order; without the
     # extension the same plan runs ATen's BatchNorm on channel slices.
@@ -215,7 +206,7 @@ def test_both_layouts_with_and_without_the_extension_equal_the_reference(method,
     x = _batch(11, b=10, side=16)
     for arch in (SAME_NODE_TWO_KERNELS, ALL_CONV_MIXED, DEAD_SOURCE, 1459):
         plan = plans.compile_plan(arch, method, channels_last=channels_last)
-        _assert_same(per_arch.run_plan(plan, x, dtype=F64), _reference(arch, x, method))
+        assert_scores_close(per_arch.run_plan(plan, x, dtype=F64), _reference(arch, x, method))
 
 
 def test_rng_state_untouched_and_independent_of_it():
@@ -233,17 +224,18 @@ def test_rng_state_untouched_and_independent_of_it():
 
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
 def test_network_pass_runs_without_tf32_and_restores_the_settings(method, monkeypatch):
+    """Every convolution of the pass runs with TF32 off; the settings are restored after."""
     seen = []
-    real = per_arch._forward
+    real = torch.nn.functional.conv2d
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
-        return real(*args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(per_arch, "_forward", spy)
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
     before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
     per_arch.score_arch(6111, _batch(3, b=4, side=16), method=method)
-    assert seen == [("ieee", "ieee")]
+    assert len(seen) == plans.compile_plan(6111, method).num_convolutions and set(seen) == {("ieee", "ieee")}
     assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
 
 
@@ -278,7 +270,7 @@ def test_score_archs_batched_post_processing_equals_one_by_one(method):
     many = list(scorer.score_archs(archs, lambda _: x, method=method, chunk=3, mode="per-arch"))
     assert len(one) == len(many) == len(archs)
     for a, b in zip(many, one):
-        _assert_same(a, b, rel=1e-9)
+        assert_scores_close(a, b, rel=1e-9)
     with pytest.raises(ValueError, match="chunk"):
         list(scorer.score_archs(archs, lambda _: x, method=method, chunk=0))
 

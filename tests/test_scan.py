@@ -105,6 +105,7 @@ def _run_until(cmd, db, rows: int, sig) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+@pytest.mark.slow  # a subprocess
 def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
     # The scan users run: Gaussian inputs (the default), small batch, 40 architectures.
     db = str(tmp_path / "killed.sqlite")
@@ -179,6 +180,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_scores_bitwise_reproducible_across_processes(tiny_npz):
     indices = [3, 17, 101]
     # The other process scores the indices one by one and then as a scan in reverse order.
@@ -224,6 +226,7 @@ def test_config_is_stored_with_every_row(tmp_path, tiny_npz):
         assert r[9] > 0 and r[10] == nwot_fast.__version__ and r[11].endswith("+00:00")
 
 
+@pytest.mark.slow  # a subprocess
 def test_two_scan_processes_share_one_database(tmp_path, tiny_npz):
     """The README's recipe: two processes, every second index each, one database file."""
     db = str(tmp_path / "shared.sqlite")

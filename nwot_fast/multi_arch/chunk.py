@@ -13,12 +13,22 @@ __all__ = ["run_chunk"]
 
 
 def run_chunk(plans, x, seed: int, device: torch.device, dtype) -> torch.Tensor:
-    """Scores ``[A]`` (float64 on ``device``; ``.tolist()`` reads them: the chunk's one sync)
-    of the plans (all of one method, all running a network) in one network pass
-    (:mod:`~nwot_fast.multi_arch.sparse`) and one post-processing call. ``x``: the batches,
-    ``[B, A*3, H, W]`` (``dtype`` on ``device``, architecture ``a``'s batch in channels
-    ``3a .. 3a+2``), or one ``[B, 3, H, W]`` tensor per plan (all of one shape; moved and
-    concatenated here). Weights of the seed ``seed``, gathered on the device."""
+    """Scores of a chunk of plans in one network pass (:mod:`~nwot_fast.multi_arch.sparse`) and
+    one post-processing call, all queued on the device.
+
+    Args:
+        plans: :class:`~nwot_fast.plans.Plan` s of one method, each running a network.
+        x: the batches, ``[B, A*3, H, W]`` in ``dtype`` on ``device`` (architecture ``a``'s
+            batch in channels ``3a .. 3a+2``), or one ``[B, 3, H, W]`` floating tensor per plan
+            (all of one shape; moved and concatenated here).
+        seed: the weights' seed (gathered on the device from its streams).
+        device: the ``torch.device`` to run on.
+        dtype: ``torch.float32`` or ``torch.float64``.
+
+    Returns:
+        ``[A]`` float64 scores on ``device``, in the order of ``plans`` (``.tolist()`` reads
+        them: the chunk's one sync).
+    """
     A = len(plans)
     method = plans[0].method
     uses = [cell_use(p) for p in plans]

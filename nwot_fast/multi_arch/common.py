@@ -19,7 +19,11 @@ __all__ = ["CellUse", "cell_use", "ChunkCodes", "code_arrays"]
 
 @dataclass(frozen=True)
 class CellUse:
-    """What one architecture computes in a cell, from its plan (:class:`~nwot_fast.plans.Plan`)."""
+    """What one architecture computes in a cell, from its plan (:class:`~nwot_fast.plans.Plan`):
+    per edge its op's :class:`~nwot_fast.nb201.registry.OpSpec` when the plan uses the edge (else
+    None), per node 0..2 the multiplicity of its codes (0: not packed), the convolution edges
+    whose ReLU input is an exact zero (hook_logdet counts their units only) and the plan's code
+    multiplier."""
 
     edges: Tuple[Optional[OpSpec], ...]  # per edge: its op when the plan uses the edge, else None
     codes: Tuple[int, ...]  # per node 0..2: multiplicity of its codes (0: not packed)
@@ -33,7 +37,9 @@ def cell_use(plan) -> "CellUse":
 
 
 class ChunkCodes:
-    """Packed codes of a chunk: per layer ``[B, A, W]`` with one multiplicity per architecture."""
+    """Packed codes of a chunk of ``A`` architectures: per hooked layer ``packed`` holds
+    ``[B, A, W]`` int64 and ``mults`` one multiplicity per architecture (``[A]`` int64);
+    ``units [A]`` counts every architecture's code units with their multiplicities."""
 
     def __init__(self, A: int):
         self.packed: List[torch.Tensor] = []
@@ -42,6 +48,9 @@ class ChunkCodes:
         self.A = A
 
     def add(self, t: torch.Tensor, mults: np.ndarray):
+        """Pack a hooked layer of the chunk: ``t [B, A*C, ...]`` floating (architecture ``a`` in
+        channels ``a*C .. a*C + C - 1``), counted ``mults[a]`` times for architecture ``a``
+        (``mults [A]`` int64; 0: not counted)."""
         B = t.shape[0]
         per_arch = t.reshape(B * self.A, -1)  # row b*A + a: sample b of architecture a
         packed = ops.pack_codes(per_arch)
@@ -50,6 +59,8 @@ class ChunkCodes:
         self.units += mults * per_arch.shape[1]
 
     def add_zero(self, units_each: np.ndarray):
+        """Count all-zero codes without packing them: ``units_each [A]`` int64 units (with their
+        multiplicities) per architecture."""
         self.units += units_each
 
     def triple(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,9 +78,14 @@ class ChunkCodes:
 
 
 def code_arrays(uses: List[CellUse]):
-    """Per architecture: its code multiplier, the units of its all-zero conv codes per pixel
-    and channel, and per node 0..2 of a cell the multiplicity of its codes (None: no arch
-    counts that node)."""
+    """The code counts of a chunk's cells as arrays for :class:`ChunkCodes`.
+
+    Returns:
+        ``(code_multiplier [A], zero_units [A], code_mult)``: int64 arrays of each
+        architecture's code multiplier and the units of its all-zero convolution codes per
+        pixel and channel, and per node 0..2 of a cell the multiplicities ``[A]`` int64 of its
+        codes (None where no architecture counts that node).
+    """
     cm = np.array([u.code_multiplier for u in uses], dtype=np.int64)
     zero_units = np.array([u.zero_conv * u.code_multiplier for u in uses], dtype=np.int64)
     code_mult: List[Optional[np.ndarray]] = []

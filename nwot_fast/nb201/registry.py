@@ -7,7 +7,7 @@ Like xautodl's ``OPS`` table, every consumer reads it instead of testing op ids:
 * plan compilation (:mod:`nwot_fast.plans`): :attr:`OpSpec.kind` says which step computes an
   edge (``CONV``: a ReLU-Conv-BN step of :attr:`OpSpec.kernel`; ``POOL``: a pooling step;
   ``IDENTITY``: no step, the source node is a term of the sum; ``ZERO``: nothing at all);
-* the many-architecture engine (:mod:`nwot_fast.multi_arch`): :attr:`OpSpec.group`, the op
+* the multi-arch mode (:mod:`nwot_fast.multi_arch`): :attr:`OpSpec.group`, the op
   group an edge joins when the (architecture, edge) pairs of one source node run together;
 * structure analysis (:mod:`nwot_fast.nb201.structure`): :attr:`OpSpec.passes_signal`,
   :attr:`OpSpec.hooked_relu`.

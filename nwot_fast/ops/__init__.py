@@ -1,5 +1,5 @@
 """Typed wrappers over the compiled operators ``torch.ops.nwot_fast.*``, their fake kernels,
-and a batched pure-PyTorch fallback with the same semantics, by op family:
+and a pure-PyTorch fallback with the same semantics (batched over architectures), by op family:
 
 - :mod:`nwot_fast.ops.jacobian`: :func:`jacob_cov_score` ``J [A, B, D] -> [A] float64``;
 - :mod:`nwot_fast.ops.codes`: :func:`pack_codes`, :func:`hamming_kernel`,

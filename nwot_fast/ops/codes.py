@@ -73,9 +73,17 @@ def _check_kernel_matrix(K) -> None:
         raise TypeError(f"K must be int64 or float64, got {K.dtype}")
 
 
-
 def pack_codes(x: torch.Tensor) -> torch.Tensor:
-    """``x [B, ...]`` (floating or bool) -> ``int64 [B, ceil(units / 64)]``, bits ``x > 0``."""
+    """Pack the ReLU codes ``x > 0`` of each sample into 64-bit words.
+
+    Args:
+        x: ``[B, ...]`` floating or bool, on the CPU or CUDA: ``units`` values per sample (any
+            memory format; the units are read in ``x.flatten(1)`` order).
+
+    Returns:
+        ``[B, W]`` int64, ``W = ceil(units / 64)``: bit ``k`` of word ``w`` is
+        ``x.flatten(1)[:, 64 w + k] > 0``; padding bits are 0.
+    """
     _check_activations(x)
     check_device(x, "x")
     if compiled(x.device.type):
@@ -84,7 +92,20 @@ def pack_codes(x: torch.Tensor) -> torch.Tensor:
 
 
 def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-    """Agreement counts ``K int64 [A, B, B]`` from packed codes (see the module docstring)."""
+    """The agreement counts of packed codes (the module docstring's formula).
+
+    Args:
+        codes: ``[A, B, W]`` int64: per architecture and sample, the packed ReLU codes
+            (:func:`pack_codes`, several layers concatenated along ``W``).
+        multiplicity: ``[A, W]`` int64: how often each word counts (0: padding).
+        units: ``[A]`` int64: per architecture, the code units counted with their
+            multiplicities (the value of K's entries for identical codes).
+        All three on one device (CPU or CUDA).
+
+    Returns:
+        ``K [A, B, B]`` int64 on that device: ``K[a, i, j]`` the units on which samples ``i``
+        and ``j`` of architecture ``a`` agree, counted with their multiplicities.
+    """
     _check_codes(codes, multiplicity, units)
     check_device(codes, "codes")
     check_same_device(multiplicity, "multiplicity", codes, "codes")
@@ -95,7 +116,15 @@ def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch
 
 
 def logdet_score(K: torch.Tensor) -> torch.Tensor:
-    """``K [A, B, B]`` (int64/float64) -> ``log|det K|`` ``[A]`` float64, ``-inf`` where singular."""
+    """``log|det K|`` of each architecture's kernel matrix, ``-inf`` exactly where it is singular.
+
+    Args:
+        K: ``[A, B, B]`` int64 or float64 on the CPU or CUDA (an int64 K is decided singular or
+            not with exact integer arithmetic, :mod:`nwot_fast.exact`).
+
+    Returns:
+        ``[A]`` float64 on ``K``'s device (the sign of the determinant is ignored).
+    """
     _check_kernel_matrix(K)
     check_device(K, "K")
     if compiled(K.device.type):
@@ -103,9 +132,20 @@ def logdet_score(K: torch.Tensor) -> torch.Tensor:
     return logdet_score_fallback(K)
 
 
-
 def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-    """``log|det K|`` ``[A]`` float64 of the agreement kernel of packed codes, in one call."""
+    """hook_logdet's score from packed codes: :func:`hamming_kernel` then :func:`logdet_score`, fused.
+
+    Args:
+        codes: ``[A, B, W]`` int64: per architecture and sample, the packed ReLU codes
+            (:func:`pack_codes`, several layers concatenated along ``W``).
+        multiplicity: ``[A, W]`` int64: how often each word counts (0: padding).
+        units: ``[A]`` int64: per architecture, the code units counted with their
+            multiplicities (the value of K's entries for identical codes).
+        All three on one device (CPU or CUDA).
+
+    Returns:
+        ``[A]`` float64 on that device: ``log|det K|``, ``-inf`` where K is singular.
+    """
     _check_codes(codes, multiplicity, units)
     check_device(codes, "codes")
     check_same_device(multiplicity, "multiplicity", codes, "codes")
@@ -115,17 +155,21 @@ def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: to
     return hook_logdet_score_fallback(codes, multiplicity, units)
 
 
-
 def pack_layers(
     layers: Sequence[torch.Tensor], multiplicities: Sequence[int]
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes of one architecture from its hooked layers.
+    """Codes of one architecture from its hooked layers. Each layer is padded to whole words
+    with zero bits.
 
-    ``layers[h]`` is the activation ``[B, ...]`` (float or bool; the code is ``> 0``) seen by
-    hook h and ``multiplicities[h]`` how many times that layer counts in K (2 for an NB201
-    ReLU-Conv-BN input under the default ``relu_match="name"`` rule). Each layer is padded to
-    whole words with zero bits. Returns ``codes [1, B, W]``, ``multiplicity [1, W]`` and
-    ``units [1]`` (int64, on the layers' device) for :func:`hook_logdet_score`.
+    Args:
+        layers: the activations ``[B, ...]`` (floating or bool, all on one device; the code is
+            ``> 0``) seen by each hook.
+        multiplicities: per layer, how many times it counts in K (positive ints; 2 for an NB201
+            ReLU-Conv-BN input under the default ``relu_match="name"`` rule).
+
+    Returns:
+        ``(codes [1, B, W], multiplicity [1, W], units [1])``, int64 on the layers' device, for
+        :func:`hook_logdet_score`.
     """
     if isinstance(layers, torch.Tensor) or not isinstance(layers, (list, tuple)):
         raise TypeError(f"layers must be a list of tensors [batch, ...], got {type(layers).__name__}")
@@ -160,8 +204,16 @@ def pack_layers(
 def stack_codes(
     items: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch several ``(codes, multiplicity, units)`` triples along the architecture axis,
-    padding shorter ones with zero words of multiplicity 0 (which change nothing)."""
+    """Batch several architectures' codes along the architecture axis, padding shorter ones with
+    zero words of multiplicity 0 (which change nothing).
+
+    Args:
+        items: ``(codes [A_k, B, W_k], multiplicity [A_k, W_k], units [A_k])`` int64 triples,
+            one batch size ``B`` for all.
+
+    Returns:
+        ``(codes [sum A_k, B, max W_k], multiplicity [sum A_k, max W_k], units [sum A_k])``.
+    """
     if len(items) == 0:
         raise ValueError("items must not be empty")
     for k, (c, m, u) in enumerate(items):
@@ -181,8 +233,8 @@ def stack_codes(
     return codes, multiplicity, units
 
 
-
 def pack_codes_fallback(x: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_codes` in pure PyTorch: ``x [B, ...]`` -> ``int64 [B, W]``."""
     _check_activations(x)
     B = x.shape[0]
     bits = (x.reshape(B, -1) > 0).to(torch.int64)
@@ -200,6 +252,8 @@ def _unpack(codes: torch.Tensor) -> torch.Tensor:
 
 
 def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """:func:`hamming_kernel` in pure PyTorch (exact float64 sums, in steps of at most
+    ``FALLBACK_BYTES``): same arguments, ``K [A, B, B]`` int64."""
     # popcount(c_i ^ c_j) = sum_bits c_i + c_j - 2 c_i c_j, so with per-bit weights m:
     # disagreements = r_i + r_j - 2 (c diag(m) c^T)_ij with r = c m; exact in float64.
     _check_codes(codes, multiplicity, units)
@@ -216,6 +270,7 @@ def hamming_kernel_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, uni
 
 
 def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
+    """:func:`logdet_score` in Python: ``K [A, B, B]`` int64|float64 -> ``[A]`` float64."""
     _check_kernel_matrix(K)
     # Singularity is decided exactly on the host (nwot_fast.exact, the algorithm of the
     # compiled operators); only a K not proven singular gets torch's LU, one matrix per call:
@@ -234,8 +289,8 @@ def logdet_score_fallback(K: torch.Tensor) -> torch.Tensor:
 
 
 def hook_logdet_score_fallback(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """:func:`hook_logdet_score` from the fallbacks: same arguments, ``[A]`` float64."""
     return logdet_score_fallback(hamming_kernel_fallback(codes, multiplicity, units))
-
 
 
 def _register_fakes() -> None:

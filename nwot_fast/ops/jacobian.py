@@ -30,9 +30,18 @@ def _check_jacobian(J) -> None:
         raise ValueError(f"J must have at least 1 feature, got {J.shape[2]}")
 
 
-
 def jacob_cov_score(J: torch.Tensor) -> torch.Tensor:
-    """``J [A, B, D]`` (float32/float64) -> scores ``[A]`` float64; NaN where a row of J[a] has zero variance."""
+    """The jacob_cov score of each architecture from its Jacobian (the module docstring's formula).
+
+    Args:
+        J: ``[A, B, D]`` float32 or float64, on the CPU or CUDA: per architecture the Jacobian
+            of the summed outputs w.r.t. the ``B`` inputs, flattened to ``D`` features;
+            ``B >= 2``, ``D >= 1``.
+
+    Returns:
+        ``[A]`` float64 on ``J``'s device: the scores, NaN for an architecture with a
+        zero-variance row of J.
+    """
     _check_jacobian(J)
     check_device(J, "J")
     if compiled(J.device.type):
@@ -40,8 +49,9 @@ def jacob_cov_score(J: torch.Tensor) -> torch.Tensor:
     return jacob_cov_score_fallback(J)
 
 
-
 def jacob_cov_score_fallback(J: torch.Tensor) -> torch.Tensor:
+    """:func:`jacob_cov_score` in pure PyTorch (float64 throughout), in steps of at most
+    ``FALLBACK_BYTES`` of temporaries. Same ``J [A, B, D]`` -> ``[A]`` float64 contract."""
     _check_jacobian(J)
     A, B, D = J.shape
     scores = torch.empty(A, dtype=torch.float64, device=J.device)
@@ -58,7 +68,6 @@ def jacob_cov_score_fallback(J: torch.Tensor) -> torch.Tensor:
         s = -(torch.log(eig) + 1.0 / eig).sum(dim=1)
         scores[a0 : a0 + step] = torch.where(flat, torch.full_like(s, math.nan), s)
     return scores
-
 
 
 def _register_fakes() -> None:

@@ -2,7 +2,7 @@
 on the CPU (channels-last aware) or ATen's, with their fake kernels and autograd formulas.
 
 - :func:`avg_pool3x3` ``x [N, C, H, W] float32|float64``: NB201's ``avg_pool_3x3`` with autograd, the
-  compiled CPU kernel bitwise equal to ATen's (the fast path's slowest op in ATen on the CPU),
+  compiled CPU kernel bitwise equal to ATen's (the per-arch mode's slowest op in ATen on the CPU),
   NCHW and channels-last.
 - :func:`batch_norm_train` ``x [N, P C, H, W] float32|float64, parts P -> P tensors [N, C, H, W]``:
   NB201's BatchNorm2d in train mode at initialisation (weight 1, bias 0), with autograd; on
@@ -39,13 +39,20 @@ def _check_bn_input(x, parts) -> None:
         raise ValueError(f"x must have more than 1 value per channel for train-mode BatchNorm, got shape {list(x.shape)}")
 
 
-
 def avg_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """NB201's ``avg_pool_3x3``: ``F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)``, with
     autograd. On the CPU (float32 or float64, 4-D) the compiled kernel, bitwise equal to ATen's
     kernels in both directions and several times faster than its NCHW ones: a dense
-    channels-last input is pooled in that layout (channels-last output), any other made
-    contiguous first (NCHW output); elsewhere ATen's pooling."""
+    channels-last input is pooled in that memory format (channels-last output), any other made
+    contiguous first (NCHW output); elsewhere ATen's pooling.
+
+    Args:
+        x: ``[N, C, H, W]`` float32 or float64 (NCHW or channels-last).
+
+    Returns:
+        ``[N, C, H, W]``, the dtype of ``x``: the mean over each value's in-plane 3x3
+        neighbourhood (padding excluded).
+    """
     if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and x.dim() == 4 and compiled("cpu")):
         return torch.ops.nwot_fast.avg_pool3x3(x)
@@ -57,15 +64,22 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
     variance, no affine: NB201's BatchNorm2d at initialisation), with autograd, split along the
     channels into ``parts`` equal groups (a merged convolution's edges). On the CPU (float32 or
     float64, 4-D) the compiled kernel: statistics summed in float64, every group returned as a
-    dense channels-last tensor (any input layout is read as channels-last); elsewhere ATen's
-    BatchNorm, split into channel slices."""
+    dense channels-last tensor (any input memory format is read as channels-last); elsewhere ATen's
+    BatchNorm, split into channel slices.
+
+    Args:
+        x: ``[N, P*C, H, W]`` float32 or float64 with more than one value per channel.
+        parts: ``P``, the number of equal channel groups (a positive int dividing the channels).
+
+    Returns:
+        ``P`` tensors ``[N, C, H, W]`` of ``x``'s dtype: the normalised groups, in channel order.
+    """
     _check_bn_input(x, parts)
     if x.device.type == "cpu" and compiled("cpu"):
         y, _ = torch.ops.nwot_fast.batch_norm_train(x, parts)
         return y.unbind(0)
     y = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
     return y.split(x.shape[1] // parts, dim=1)
-
 
 
 def _register_fakes() -> None:
@@ -110,7 +124,7 @@ def _register_fakes() -> None:
         y, invstd = ctx.saved_tensors
         return torch.ops.nwot_fast.batch_norm_train_backward(grad_y, y, invstd), None
 
-    # First derivatives only: the fast path differentiates the network once (jacob_cov).
+    # First derivatives only: the fast engine differentiates the network once (jacob_cov).
     torch.library.register_autograd("nwot_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)
 
 
