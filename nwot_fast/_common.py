@@ -103,8 +103,6 @@ def resolve_device(device):
 
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be a string (cpu, cuda or auto) or torch.device, got {type(device).__name__}")
-    if isinstance(device, torch.device) and device.type == "meta":
-        return device  # shapes only: bench/gpu_cost.py counts a GPU's work on meta tensors
     name = str(device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
