@@ -1,20 +1,20 @@
 """A/B of the ways to score a set of architectures, in one process on the CPU: the fast engine's
-modes, the multi-arch layouts, the per-arch memory formats and the reference engine.
+modes, the per-arch memory formats and the reference engine.
 
-    python bench/ab.py [--variants per-arch multi-arch:sparse multi-arch:dense]
+    python bench/ab.py [--variants per-arch multi-arch]
                        [--n-archs 16 [--sample-seed 2020] | --archs 6111 '|nor_conv_3x3~0|+...']
                        [--batch-sizes 8 32 128] [--rounds 2] [--methods jacob_cov hook_logdet]
                        [--seed 0] [--chunk N] [--threads N] [--gaussian] [--json PATH]
 
 Variants (each scores the whole set; every round runs each variant once in turn, so that the
 load of a shared machine hits all alike; the best round of each is reported):
-  default                    schedule.score_archs with its own choices (mode by
-                             schedule.use_batched, layout by multi_arch.default_layout)
-  per-arch                   schedule.score_archs(batched=False): one plan per network pass
-  multi-arch:sparse|dense    schedule.score_archs(batched=True, layout=...): a chunk of
-                             architectures per network pass (--chunk; default from the memory)
+  default                    scorer.score_archs with the front door's own choices (the mode
+                             by scorer.default_mode)
+  per-arch                   scorer.score_archs(mode="per-arch"): one plan per network pass
+  multi-arch                 scorer.score_archs(mode="multi-arch"): a chunk of architectures
+                             per network pass (--chunk; default from the memory)
   per-arch:nchw|channels-last  per_arch.run_plan of compile_plan(arch, channels_last=False|True):
-                             the per-arch mode in one memory format (the CPU default is channels-last)
+                             the per-arch mode in one memory format (the CPU default: per_arch.channels_last_by_default)
   reference                  nwot_fast.reference.score on nb201.build_network, the network built
                              after torch.manual_seed(seed) (the oracle, the authors' procedure)
 Architectures: the fixed sample of bench/compare.py (``fixed_archs``, seed 2020; ``--n-archs 6``
@@ -38,15 +38,14 @@ import torch
 
 import common
 import compare  # bench/compare.py: the fixed architecture sample, the image batch, the reference score
-from nwot_fast import multi_arch, per_arch, plans, precision, reference, schedule
+from nwot_fast import per_arch, plans, precision, reference, scorer
 from nwot_fast.nb201 import NUM_ARCHS, as_arch
 
-VARIANTS = (["default", "per-arch"] + [f"multi-arch:{layout}" for layout in multi_arch.LAYOUTS]
-            + ["per-arch:nchw", "per-arch:channels-last", "reference"])
+VARIANTS = ("default", "per-arch", "multi-arch", "per-arch:nchw", "per-arch:channels-last", "reference")
 
 
 def scan(archs, x, method, seed, **choice):
-    return list(schedule.score_archs(archs, lambda _: x, method=method, seed=seed, **choice))
+    return list(scorer.score_archs(archs, lambda _: x, method=method, seed=seed, **choice))
 
 
 def per_arch_format(archs, x, method, seed, channels_last):
@@ -63,9 +62,9 @@ def variant(name: str, chunk):
     if name == "default":
         return scan
     if name == "per-arch":
-        return partial(scan, batched=False)
-    if name.startswith("multi-arch:"):
-        return partial(scan, batched=True, layout=name.split(":", 1)[1], chunk=chunk)
+        return partial(scan, mode="per-arch")
+    if name == "multi-arch":
+        return partial(scan, mode="multi-arch", chunk=chunk)
     if name.startswith("per-arch:"):
         return partial(per_arch_format, channels_last=name == "per-arch:channels-last")
     if name == "reference":
@@ -106,7 +105,7 @@ def run(archs, batch_sizes, methods, variants, rounds, seed, chunk=None, gaussia
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["per-arch", "multi-arch:sparse", "multi-arch:dense"],
+    p.add_argument("--variants", nargs="+", default=["per-arch", "multi-arch"],
                    choices=VARIANTS, metavar="VARIANT",
                    help="one or more of: " + ", ".join(VARIANTS)
                    + "; the first is the baseline of the speed-ups and score differences")

@@ -18,8 +18,9 @@ On the same fixed architectures, batch (real CIFAR-10 training images from
 2. ``pure``: :func:`nwot_fast.reference.score` on :func:`nwot_fast.nb201.build_network`.
 3. ``fast``: :func:`nwot_fast.per_arch.score_arch`.
 4. After the per-architecture table, the whole set in rounds alternating the authors'
-   procedure, ``schedule.score_archs`` with its default engine choice, and the batched engine
-   (``batched=True``, default chunk): the engines' columns for the set.
+   procedure and the product's front door, :meth:`nwot_fast.scorer.Scorer.score_many` (what
+   every command runs) with its default execution and with the multi-arch mode forced, all on
+   the scorer's fixed batch (``fixed_batch=True``, no augmentation, from the same data).
 
 Each time includes building the network. The three are interleaved per repeat so that the
 load of a shared machine hits them alike; the per-architecture median is reported. The FLOP
@@ -30,6 +31,7 @@ at the rate of a large float32 matmul measured in the same process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nwot_fast import per_arch, plans, reference, schedule
+from nwot_fast import per_arch, plans, reference
+from nwot_fast.config import ScoreConfig
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network
+from nwot_fast.scorer import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
@@ -164,37 +168,47 @@ def _rel(a, b):
 
 
 def _set_timings(indices, x, method, seed, repeats, authors_fn, log):
-    """The whole set at once, rounds alternating: the authors' procedure arch by arch,
-    ``schedule.score_archs`` with the default engine choice, and with ``batched=True`` (default
-    chunk); the median round of each and the ratios."""
-    def run(batched):
-        return list(schedule.score_archs(indices, lambda _: x, method=method, seed=seed, batched=batched))
+    """The whole set at once, rounds alternating: the authors' procedure arch by arch and the
+    front door (``Scorer.score_many``) with its default execution and with the multi-arch mode;
+    all on the scorer's fixed batch of ``x``'s size from the same data; the median round of
+    each and the ratios."""
+    config = ScoreConfig(method=method, data=str(DATA) if DATA.exists() else None, batch_size=x.shape[0],
+                         augment=False, fixed_batch=True, seed=seed)
+    scorers = {"default": Scorer(config), "batched": Scorer(dataclasses.replace(config, mode="multi-arch"))}
+    batch = scorers["default"].batch_for(indices[0])
+
+    def run(name):
+        return [r.score for r in scorers[name].score_many(indices)]
 
     times = {"authors": [], "default": [], "batched": []}
     scores = {}
     for _ in range(repeats):
-        scores["authors"], t = _timed(lambda: [authors_fn(arch_at(i), x, seed) for i in indices])
+        scores["authors"], t = _timed(lambda: [authors_fn(arch_at(i), batch, seed) for i in indices])
         times["authors"].append(t)
-        scores["default"], t = _timed(lambda: run(None))
+        scores["default"], t = _timed(lambda: run("default"))
         times["default"].append(t)
-        scores["batched"], t = _timed(lambda: run(True))
+        scores["batched"], t = _timed(lambda: run("batched"))
         times["batched"].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "median_s": med,
-        "default_engine": "batched" if schedule.use_batched("cpu", x.shape[0]) else "per-plan",
+        "default_engine": scorers["default"].execution.describe(),
+        "data": scorers["default"].describe_data(),
         "ratio_authors_over_default": med["authors"] / med["default"],
         "ratio_authors_over_batched": med["authors"] / med["batched"],
+        "max_rel_diff_default_vs_authors": max(_rel(a, b) for a, b in zip(scores["default"], scores["authors"])),
         "max_rel_diff_batched_vs_authors": max(_rel(a, b) for a, b in zip(scores["batched"], scores["authors"])),
     }
-    log(f"whole set, {repeats} alternating rounds (median): authors {med['authors']:.2f} s, score_archs default "
-        f"({out['default_engine']}) {med['default']:.2f} s = {out['ratio_authors_over_default']:.2f}x, batched engine "
-        f"{med['batched']:.2f} s = {out['ratio_authors_over_batched']:.2f}x; max rel. score diff batched vs authors "
-        f"{out['max_rel_diff_batched_vs_authors']:.1e}")
+    log(f"whole set through the front door, {repeats} alternating rounds (median; {out['data']}): authors "
+        f"{med['authors']:.2f} s, Scorer default ({out['default_engine']}) {med['default']:.2f} s = "
+        f"{out['ratio_authors_over_default']:.2f}x, multi-arch {med['batched']:.2f} s = "
+        f"{out['ratio_authors_over_batched']:.2f}x; max rel. score diff vs authors: default "
+        f"{out['max_rel_diff_default_vs_authors']:.1e}, multi-arch {out['max_rel_diff_batched_vs_authors']:.1e}")
     return out
 
 
-def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=None, skip_pure=False):
+def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=None, skip_pure=False,
+            set_only=False):
     """Run the comparison; with ``json_path`` the figures so far are rewritten after every architecture."""
     x, data_note = load_batch(batch_size, seed)
     indices = fixed_archs(n_archs)
@@ -218,6 +232,13 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=No
     }
     for method in methods:
         rows = []
+        if set_only:  # only the whole-set A/B through the front door
+            log(f"\n{method}  (batch {batch_size}, {len(indices)} archs, {repeats} round(s))")
+            summary = {"set": _set_timings(indices, x, method, seed, repeats, authors[method], log)}
+            report["methods"][method] = {"rows": rows, "summary": summary}
+            if json_path:
+                Path(json_path).write_text(json.dumps(report, indent=2, default=float))
+            continue
         log(f"\n{method}  (batch {batch_size}, {len(indices)} archs, median of {repeats}; {data_note})")
         log(f"{'index':>6} {'convs':>5} {'authors s':>10} {'pure s':>9} {'fast s':>9} {'ratio':>6} "
             f"{'floor%':>6} {'score':>14} {'rel diff':>9}")
@@ -297,6 +318,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="repeats per architecture; the median is reported")
     p.add_argument("--seed", type=int, default=0, help="torch seed for the weights")
     p.add_argument("--skip-pure", action="store_true", help="do not time the pure path (2) (saves time on a busy machine)")
+    p.add_argument("--set-only", action="store_true",
+                   help="only the whole-set A/B (4): the authors' procedure against the front door")
     a = p.parse_args(argv)
     if a.batch_size < 2:
         p.error(f"--batch-size must be at least 2, got {a.batch_size}")
@@ -305,7 +328,7 @@ def main(argv=None):
     if a.repeats < 1:
         p.error(f"--repeats must be at least 1, got {a.repeats}")
     report = compare(a.methods, a.batch_size, a.archs, a.repeats, a.seed, log=lambda *m: print(*m, flush=True),
-                     json_path=a.json, skip_pure=a.skip_pure)
+                     json_path=a.json, skip_pure=a.skip_pure, set_only=a.set_only)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {a.json}")

@@ -17,7 +17,7 @@ device, build included):
   backend    nwot_fast.backend_info(): compiled, the CUDA backend, which eigensolver; the device.
   tests      pytest on tests/test_ops.py, test_ops_degenerate.py and test_ops_cuda.py, only their
              CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
-  precision  the fast path and the batched engine (each layout) on the device against the float64
+  precision  the per-arch and the multi-arch mode (CUDA's default) on the device against the float64
              truth and the authors' float32 procedure: the contract of docs/PRECISION.md.
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
              users run, for jacob_cov and hook_logdet at batch 128, without and then with
@@ -557,7 +557,6 @@ def child_precision(args) -> dict:
 
     import torch
 
-    from nwot_fast import multi_arch
     from nwot_fast import precision as contract
 
     dev = args.device
@@ -567,9 +566,8 @@ def child_precision(args) -> dict:
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
     engines = contract.scorers(dev)
-    # The batched engine in each layout (the default on CUDA is dense): fast = per plan.
-    candidates = {"fast": engines["per_arch"], **{f"batched-{layout}": partial(engines["multi_arch"], layout=layout)
-                                              for layout in multi_arch.LAYOUTS}}
+    # fast: one plan per architecture; batched: the multi-arch mode (CUDA's default).
+    candidates = {"fast": engines["per_arch"], "batched": engines["multi_arch"]}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure

@@ -38,7 +38,7 @@ done
 # The whole-space rescore-mode check: 50 runs of N = 10, hook_logdet, batch 32.
 python - "$DATA" "$ACC" <<'PY'
 import sys
-from nwot_fast.scoring import ScoreConfig
+from nwot_fast.config import ScoreConfig
 from nwot_fast.searchtable import search_table
 config = ScoreConfig(method="hook_logdet", data=sys.argv[1], batch_size=32, augment=False, fixed_batch=True)
 print(search_table(config, sys.argv[2], Ns=(10,), runs=50, mode="rescore").format_text())

@@ -12,13 +12,19 @@ engine
 mode
     How the fast engine runs its plans: *per-arch* (:mod:`nwot_fast.per_arch`: one
     architecture per network pass) or *multi-arch* (:mod:`nwot_fast.multi_arch`: a chunk of
-    architectures stacked along the channels in one network pass).
+    architectures stacked along the channels in one network pass). ``ScoreConfig.mode`` and
+    the CLI's ``--mode`` take these and ``"auto"`` (multi-arch on CUDA, per-arch on the CPU:
+    :func:`nwot_fast.scorer.default_mode`).
 layout
-    How the multi-arch mode arranges a chunk in its network pass: ``"sparse"`` (only the
-    (architecture, edge) pairs that compute something, gathered and scattered) or ``"dense"``
-    (every edge of every architecture, with zero weights and 0/1 masks). NCHW versus
-    channels-last is the *memory format*; the order in which the network creates its
-    parameters is the *parameter order* (:func:`nwot_fast.nb201.parameter_specs`).
+    How the multi-arch mode arranges a chunk in its network pass; it has one, ``"sparse"``
+    (only the (architecture, edge) pairs that compute something, gathered and scattered; a
+    ``"dense"`` one, every edge of every architecture with zero weights, was dropped).
+    NCHW versus channels-last is the *memory format*; the order in which the network creates
+    its parameters is the *parameter order* (:func:`nwot_fast.nb201.parameter_specs`).
+scorer
+    The front door (:class:`nwot_fast.scorer.Scorer`): every command scores through it, and
+    :func:`nwot_fast.scorer.resolve_execution` decides engine, mode, memory format, chunk,
+    device, dtype and seed once for it.
 chunk
     Consecutive architectures whose scores are computed together: one multi-arch network pass
     (at most :data:`nwot_fast.multi_arch.MAX_CHUNK` architectures, sized from the memory by
@@ -44,6 +50,8 @@ _LAZY = {
     "search": "nwot_fast.search",
     "SearchResult": "nwot_fast.search",
     "evaluate": "nwot_fast.evaluate",
+    "Scorer": "nwot_fast.scorer",
+    "ScoreConfig": "nwot_fast.config",
     "backend_info": "nwot_fast._ext",
 }
 _SUBMODULES = ("nb201", "reference", "ops", "data", "accuracies")

@@ -20,6 +20,10 @@ METHODS = ("jacob_cov", "hook_logdet")
 RELU_MATCHES = ("name", "exact")
 ENGINES = ("fast", "reference")
 DEVICES = ("cpu", "cuda", "auto")
+# How the fast engine runs: "per-arch" one execution plan per network pass (nwot_fast.per_arch),
+# "multi-arch" a chunk of architectures per pass (nwot_fast.multi_arch), "auto" the device's
+# choice (nwot_fast.scorer.default_mode).
+MODES = ("auto", "per-arch", "multi-arch")
 # The precision a score is computed in: the network pass, the Jacobian or codes and the
 # post-processing. float64 is the machine-independent truth (docs/PRECISION.md).
 DTYPES = ("float32", "float64")

@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, MODES, NUM_ARCHS, RELU_MATCHES, __version__, jsonable
 from .args import BATCH_SIZE, N_ARCHS, N_SAMPLES, RUNS, SEED, IntRange
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCE, EXIT_TERMINATED,  # noqa: F401
@@ -286,6 +286,9 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
                    help="cpu (default), cuda, cuda:N, or auto (CUDA when available)")
     g.add_argument("--engine", default="fast", choices=ENGINES,
                    help="fast (default: execution plans, compiled operators) or reference (the pure-PyTorch oracle)")
+    g.add_argument("--mode", default="auto", choices=MODES,
+                   help="how the fast engine runs: auto (default: multi-arch on CUDA, per-arch on the CPU), per-arch (one plan per architecture) or multi-arch (a chunk of architectures "
+                        "per network pass)")
     g.add_argument("--relu-match", default="name", choices=RELU_MATCHES,
                    help="hook_logdet: hook modules whose class name contains ReLU (name, the authors' rule) "
                         "or only nn.ReLU (exact)")
@@ -305,7 +308,7 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
 
 def _config_from(args):
     """The ScoreConfig of the scoring options (validated: a typo in --dataset is an error)."""
-    from .scoring import config_from_namespace
+    from .config import config_from_namespace
 
     return config_from_namespace(args)
 
@@ -349,16 +352,16 @@ def parse_arch_argument(text: str):
 
 
 def cmd_score(args) -> int:
-    from .scoring import ArchScorer
+    from .scorer import Scorer
 
     targets = [parse_arch_argument(a) for a in args.archs]
     config = _config_from(args)
     _check_device(args)
-    scorer = ArchScorer(config)
+    scorer = Scorer(config)
     results = []
     with _progress(args, len(targets), "scoring") as bar:
-        for n, (index, _) in enumerate(targets, start=1):
-            results.append(scorer.score_index(index))
+        for n, result in enumerate(scorer.score_many(index for index, _ in targets), start=1):
+            results.append(result)
             bar(n)
     data = scorer.describe_data()
     if args.json:

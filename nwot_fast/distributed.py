@@ -8,7 +8,7 @@ can never give a duplicate row; a killed driver leaves every chunk it already wr
 same command run again sends only the rest.
 
 Each worker process is single-threaded (one per core measured faster than one multi-threaded
-process, see bench/RESULTS.md) and builds its :class:`~nwot_fast.scoring.ArchScorer` (the
+process, see bench/RESULTS.md) and builds its :class:`~nwot_fast.scorer.Scorer` (the
 data, the batch sampler) once per configuration, then scores its chunks with the same entry
 a local scan uses, so its scores equal a local single-threaded scan's bit for bit.
 
@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 from .errors import MissingDependencyError, ResourceError
 
 if TYPE_CHECKING:  # torch-free at import: the scoring types are imported where they are used
-    from .scoring import ArchScore, ArchScorer, ScoreConfig
+    from .config import ScoreConfig
+    from .scorer import ArchScore, Scorer
 
 __all__ = ["score_on_ray", "ClusterError", "RayNotInstalledError", "check_ray_target", "INSTALL_HINT"]
 
@@ -221,16 +222,16 @@ def _ray_keeps_off_sigterm(ray_module):
 # the worker side
 
 
-_SCORERS: Dict[str, ArchScorer] = {}  # per worker process: one scorer (data, sampler) per configuration
+_SCORERS: Dict[str, Scorer] = {}  # per worker process: one scorer (data, sampler) per configuration
 
 
-def _scorer_for(config: ScoreConfig) -> ArchScorer:
-    from .scoring import ArchScorer
+def _scorer_for(config: ScoreConfig) -> Scorer:
+    from .scorer import Scorer
 
     key = config.config_hash() + "/" + str(config.device)
     scorer = _SCORERS.get(key)
     if scorer is None:
-        scorer = _SCORERS[key] = ArchScorer(config)
+        scorer = _SCORERS[key] = Scorer(config)
     return scorer
 
 
@@ -240,7 +241,7 @@ def score_chunk(config: ScoreConfig, indices: Sequence[int]) -> List[Tuple[int, 
 
     torch.set_num_threads(1)
     scorer = _scorer_for(config)
-    return [(s.index, s.score, s.seconds) for s in scorer.score_indices(indices)]
+    return [(s.index, s.score, s.seconds) for s in scorer.score_many(indices)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,12 +256,12 @@ def chunk_size(n: int, cpus: int) -> int:
 def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget = True,
                  chunk: Optional[int] = None) -> Iterator[ArchScore]:
     """Score the benchmark ``indices`` under ``config`` on a Ray cluster and yield an
-    :class:`~nwot_fast.scoring.ArchScore` per index as the chunks come back (in completion
+    :class:`~nwot_fast.scorer.ArchScore` per index as the chunks come back (in completion
     order, each index once). ``ray``: see :func:`check_ray_target`. ``chunk``: indices per task
     (default: :func:`chunk_size`). Closing the generator cancels what is still running and
     stops a Ray instance it started."""
     from .nb201 import arch_at
-    from .scoring import ArchScore
+    from .scorer import ArchScore
 
     target = check_ray_target(ray)
     indices = [int(i) for i in indices]

@@ -160,7 +160,7 @@ def evaluate(
     How they are scored: ``config`` or its fields as keyword options (``method``, ``data``,
     ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``, ``seed`` (also the seed of the
     sample), ``relu_match``, ``engine``, ``device``, ``dtype``; see
-    :func:`nwot_fast.scoring.score_config`); ``db`` makes the scoring a durable, resumable scan
+    :func:`nwot_fast.config.score_config`); ``db`` makes the scoring a durable, resumable scan
     (:func:`nwot_fast.scan.scan`). ``scores_in`` reads the scores of an earlier run instead of
     scoring (with a selection given, those indices are taken from the file; ``method``, when
     given, picks that method's rows and must be given for a file of several methods; ``seed`` is
@@ -259,7 +259,7 @@ def _read(scores_in, method: Optional[str], wanted, selection: str):
 def _score(wanted, db, progress, config, options, ray=None):
     """Scores of ``wanted`` from a scan under the configuration of the call."""
     from .scan import scan
-    from .scoring import score_config
+    from .config import score_config
 
     cfg = score_config(config, **options)
     result = scan([int(i) for i in wanted], config=cfg, db=db, progress=progress, ray=ray)

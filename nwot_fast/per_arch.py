@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, reference, weights
-from .args import SEED
 from ._common import BN_EPS, BN_MOMENTUM
 from ._common import resolve_device as _resolve_device
+from ._common import check_seed as _check_seed
 from ._common import torch_dtype
 from .nb201.constants import N_CELLS, OUTPUT_NODE, STAGE_CHANNELS
 from .nb201.registry import OP_SPECS
 from .plans import Codes, ConvBN, Plan, Pool, Relu, Sum, compile_plan
 
-__all__ = ["run_plan", "score_arch", "network_pass", "post_process", "ArchCodes", "check_nb201_input", "check_seed"]
+__all__ = ["run_plan", "score_arch", "channels_last_by_default", "network_pass", "post_process", "ArchCodes", "check_nb201_input", "check_seed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,17 +102,23 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
 # Running a plan
 
 
-def _uses_channels_last(plan: Plan, device: torch.device) -> bool:
-    """The plan's memory format; by default channels-last only for hook_logdet on the CPU.
+def channels_last_by_default(method: str, device: torch.device) -> bool:
+    """The per-arch plans' memory format unless a plan fixes it: channels-last only for
+    hook_logdet on the CPU (the one rule; :func:`nwot_fast.scorer.resolve_execution` asks it).
 
     jacob_cov in channels-last breaks the float32 contract on real 32x32 images at batch 128
     (architecture 304: 1.69e-5 relative against the authors' 2.4e-6; 6111: 9.8e-6 against 4.9e-6;
     the convolutions' float32 accumulation order, the compiled BatchNorm sums in float64), so it
     runs NCHW, where its scores equal the authors' procedure's. hook_logdet's codes are signs,
     which those rounding differences do not move beyond the contract."""
+    return torch.device(device).type == "cpu" and method == "hook_logdet"
+
+
+def _uses_channels_last(plan: Plan, device: torch.device) -> bool:
+    """The plan's memory format: its own if it fixes one, else :func:`channels_last_by_default`."""
     if plan.channels_last is not None:
         return plan.channels_last
-    return device.type == "cpu" and plan.method == "hook_logdet"
+    return channels_last_by_default(plan.method, device)
 
 
 def _bn_parts(x, weight, bias, parts: int = 1) -> Tuple[torch.Tensor, ...]:
@@ -248,9 +254,9 @@ def _add_zero_rest(plan: Plan, codes: ArchCodes, x: torch.Tensor):
 
 
 def check_seed(seed) -> None:
-    """TypeError/ValueError unless ``seed`` is an int in 0..2**63-1 (the range ``torch.manual_seed``
-    and the store take; :data:`nwot_fast.args.SEED`)."""
-    SEED.check(seed, "seed")
+    """The package's one seed rule (:func:`nwot_fast._common.check_seed`: an int in
+    0..2**63-1; TypeError / ValueError otherwise)."""
+    _check_seed(seed)
 
 
 def network_pass(plan: Plan, x: torch.Tensor, seed: int, dev: torch.device, dtype: torch.dtype = torch.float32):

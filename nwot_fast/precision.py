@@ -37,7 +37,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from . import reference, schedule
+from . import reference
+from .scorer import score_archs
 from ._common import torch_dtype
 from .nb201 import build_network, index_of
 from .nb201.index import as_arch
@@ -96,8 +97,8 @@ def reference_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int
 
 def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
                 relu_match: str = "name", device="cpu", **options) -> List[float]:
-    """The fast engine: :func:`nwot_fast.schedule.score_archs` (``options`` go to it, e.g. ``chunk``
-    or ``batched``).
+    """The fast engine: :func:`nwot_fast.scorer.score_archs` (``options`` go to it, e.g. ``chunk``
+    or ``mode``).
 
     Args:
         archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
@@ -107,18 +108,18 @@ def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0,
     Returns:
         The scores as floats, in the order of ``archs``.
     """
-    return list(schedule.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
-                                     relu_match=relu_match, dtype=dtype, **options))
+    return list(score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
+                            relu_match=relu_match, dtype=dtype, **options))
 
 
 def scorers(device="cpu") -> Dict[str, Scorer]:
     """This package's scorers by name: ``reference`` (the reference engine), ``per_arch`` and
-    ``multi_arch`` (the fast engine in each mode, through ``schedule.score_archs``). Add your
+    ``multi_arch`` (the fast engine in each mode, through ``scorer.score_archs``). Add your
     own to the dict to check them."""
     return {
         "reference": partial(reference_scores, device=device),
-        "per_arch": partial(fast_scores, device=device, batched=False),
-        "multi_arch": partial(fast_scores, device=device, batched=True),
+        "per_arch": partial(fast_scores, device=device, mode="per-arch"),
+        "multi_arch": partial(fast_scores, device=device, mode="multi-arch"),
     }
 
 

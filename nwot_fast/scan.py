@@ -1,7 +1,7 @@
 """Durable, resumable scans of NB201 architectures into an SQLite database.
 
 ``scan(indices, ...)`` scores a range or list of benchmark indices under one
-:class:`~nwot_fast.scoring.ScoreConfig` and writes every result to the ``scores`` table of an
+:class:`~nwot_fast.config.ScoreConfig` and writes every result to the ``scores`` table of an
 SQLite database (:mod:`nwot_fast.store`) as soon as it is computed (one committed transaction
 per architecture), so a killed scan loses at most the architecture in flight. Running the same
 scan again resumes: it reads what the database already holds for this configuration (rows are
@@ -33,7 +33,8 @@ from .nb201 import arch_at, representative_index
 from .paths import check_distinct
 from .scorefile import SCORE_FORMATS as OUTPUT_FORMATS
 from .scorefile import check_output_path, score_to_text, write_scores
-from .scoring import ArchScorer, ScoreConfig, score_config
+from .config import ScoreConfig, score_config
+from .scorer import Scorer
 from .store import ScanDatabaseError, ScoreDB, StoredScore, load_scores
 
 __all__ = [
@@ -277,8 +278,8 @@ def scan(
 
     The scoring configuration: ``config`` (a :class:`ScoreConfig`), or its fields as keyword
     options (``method``, ``data``, ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``,
-    ``seed``, ``relu_match``, ``engine``, ``device``, ``dtype``; see
-    :func:`nwot_fast.scoring.score_config`).
+    ``seed``, ``relu_match``, ``engine``, ``mode``, ``device``, ``dtype``; see
+    :func:`nwot_fast.config.score_config`).
     ``db`` (a path): write each result to that SQLite database as it is produced and resume
     from what it holds; ``None`` keeps results in memory only. ``dedup``: score one
     representative per isomorphism class and give the other members its score (flagged).
@@ -302,7 +303,7 @@ def scan(
     if db is not None and not os.path.lexists(os.fspath(db)):
         # A new database has nothing to resume, so the scorer is needed anyway: built first, it
         # refuses a batch size the data cannot fill before an empty database file is left behind.
-        scorer = ArchScorer(config)
+        scorer = Scorer(config)
     store = None if db is None else ScoreDB(db, timeout=db_timeout)
     try:
         run = _ScanRun(config, store, dedup, scorer)
@@ -333,7 +334,7 @@ class _ScanRun:
     the rows written for each result."""
 
     def __init__(self, config: ScoreConfig, store: Optional[ScoreDB], dedup: bool,
-                 scorer: Optional[ArchScorer] = None):
+                 scorer: Optional[Scorer] = None):
         self.config, self.store, self.dedup = config, store, dedup
         self.resolved = config.resolved()
         self.chash = config.config_hash()
@@ -369,7 +370,7 @@ class _ScanRun:
             else:
                 self.todo.append(r)
         if self.todo:
-            self.scorer = self.scorer or ArchScorer(self.config)
+            self.scorer = self.scorer or Scorer(self.config)
             self.description = self.scorer.describe_data()
             if self.dataset is None and self.scorer.images is not None:
                 self.dataset = getattr(self.scorer.images, "dataset", None)
@@ -380,7 +381,7 @@ class _ScanRun:
         if not self.todo:
             scored = (s for s in ())
         elif ray is None or ray is False:
-            scored = self.scorer.score_indices(self.todo)
+            scored = self.scorer.score_many(self.todo)
         else:  # Ray hook (issue 12): the same scores from a cluster, in completion order
             from .distributed import score_on_ray
 

@@ -18,7 +18,8 @@ import numpy as np
 from ._common import ACCURACY_KEYS, NUM_ARCHS, json_float
 from .args import N_SAMPLES, RUNS
 from .nb201 import Arch, arch_at
-from .scoring import ArchScorer, ScoreConfig, score_config
+from .config import ScoreConfig, score_config
+from .scorer import Scorer
 
 def derive_seed(seed: int, run: int) -> int:
     """A 31-bit seed for run ``run`` of a search with seed ``seed`` (independent streams)."""
@@ -140,7 +141,7 @@ def search(
 
     The scoring configuration: ``config`` or its fields as keyword options (``method``,
     ``data``, ``dataset``, ``batch_size``, ``seed``, ``engine``, ``device``, ``dtype``, ...; see
-    :func:`nwot_fast.scoring.score_config`); ``data=None`` uses Gaussian inputs. ``images``: the
+    :func:`nwot_fast.config.score_config`); ``data=None`` uses Gaussian inputs. ``images``: the
     already loaded images of ``data`` (saves loading them again). ``accuracies``: a path or a
     loaded :class:`nwot_fast.accuracies.AccuracyTable`; when given, each run reports the chosen
     architecture's NB201 val/test accuracies.
@@ -174,10 +175,10 @@ def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, tot
     start = time.perf_counter()
     rng = np.random.default_rng(run_seed)
     indices = [int(i) for i in rng.integers(0, NUM_ARCHS, size=n_samples)]
-    scorer = ArchScorer(dataclasses.replace(base, seed=run_seed), images=images)
+    scorer = Scorer(dataclasses.replace(base, seed=run_seed), images=images)
     scores: List[float] = []
-    for i in indices:
-        scores.append(scorer.score_index(i).score)
+    for s in scorer.score_many(indices):
+        scores.append(s.score)
         if progress is not None:
             progress(r * n_samples + len(scores), total)
     best = nanargmax(scores)

@@ -205,9 +205,10 @@ def _rescore_mode(config, images, n: int, runs: int, progress) -> Tuple[np.ndarr
 
 
 def _rescore_source(source):
-    from .scoring import ArchScorer, ScoreConfig
+    from .config import ScoreConfig
+    from .scorer import Scorer
 
-    if isinstance(source, ArchScorer):
+    if isinstance(source, Scorer):
         return source.config, source.images
     if isinstance(source, ScoreConfig):
         base = source.resolved()
@@ -216,7 +217,7 @@ def _rescore_source(source):
         from .data import load_images
 
         return base, load_images(base.data, dataset=base.dataset)
-    raise TypeError(f"mode 'rescore' needs a ScoreConfig or ArchScorer, got {type(source).__name__}")
+    raise TypeError(f"mode 'rescore' needs a ScoreConfig or Scorer, got {type(source).__name__}")
 
 
 def search_table(
@@ -240,8 +241,8 @@ def search_table(
     (``numpy.random.default_rng(seed)``) and picks the ``nanargmax``; the search time is the sum
     of the drawn architectures' recorded scoring times (``seconds``, taken from ``source`` when
     it has them; NaN when unknown).
-    ``mode="rescore"``: ``source`` is a :class:`nwot_fast.scoring.ScoreConfig` or
-    :class:`~nwot_fast.scoring.ArchScorer`; each N is a :func:`nwot_fast.search.search` of
+    ``mode="rescore"``: ``source`` is a :class:`nwot_fast.config.ScoreConfig` or
+    :class:`~nwot_fast.scorer.Scorer`; each N is a :func:`nwot_fast.search.search` of
     ``runs`` runs under that configuration (its seed decides the draws, weights and batches;
     ``seed`` is not used), timing each whole run.
 

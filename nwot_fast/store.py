@@ -1,7 +1,7 @@
 """The SQLite store of a scan: the ``scores`` table, its schema, and its rows read back checked.
 The file under it (its header, integrity, sidecars, sqlite3's errors) is :mod:`nwot_fast.dbfile`.
 
-Rows are keyed by ``(arch_index, config_hash)`` (:meth:`nwot_fast.scoring.ScoreConfig.config_hash`).
+Rows are keyed by ``(arch_index, config_hash)`` (:meth:`nwot_fast.config.ScoreConfig.config_hash`).
 Scores are stored faithfully: ``score`` is a REAL (SQLite cannot hold NaN and stores it as
 NULL), and ``score_text`` holds ``repr(score)`` (``'nan'``, ``'-inf'`` or the shortest
 round-tripping decimal), which is what the readers parse, so scores come back bitwise.

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .nb201 import Arch, as_arch, parameter_specs
-from .nb201.constants import CONV3, EDGES
+from .nb201.constants import CONV1, CONV3, EDGES
 
-__all__ = ["StreamWeights", "arch_segments"]
+__all__ = ["StreamWeights", "DeviceStreams", "arch_segments", "bounds", "for_seed", "on_device"]
 
 
 @functools.lru_cache(maxsize=16384)
@@ -70,7 +70,8 @@ class StreamWeights:
         self._streams: Dict[float, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def _stream(self, bound: float) -> np.ndarray:
+    def stream(self, bound: float) -> np.ndarray:
+        """``T_b``: the whole stream of the seed transformed with bound ``b`` (float32, read-only use)."""
         with self._lock:
             t = self._streams.get(bound)
             if t is None:
@@ -82,7 +83,7 @@ class StreamWeights:
     def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
         """The values of the given segments ``(stream offset, numel, bound)``, concatenated: a
         float32 NumPy array of ``sum(numel)`` values."""
-        parts: List[np.ndarray] = [self._stream(b)[o:o + n] for o, n, b in segments]
+        parts: List[np.ndarray] = [self.stream(b)[o:o + n] for o, n, b in segments]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
@@ -96,10 +97,62 @@ class StreamWeights:
         for name, shape, init in order:
             if init is None:
                 o, n, b, _ = segs[name]
-                out[name] = torch.from_numpy(self._stream(b)[o:o + n].copy()).view(shape)
+                out[name] = torch.from_numpy(self.stream(b)[o:o + n].copy()).view(shape)
             else:
                 out[name] = (torch.ones if init == "ones" else torch.zeros)(shape)
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def bounds() -> Tuple[float, ...]:
+    """Every bound an NB201 parameter is drawn with (one per fan-in; ten), ascending."""
+    archs = (Arch((CONV3,) * len(EDGES)), Arch((CONV1,) * len(EDGES)))
+    return tuple(sorted({b for arch in archs for _, _, b, _ in arch_segments(arch).values()}))
+
+
+class DeviceStreams:
+    """A seed's streams ``T_b`` on a device, moved there once (one row of :func:`max_length`
+    values per bound of :func:`bounds`, about 61 MB in float32), so that the many-architecture
+    engine gathers every architecture's weights on the device by index instead of copying
+    them from the host for every chunk. Values bit for bit those of :class:`StreamWeights`."""
+
+    def __init__(self, stream: StreamWeights, device: torch.device):
+        self.seed = stream.seed
+        self.device = torch.device(device)
+        self.length = max_length()
+        self._row = {b: r for r, b in enumerate(bounds())}
+        host = np.stack([stream.stream(b) for b in bounds()]).reshape(-1)
+        self.flat = torch.from_numpy(host).to(self.device)  # once per seed and device
+        self._aranges: Dict[int, torch.Tensor] = {}
+
+    def start(self, offset: int, bound: float) -> int:
+        """Where the segment at stream ``offset`` with ``bound`` starts in :attr:`flat`."""
+        return self._row[bound] * self.length + offset
+
+    def gather(self, starts: torch.Tensor, numel: int) -> torch.Tensor:
+        """``[S, numel]`` float32: the ``numel`` values from each of ``starts`` (int64 ``[S]`` on
+        the device, from :meth:`start`)."""
+        steps = self._aranges.get(numel)
+        if steps is None:
+            steps = self._aranges[numel] = torch.arange(numel, device=self.device)
+        return self.flat[starts[:, None] + steps]
+
+
+_device_lock = threading.Lock()
+_device_cache: Dict[Tuple[int, str], DeviceStreams] = {}
+
+
+def on_device(seed: int, device: torch.device) -> DeviceStreams:
+    """The :class:`DeviceStreams` of ``seed`` on ``device``, kept for the last two (seed, device)
+    pairs used (about 61 MB of device memory each)."""
+    key = (seed, str(torch.device(device)))
+    with _device_lock:
+        d = _device_cache.get(key)
+        if d is None:
+            if len(_device_cache) >= 2:
+                _device_cache.pop(next(iter(_device_cache)))
+            d = _device_cache[key] = DeviceStreams(for_seed(seed), torch.device(device))
+        return d
 
 
 _cache_lock = threading.Lock()

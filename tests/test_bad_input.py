@@ -30,7 +30,8 @@ from nwot_fast.figures import read_published_points
 from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
-from nwot_fast.scoring import ScoreConfig, resolve_device
+from nwot_fast._common import resolve_device
+from nwot_fast.config import ScoreConfig
 from nwot_fast.search import search as run_search
 from nwot_fast.searchtable import search_table
 from nwot_fast.searchtable import check_table_prefix
@@ -717,11 +718,11 @@ def test_other_programs_sqlite_files_are_left_unchanged(files, tmp_path, key):
 
 
 def test_scores_table_without_unique_is_refused_before_scoring(files, tmp_path, monkeypatch):
-    from nwot_fast import scoring
+    from nwot_fast import scorer
 
     scored = []
-    real = scoring.ArchScorer.score_index
-    monkeypatch.setattr(scoring.ArchScorer, "score_index", lambda self, i: scored.append(i) or real(self, i))
+    real = scorer.Scorer._scores  # every index any command scores passes here
+    monkeypatch.setattr(scorer.Scorer, "_scores", lambda self, ix: real(self, (scored.append(i) or i for i in ix)))
     db = str(tmp_path / "no_unique.sqlite")
     shutil.copy(files["no_unique_db"], db)
     with pytest.raises(ValueError, match=r"UNIQUE \(arch_index, config_hash\)"):
@@ -818,10 +819,12 @@ from conftest import REPO_ROOT, subprocess_env  # noqa: E402
 # line naming the architecture: the child's exit code tells whether any work was done.
 _NO_SCORING = (
     "import sys\n"
-    "from nwot_fast import scoring\n"
-    "def refuse(self, index):\n"
-    "    raise SystemExit(f'scored architecture {index}')\n"
-    "scoring.ArchScorer.score_index = refuse\n"
+    "from nwot_fast import scorer\n"
+    "def refuse(self, indices):\n"
+    "    for index in indices:\n"
+    "        raise SystemExit(f'scored architecture {index}')\n"
+    "    yield from ()\n"
+    "scorer.Scorer._scores = refuse\n"
     "from nwot_fast.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
@@ -838,12 +841,14 @@ def _child(argv, *, no_scoring: bool = False, **kwargs) -> subprocess.CompletedP
 @pytest.fixture
 def no_scoring(monkeypatch):
     """Scoring in this process fails the test: a refusal must come before any work."""
-    from nwot_fast import scoring
+    from nwot_fast import scorer
 
-    def refuse(self, index):
-        raise AssertionError(f"architecture {index} was scored before the refusal")
+    def refuse(self, indices):  # every index any command scores passes here
+        for index in indices:
+            raise AssertionError(f"architecture {index} was scored before the refusal")
+        yield from ()
 
-    monkeypatch.setattr(scoring.ArchScorer, "score_index", refuse)
+    monkeypatch.setattr(scorer.Scorer, "_scores", refuse)
 
 
 SAME_FILE = [c for c in CASES if "same file" in " ".join(c.words)]

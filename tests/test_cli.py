@@ -261,23 +261,25 @@ def test_errors_with_json_also_give_json(capsys):
 
 
 def test_keyboard_interrupt_exits_130_and_keeps_results(capsys, tmp_path, tiny_npz, monkeypatch):
-    from nwot_fast import scoring
+    from nwot_fast import per_arch, scorer
 
-    real = scoring.ArchScorer.score_index
+    # What the scorer calls once per architecture on the CPU (the per-arch mode, chunk 1).
+    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("network_pass", per_arch)
+    real = getattr(module, name)
     calls = []
 
-    def interrupted(self, index):
-        calls.append(index)
+    def interrupted(*args, **kwargs):
+        calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, index)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring.ArchScorer, "score_index", interrupted)
+    monkeypatch.setattr(module, name, interrupted)
     db = str(tmp_path / "ctrl-c.sqlite")
     code, out, err = run(capsys, "scan", "--indices", "0:5", "--db", db, *small(tiny_npz))
     assert code == 130
     assert "interrupted" in err and "2 results" in err and "resume" in err
-    monkeypatch.setattr(scoring.ArchScorer, "score_index", real)
+    monkeypatch.setattr(module, name, real)
     code, out, err = run(capsys, "scan", "--indices", "0:5", "--db", db, *small(tiny_npz), "--json")
     assert code == 0
     d = json.loads(out)
@@ -287,7 +289,7 @@ def test_keyboard_interrupt_exits_130_and_keeps_results(capsys, tmp_path, tiny_n
 def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_path, tiny_npz, monkeypatch):
     import torch
 
-    from nwot_fast import per_arch, scoring
+    from nwot_fast import per_arch, scorer
 
     calls = []
 
@@ -297,9 +299,10 @@ def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    real = scoring.score_with_reference if ENGINE == "reference" else per_arch.score_arch
-    monkeypatch.setattr(scoring, "score_with_reference", oom)
-    monkeypatch.setattr(per_arch, "score_arch", oom)
+    # What the scorer calls once per architecture on the CPU (the per-arch mode, chunk 1).
+    name, module = ("score_with_reference", scorer) if ENGINE == "reference" else ("network_pass", per_arch)
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, oom)
     db = str(tmp_path / "oom.sqlite")
     code, out, err = run(capsys, "scan", "--indices", "0:4", "--db", db, *small(tiny_npz))
     assert code == 3

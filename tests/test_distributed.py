@@ -128,7 +128,7 @@ def test_ray_target_validation():
 def test_worker_side_scores_like_a_local_scan():
     """The task body, run here: the same scores as the oracle, and the data loaded once."""
     from nwot_fast import distributed
-    from nwot_fast.scoring import ScoreConfig
+    from nwot_fast.config import ScoreConfig
 
     threads = torch.get_num_threads()
     try:

@@ -232,7 +232,7 @@ def test_search_table_outputs(synthetic_table, tmp_path):
 
 @pytest.mark.slow
 def test_search_table_rescore_mode(synthetic_table):
-    from nwot_fast.scoring import ScoreConfig
+    from nwot_fast.config import ScoreConfig
 
     cfg = ScoreConfig(method="hook_logdet", batch_size=4, engine="reference")
     t = search_table(cfg, synthetic_table, Ns=(3,), runs=2, mode="rescore", seed=0)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_scores_close
-from nwot_fast import _ext, ops, per_arch, plans, reference, schedule, weights
+from nwot_fast import _ext, ops, per_arch, plans, reference, scorer, weights
 from nwot_fast.nb201 import Arch, as_arch, build_network, is_constant_output, live_edges, relu_sees_only_zeros
 from nwot_fast.nb201.constants import NONE
 
@@ -254,7 +254,7 @@ def test_score_archs_uses_the_batch_of_each_arch():
         calls.append(a)
         return batches[a]
 
-    got = list(schedule.score_archs(list(batches), x_for, method="jacob_cov", seed=0, batched=False))
+    got = list(scorer.score_archs(list(batches), x_for, method="jacob_cov", seed=0, mode="per-arch"))
     want = [per_arch.score_arch(a, batches[a], method="jacob_cov", seed=0) for a in batches]
     assert got[0] == want[0] and got[2] == want[2] and math.isnan(got[1]) and math.isnan(want[1])
     assert ALL_NONE not in calls  # answered from structure, no batch needed
@@ -266,13 +266,13 @@ def test_score_archs_batched_post_processing_equals_one_by_one(method):
     cells of different code widths are padded with zero words."""
     archs = [DEAD_SOURCE, ALL_NONE, 6111, CONSTANT_CONVS, ALL_SKIP]
     x = _batch(30, b=6, side=16)
-    one = list(schedule.score_archs(archs, lambda _: x, method=method, chunk=1, batched=False))
-    many = list(schedule.score_archs(archs, lambda _: x, method=method, chunk=3, batched=False))
+    one = list(scorer.score_archs(archs, lambda _: x, method=method, chunk=1, mode="per-arch"))
+    many = list(scorer.score_archs(archs, lambda _: x, method=method, chunk=3, mode="per-arch"))
     assert len(one) == len(many) == len(archs)
     for a, b in zip(many, one):
         assert_scores_close(a, b, rel=1e-9)
     with pytest.raises(ValueError, match="chunk"):
-        list(schedule.score_archs(archs, lambda _: x, method=method, chunk=0))
+        list(scorer.score_archs(archs, lambda _: x, method=method, chunk=0))
 
 
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
@@ -284,7 +284,7 @@ def test_float64_and_float16_batches_are_scored_as_float32(method):
     assert per_arch.score_arch(6111, x.double(), method=method) == want
     half = x.half()
     assert per_arch.score_arch(6111, half, method=method) == per_arch.score_arch(6111, half.float(), method=method)
-    got = list(schedule.score_archs([6111], lambda _: x.double(), method=method, batched=False))
+    got = list(scorer.score_archs([6111], lambda _: x.double(), method=method, mode="per-arch"))
     assert got == [want]
 
 
@@ -294,7 +294,8 @@ def test_float64_and_float16_batches_are_scored_as_float32(method):
         ({"method": "naswot"}, None, ValueError, "unknown score method"),
         ({"relu_match": "fuzzy"}, None, ValueError, "relu_match"),
         ({"seed": -1}, None, ValueError, "seed"),
-        ({"seed": 1.5}, None, TypeError, "seed"),
+        ({"seed": 1.5}, None, TypeError, "seed"),  # the one seed rule: _common.check_seed
+        ({"seed": 2**63}, None, ValueError, "seed"),
         ({"device": "tpu"}, None, ValueError, "device"),
         ({"device": 3}, None, TypeError, "device"),
         ({}, torch.zeros(1, 3, 16, 16), ValueError, "batch size"),
@@ -328,4 +329,4 @@ def test_bad_plan_and_x_for():
     with pytest.raises(TypeError, match="plan"):
         per_arch.run_plan("not a plan", _batch(0, b=2, side=16))
     with pytest.raises(TypeError, match="x_for"):
-        list(schedule.score_archs([0], None))
+        list(scorer.score_archs([0], None))

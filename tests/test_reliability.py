@@ -21,7 +21,7 @@ from nwot_fast._common import OutputError, atomic_write
 from nwot_fast.cli import main
 from nwot_fast.data import data_fingerprint
 from nwot_fast.scan import ScoreDB, scan
-from nwot_fast.scoring import ScoreConfig
+from nwot_fast.config import ScoreConfig
 
 from conftest import subprocess_env
 

@@ -25,7 +25,8 @@ import torch
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, is_constant_output, relu_sees_only_zeros, representative_index
 from nwot_fast.progress import Progress
 from nwot_fast.scan import ScanResult, load_scores, parse_indices, representatives, scan
-from nwot_fast.scoring import ArchScorer, ScoreConfig
+from nwot_fast.config import ScoreConfig
+from nwot_fast.scorer import Scorer
 
 from conftest import REPO_ROOT, subprocess_env as _env
 
@@ -193,15 +194,15 @@ def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(t
 
 _OTHER_PROCESS = """
 import json, sys
-from nwot_fast.scoring import ArchScorer, ScoreConfig
+from nwot_fast.config import ScoreConfig
+from nwot_fast.scorer import Scorer
 from nwot_fast.scan import scan
 data, engine, batch, indices = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 out = {}
 for method in ("jacob_cov", "hook_logdet"):
     config = ScoreConfig(method=method, batch_size=batch, engine=engine, data=data, seed=5)
-    scorer = ArchScorer(config)
     out[method] = {"hash": config.config_hash(),
-                   "scores": [repr(scorer.score_index(i).score) for i in indices],
+                   "scores": [repr(next(Scorer(config).score_many([i])).score) for i in indices],
                    "scan": [repr(float(s)) for s in scan(indices[::-1], config=config).scores]}
 print(json.dumps(out))
 """
@@ -221,8 +222,7 @@ def test_scores_bitwise_reproducible_across_processes(tiny_npz):
     for method in ("jacob_cov", "hook_logdet"):
         config = ScoreConfig(method=method, batch_size=BATCH, engine=ENGINE, data=tiny_npz, seed=5)
         assert other[method]["hash"] == config.config_hash()
-        scorer = ArchScorer(config)
-        ours = [scorer.score_index(i).score for i in indices]
+        ours = [next(Scorer(config).score_many([i])).score for i in indices]
         assert all(math.isfinite(s) for s in ours)
         # repr round-trips a float exactly: equal strings are bitwise-equal scores.
         assert other[method]["scores"] == [repr(s) for s in ours], method

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._common import check_int
+from ..transfer import to_device
 from .constants import MEAN, STD, check_dataset
 from .readers import ImageSet, check_images
 
@@ -46,9 +47,14 @@ def normalize(images, dataset: str) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     check_images(images, "normalize")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float32).div(255)
-    mean = torch.as_tensor(MEAN[dataset], dtype=torch.float32)[:, None, None]
-    std = torch.as_tensor(STD[dataset], dtype=torch.float32)[:, None, None]
+    return _normalized(torch.from_numpy(np.ascontiguousarray(images)), dataset)
+
+
+def _normalized(pixels: torch.Tensor, dataset: str) -> torch.Tensor:
+    """:func:`normalize` of uint8 ``[N, H, W, 3]`` on any device (the same float32 operations)."""
+    x = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255)
+    mean = to_device(torch.as_tensor(MEAN[dataset], dtype=torch.float32)[:, None, None], pixels.device)
+    std = to_device(torch.as_tensor(STD[dataset], dtype=torch.float32)[:, None, None], pixels.device)
     return x.sub(mean).div(std).contiguous()
 
 
@@ -103,22 +109,59 @@ class BatchSampler:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
     def batch(self, key: int) -> torch.Tensor:
-        """The float32 ``[B, C, H, W]`` batch for ``key`` (an int >= 0; ignored when fixed)."""
+        """The float32 ``[B, C, H, W]`` batch for ``key`` (an int >= 0; ignored when fixed), on
+        the CPU."""
         key = check_int(key, "batch key", 0)
         if self.fixed:
             if self._fixed_batch is None:
-                self._fixed_batch = self._draw(self._rng(key))
+                self._fixed_batch = self._draw(key)
             return self._fixed_batch.clone()
-        return self._draw(self._rng(key))
+        return self._draw(key)
 
-    def _draw(self, rng: np.random.Generator) -> torch.Tensor:
+    def draws(self, key: int) -> np.ndarray:
+        """What the batch of ``key`` is made of (images only), from its seeded generator: int64
+        ``[B, 4]``, per sample the image index, a horizontal flip (1) or not (0), and the row
+        and column where the crop starts in the zero-padded image (without augmentation: no
+        flip, the crop at the padding, i.e. the image itself)."""
         if self.images is None:
-            return torch.from_numpy(rng.standard_normal((self.batch_size, *self.image_shape), dtype=np.float32))
-        chosen = rng.choice(len(self.images), size=self.batch_size, replace=False)
-        pixels = self.images.images[chosen]
+            raise ValueError("Gaussian inputs are not drawn from images")
+        rng = self._rng(check_int(key, "batch key", 0))
+        out = np.zeros((self.batch_size, 4), dtype=np.int64)
+        out[:, 0] = rng.choice(len(self.images), size=self.batch_size, replace=False)
+        if self.augment:  # the draws of augment_batch, in its order
+            out[:, 1] = rng.random(self.batch_size) < 0.5
+            out[:, 2:] = rng.integers(0, 2 * crop_padding(self.image_shape[1]) + 1, size=(self.batch_size, 2))
+        else:
+            out[:, 2:] = crop_padding(self.image_shape[1])
+        return out
+
+    def assemble(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """float32 ``[N, 3, H, W]``: the samples ``draws`` (int64 ``[N, 4]``, rows of
+        :meth:`draws`) of ``images`` (uint8 ``[M, H, W, 3]``, this sampler's images on the
+        device of ``draws``) flipped, cropped from the zero-padded image and normalised, with
+        the integer and float32 operations of :func:`augment_batch` and :func:`normalize`, so
+        bitwise their result on any device."""
+        pixels = images.index_select(0, draws[:, 0])
         if self.augment:
-            pixels = augment_batch(pixels, rng)
-        return normalize(pixels, self.dataset)
+            n, h, w, _ = pixels.shape
+            pad = crop_padding(h)
+            pixels = torch.where(draws[:, 1, None, None, None].bool(), pixels.flip(2), pixels)
+            padded = torch.nn.functional.pad(pixels, (0, 0, pad, pad, pad, pad))
+            rows = draws[:, 2, None] + torch.arange(h, device=draws.device)
+            cols = draws[:, 3, None] + torch.arange(w, device=draws.device)
+            pixels = padded[torch.arange(n, device=draws.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return _normalized(pixels, self.dataset)
+
+    def gaussian(self, key: int) -> np.ndarray:
+        """The N(0, 1) float32 ``[B, C, H, W]`` batch of ``key`` (Gaussian inputs), drawn on the
+        host by NumPy's PCG64 seeded from ``(seed, key)``: the same on every device."""
+        return self._rng(check_int(key, "batch key", 0)).standard_normal((self.batch_size, *self.image_shape),
+                                                                       dtype=np.float32)
+
+    def _draw(self, key: int) -> torch.Tensor:
+        if self.images is None:
+            return torch.from_numpy(self.gaussian(key))
+        return self.assemble(torch.from_numpy(self.images.images), torch.from_numpy(self.draws(key)))
 
     def describe(self) -> str:
         """One line saying where the batches come from: the dataset, source and image count (or

@@ -1,5 +1,5 @@
-"""What the layouts of the multi-arch mode share: the layouts and the device's default, what
-each architecture computes in a cell (from its plan), and the packed codes of a chunk."""
+"""What the multi-arch mode needs from the plans: what each architecture computes in a cell,
+and the packed codes of a chunk."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..transfer import to_device
 from ..nb201.constants import NUM_NODES
 from ..nb201.registry import OpSpec
 
-# The merged layout (sparse with 1x1 kernels zero-padded into the 3x3 group) was dropped: it was
-# neither a default nor the fastest anywhere (bench/RESULTS.md).
-LAYOUTS = ("sparse", "dense")
-
-__all__ = ["LAYOUTS", "default_layout", "CellUse", "cell_use", "ChunkCodes", "code_arrays"]
-
-
-def default_layout(device: torch.device) -> str:
-    """The layout :func:`nwot_fast.multi_arch.run_chunk` uses unless told: ``"dense"`` on CUDA
-    (fewest launches), ``"sparse"`` on the CPU (fewest FLOPs; bench/RESULTS.md, "Engine choice
-    on the CPU")."""
-    return "dense" if torch.device(device).type == "cuda" else "sparse"
+__all__ = ["CellUse", "cell_use", "ChunkCodes", "code_arrays"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +62,19 @@ class ChunkCodes:
         """Count all-zero codes without packing them: ``units_each [A]`` int64 units (with their
         multiplicities) per architecture."""
         self.units += units_each
+
+    def triple(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes [A, B, W], multiplicity [A, W], units [A])`` on ``device`` for
+        ``ops.hook_logdet_score``: the multiplicities cross per layer (with the layers' word
+        counts and the units, in one copy) and are repeated per word on the device."""
+        A, L = self.A, len(self.packed)
+        words = [p.shape[2] for p in self.packed]
+        host = np.concatenate([np.stack(self.mults, 1).reshape(-1), np.asarray(words, np.int64), self.units])
+        flat = to_device(host, device)
+        per_layer = flat[:A * L].view(A, L)
+        mult = per_layer.repeat_interleave(flat[A * L:A * L + L], dim=1, output_size=sum(words))
+        packed = torch.cat(self.packed, 2).transpose(0, 1).contiguous()
+        return packed, mult, flat[A * L + L:]
 
 
 def code_arrays(uses: List[CellUse]):

@@ -1,19 +1,28 @@
-"""The sparse layout of the multi-arch mode: per source node, only the (architecture, edge)
-pairs that compute an op, gathered, computed as one call per op group and scattered.
+"""The network pass of the multi-arch mode (its one layout, "sparse"): per source node, only
+the (architecture, edge) pairs that compute an op, gathered, computed as one call per op group
+and scattered.
 
 A chunk of A architectures is stacked along the channels (``[B, A*C, H, W]``, architecture
-``a`` owning channels ``a*C .. a*C + C - 1``). Per source node each op group
-(:attr:`nwot_fast.nb201.registry.OpSpec.group`) runs once for the (architecture, edge) pairs
-that use it there: convolutions as ``relu(node)`` once, the pairs' channels gathered
-(``index_select``), one grouped convolution (one group per pair, each with its architecture's
-own weights) and one BatchNorm call (per channel, train mode; weight 1 and bias 0 as at
-initialisation, so left out), scattered into the target nodes (``index_add_``); pooling and
-skip gathered, pooled (or not) and scattered the same way. Nodes 1..3 of a cell share one
-accumulator ``[B, 3*A*C, H, W]`` (each op group one scatter whatever its target nodes).
-Autograd gives the jacob_cov backward. The fewest FLOPs of the layouts.
+``a`` owning channels ``a*C .. a*C + C - 1``). Per cell and source node each op group
+(:attr:`nwot_fast.nb201.registry.OpSpec.group`: 3x3 convolutions, 1x1 convolutions, pooling,
+skip) runs once for the (architecture, edge) pairs that use it there: convolutions as the
+pairs' channels gathered (``index_select``) and ReLU'd, one grouped convolution (one group per
+pair, each with its architecture's own weights) and one BatchNorm call (per channel, train
+mode; weight 1 and bias 0 as at initialisation, so left out), added into the target nodes
+(``index_add_``, or ``add_`` when a target takes every architecture in order); pooling and skip
+gathered, pooled (or not) and added the same way. The FLOPs are those of the per-arch plans
+(the same convolutions, merged per op group instead of per node).
 
-Weights come from :mod:`nwot_fast.weights` (the seed's stream drawn once; bit for bit
-``initial_parameters``), assembled on the host for the whole chunk and moved in one copy.
+jacob_cov runs a hand-written backward (no autograd, whose views of node buffers would cost a
+full-size zero tensor and a copy per use): per cell in reverse, per source node the gradients
+of its op groups' targets gathered from one buffer of the cell's nodes, through BatchNorm,
+convolution (input only) and ReLU (on the gathered channels), or pooling, and added into the
+node's gradient; a cell's input gradient is added straight into the previous cell's buffer.
+
+What crosses to the device per chunk is one int64 array (every gather and scatter index and
+where each weight starts in the seed's streams, :class:`_Uploads`); the weights themselves are
+gathered on the device from the seed's streams, moved there once
+(:class:`nwot_fast.weights.DeviceStreams`).
 """
 
 from __future__ import annotations
@@ -29,236 +38,385 @@ from .. import ops, weights
 from .._common import BN_EPS, BN_MOMENTUM
 from ..nb201.constants import C_STEM, EDGES, N_CELLS, NUM_NODES, STAGE_CHANNELS, STAGE_FIRST_MODULE
 from ..nb201.registry import OpKind, OpSpec
+from ..transfer import to_device
 from .common import CellUse, ChunkCodes, code_arrays
 
 __all__ = ["network_pass"]
-
-
-class _Builder:
-    """Collects the weight segments and index arrays of a chunk pass; materialises them in
-    one host -> device copy each."""
-
-    def __init__(self, stream: weights.StreamWeights, archs, device, dtype):
-        self.stream, self.archs, self.device, self.dtype = stream, archs, device, dtype
-        self.segments: List[Tuple[int, int, float]] = []  # (offset, numel, bound) in the seed's streams
-        self.tensors: List[Tuple[int, Tuple[int, ...]]] = []  # (element offset, shape)
-        self.size = 0
-
-    def weight(self, parameters: Sequence[Tuple[int, str]], shape: Tuple[int, ...]) -> int:
-        """Register a weight of ``shape``: the parameters (arch position, name), each flattened,
-        one after the other. Returns a handle for :meth:`get`."""
-        start = self.size
-        for a, name in parameters:
-            o, n, b, _ = weights.arch_segments(self.archs[a])[name]
-            self.segments.append((o, n, b))
-            self.size += n
-        if self.size - start != int(np.prod(shape)):  # pragma: no cover - a layout bug
-            raise RuntimeError(f"weight of shape {shape} got {self.size - start} values")
-        self.tensors.append((start, tuple(shape)))
-        return len(self.tensors) - 1
-
-    def materialise(self):
-        values = self.stream.values(self.segments)
-        self.flat = torch.from_numpy(values).to(device=self.device, dtype=self.dtype)
-
-    def get(self, handle: int) -> torch.Tensor:
-        start, shape = self.tensors[handle]
-        stride, acc = [], 1
-        for s in reversed(shape):
-            stride.append(acc)
-            acc *= s
-        return self.flat.as_strided(shape, tuple(reversed(stride)), start)
-
-
-def _index(values: List[int], device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.int64)).to(device)
-
-
-def _channels(a: int, C: int, base: int = 0) -> range:
-    return range(base + a * C, base + (a + 1) * C)
-
 
 # The order in which the op groups of a source node run and add into the accumulator (the
 # float sums follow it): 3x3 convolutions, 1x1 convolutions, pooling, skip.
 _GROUP_ORDER = ("conv3", "conv1", "pool", "skip")
 
 
+class _Uploads:
+    """The int64 arrays of a chunk, moved to the device in one copy (pinned and non-blocking on
+    CUDA: :func:`nwot_fast.transfer.to_device`); :meth:`get` gives a handle's slice."""
+
+    def __init__(self):
+        self.parts: List[np.ndarray] = []
+        self.size = 0
+
+    def add(self, values) -> Tuple[int, int]:
+        a = np.asarray(values, dtype=np.int64).reshape(-1)
+        self.parts.append(a)
+        self.size += a.size
+        return self.size - a.size, a.size
+
+    def upload(self, device: torch.device) -> None:
+        self.flat = to_device(np.concatenate(self.parts) if self.parts else np.zeros(0, np.int64), device)
+
+    def get(self, handle: Tuple[int, int]) -> torch.Tensor:
+        return self.flat.narrow(0, handle[0], handle[1])
+
+
+class _Weights:
+    """The weights of a chunk: each registered as equal-sized parameters (of one bound) of the
+    chunk's architectures, gathered on the device after the upload (:meth:`tensor`)."""
+
+    def __init__(self, streams: weights.DeviceStreams, archs, uploads: _Uploads, dtype: torch.dtype):
+        self.streams, self.archs, self.uploads, self.dtype = streams, archs, uploads, dtype
+        self.entries: List[Tuple[Tuple[int, int], int, Tuple[int, ...]]] = []  # (starts handle, numel, shape)
+
+    def add(self, parameters: Sequence[Tuple[int, str]], shape: Tuple[int, ...]) -> int:
+        """Register a weight of ``shape``: the parameters (arch position, name), one after the
+        other; returns a handle for :meth:`tensor`."""
+        starts, numel, bound = [], None, None
+        for a, name in parameters:
+            o, n, b, _ = weights.arch_segments(self.archs[a])[name]
+            if numel is None:
+                numel, bound = n, b
+            elif (n, b) != (numel, bound):  # pragma: no cover - a layout bug
+                raise RuntimeError(f"weight {name} of arch {a} differs in size or bound from its group's")
+            starts.append(self.streams.start(o, b))
+        if len(starts) * numel != int(np.prod(shape)):  # pragma: no cover - a layout bug
+            raise RuntimeError(f"weight of shape {shape} got {len(starts) * numel} values")
+        self.entries.append((self.uploads.add(starts), numel, tuple(shape)))
+        return len(self.entries) - 1
+
+    def tensor(self, handle: int) -> torch.Tensor:
+        starts, numel, shape = self.entries[handle]
+        return self.streams.gather(self.uploads.get(starts), numel).view(shape).to(self.dtype)
+
+
 @dataclass
 class _Group:
-    """One op group (:attr:`~nwot_fast.nb201.registry.OpSpec.group`) from one source node in one
-    cell stage: its pairs (arch, edge)."""
+    """One op group from one source node in one cell stage: its pairs (arch, edge), ordered by
+    target node, then the architectures whose first contribution to that node this is, then
+    the others; in each of these parts the architectures whose first gradient contribution to
+    the source node this is (in the backward's order), then the others, each by architecture."""
 
     op: OpSpec  # the op of every pair
-    pairs: List[Tuple[int, int]]
-    gather: Optional[torch.Tensor]  # channel index into the source node (None: all, in order)
-    scatter: torch.Tensor  # channel index into the [B, 3*A*C, ...] accumulator
-    weight: Optional[int]  # builder handle of the stage's weights [N_CELLS, pairs*C, C, k, k]
+    pairs: int
+    gather: Optional[Tuple[int, int]]  # upload handle: channels of the source node (None: all, in order)
+    scatter: Tuple[int, int]  # upload handle: the pairs' channels in the [B, 3*A*C, ...] gradient buffer
+    # (node, first pair, pairs, channels or None: all in order, first contribution: copied, not added)
+    targets: List[Tuple[int, int, int, Optional[Tuple[int, int]], bool]]
+    # The same for the gradient of the source node: (first pair, pairs, channels or None, copy)
+    sources: List[Tuple[int, int, Optional[Tuple[int, int]], bool]]
+    weight: Optional[int]  # weights handle: the stage's [N_CELLS, pairs*C, C, k, k]
+    gather_index: Optional[torch.Tensor] = None
+    scatter_index: Optional[torch.Tensor] = None
+    target_indices: Tuple[Optional[torch.Tensor], ...] = ()
+    source_indices: Tuple[Optional[torch.Tensor], ...] = ()
     cell_weights: Tuple[torch.Tensor, ...] = ()
 
 
-def _stage_groups(uses: List[CellUse], A: int, C: int, stage: int, builder: _Builder, device):
+def _blocks(archs: np.ndarray, C: int, base: np.ndarray) -> np.ndarray:
+    """Channel indices of the blocks ``base + a*C .. base + a*C + C - 1``, one block per entry."""
+    return (base[:, None] + archs[:, None] * C + np.arange(C)[None, :]).reshape(-1)
+
+
+def _all_in_order(archs: np.ndarray, A: int) -> bool:
+    return len(archs) == A and bool((archs == np.arange(A)).all())
+
+
+def _part(archs, A: int, C: int, uploads: _Uploads):
+    """The channel-index handle of the architectures' blocks, None when they are all, in order."""
+    archs = np.asarray(archs, dtype=np.int64)
+    return None if _all_in_order(archs, A) else uploads.add(_blocks(archs, C, np.zeros_like(archs)))
+
+
+def _stage_groups(uses: List[CellUse], A: int, C: int, stage: int, uploads: _Uploads, w: _Weights):
     """Per source node, the op groups of a cell of this stage, and their weight handles for
-    the stage's N_CELLS cells."""
+    the stage's N_CELLS cells; per node 1..3 the channels no group writes and per node 0..2
+    the gradient channels no group writes but the backward reads (each None when there are
+    none; they are zeroed: a node an architecture does not compute stays an exact zero)."""
     per_node: List[List[_Group]] = []
+    written = {j: set() for j in range(1, NUM_NODES)}
+    read_grad = {j: set() for j in range(NUM_NODES)}  # gradients the backward gathers
+    read_grad[0] = set(range(A))  # a cell's input gradient is read whole
+    written_grad = {}
     for i in range(NUM_NODES - 1):
         groups = []
+        seen = set()  # architectures with a gradient contribution to node i so far
         for kind in _GROUP_ORDER:
-            pairs, op = [], None
-            for k, (src, _) in enumerate(EDGES):
+            pairs, op, parts, sources = [], None, [], []
+            for k, (src, j) in enumerate(EDGES):  # edges by target node: pairs ordered by target
                 if src != i:
                     continue
-                for a, u in enumerate(uses):
-                    if u.edges[k] is not None and u.edges[k].group == kind:
-                        pairs.append((a, k))
-                        op = u.edges[k]
+                users = [a for a, u in enumerate(uses) if u.edges[k] is not None and u.edges[k].group == kind]
+                if not users:
+                    continue
+                op = uses[users[0]].edges[k]
+                read_grad[j].update(users)
+                first = [a for a in users if a not in written[j]]
+                later = [a for a in users if a in written[j]]
+                written[j].update(users)
+                for part, copy in ((first, True), (later, False)):
+                    if not part:
+                        continue
+                    ordered = [a for a in part if a not in seen] + [a for a in part if a in seen]
+                    parts.append((j, len(pairs), len(part), np.array(ordered, dtype=np.int64), copy))
+                    for sub, first_grad in (([a for a in part if a not in seen], True),
+                                            ([a for a in part if a in seen], False)):
+                        if sub:
+                            sources.append((len(pairs), len(sub), _part(sub, A, C, uploads), first_grad))
+                            pairs.extend((a, k) for a in sub)
+                    seen.update(part)
             if not pairs:
                 continue
-            gather_list = [c for a, _ in pairs for c in _channels(a, C)]
-            gather = None if gather_list == list(range(A * C)) else _index(gather_list, device)
-            scatter = _index([c for a, k in pairs for c in _channels(a, C, (EDGES[k][1] - 1) * A * C)], device)
+            archs = np.array([a for a, _ in pairs], dtype=np.int64)
+            nodes = np.array([EDGES[k][1] for _, k in pairs], dtype=np.int64)
+            gather = None if _all_in_order(archs, A) else uploads.add(_blocks(archs, C, np.zeros_like(archs)))
+            scatter = uploads.add(_blocks(archs, C, (nodes - 1) * A * C))
+            targets = [(j, start, count, _part(part, A, C, uploads), copy) for j, start, count, part, copy in parts]
             handle = None
             if op.has_weights:
                 first = STAGE_FIRST_MODULE[stage]
-                handle = builder.weight([(a, f"cells.{first + cell}.layers.{k}.op.1.weight")
-                                         for cell in range(N_CELLS) for a, k in pairs],
-                                        (N_CELLS, len(pairs) * C, C, op.kernel, op.kernel))
-            groups.append(_Group(op, pairs, gather, scatter, handle))
+                handle = w.add([(a, f"cells.{first + cell}.layers.{k}.op.1.weight")
+                                for cell in range(N_CELLS) for a, k in pairs],
+                               (N_CELLS, len(pairs) * C, C, op.kernel, op.kernel))
+            groups.append(_Group(op, len(pairs), gather, scatter, targets, sources, handle))
         per_node.append(groups)
-    return per_node
+        written_grad[i] = seen
+
+    def missing(archs):
+        return None if not archs else uploads.add(_blocks(np.array(sorted(archs), dtype=np.int64), C,
+                                                          np.zeros(len(archs), dtype=np.int64)))
+
+    unwritten = [None] + [missing(set(range(A)) - written[j]) for j in range(1, NUM_NODES)]
+    unwritten_grad = [missing(read_grad[i] - written_grad[i]) for i in range(NUM_NODES - 1)]
+    return per_node, unwritten, unwritten_grad
 
 
-class _ScatterAdd(torch.autograd.Function):
-    """``acc.index_add_(1, index, src)`` whose backward saves only the index (autograd's own
-    index_add saves ``src`` for its shape, which would keep every op output alive until the
-    backward and fails when ``src`` is a view of ``acc``)."""
-
-    @staticmethod
-    def forward(ctx, acc, index, src):
-        ctx.save_for_backward(index)
-        ctx.mark_dirty(acc)
-        return acc.index_add_(1, index, src)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        return grad, None, grad.index_select(1, index)
+# ---------------------------------------------------------------------------------------------
+# The ops and their backward (ATen's, called directly: no autograd)
 
 
-def _scatter_add(acc, index, src):
-    if torch.is_grad_enabled() and (acc.requires_grad or src.requires_grad):
-        return _ScatterAdd.apply(acc, index, src)
-    return acc.index_add_(1, index, src)
+def _bn_train(y):
+    """Train-mode BatchNorm without affine (weight 1, bias 0): (output, mean, invstd)."""
+    return torch.ops.aten.native_batch_norm(y, None, None, None, None, True, BN_MOMENTUM, BN_EPS)
 
 
-def _bn(x):
-    return F.batch_norm(x, None, None, None, None, True, BN_MOMENTUM, BN_EPS)
+def _bn_backward(grad, y, mean, invstd):
+    return torch.ops.aten.native_batch_norm_backward(grad, y, None, None, None, mean, invstd, True, BN_EPS,
+                                                     [True, False, False])[0]
 
 
-def _run_cell(h, groups, cell: int, A: int, C: int, codes: Optional[ChunkCodes], code_mult,
-              zero_units):
+def _conv_backward(grad, x, w, stride: int, padding: int, groups: int):
+    return torch.ops.aten.convolution_backward(grad, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0],
+                                               groups, [True, False, False])[0]
+
+
+def _relu_backward(grad, out):
+    return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+def _pool_backward(grad):
+    # NB201's avg_pool_3x3 (stride 1, padding 1, count_include_pad=False): the input only gives
+    # the shape, which the gradient shares.
+    return torch.ops.aten.avg_pool2d_backward(grad, grad, [3, 3], [1, 1], [1, 1], False, False, None)
+
+
+def _add_into(dest: torch.Tensor, index: Optional[torch.Tensor], src: torch.Tensor) -> None:
+    if index is None:
+        dest.add_(src)
+    else:
+        dest.index_add_(1, index, src)
+
+
+def _cell(h, groups, unwritten, cell: int, A: int, C: int, codes: Optional[ChunkCodes], code_mult, zero_units,
+          saved: Optional[list]):
+    """One cell on ``h [B, A*C, H, W]``; returns node 3. ``saved`` (jacob_cov): gets per source
+    node the ``(conv input (after ReLU), conv output, mean, invstd)`` of its convolution groups.
+    Nodes are separate tensors (a node's codes pack without a copy), never zero-filled where a
+    group writes: each group copies into its target nodes where it is an architecture's first
+    contribution there (a node taken whole when that covers every architecture in order), and
+    adds where not."""
     B, _, H, W = h.shape
-    acc = h.new_zeros(B, (NUM_NODES - 1) * A * C, H, W)
-    node = h
+    nodes: List[Optional[torch.Tensor]] = [h] + [None] * (NUM_NODES - 1)
+
+    def target(j: int) -> torch.Tensor:
+        if nodes[j] is None:
+            nodes[j] = h.new_empty(B, A * C, H, W)
+            if unwritten[j] is not None:
+                nodes[j].index_fill_(1, unwritten[j], 0)
+        return nodes[j]
+
     for i in range(NUM_NODES - 1):
-        if i:
-            node = acc.narrow(1, (i - 1) * A * C, A * C)
+        node = nodes[i]
         if codes is not None and code_mult[i] is not None:
             codes.add(node, code_mult[i])
-        relu = None
+        convs = []
+        # ReLU once for the node when its convolutions read more channels than it has, else
+        # after each gather on the pairs' channels only (the same values either way).
+        conv_pairs = sum(g.pairs for g in groups[i] if g.op.kind is OpKind.CONV)
+        relu = F.relu(node) if conv_pairs > A else None
         for g in groups[i]:
             if g.op.kind is OpKind.CONV:
-                if relu is None:
-                    relu = F.relu(node)
-                src = relu if g.gather is None else relu.index_select(1, g.gather)
-                y = _bn(F.conv2d(src, g.cell_weights[cell], padding=g.op.kernel // 2, groups=len(g.pairs)))
-            else:
-                src = node if g.gather is None else node.index_select(1, g.gather)
-                if g.op.kind is OpKind.POOL:
-                    if src is node and i:
-                        # ATen's pooling (float64, or no compiled kernel) saves its input for
-                        # the backward: not a view of the accumulator written to after.
-                        src = node.clone()
-                    y = ops.avg_pool3x3(src)
+                if relu is not None:
+                    src = relu if g.gather_index is None else relu.index_select(1, g.gather_index)
                 else:
-                    y = src
-            acc = _scatter_add(acc, g.scatter, y)
+                    src = F.relu(node) if g.gather_index is None else F.relu_(node.index_select(1, g.gather_index))
+                z = F.conv2d(src, g.cell_weights[cell], padding=g.op.kernel // 2, groups=g.pairs)
+                y, mean, invstd = _bn_train(z)
+                if saved is not None:
+                    convs.append((src, z, mean, invstd))
+            else:
+                src = node if g.gather_index is None else node.index_select(1, g.gather_index)
+                y = ops.avg_pool3x3(src) if g.op.kind is OpKind.POOL else src
+            for (j, first, count, _, copy), index in zip(g.targets, g.target_indices):
+                part = y if count == g.pairs else y.narrow(1, first * C, count * C)
+                if copy and index is None and nodes[j] is None:
+                    nodes[j] = part if part.is_contiguous() and part is not node else part.clone()
+                elif copy:
+                    dest = target(j)
+                    dest.copy_(part) if index is None else dest.index_copy_(1, index, part)
+                else:
+                    _add_into(target(j), index, part)
+        if saved is not None:
+            saved.append(convs)
     if codes is not None:
         codes.add_zero(zero_units * H * W * C)
-    return acc.narrow(1, (NUM_NODES - 2) * A * C, A * C)
+    return target(NUM_NODES - 1)
 
 
-def _forward(xs: torch.Tensor, uses: List[CellUse], builder: _Builder, codes: Optional[ChunkCodes], device,
-         ):
+def _cell_backward(grads: torch.Tensor, groups, unwritten_grad, cell: int, saved_cell, g0: torch.Tensor) -> None:
+    """Back through a cell: ``grads [B, 3*A*C, H, W]`` holds the gradient of node 3 in its last
+    third (nodes 1 and 2: any values); the gradient of the cell's input is written into ``g0``.
+    No gradient buffer is zero-filled where a group writes: an architecture's first
+    contribution to a node's gradient is copied, the others added."""
+    AC = g0.shape[1]
+    for i in reversed(range(NUM_NODES - 1)):
+        # Node i's gradient: complete once its out-edges (to nodes > i, already done) are in.
+        gnode = grads.narrow(1, (i - 1) * AC, AC) if i else g0
+        if unwritten_grad[i] is not None:
+            gnode.index_fill_(1, unwritten_grad[i], 0)
+        convs = iter(saved_cell[i])
+        for g in groups[i]:
+            gy = grads.index_select(1, g.scatter_index)
+            if g.op.kind is OpKind.CONV:
+                src, z, mean, invstd = next(convs)
+                gsrc = _relu_backward(_conv_backward(_bn_backward(gy, z, mean, invstd), src, g.cell_weights[cell], 1,
+                                                     g.op.kernel // 2, g.pairs), src)
+            else:
+                gsrc = _pool_backward(gy) if g.op.kind is OpKind.POOL else gy
+            per_pair = gsrc.shape[1] // g.pairs
+            for (first, count, _, copy), index in zip(g.sources, g.source_indices):
+                part = gsrc if count == g.pairs else gsrc.narrow(1, first * per_pair, count * per_pair)
+                if not copy:
+                    _add_into(gnode, index, part)
+                elif index is None:
+                    gnode.copy_(part)
+                else:
+                    gnode.index_copy_(1, index, part)
+
+
+def _pass(x: torch.Tensor, uses: List[CellUse], streams: weights.DeviceStreams, archs, codes: Optional[ChunkCodes],
+          device, dtype) -> Optional[torch.Tensor]:
     A = len(uses)
     cm, zero_units, code_mult = code_arrays(uses)
+    uploads = _Uploads()
+    w = _Weights(streams, archs, uploads, dtype)
     all_archs = range(A)
-    stem = builder.weight([(a, "stem.0.weight") for a in all_archs], (A * C_STEM, 3, 3, 3))
+    stem = w.add([(a, "stem.0.weight") for a in all_archs], (A * C_STEM, 3, 3, 3))
     stages = []
     for stage, C in enumerate(STAGE_CHANNELS):
         red = None
         if stage:
             Cp = STAGE_CHANNELS[stage - 1]
             m = STAGE_FIRST_MODULE[stage] - 1
-            red = (builder.weight([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (A * C, Cp, 3, 3)),
-                   builder.weight([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (A * C, C, 3, 3)),
-                   builder.weight([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (A * C, Cp, 1, 1)))
-        stages.append((red, _stage_groups(uses, A, C, stage, builder, device)))
-    head = builder.weight([(a, "classifier.weight") for a in all_archs], (A, STAGE_CHANNELS[-1]))
-    builder.materialise()
-    for _, groups in stages:
+            red = (w.add([(a, f"cells.{m}.conv_a.op.1.weight") for a in all_archs], (A * C, Cp, 3, 3)),
+                   w.add([(a, f"cells.{m}.conv_b.op.1.weight") for a in all_archs], (A * C, C, 3, 3)),
+                   w.add([(a, f"cells.{m}.downsample.1.weight") for a in all_archs], (A * C, Cp, 1, 1)))
+        stages.append((red, _stage_groups(uses, A, C, stage, uploads, w)))
+    head = w.add([(a, "classifier.weight") for a in all_archs], (1, A * STAGE_CHANNELS[-1], 1, 1))
+    uploads.upload(device)
+    for _, (groups, unwritten, unwritten_grad) in stages:
         for node_groups in groups:
             for g in node_groups:
+                g.gather_index = None if g.gather is None else uploads.get(g.gather)
+                g.scatter_index = uploads.get(g.scatter)
+                g.target_indices = tuple(None if t[3] is None else uploads.get(t[3]) for t in g.targets)
+                g.source_indices = tuple(None if t[2] is None else uploads.get(t[2]) for t in g.sources)
                 if g.weight is not None:
-                    g.cell_weights = builder.get(g.weight).unbind(0)
-
-    h = _bn(F.conv2d(xs, builder.get(stem), padding=1, groups=A))
-    for stage, (red, groups) in enumerate(stages):
-        C = STAGE_CHANNELS[stage]
+                    g.cell_weights = w.tensor(g.weight).unbind(0)
+        unwritten[:] = [None if u is None else uploads.get(u) for u in unwritten]
+        unwritten_grad[:] = [None if u is None else uploads.get(u) for u in unwritten_grad]
+    jacobian = codes is None
+    stem_w = w.tensor(stem)
+    stem_y = F.conv2d(x, stem_w, padding=1, groups=A)
+    h, stem_mean, stem_invstd = _bn_train(stem_y)
+    reds, cells = [], []
+    for stage, (red, (groups, unwritten, unwritten_grad)) in enumerate(stages):
         if red is not None:
+            wa, wb, wd = (w.tensor(r) for r in red)
             if codes is not None:
                 codes.add(h, cm)
-            a_ = _bn(F.conv2d(F.relu(h), builder.get(red[0]), stride=2, padding=1, groups=A))
+            ra = F.relu(h)
+            ya = F.conv2d(ra, wa, stride=2, padding=1, groups=A)
+            za, ma, ia = _bn_train(ya)
             if codes is not None:
-                codes.add(a_, cm)
-            b_ = _bn(F.conv2d(F.relu(a_), builder.get(red[1]), padding=1, groups=A))
-            h = F.conv2d(F.avg_pool2d(h, 2, 2), builder.get(red[2]), groups=A) + b_
+                codes.add(za, cm)
+            rb = F.relu(za)
+            yb = F.conv2d(rb, wb, padding=1, groups=A)
+            zb, mb, ib = _bn_train(yb)
+            pd = F.avg_pool2d(h, 2, 2)
+            if jacobian:
+                reds.append((h, ra, ya, ma, ia, rb, yb, mb, ib, pd, wa, wb, wd))
+            h = zb.add_(F.conv2d(pd, wd, groups=A))
         for cell in range(N_CELLS):
-            h = _run_cell(h, groups, cell, A, C, codes, code_mult, zero_units)
-    h = _bn(h)
+            saved: Optional[list] = [] if jacobian else None
+            h = _cell(h, groups, unwritten, cell, A, STAGE_CHANNELS[stage], codes, code_mult, zero_units, saved)
+            if jacobian:
+                cells.append((stage, groups, unwritten_grad, cell, saved))
+    z, mean, invstd = _bn_train(h)
     if codes is not None:
-        codes.add(h, np.ones(A, dtype=np.int64))  # lastact's nn.ReLU: counted once under both rules
-    h = F.relu(h)
-    pooled = F.adaptive_avg_pool2d(h, 1).view(h.shape[0], A, STAGE_CHANNELS[-1])
-    # The classifier's bias does not change the Jacobian (and no score reads the logits).
-    return (pooled * builder.get(head)).sum(2)
+        codes.add(z, np.ones(A, dtype=np.int64))  # lastact's nn.ReLU: counted once under both rules
+        return None
+    r = F.relu_(z)
+    # d(sum of logits)/d(relu output): the classifier weight over the pooled positions (its bias
+    # does not change the Jacobian).
+    g = _bn_backward(_relu_backward(w.tensor(head) / (r.shape[2] * r.shape[3]), r), h, mean, invstd)
+    grads = None  # the gradient buffer of the cell to go back through (node 3's gradient set)
+    for stage, groups, unwritten_grad, cell, saved in reversed(cells):
+        B, AC, H, W = g.shape if grads is None else (grads.shape[0], grads.shape[1] // 3, *grads.shape[2:])
+        if grads is None:  # the last cell of a stage: its output gradient comes from outside
+            grads = g.new_empty(B, (NUM_NODES - 1) * AC, H, W)
+            grads.narrow(1, (NUM_NODES - 2) * AC, AC).copy_(g)
+        if cell:  # the input gradient goes straight into the previous cell's buffer
+            before = grads.new_empty(B, (NUM_NODES - 1) * AC, H, W)
+            _cell_backward(grads, groups, unwritten_grad, cell, saved, before.narrow(1, (NUM_NODES - 2) * AC, AC))
+            grads = before
+            continue
+        g = grads.new_empty(B, AC, H, W)
+        _cell_backward(grads, groups, unwritten_grad, cell, saved, g)
+        grads = None
+        if stage:  # through the reduction block before the stage
+            hin, ra, ya, ma, ia, rb, yb, mb, ib, pd, wa, wb, wd = reds[stage - 1]
+            gza = _relu_backward(_conv_backward(_bn_backward(g, yb, mb, ib), rb, wb, 1, 1, A), rb)
+            gh = _relu_backward(_conv_backward(_bn_backward(gza, ya, ma, ia), ra, wa, 2, 1, A), ra)
+            gpd = _conv_backward(g, pd, wd, 1, 0, A)
+            g = gh.add_(torch.ops.aten.avg_pool2d_backward(gpd, hin, [2, 2], [2, 2], [0, 0], False, True, None))
+    g = _bn_backward(g, stem_y, stem_mean, stem_invstd)
+    return _conv_backward(g, x, stem_w, 1, 1, A)
 
 
-def network_pass(x: torch.Tensor, uses: List[CellUse], archs, stream: weights.StreamWeights,
-                 codes: Optional[ChunkCodes], device, dtype) -> Optional[torch.Tensor]:
-    """The sparse layout's network pass over a chunk of ``A`` architectures.
-
-    Args:
-        x: ``[B, A*3, H, W]`` of ``dtype`` on ``device``: architecture ``a``'s batch in channels
-            ``3a .. 3a+2``.
-        uses: per architecture its :class:`~nwot_fast.multi_arch.common.CellUse`.
-        archs: the architectures (:class:`~nwot_fast.nb201.Arch`), in the order of ``uses``.
-        stream: the seed's weight streams (:func:`nwot_fast.weights.for_seed`).
-        codes: hook_logdet: the chunk's :class:`~nwot_fast.multi_arch.common.ChunkCodes`, filled
-            by the pass; jacob_cov: None.
-        device, dtype: where and in which floating dtype the pass runs.
-
-    Returns:
-        jacob_cov: ``[B, A*3, H, W]`` of ``dtype``, the gradient of the summed outputs w.r.t.
-        ``x`` (autograd); hook_logdet: None.
-    """
-    A = len(uses)
-    builder = _Builder(stream, archs, device, dtype)
-    if codes is None:
-        with torch.enable_grad():
-            xg = (x if A > 1 else x.clone()).detach().requires_grad_(True)
-            y = _forward(xg, uses, builder, None, device)
-            (J,) = torch.autograd.grad(y.sum(), xg)
-        return J
+def network_pass(x: torch.Tensor, uses: List[CellUse], archs, seed: int, codes: Optional[ChunkCodes], device,
+                 dtype) -> Optional[torch.Tensor]:
+    """The pass over a chunk. ``x [B, A*3, H, W]`` (``dtype`` on ``device``):
+    architecture ``a``'s batch in channels ``3a .. 3a+2``. jacob_cov (``codes`` None): returns
+    the gradient of the summed outputs w.r.t. ``x``, ``[B, A*3, H, W]``; hook_logdet: fills
+    ``codes`` and returns None. Weights of the seed ``seed``, gathered on the device."""
     with torch.no_grad():
-        _forward(x, uses, builder, codes, device)
-    return None
+        return _pass(x, uses, weights.on_device(seed, device), archs, codes, device, dtype)

@@ -22,8 +22,9 @@ def check_tensor(t, name: str) -> None:
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
-    """ValueError unless ``t`` is on a CPU or CUDA device (the fake kernels skip this check)."""
-    if t.device.type not in ("cpu", "cuda"):
+    """ValueError unless ``t`` is on a CPU or CUDA device (the fake kernels skip this check).
+    Meta tensors pass: shapes only (bench/gpu_cost.py counts a GPU's work on them)."""
+    if t.device.type not in ("cpu", "cuda", "meta"):
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {t.device}")
 
 
@@ -41,7 +42,8 @@ def compiled_switch(register_fakes: Callable[[], None]) -> Callable[[str], bool]
     registered = []
 
     def compiled(device_type: str) -> bool:
-        if not _ext.available(device_type):
+        # Meta tensors run the fake kernels whenever the library is loaded: the fallbacks need values.
+        if not _ext.available("cpu" if device_type == "meta" else device_type):
             return False
         if not registered:
             with lock:

@@ -63,10 +63,10 @@ def save_first_images(source, out, count: int = 128, dataset: Optional[str] = No
 
 
 def table_config(provenance: dict, dtype: Optional[str] = None):
-    """The :class:`~nwot_fast.scoring.ScoreConfig` of a table's protocol (on the CPU), in the
+    """The :class:`~nwot_fast.config.ScoreConfig` of a table's protocol (on the CPU), in the
     table's dtype or ``dtype``. Its ``data`` is None: the caller passes the images (see
-    :func:`first_images`) to :class:`~nwot_fast.scoring.ArchScorer`."""
-    from ..scoring import ScoreConfig
+    :func:`first_images`) to :class:`~nwot_fast.scorer.Scorer`."""
+    from ..config import ScoreConfig
 
     p = provenance["protocol"]
     return ScoreConfig(method=provenance["method"], batch_size=p["batch_size"], augment=p["augment"],

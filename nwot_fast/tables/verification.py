@@ -120,7 +120,7 @@ def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Opti
 
     from .. import precision
     from ..nb201 import arch_at
-    from ..scoring import ArchScorer
+    from ..scorer import Scorer
     from .protocol import first_images, pixel_fingerprint, table_config
 
     if not isinstance(table, ScoreTable):
@@ -142,14 +142,16 @@ def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Opti
     picks = np.sort(np.random.default_rng(sample_seed).choice(len(table), min(sample, len(table)), replace=False))
     indices = [int(table.indices[k]) for k in picks]
     shipped = [float(table.scores[k]) for k in picks]
-    truth_scorer = ArchScorer(table_config(prov, "float64"), images=images)
-    x = truth_scorer.batch_for(0)  # the fixed batch: the same for every architecture
+    truth_scorer = Scorer(table_config(prov, "float64"), images=images)
+    # The fixed batch (the same for every architecture), for the authors' float32 procedure: the
+    # scorer holds it in float64, an exact widening of the float32 images, so this is exact too.
+    x = truth_scorer.batch_for(0).to(torch.float32)
     rows: List[RowCheck] = []
     problems: List[str] = []
     summary: dict = {}
     if table.dtype == "float64":
         for n, (i, s) in enumerate(zip(indices, shipped), start=1):
-            t = truth_scorer.score_index(i).score
+            t = truth_scorer.score(i).score
             err = precision.relative_error(s, t)
             ok = err <= precision.FLOOR
             rows.append(RowCheck(i, s, t, err, ok=ok, note="" if ok else f"> {precision.FLOOR:g} relative"))
@@ -165,7 +167,7 @@ def verify_table(table: ScoreTable, data, *, sample: int = 20, sample_seed: Opti
         truth, reference = [], {n: [] for n in counts}
         kwargs = dict(method=table.method, seed=proto["seed"], relu_match=proto["relu_match"])
         for n, (i, s) in enumerate(zip(indices, shipped), start=1):
-            truth.append(truth_scorer.score_index(i).score)
+            truth.append(truth_scorer.score(i).score)
             for threads in counts:
                 with precision.threads(threads):
                     reference[threads] += precision.reference_scores([i], x, dtype=torch.float32, **kwargs)

@@ -1,11 +1,13 @@
-"""Scoring NB201 architectures by index: one configuration, one place.
+"""The scoring configuration: everything a score depends on, checked once.
 
-A :class:`ScoreConfig` fixes everything a score depends on (method, data, batch size,
-augmentation, seed, engine, device type, dtype); :func:`score_config` is the one way the API
-functions and the CLI build it from their arguments; :class:`ArchScorer` turns benchmark indices into scores under
-that configuration. The same configuration and index give bitwise the same score on the CPU
-in any process and in any order: the weights come from ``torch.manual_seed(config.seed)``
-and the batch from the data sampler keyed by the architecture's index.
+A :class:`ScoreConfig` fixes what a score depends on (method, data, batch size, augmentation,
+seed, engine, layout, device type, dtype); :func:`score_config` is the one way the API functions
+build it from their arguments and :func:`config_from_namespace` the CLI's. How the scores are
+then computed (engine, layout, memory format, chunk, device) is decided once from it by
+:func:`nwot_fast.scorer.resolve_execution`, and :class:`nwot_fast.scorer.Scorer` is the one
+object every command scores through.
+
+Torch-free at import (the CLI builds its configuration before importing torch).
 """
 
 from __future__ import annotations
@@ -13,22 +15,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Optional
 
-import torch
-
-from . import reference
-from ._common import ENGINES, METHODS, RELU_MATCHES, device_type, dtype_name, resolve_device
+from ._common import ENGINES, METHODS, MODES, RELU_MATCHES, device_type, dtype_name
 from .args import BATCH_SIZE, SEED, check_choice, check_device, check_flag, check_path
-from .errors import is_allocation_failure
-from .nb201 import Arch, arch_at, build_network
+
+__all__ = ["ScoreConfig", "CONFIG_FIELDS", "score_config", "config_from_namespace"]
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
     """Everything a score depends on. ``None`` fields take the per-method defaults
-    (see :func:`nwot_fast.data.default_data_settings`)."""
+    (see :func:`nwot_fast.data.default_data_settings`).
+
+    ``engine``: ``"fast"`` (execution plans and compiled operators) or ``"reference"`` (the
+    pure-PyTorch oracle, one network module by module). ``mode`` (fast engine only): how it runs,
+    ``"auto"`` (the device's choice, :func:`nwot_fast.scorer.default_mode`: multi-arch on CUDA,
+    per-arch on the CPU), ``"per-arch"`` (one
+    plan per network pass) or ``"multi-arch"`` (a chunk of architectures per network pass).
+    ``seed``: 0..2**63-1, the seed of the weights and of the batches."""
 
     method: str = "jacob_cov"
     data: Optional[str] = None  # path to images; None: Gaussian N(0, 1) inputs
@@ -39,6 +45,7 @@ class ScoreConfig:
     seed: int = 0
     relu_match: str = "name"
     engine: str = "fast"
+    mode: str = "auto"
     device: str = "cpu"
     dtype: str = "float32"  # or "float64"; a torch.dtype is accepted and stored by name
 
@@ -48,6 +55,10 @@ class ScoreConfig:
         check_choice(self.method, "method", METHODS, "score method")
         check_choice(self.relu_match, "relu_match", RELU_MATCHES)
         check_choice(self.engine, "engine", ENGINES)
+        check_choice(self.mode, "mode", MODES)
+        if self.engine == "reference" and self.mode != "auto":
+            raise ValueError(f"mode {self.mode!r} is a mode of the fast engine; the reference engine runs "
+                             "each network module by module (leave mode at 'auto')")
         if self.batch_size is not None:
             object.__setattr__(self, "batch_size", BATCH_SIZE.check(self.batch_size, "batch_size"))
         object.__setattr__(self, "augment", check_flag(self.augment, "augment", allow_none=True))
@@ -78,9 +89,11 @@ class ScoreConfig:
     def identity(self) -> dict:
         """The fields that decide the scores, bit for bit. The engine and the device type are
         part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
-        1e-9 relative, not bitwise, so their results are kept apart. ``dtype`` is part of it
-        only when it is float64, so that float32 configurations keep the hash they had before
-        the option existed (rows of older databases are float32 rows).
+        1e-9 relative, not bitwise, so their results are kept apart. ``mode`` is part of it
+        when it is not ``"auto"`` (a mode asked for by name computes in another order than the
+        device's choice may); ``dtype`` when it is float64, so that float32 configurations
+        keep the hash they had before the option existed (rows of older databases are float32
+        rows).
 
         The data is identified by its content (:func:`nwot_fast.data.data_fingerprint`), not by
         the path: the same file by a relative or an absolute path is one configuration, a file
@@ -99,6 +112,8 @@ class ScoreConfig:
             "engine": c.engine,
             "device_type": device_type(c.device),
         }
+        if c.mode != "auto":
+            ident["mode"] = c.mode
         if c.dtype != "float32":
             ident["dtype"] = c.dtype
         return ident
@@ -112,6 +127,8 @@ class ScoreConfig:
         return data_fingerprint(self.data, self.dataset)
 
     def config_hash(self) -> str:
+        """16 hex digits of the SHA-256 of :meth:`identity` (sorted JSON): the key of a
+        configuration's rows in a scan database."""
         blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -140,80 +157,3 @@ def score_config(config: Optional[ScoreConfig] = None, **options) -> ScoreConfig
 def config_from_namespace(args) -> ScoreConfig:
     """:func:`score_config` from the parsed command line (the attributes named like the fields)."""
     return score_config(**{f: getattr(args, f) for f in CONFIG_FIELDS if hasattr(args, f)})
-
-
-@dataclass(frozen=True)
-class ArchScore:
-    index: int
-    arch: Arch
-    score: float
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return {"arch_index": self.index, "arch": str(self.arch), "score": self.score, "seconds": self.seconds}
-
-
-def score_with_reference(arch, x: torch.Tensor, *, method: str, seed: int, relu_match: str = "name",
-                         dtype="float32") -> float:
-    """The pure path for one architecture: ``build_network`` right after ``torch.manual_seed(seed)``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_network(arch).to(x.device)
-    return reference.score(model, x, method, relu_match=relu_match, dtype=dtype)
-
-
-class ArchScorer:
-    """Scores benchmark indices under one :class:`ScoreConfig`."""
-
-    def __init__(self, config: ScoreConfig, images=None):
-        from .data import BatchSampler, load_images
-
-        self.config = config.resolved()
-        self.device = resolve_device(self.config.device)
-        if images is None and self.config.data is not None:
-            images = load_images(self.config.data, dataset=self.config.dataset)
-        self.images = images
-        shape = (3,) + tuple(images.images.shape[1:3]) if images is not None else (3, 32, 32)
-        self.sampler = BatchSampler(
-            images,
-            batch_size=self.config.batch_size,
-            augment=bool(self.config.augment),
-            fixed=bool(self.config.fixed_batch),
-            seed=self.config.seed,
-            image_shape=shape,
-        )
-
-    def describe_data(self) -> str:
-        return self.sampler.describe()
-
-    def batch_for(self, index: int) -> torch.Tensor:
-        return self.sampler.batch(index).to(self.device)
-
-    def score_index(self, index: int) -> ArchScore:
-        arch = arch_at(index)
-        start = time.perf_counter()
-        c = self.config
-        try:
-            x = self.batch_for(index)
-            if c.engine == "fast":
-                from .per_arch import score_arch
-
-                s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match,
-                               dtype=c.dtype)
-            else:
-                s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match,
-                                         dtype=c.dtype)
-        except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one; the CPU allocator's has no type
-            if not is_allocation_failure(e):
-                raise
-            raise MemoryError(
-                f"out of memory scoring architecture {index} with batch size {c.batch_size} on {self.device}; "
-                "lower --batch-size or use another device (the batch is never split: that would change "
-                "train-mode BatchNorm statistics and so the score)"
-            ) from e
-        return ArchScore(index, arch, float(s), time.perf_counter() - start)
-
-    def score_indices(self, indices: Iterable[int]) -> Iterator[ArchScore]:
-        for index in indices:
-            yield self.score_index(int(index))
-
