@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
 import glob
 import json
 import os
@@ -108,7 +109,8 @@ def run_logged(cmd, log_path: str, timeout: float, *, env=None, poll=None, poll_
         out.flush()
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
         try:
             while True:
                 left = timeout - (time.monotonic() - t0)
@@ -126,6 +128,22 @@ def run_logged(cmd, log_path: str, timeout: float, *, env=None, poll=None, poll_
         except BaseException:
             _kill(proc)
             raise
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` that makes the child receive SIGKILL when this process ends, however it
+    ends (Linux ``PR_SET_PDEATHSIG``): a run killed with SIGKILL, which cannot clean up, must not
+    leave a step's subprocess (in its own session, out of reach of the killer's killpg) running,
+    e.g. a whole-space scan. Elsewhere a no-op (the timeouts still apply)."""
+    def preexec() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _kill(proc) -> None:

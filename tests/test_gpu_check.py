@@ -4,6 +4,7 @@ pieces without a subprocess. CI runs the smoke only here (.ci/run does not run i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -48,8 +49,21 @@ def assert_report_layout(out) -> None:
     assert all(len(f.split(os.sep)) <= 3 for f in files), files  # at most 2 folders deep
 
 
-def env():
-    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def env(**extra):
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def processes_with(marker: str) -> list:
+    """The pids of live processes whose environment holds ``marker`` (Linux /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return found
 
 
 @pytest.mark.slow  # a few minutes on 2 loaded cores
@@ -84,9 +98,10 @@ def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
     disk is strict JSON that says which step was running and holds the samples taken. The scan
     covers 3000 archs so that it is still running at its first sample on any machine (6 archs, the
     smoke's default, end within one 1 s poll on a fast one)."""
+    marker = f"NWOT_TEST_RUN={tmp_path}"  # inherited by the run's subprocesses, to find them afterwards
     proc = subprocess.Popen([sys.executable, SCRIPT, "--smoke", "--steps", "timing", "--space", "3000",
-                             "--out", str(tmp_path)],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--out", str(tmp_path)], env=env(NWOT_TEST_RUN=str(tmp_path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     path = tmp_path / "gpu_check.json"
     try:
         deadline = time.monotonic() + 600
@@ -101,10 +116,19 @@ def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
         assert proc.poll() is None, "the smoke ended before a timed sample was seen"
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the run and the scan it started
+            os.killpg(proc.pid, signal.SIGKILL)  # the run (its steps run in sessions of their own)
         except ProcessLookupError:
             pass  # it already ended: the assertion above says so
         proc.wait()
+        # The scan runs in a session of its own (out of reach of killpg); it must die with the run.
+        deadline, left = time.monotonic() + 30, processes_with(marker)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = processes_with(marker)
+        for pid in left:  # do not leak it into the rest of the suite
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the killed run still running: {left}"
     report = strict_json(path)
     assert report["running"] == "timing" and not report["ok"]
     timing = report["steps"][-1]
