@@ -6,18 +6,23 @@ A chunk of A architectures is stacked along the channels (``[B, A*C, H, W]``, ar
 ``a`` owning channels ``a*C .. a*C + C - 1``). Per cell and source node each op group
 (:attr:`nwot_fast.nb201.registry.OpSpec.group`: 3x3 convolutions, 1x1 convolutions, pooling,
 skip) runs once for the (architecture, edge) pairs that use it there: convolutions as the
-pairs' channels gathered (``index_select``) and ReLU'd, one grouped convolution (one group per
-pair, each with its architecture's own weights) and one BatchNorm call (per channel, train
-mode; weight 1 and bias 0 as at initialisation, so left out), added into the target nodes
-(``index_add_``, or ``add_`` when a target takes every architecture in order); pooling and skip
-gathered, pooled (or not) and added the same way. The FLOPs are those of the per-arch plans
-(the same convolutions, merged per op group instead of per node).
+pairs' channels gathered and ReLU'd in one pass (:func:`nwot_fast.ops.relu_gather`), one
+grouped convolution (one group per pair, each with its architecture's own weights) and one
+BatchNorm call (per channel, train mode; weight 1 and bias 0 as at initialisation, so left
+out), added into the target nodes (``index_add_``, or ``add_`` when a target takes every
+architecture in order); pooling gathered, pooled and added the same way; skip moved from the
+source node's channels into the targets' in one pass (:func:`nwot_fast.ops.scatter_channels_`).
+The FLOPs are those of the per-arch plans (the same convolutions, merged per op group instead
+of per node).
 
 jacob_cov runs a hand-written backward (no autograd, whose views of node buffers would cost a
 full-size zero tensor and a copy per use): per cell in reverse, per source node the gradients
-of its op groups' targets gathered from one buffer of the cell's nodes, through BatchNorm,
-convolution (input only) and ReLU (on the gathered channels), or pooling, and added into the
-node's gradient; a cell's input gradient is added straight into the previous cell's buffer.
+of its op groups' targets gathered from one buffer of the cell's nodes, through BatchNorm and
+convolution (input only), or pooling, and added into the node's gradient by
+:func:`nwot_fast.ops.scatter_channels_` (through the convolutions' ReLU in the same pass: its
+output masks the values; skip: straight from the targets' gradients); a cell's input gradient
+is added straight into the previous cell's buffer. The fused channel moves give the values of
+the ATen operators they replace, bit for bit (tests/test_ops_channels.py).
 
 What crosses to the device per chunk is one int64 array (every gather and scatter index and
 where each weight starts in the seed's streams, :class:`_Uploads`); the weights themselves are
