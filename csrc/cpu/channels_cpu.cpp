@@ -35,6 +35,44 @@ std::vector<int64_t> channel_map(const std::optional<at::Tensor>& index, int64_t
   return map;
 }
 
+// One row of W values (strides in elements), the mask and the accumulation decided at compile
+// time so that the dense case (unit strides) vectorises. Rows of dest never overlap the rows
+// read (the operator's contract), hence __restrict__.
+template <typename scalar_t, bool masked, bool accumulate>
+void scatter_row(scalar_t* __restrict__ d, int64_t dw, const scalar_t* __restrict__ s, int64_t sw,
+                 const scalar_t* __restrict__ m, int64_t mw, int64_t W) {
+  if (dw == 1 && sw == 1 && (!masked || mw == 1)) {
+    for (int64_t w = 0; w < W; ++w) {
+      scalar_t v = s[w];
+      if constexpr (masked) v = relu_grad_value(v, m[w]);
+      if constexpr (accumulate) {
+        d[w] = d[w] + v;
+      } else {
+        d[w] = v;
+      }
+    }
+    return;
+  }
+  for (int64_t w = 0; w < W; ++w) {
+    scalar_t v = s[w * sw];
+    if constexpr (masked) v = relu_grad_value(v, m[w * mw]);
+    if constexpr (accumulate) {
+      d[w * dw] = d[w * dw] + v;
+    } else {
+      d[w * dw] = v;
+    }
+  }
+}
+
+template <typename scalar_t>
+using ScatterRow = void (*)(scalar_t*, int64_t, const scalar_t*, int64_t, const scalar_t*, int64_t, int64_t);
+
+template <typename scalar_t>
+ScatterRow<scalar_t> pick_scatter_row(bool masked, bool accumulate) {
+  if (masked) return accumulate ? &scatter_row<scalar_t, true, true> : &scatter_row<scalar_t, true, false>;
+  return accumulate ? &scatter_row<scalar_t, false, true> : &scatter_row<scalar_t, false, false>;
+}
+
 }  // namespace
 
 at::Tensor relu_gather_cpu(const at::Tensor& x, const std::optional<at::Tensor>& index) {
@@ -56,7 +94,13 @@ at::Tensor relu_gather_cpu(const at::Tensor& x, const std::optional<at::Tensor>&
         const scalar_t* in = xp + n * sn + map[k] * sc;
         scalar_t* o = op + p * H * W;
         for (int64_t h = 0; h < H; ++h) {
-          for (int64_t w = 0; w < W; ++w) o[h * W + w] = relu_value(in[h * sh + w * sw]);
+          const scalar_t* __restrict__ r = in + h * sh;
+          scalar_t* __restrict__ orow = o + h * W;
+          if (sw == 1) {
+            for (int64_t w = 0; w < W; ++w) orow[w] = relu_value(r[w]);
+          } else {
+            for (int64_t w = 0; w < W; ++w) orow[w] = relu_value(r[w * sw]);
+          }
         }
       }
     });
@@ -91,6 +135,7 @@ void scatter_channels_cpu(const at::Tensor& dest, const std::optional<at::Tensor
     scalar_t* dp = dest.data_ptr<scalar_t>();
     const scalar_t* sp = src.const_data_ptr<scalar_t>();
     const scalar_t* mp = masked ? mask.const_data_ptr<scalar_t>() : nullptr;
+    const ScatterRow<scalar_t> row = pick_scatter_row<scalar_t>(masked, accumulate);
     // One (sample, channel) plane per task: destinations are distinct, so tasks never overlap.
     at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
@@ -99,12 +144,7 @@ void scatter_channels_cpu(const at::Tensor& dest, const std::optional<at::Tensor
         const scalar_t* s = sp + n * sn + from[k] * sc;
         const scalar_t* m = masked ? mp + n * mn + k * mc : nullptr;
         for (int64_t h = 0; h < H; ++h) {
-          for (int64_t w = 0; w < W; ++w) {
-            scalar_t v = s[h * sh + w * sw];
-            if (masked) v = relu_grad_value(v, m[h * mh + w * mw]);
-            scalar_t& out = d[h * dh + w * dw];
-            out = accumulate ? out + v : v;
-          }
+          row(d + h * dh, dw, s + h * sh, sw, masked ? m + h * mh : nullptr, mw, W);
         }
       }
     });
