@@ -117,7 +117,8 @@ from nwot_fast import _ext
 info = _ext.backend_info()
 print("backend_info:", info)
 assert info["compiled"] and info["route"] == "aot" and "cuda" in info["backends"], info
-ops = ["jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score"]
+ops = ["jacob_cov_score", "pack_codes", "hamming_kernel", "logdet_score", "hook_logdet_score", "relu_gather",
+       "scatter_channels_"]
 for op in ops:
     dump = torch._C._dispatch_dump(f"nwot_fast::{op}")
     kernels = [line.split(":")[0].strip() for line in dump.splitlines() if ": registered at" in line]

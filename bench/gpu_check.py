@@ -15,8 +15,8 @@ device, build included):
   build      python setup.py build_ext --inplace (FORCE_CUDA=1, MAX_JOBS = cores; the visible
              GPU's architecture); skipped with --smoke or --no-build.
   backend    nwot_fast.backend_info(): compiled, the CUDA backend, which eigensolver; the device.
-  tests      pytest on tests/test_ops.py, test_ops_degenerate.py and test_ops_cuda.py, only their
-             CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
+  tests      pytest on tests/test_ops.py, test_ops_degenerate.py, test_ops_cuda.py and
+             test_ops_channels.py, only their CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
   precision  the per-arch and the multi-arch mode (CUDA's default) on the device against the float64
              truth and the authors' float32 procedure: the contract of docs/PRECISION.md.
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
@@ -70,7 +70,7 @@ from nwot_fast._common import atomic_write, jsonable  # noqa: E402  (torch-free)
 
 SPACE = 15625
 STEPS = ("build", "backend", "tests", "precision", "timing")
-OP_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py"]
+OP_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py", "tests/test_ops_channels.py"]
 # Skips that are not a missing CUDA backend.
 BY_DESIGN_SKIPS = ("the fallback is checked on the CPU", "the GPU's arithmetic is fused")
 LOGS = {"build": "logs/build.log", "backend": "logs/checks.log", "tests": "logs/tests.log",

@@ -13,7 +13,8 @@ that sees every ATen operator the engine dispatches. For each operator on the de
   compiled score operators by the formulas in :func:`custom_flops`;
 * bytes moved: the sizes of its tensor inputs and outputs (gathers: the gathered part read and
   written; scatter-adds: the part read, read and written; index copies and fills: the part
-  written); views and allocations move nothing and launch nothing;
+  written; the compiled channel moves by :func:`custom_bytes`); views and allocations move
+  nothing and launch nothing;
 * host -> device copies (a CPU tensor copied to the device), split into the inputs (copies made
   by the data path: the scorer's batch source or ``nwot_fast.data``) and everything else, and
   whether they are non-blocking;
@@ -107,6 +108,28 @@ def custom_flops(func, args, out) -> float:
         A, B, W = args[0].shape
         return 2.0 * A * B * B * W + A * B ** 3
     return 0.0
+
+
+def custom_bytes(func, args) -> Optional[int]:
+    """Bytes moved by the compiled channel operators (``torch.ops.nwot_fast``), which touch only
+    the channels they move (counting their whole tensor arguments, as for other operators,
+    would count the full node buffers): ``relu_gather`` reads and writes its output's size;
+    ``scatter_channels_`` reads the moved values (and the ReLU output that masks them), reads
+    the destination when accumulating, and writes it; plus the index arrays. None: another
+    operator (counted by its tensors' sizes)."""
+    name = func.name()
+    if name.startswith("nwot_fast::relu_gather"):
+        x, index = args[0], args[1]
+        K = x.shape[1] if index is None else index.numel()
+        moved = 2 * x.shape[0] * K * x.shape[2] * x.shape[3] * x.element_size()
+        return moved + (0 if index is None else _nbytes(index))
+    if name.startswith("nwot_fast::scatter_channels_"):
+        dest, dest_index, src, src_index, relu_out, accumulate = args[:6]
+        K = dest.shape[1] if dest_index is None else dest_index.numel()
+        part = dest.shape[0] * K * dest.shape[2] * dest.shape[3] * dest.element_size()
+        passes = 2 + (relu_out is not None) + bool(accumulate)
+        return passes * part + sum(_nbytes(i) for i in (dest_index, src_index) if i is not None)
+    return None
 
 
 def _tensors(tree) -> List[torch.Tensor]:
@@ -225,6 +248,8 @@ class CostMode(TorchDispatchMode):
         elif packet in _FILL:
             self_, dim, index = args[0], args[1], args[2]
             moved = index.numel() * _nbytes(self_) // max(1, self_.shape[dim]) + _nbytes(index)
+        elif func.namespace == "nwot_fast" and custom_bytes(func, args) is not None:
+            moved = custom_bytes(func, args)
         else:
             moved = sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
         flops = 0.0

@@ -40,6 +40,13 @@ TORCH_LIBRARY(nwot_fast, m) {
   // invstd [C] float64. Elsewhere the Python wrapper (ops.batch_norm_train) uses ATen's.
   m.def("batch_norm_train(Tensor x, int parts) -> (Tensor, Tensor)");
   m.def("batch_norm_train_backward(Tensor grad, Tensor y, Tensor invstd) -> Tensor");
+  // The multi-arch engine's channel moves (nwot_fast/multi_arch/sparse.py), fused so that each
+  // moves its channels once: a gather that applies the ReLU (a convolution group's input), and
+  // a scatter / accumulate along the channels from an optional gathered source, optionally
+  // masked by a ReLU output (the backward through that ReLU).
+  m.def("relu_gather(Tensor x, Tensor? index) -> Tensor");
+  m.def("scatter_channels_(Tensor(a!) dest, Tensor? dest_index, Tensor src, Tensor? src_index, Tensor? relu_out, "
+        "bool accumulate) -> ()");
   // Backend-independent: what this binary was built with, for the loader's check.
   m.def("build_info() -> str", &nwot_fast::build_info);
 }

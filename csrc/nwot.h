@@ -10,7 +10,15 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
+
+// Element functions shared by the CPU and CUDA kernels.
+#ifdef __CUDACC__
+#define NWOT_HOST_DEVICE __host__ __device__
+#else
+#define NWOT_HOST_DEVICE
+#endif
 
 namespace nwot_fast {
 
@@ -62,6 +70,23 @@ at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad);
 //   channels-last: invstd * (grad - mean(grad) - y * mean(grad * y)) per channel.
 std::tuple<at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& x, int64_t parts);
 at::Tensor batch_norm_train_backward_cpu(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& invstd);
+
+// relu_gather(x [N, C, H, W] float32|float64, index int64 [K] or None) -> [N, K, H, W]
+//   contiguous: out[:, k] = relu(x[:, index[k]]) (None: k), with ATen's CPU relu (clamp_min(v, 0):
+//   NaN and -0.0 kept), i.e. F.relu(x.index_select(1, index)) bitwise. Any strides.
+at::Tensor relu_gather_cpu(const at::Tensor& x, const std::optional<at::Tensor>& index);
+
+// scatter_channels_(dest [N, Cd, H, W], dest_index int64 [K] or None, src [N, Cs, H, W],
+//   src_index int64 [K] or None, relu_out [N, K, H, W] or None, accumulate) -> (), in place:
+//   for every k, v = src[:, src_index[k]] (None: k), v = (relu_out[:, k] <= 0 ? 0 : v) when
+//   relu_out is given (ATen's threshold_backward(v, relu_out, 0)), then
+//   dest[:, dest_index[k]] = v, or dest[:, dest_index[k]] + v when accumulate (index_copy_ /
+//   index_add_ bitwise). dest_index entries must be distinct (the CPU kernel checks; the CUDA
+//   kernel writes each destination from one thread only when they are). One dtype
+//   (float32|float64), any strides.
+void scatter_channels_cpu(const at::Tensor& dest, const std::optional<at::Tensor>& dest_index, const at::Tensor& src,
+                          const std::optional<at::Tensor>& src_index, const std::optional<at::Tensor>& relu_out,
+                          bool accumulate);
 
 // build_info() -> "key=value;..." with torch (version built against), cuda (version or
 // "none"), cusolver, backends ("cpu" or "cpu,cuda"), eigensolver, openmp, cpu_kernels (the CPU
@@ -118,6 +143,68 @@ inline void check_kernel_matrix(const at::Tensor& K) {
               K.sizes());
   TORCH_CHECK(K.scalar_type() == at::kLong || K.scalar_type() == at::kDouble, "K must be int64 or float64, got ",
               K.scalar_type());
+}
+
+inline void check_channel_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D [batch, channels, height, width], got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", t.scalar_type());
+}
+
+// An optional channel index: 1-D int64 on `ref`'s device; returns its length, or `whole` when
+// absent. The values are checked against `bound` by the kernels (CPU: TORCH_CHECK; CUDA: assert).
+inline int64_t check_channel_index(const std::optional<at::Tensor>& index, const char* name, const at::Tensor& ref,
+                                   int64_t whole) {
+  if (!index.has_value()) return whole;
+  const at::Tensor& i = *index;
+  TORCH_CHECK(i.dim() == 1, name, " must be 1-D [channels], got ", i.dim(), "-D");
+  TORCH_CHECK(i.scalar_type() == at::kLong, name, " must be int64, got ", i.scalar_type());
+  TORCH_CHECK(i.device() == ref.device(), name, " must be on the same device as its tensor (", ref.device(),
+              "), got ", i.device());
+  return i.size(0);
+}
+
+// The arguments of scatter_channels_; returns K, the channels moved.
+inline int64_t check_scatter_channels(const at::Tensor& dest, const std::optional<at::Tensor>& dest_index,
+                                      const at::Tensor& src, const std::optional<at::Tensor>& src_index,
+                                      const std::optional<at::Tensor>& relu_out) {
+  check_channel_tensor(dest, "dest");
+  check_channel_tensor(src, "src");
+  TORCH_CHECK(src.scalar_type() == dest.scalar_type(), "src must have the dtype of dest (", dest.scalar_type(),
+              "), got ", src.scalar_type());
+  TORCH_CHECK(src.device() == dest.device(), "src must be on the same device as dest (", dest.device(), "), got ",
+              src.device());
+  TORCH_CHECK(src.size(0) == dest.size(0) && src.size(2) == dest.size(2) && src.size(3) == dest.size(3),
+              "src must match dest in batch, height and width: dest ", dest.sizes(), ", src ", src.sizes());
+  const int64_t k_dest = check_channel_index(dest_index, "dest_index", dest, dest.size(1));
+  const int64_t k_src = check_channel_index(src_index, "src_index", src, src.size(1));
+  TORCH_CHECK(k_dest == k_src, "dest_index and src_index must move as many channels (None: all of dest / src): ",
+              k_dest, " into dest ", dest.sizes(), ", ", k_src, " from src ", src.sizes());
+  if (relu_out.has_value()) {
+    const at::Tensor& r = *relu_out;
+    check_channel_tensor(r, "relu_out");
+    TORCH_CHECK(r.scalar_type() == dest.scalar_type(), "relu_out must have the dtype of dest (", dest.scalar_type(),
+                "), got ", r.scalar_type());
+    TORCH_CHECK(r.device() == dest.device(), "relu_out must be on the same device as dest (", dest.device(),
+                "), got ", r.device());
+    TORCH_CHECK(r.size(0) == dest.size(0) && r.size(1) == k_dest && r.size(2) == dest.size(2) &&
+                    r.size(3) == dest.size(3),
+                "relu_out must have shape [", dest.size(0), ", ", k_dest, ", ", dest.size(2), ", ", dest.size(3),
+                "] (the channels moved), got ", r.sizes());
+  }
+  return k_dest;
+}
+
+// ATen's CPU relu (clamp_min(v, 0)): NaN and -0.0 pass unchanged.
+template <typename scalar_t>
+NWOT_HOST_DEVICE inline scalar_t relu_value(scalar_t v) {
+  return v < scalar_t(0) ? scalar_t(0) : v;
+}
+
+// ATen's threshold_backward(grad, out, 0): the gradient where the ReLU output is above 0 (or NaN).
+template <typename scalar_t>
+NWOT_HOST_DEVICE inline scalar_t relu_grad_value(scalar_t grad, scalar_t out) {
+  return out <= scalar_t(0) ? scalar_t(0) : grad;
 }
 
 inline double eigenvalue_term(double l) {

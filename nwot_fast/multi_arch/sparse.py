@@ -6,18 +6,23 @@ A chunk of A architectures is stacked along the channels (``[B, A*C, H, W]``, ar
 ``a`` owning channels ``a*C .. a*C + C - 1``). Per cell and source node each op group
 (:attr:`nwot_fast.nb201.registry.OpSpec.group`: 3x3 convolutions, 1x1 convolutions, pooling,
 skip) runs once for the (architecture, edge) pairs that use it there: convolutions as the
-pairs' channels gathered (``index_select``) and ReLU'd, one grouped convolution (one group per
-pair, each with its architecture's own weights) and one BatchNorm call (per channel, train
-mode; weight 1 and bias 0 as at initialisation, so left out), added into the target nodes
-(``index_add_``, or ``add_`` when a target takes every architecture in order); pooling and skip
-gathered, pooled (or not) and added the same way. The FLOPs are those of the per-arch plans
-(the same convolutions, merged per op group instead of per node).
+pairs' channels gathered and ReLU'd in one pass (:func:`nwot_fast.ops.relu_gather`), one
+grouped convolution (one group per pair, each with its architecture's own weights) and one
+BatchNorm call (per channel, train mode; weight 1 and bias 0 as at initialisation, so left
+out), added into the target nodes (``index_add_``, or ``add_`` when a target takes every
+architecture in order); pooling gathered, pooled and added the same way; skip moved from the
+source node's channels into the targets' in one pass (:func:`nwot_fast.ops.scatter_channels_`).
+The FLOPs are those of the per-arch plans (the same convolutions, merged per op group instead
+of per node).
 
 jacob_cov runs a hand-written backward (no autograd, whose views of node buffers would cost a
 full-size zero tensor and a copy per use): per cell in reverse, per source node the gradients
-of its op groups' targets gathered from one buffer of the cell's nodes, through BatchNorm,
-convolution (input only) and ReLU (on the gathered channels), or pooling, and added into the
-node's gradient; a cell's input gradient is added straight into the previous cell's buffer.
+of its op groups' targets gathered from one buffer of the cell's nodes, through BatchNorm and
+convolution (input only), or pooling, and added into the node's gradient by
+:func:`nwot_fast.ops.scatter_channels_` (through the convolutions' ReLU in the same pass: its
+output masks the values; skip: straight from the targets' gradients); a cell's input gradient
+is added straight into the previous cell's buffer. The fused channel moves give the values of
+the ATen operators they replace, bit for bit (tests/test_ops_channels.py).
 
 What crosses to the device per chunk is one int64 array (every gather and scatter index and
 where each weight starts in the seed's streams, :class:`_Uploads`); the weights themselves are
@@ -235,6 +240,11 @@ def _add_into(dest: torch.Tensor, index: Optional[torch.Tensor], src: torch.Tens
         dest.index_add_(1, index, src)
 
 
+def _channels(t: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """Channels ``first .. first + count - 1`` of ``t`` (``t`` itself when that is all of them)."""
+    return t if first == 0 and count == t.shape[1] else t.narrow(1, first, count)
+
+
 def _cell(h, groups, unwritten, cell: int, A: int, C: int, codes: Optional[ChunkCodes], code_mult, zero_units,
           saved: Optional[list]):
     """One cell on ``h [B, A*C, H, W]``; returns node 3. ``saved`` (jacob_cov): gets per source
@@ -258,23 +268,26 @@ def _cell(h, groups, unwritten, cell: int, A: int, C: int, codes: Optional[Chunk
         if codes is not None and code_mult[i] is not None:
             codes.add(node, code_mult[i])
         convs = []
-        # ReLU once for the node when its convolutions read more channels than it has, else
-        # after each gather on the pairs' channels only (the same values either way).
-        conv_pairs = sum(g.pairs for g in groups[i] if g.op.kind is OpKind.CONV)
-        relu = F.relu(node) if conv_pairs > A else None
         for g in groups[i]:
+            if g.op.kind is OpKind.IDENTITY:
+                # Straight from the source node's channels into the targets': one pass each.
+                for (j, first, count, _, copy), index in zip(g.targets, g.target_indices):
+                    if g.gather_index is not None:
+                        src, src_index = node, g.gather_index.narrow(0, first * C, count * C)
+                    else:
+                        src, src_index = node.narrow(1, first * C, count * C), None
+                    ops.scatter_channels_(target(j), index, src, src_index, accumulate=not copy)
+                continue
             if g.op.kind is OpKind.CONV:
-                if relu is not None:
-                    src = relu if g.gather_index is None else relu.index_select(1, g.gather_index)
-                else:
-                    src = F.relu(node) if g.gather_index is None else F.relu_(node.index_select(1, g.gather_index))
+                # The pairs' channels gathered and ReLU'd in one pass.
+                src = ops.relu_gather(node, g.gather_index)
                 z = F.conv2d(src, g.cell_weights[cell], padding=g.op.kernel // 2, groups=g.pairs)
                 y, mean, invstd = _bn_train(z)
                 if saved is not None:
                     convs.append((src, z, mean, invstd))
             else:
                 src = node if g.gather_index is None else node.index_select(1, g.gather_index)
-                y = ops.avg_pool3x3(src) if g.op.kind is OpKind.POOL else src
+                y = ops.avg_pool3x3(src)
             for (j, first, count, _, copy), index in zip(g.targets, g.target_indices):
                 part = y if count == g.pairs else y.narrow(1, first * C, count * C)
                 if copy and index is None and nodes[j] is None:
@@ -304,22 +317,31 @@ def _cell_backward(grads: torch.Tensor, groups, unwritten_grad, cell: int, saved
             gnode.index_fill_(1, unwritten_grad[i], 0)
         convs = iter(saved_cell[i])
         for g in groups[i]:
-            gy = grads.index_select(1, g.scatter_index)
-            if g.op.kind is OpKind.CONV:
-                src, z, mean, invstd = next(convs)
-                gsrc = _relu_backward(_conv_backward(_bn_backward(gy, z, mean, invstd), src, g.cell_weights[cell], 1,
-                                                     g.op.kernel // 2, g.pairs), src)
+            per_pair = g.scatter_index.shape[0] // g.pairs
+            relu_out = None
+            if g.op.kind is OpKind.IDENTITY:
+                # The targets' gradients straight into the source node's: one pass per part.
+                gsrc, from_index = grads, g.scatter_index
             else:
-                gsrc = _pool_backward(gy) if g.op.kind is OpKind.POOL else gy
-            per_pair = gsrc.shape[1] // g.pairs
-            for (first, count, _, copy), index in zip(g.sources, g.source_indices):
-                part = gsrc if count == g.pairs else gsrc.narrow(1, first * per_pair, count * per_pair)
-                if not copy:
-                    _add_into(gnode, index, part)
-                elif index is None:
-                    gnode.copy_(part)
+                gy = grads.index_select(1, g.scatter_index)
+                from_index = None
+                if g.op.kind is OpKind.CONV:
+                    # Through BatchNorm and the convolution; the ReLU's mask (its output, src)
+                    # is applied while the parts are written into the node's gradient.
+                    relu_out, z, mean, invstd = next(convs)
+                    gsrc = _conv_backward(_bn_backward(gy, z, mean, invstd), relu_out, g.cell_weights[cell], 1,
+                                          g.op.kernel // 2, g.pairs)
                 else:
-                    gnode.index_copy_(1, index, part)
+                    gsrc = _pool_backward(gy)
+            for (first, count, _, copy), index in zip(g.sources, g.source_indices):
+                if from_index is not None:
+                    src, src_index = gsrc, from_index.narrow(0, first * per_pair, count * per_pair)
+                else:
+                    src, src_index = _channels(gsrc, first * per_pair, count * per_pair), None
+                ops.scatter_channels_(gnode, index, src, src_index,
+                                      None if relu_out is None else _channels(relu_out, first * per_pair,
+                                                                              count * per_pair),
+                                      accumulate=not copy)
 
 
 def _pass(x: torch.Tensor, uses: List[CellUse], streams: weights.DeviceStreams, archs, codes: Optional[ChunkCodes],

@@ -6,7 +6,9 @@ and a pure-PyTorch fallback with the same semantics (batched over architectures)
   :func:`logdet_score`, :func:`hook_logdet_score`, :func:`pack_layers`, :func:`stack_codes`
   (hook_logdet from ReLU codes);
 - :mod:`nwot_fast.ops.layers`: :func:`avg_pool3x3`, :func:`batch_norm_train` (NB201's
-  pooling and train-mode BatchNorm, compiled on the CPU).
+  pooling and train-mode BatchNorm, compiled on the CPU);
+- :mod:`nwot_fast.ops.channels`: :func:`relu_gather`, :func:`scatter_channels_` (the
+  multi-arch engine's channel moves, each fused with its ReLU).
 
 Shapes: A architectures, B samples, D input features, W 64-bit code words. Each family checks
 its arguments with the words of csrc/nwot.h's TORCH_CHECKs, uses the compiled extension when
@@ -17,7 +19,8 @@ time the extension serves it (never at import).
 
 from __future__ import annotations
 
-from nwot_fast.ops import codes, jacobian, layers
+from nwot_fast.ops import channels, codes, jacobian, layers
+from nwot_fast.ops.channels import relu_gather, relu_gather_fallback, scatter_channels_, scatter_channels_fallback
 from nwot_fast.ops.codes import (
     hamming_kernel,
     hamming_kernel_fallback,
@@ -42,6 +45,8 @@ __all__ = [
     "hook_logdet_score",
     "avg_pool3x3",
     "batch_norm_train",
+    "relu_gather",
+    "scatter_channels_",
     "pack_layers",
     "stack_codes",
     "jacob_cov_score_fallback",
@@ -49,6 +54,8 @@ __all__ = [
     "hamming_kernel_fallback",
     "logdet_score_fallback",
     "hook_logdet_score_fallback",
+    "relu_gather_fallback",
+    "scatter_channels_fallback",
 ]
 
 
@@ -56,5 +63,5 @@ def compiled(device_type: str) -> bool:
     """Whether the compiled operators serve ``device_type`` (``"cpu"`` or ``"cuda"``); when
     they do, every family's fake kernels are registered (``torch.library.opcheck`` and
     ``torch.compile`` need them)."""
-    served = [family.compiled(device_type) for family in (jacobian, codes, layers)]
+    served = [family.compiled(device_type) for family in (jacobian, codes, layers, channels)]
     return all(served)
