@@ -1,6 +1,6 @@
 """Scoring over a Ray cluster: chunks of benchmark indices go to Ray tasks, rows come back.
 
-The scan loop (:func:`nwot_fast.scan.scan` with ``ray=...``) stays the only writer of its
+The scan loop (:func:`nwot_fast.scanning.scan` with ``ray=...``) stays the only writer of its
 SQLite database: it sends only indices the database does not hold, and writes each chunk's
 rows as the chunk comes back, with the same keys as a local scan. A task's result reaches the
 driver once, when the task has finished, so a chunk that Ray retries after losing its worker

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 from ._common import ACCURACY_KEYS, METHODS, OutputError, accuracy_label, atomic_write, check_output_file
 from .accuracies import as_table
 from .errors import require
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .paths import check_distinct
 from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
 from .searchtable import search_table
@@ -85,7 +85,7 @@ def build_report(
     ``scores``: ``{method: scores file}`` (a path, or a loaded
     :class:`~nwot_fast.scorefile.ScoreFile` such as a score table's ``as_score_file()``).
     ``n_archs``: use only the seeded sample of that many from each file (the first K of
-    :func:`nwot_fast.evaluate.sample_indices` with ``sample_seed``). ``data``: images for
+    :func:`nwot_fast.evaluation.sample_indices` with ``sample_seed``). ``data``: images for
     Figures 1 and 4 (left out when ``None``). Figure 4: ``fig4_archs`` architectures (0 leaves
     it out), ``fig4_repeats`` scores per factor, batch ``fig4_batch``, score ``fig4_method``
     (:func:`nwot_fast.variation.score_variation`). ``zoo``: also Figure 5

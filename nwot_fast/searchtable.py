@@ -2,7 +2,7 @@
 
 ``mode="table"`` samples from previously computed scores (fast; the pool is whatever was
 scored: the whole space or a sample, and the output says which). ``mode="rescore"`` runs
-:func:`nwot_fast.search.search` for every N, drawing and scoring afresh in every run, as the
+:func:`nwot_fast.random_search.search` for every N, drawing and scoring afresh in every run, as the
 authors did. Both add the baselines ``Random`` (the whole space) and ``Optimal (N)`` (the best
 architecture in each run's sample).
 """
@@ -151,7 +151,7 @@ def _csv_num(v) -> str:
 
 
 def _pick(scores_2d: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row-wise nanargmax with the semantics of :func:`nwot_fast.search.nanargmax`: NaN is
+    """Row-wise nanargmax with the semantics of :func:`nwot_fast.random_search.nanargmax`: NaN is
     ignored and -inf is only chosen when nothing is larger. Rows that are all NaN take their
     first entry; the second array flags them."""
     is_nan = np.isnan(scores_2d)
@@ -194,8 +194,8 @@ def _table_mode(pool, scores, secs, n: int, runs: int, rng) -> Tuple[np.ndarray,
 
 
 def _rescore_mode(config, images, n: int, runs: int, progress) -> Tuple[np.ndarray, np.ndarray, float, int]:
-    """``runs`` runs of :func:`nwot_fast.search.search` with N architectures each."""
-    from .search import search
+    """``runs`` runs of :func:`nwot_fast.random_search.search` with N architectures each."""
+    from .random_search import search
 
     result = search(n_samples=n, runs=runs, config=config, images=images, progress=progress)
     chosen = np.asarray([r.indices[0] if r.chosen_index is None else r.chosen_index for r in result.runs])
@@ -242,7 +242,7 @@ def search_table(
     of the drawn architectures' recorded scoring times (``seconds``, taken from ``source`` when
     it has them; NaN when unknown).
     ``mode="rescore"``: ``source`` is a :class:`nwot_fast.config.ScoreConfig` or
-    :class:`~nwot_fast.scorer.Scorer`; each N is a :func:`nwot_fast.search.search` of
+    :class:`~nwot_fast.scorer.Scorer`; each N is a :func:`nwot_fast.random_search.search` of
     ``runs`` runs under that configuration (its seed decides the draws, weights and batches;
     ``seed`` is not used), timing each whole run.
 

@@ -29,7 +29,7 @@ from conftest import assert_scores_close
 from nwot_fast import cli
 from nwot_fast.distributed import check_ray_target, chunk_size
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
-from nwot_fast.scan import scan
+from nwot_fast.scanning import scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = "8"  # tiny batches: these tests are about the plumbing, not the scores' quality
@@ -389,7 +389,7 @@ def test_killed_driver_resumes(cluster, tmp_path):
 
 @pytest.mark.slow  # a subprocess
 def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
-    from nwot_fast.evaluate import evaluate
+    from nwot_fast.evaluation import evaluate
     from nwot_fast.scorefile import read_scores
 
     db, scores_out = tmp_path / "e.db", tmp_path / "e.csv"

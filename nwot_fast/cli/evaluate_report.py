@@ -100,7 +100,7 @@ def _load_score_table(name: str, method: Optional[str] = None):
 def cmd_evaluate(args) -> int:
     """``nwot-fast evaluate``: score (or read) architectures, correlate with the NB201 accuracies."""
     from ..accuracies import as_table
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
     from ..searchtable import search_table
 
     from ..scorefile import check_output_path

@@ -50,7 +50,7 @@ NaN / -inf counts. Opens the database read-only: safe while a scan is writing to
 
 def cmd_scan(args) -> int:
     """``nwot-fast scan``: score indices into the resumable database; exit 130/143 when stopped."""
-    from ..scan import ScoreDB, check_output_path, parse_indices, scan
+    from ..scanning import ScoreDB, check_output_path, parse_indices, scan
 
     indices = parse_indices(args.indices)  # bad ranges fail before anything is opened
     if args.out is not None:

@@ -35,7 +35,7 @@ weights depend only on the configuration and the index).
 
 def cmd_search(args) -> int:
     """``nwot-fast search``: random search, the best architecture of each run."""
-    from ..search import search
+    from ..random_search import search
 
     config = config_from(args)  # validates names and sizes before anything is loaded
     check_device(args)

@@ -136,7 +136,7 @@ def _selection(n_archs, all_archs, indices, seed) -> Tuple[Optional[np.ndarray],
         n = N_ARCHS.check(n_archs, "n_archs")
         return sample_indices(n, seed), f"seeded random sample of {n} (numpy default_rng({seed}).permutation)"
     if indices is not None:
-        from .scan import parse_indices
+        from .scanning import parse_indices
 
         idx = np.asarray(parse_indices(indices), dtype=np.int64)
         if idx.size == 0:
@@ -161,14 +161,14 @@ def evaluate(
     ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``, ``seed`` (also the seed of the
     sample), ``relu_match``, ``engine``, ``device``, ``dtype``; see
     :func:`nwot_fast.config.score_config`); ``db`` makes the scoring a durable, resumable scan
-    (:func:`nwot_fast.scan.scan`). ``scores_in`` reads the scores of an earlier run instead of
+    (:func:`nwot_fast.scanning.scan`). ``scores_in`` reads the scores of an earlier run instead of
     scoring (with a selection given, those indices are taken from the file; ``method``, when
     given, picks that method's rows and must be given for a file of several methods; ``seed`` is
     the seed of the sample; ``db``, ``ray``, ``config`` and the other scoring options are
     refused with it, since nothing is scored). ``scores_out`` writes the per-architecture scores
     (``.csv``, ``.jsonl`` or ``.json``). ``accuracies``: a path to the NB201 accuracy CSV /
     official ``.pth``, or an AccuracyTable. ``ray``: score on a Ray cluster, as
-    :func:`nwot_fast.scan.scan` does (``True``: a local instance; or an address).
+    :func:`nwot_fast.scanning.scan` does (``True``: a local instance; or an address).
     """
     from .accuracies import as_table
 
@@ -258,7 +258,7 @@ def _read(scores_in, method: Optional[str], wanted, selection: str):
 
 def _score(wanted, db, progress, config, options, ray=None):
     """Scores of ``wanted`` from a scan under the configuration of the call."""
-    from .scan import scan
+    from .scanning import scan
     from .config import score_config
 
     cfg = score_config(config, **options)
