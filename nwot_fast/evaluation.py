@@ -38,7 +38,13 @@ def sample_indices(n_archs: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class EvaluationResult:
-    """Scores of a set of architectures and their rank correlations with NB201 accuracies."""
+    """Scores of a set of architectures and their rank correlations with NB201 accuracies.
+
+    ``indices`` (int64), ``scores`` (float64; NaN / -inf are counted, not ranked) and ``seconds``
+    (float64 scoring time per architecture, NaN where unknown) have shape ``(n_archs,)``, in the
+    order evaluated. ``correlations``: one dict per (dataset, split) of the accuracy table, with
+    ``dataset``, ``split``, ``kendall_tau``, ``spearman_rho`` and ``n`` (the finite scores used).
+    """
 
     method: str
     indices: np.ndarray
@@ -55,6 +61,7 @@ class EvaluationResult:
 
     @property
     def n_archs(self) -> int:
+        """How many architectures were evaluated (NaN and -inf scores included)."""
         return int(self.indices.shape[0])
 
     n_nan = property(lambda self: int(np.count_nonzero(np.isnan(self.scores))))
@@ -63,6 +70,8 @@ class EvaluationResult:
     n_finite = property(lambda self: int(np.count_nonzero(np.isfinite(self.scores))))
 
     def correlation(self, dataset: str, split: str) -> dict:
+        """The correlation record of ``dataset`` (e.g. ``"cifar10"``) and ``split`` (``"val"`` or
+        ``"test"``); KeyError, naming those there are, when the table had no such column."""
         for c in self.correlations:
             if c["dataset"] == dataset and c["split"] == split:
                 return c
@@ -70,9 +79,12 @@ class EvaluationResult:
                        f"{', '.join(c['dataset'] + ' ' + c['split'] for c in self.correlations)}")
 
     def scores_by_index(self) -> Dict[int, float]:
+        """``{benchmark index: score}`` of every evaluated architecture."""
         return {int(i): float(s) for i, s in zip(self.indices, self.scores)}
 
     def to_dict(self, *, records: bool = False) -> dict:
+        """What ``evaluate --json`` prints: selection, counts, correlations per dataset and split,
+        timing; with ``records`` also every (index, score)."""
         corr: Dict[str, Dict[str, dict]] = {}
         for c in self.correlations:
             corr.setdefault(c["dataset"], {})[c["split"]] = {
@@ -101,6 +113,7 @@ class EvaluationResult:
         return d
 
     def format_table(self) -> str:
+        """The text ``nwot-fast evaluate`` prints: counts, then one correlation row per accuracy."""
         lines = [
             f"{self.method}: {self.n_archs} architectures ({self.selection})",
             f"data: {self.data_description}",
@@ -119,6 +132,7 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """The correlations as a Markdown table (the report's)."""
         rows = ["| accuracy | n | Kendall tau | Spearman rho |", "|:--|--:|--:|--:|"]
         for c in self.correlations:
             rows.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {c['kendall_tau']:.3f} | "
