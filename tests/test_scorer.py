@@ -102,7 +102,7 @@ def test_ray_workers_reach_the_one_scorer(searched, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     got = {r["arch_index"]: float(r["score"]) for r in json.loads(proc.stdout)["records"]}
-    # A scan of a few indices sends one index per Ray task (distributed.chunk_size), so each
+    # A scan of a few indices sends one index per Ray task (distributed.indices_per_task), so each
     # worker's scorer scores it alone: the oracle is the scorer given that index alone.
     config = ScoreConfig(seed=seed, **OPTIONS)
     alone = [next(Scorer(config).score_many([i])).score for i in unique]
