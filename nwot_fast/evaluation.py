@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_seed, json_float
+from ._common import METHODS, NUM_ARCHS, AccuracyKey, check_input_file, check_seed, json_float
 from .args import N_ARCHS, check_choice, check_flag
 from .paths import check_distinct
 from .scorefile import ScoreFile, check_output_path, read_scores, write_scores
@@ -125,7 +125,7 @@ class EvaluationResult:
             f"{'accuracy':<24} {'n':>6} {'Kendall tau':>12} {'Spearman rho':>13}",
         ]
         for c in self.correlations:
-            lines.append(f"{accuracy_label(c['dataset'], c['split']):<24} {c['n']:>6} {c['kendall_tau']:>12.3f} "
+            lines.append(f"{AccuracyKey(c['dataset'], c['split']).label:<24} {c['n']:>6} {c['kendall_tau']:>12.3f} "
                          f"{c['spearman_rho']:>13.3f}")
         if self.scores_file:
             lines.append(f"\nscores written to {self.scores_file}")
@@ -135,7 +135,7 @@ class EvaluationResult:
         """The correlations as a Markdown table (the report's)."""
         rows = ["| accuracy | n | Kendall tau | Spearman rho |", "|:--|--:|--:|--:|"]
         for c in self.correlations:
-            rows.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {c['kendall_tau']:.3f} | "
+            rows.append(f"| {AccuracyKey(c['dataset'], c['split']).label} | {c['n']} | {c['kendall_tau']:.3f} | "
                         f"{c['spearman_rho']:.3f} |")
         return "\n".join(rows)
 

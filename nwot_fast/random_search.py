@@ -46,7 +46,7 @@ class RunResult:
     drawn (with replacement) and their scores, in draw order; ``chosen_index`` / ``chosen_arch`` /
     ``chosen_score``: the :func:`nanargmax` of those scores (None / None / NaN when every score is
     NaN); ``seconds``: the run's wall time; ``accuracies``: the chosen architecture's NB201
-    accuracies keyed ``"dataset/split"`` (empty without an accuracy table).
+    accuracies keyed ``str(AccuracyKey)``, ``"cifar10/test"`` (empty without an accuracy table).
     """
 
     run: int
@@ -113,7 +113,7 @@ class SearchResult:
     def format_table(self) -> str:
         """The text ``nwot-fast search`` prints: one row per run, then the mean and std of each
         accuracy and the median time per run."""
-        keys = [f"{d}/{s}" for d, s in ACCURACY_KEYS] if self.accuracies_source else []
+        keys = [str(k) for k in ACCURACY_KEYS] if self.accuracies_source else []
         head = ["run", "index", "score", "seconds"] + keys + ["arch"]
         rows = []
         for r in self.runs:
@@ -205,7 +205,7 @@ def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, tot
     accs: Dict[str, float] = {}
     if table is not None and chosen is not None:
         # The columns the table has (a CSV may hold only some datasets), as evaluate reports them.
-        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in table.splits}
+        accs = {str(k): float(table.accuracy(chosen, *k)) for k in table.splits}
     result = RunResult(
         run=r,
         seed=run_seed,

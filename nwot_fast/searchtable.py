@@ -17,7 +17,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, json_float
+from ._common import ACCURACY_KEYS, NUM_ARCHS, AccuracyKey, json_float
 from .args import N_ARCHS, RUNS, SEED
 
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
@@ -45,7 +45,7 @@ class SearchTable:
     runs: int
     seed: int
     pool: str
-    keys: Tuple[Tuple[str, str], ...]
+    keys: Tuple[AccuracyKey, ...]
     time_note: str = ""
 
     def _cells(self, row) -> List[str]:
@@ -62,8 +62,8 @@ class SearchTable:
 
     def header(self) -> List[str]:
         """The column titles: ``Method``, ``Search (s)``, then one label per accuracy key
-        (:func:`nwot_fast._common.accuracy_label`)."""
-        return ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in self.keys]
+        (:attr:`nwot_fast._common.AccuracyKey.label`)."""
+        return ["Method", "Search (s)"] + [k.label for k in self.keys]
 
     def format_text(self) -> str:
         """The table for a terminal: :meth:`describe`, a blank line, then aligned columns
@@ -99,8 +99,8 @@ class SearchTable:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         cols = ["method", "N", "runs", "search_seconds_median"]
-        for d, s in self.keys:
-            cols += [f"{d}_{s}_mean", f"{d}_{s}_std"]
+        for k in self.keys:
+            cols += [f"{k.stem}_mean", f"{k.stem}_std"]
         w.writerow(cols + ["mode", "pool"])
         for r in self.rows:
             vals = [r["name"], "" if r["n"] is None else r["n"], r["runs"], _csv_num(r["search_seconds"])]
