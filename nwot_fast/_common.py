@@ -90,10 +90,16 @@ class AccuracyKey(collections.namedtuple("AccuracyKey", "dataset split")):
     @classmethod
     def from_label(cls, text: str) -> "AccuracyKey":
         """The key of a :attr:`label`."""
+        return cls._spelled("label", text)
+
+    @staticmethod
+    def _spelled(spelling: str, text: str) -> "AccuracyKey":
+        """The key whose ``spelling`` attribute is ``text``."""
         for key in ACCURACY_KEYS:
-            if key.label == text:
+            if getattr(key, spelling) == text:
                 return key
-        raise ValueError(f"unknown accuracy label {text!r}; allowed: {', '.join(k.label for k in ACCURACY_KEYS)}")
+        allowed = ", ".join(getattr(k, spelling) for k in ACCURACY_KEYS)
+        raise ValueError(f"unknown accuracy {spelling.replace('_', ' ')} {text!r}; allowed: {allowed}")
 
     @property
     def stem(self) -> str:
@@ -108,10 +114,7 @@ class AccuracyKey(collections.namedtuple("AccuracyKey", "dataset split")):
     @classmethod
     def from_csv_column(cls, name: str) -> "AccuracyKey":
         """The key of an accuracy CSV column (:attr:`csv_column`)."""
-        for key in ACCURACY_KEYS:
-            if key.csv_column == name:
-                return key
-        raise ValueError(f"unknown accuracy column {name!r}; allowed: {', '.join(k.csv_column for k in ACCURACY_KEYS)}")
+        return cls._spelled("csv_column", name)
 
     @property
     def nb201(self) -> Tuple[str, str]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._common import ACCURACY_KEYS, NUM_ARCHS, AccuracyKey, json_float
 from .args import N_ARCHS, RUNS, SEED
+from .scorefile import index_score_arrays
 
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 
@@ -317,14 +318,9 @@ def _pool_from(source, seconds) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         raise TypeError("mode 'table' needs scores: an EvaluationResult, a scan result, a {index: score} "
                         f"mapping or an (indices, scores) pair; got {type(source).__name__}")
-    idx = np.asarray(idx, dtype=np.int64)
-    sc = np.asarray(sc, dtype=np.float64)
-    if idx.ndim != 1 or idx.shape != sc.shape:
-        raise ValueError(f"indices and scores must be 1-D of the same length, got {idx.shape} and {sc.shape}")
+    idx, sc = index_score_arrays(idx, sc)
     if idx.size == 0:
         raise ValueError("no scored architectures to search over")
-    if idx.min() < 0 or idx.max() >= NUM_ARCHS:
-        raise ValueError(f"benchmark indices must be in 0..{NUM_ARCHS - 1}")
     if seconds is not None:
         secs = seconds
     secs = np.full(idx.shape, np.nan) if secs is None else np.asarray(secs, dtype=np.float64)
