@@ -43,13 +43,15 @@ import importlib
 from ._common import __version__  # noqa: F401  (the package version)
 
 # Public name -> module that defines it; resolved lazily so that importing the package is cheap.
+# No module is named like a public function here: importing ``nwot_fast.<module>`` sets the
+# package attribute of that name, which would hide the function (tests/test_package_shape.py).
 _LAZY = {
     "score": "nwot_fast.reference",
     "score_arch": "nwot_fast.per_arch",
-    "scan": "nwot_fast.scan",
-    "search": "nwot_fast.search",
-    "SearchResult": "nwot_fast.search",
-    "evaluate": "nwot_fast.evaluate",
+    "scan": "nwot_fast.scanning",
+    "search": "nwot_fast.random_search",
+    "SearchResult": "nwot_fast.random_search",
+    "evaluate": "nwot_fast.evaluation",
     "Scorer": "nwot_fast.scorer",
     "ScoreConfig": "nwot_fast.config",
     "backend_info": "nwot_fast._ext",

@@ -230,3 +230,34 @@ def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optiona
 def define_flags(define_macros: Sequence[Tuple[str, Optional[str]]]) -> List[str]:
     """``-D`` flags of ``define_macros`` (what setuptools passes for them)."""
     return [f"-D{name}" if value is None else f"-D{name}={value}" for name, value in define_macros]
+
+
+def cmake_variables(csrc: str, with_cuda: bool, environ=os.environ) -> Dict[str, str]:
+    """What CMakeLists.txt builds with: the sources, defines, compiler flags, include and library
+    dirs and link flags of :func:`build_spec` (the ones setup.py builds with), for the torch
+    importable now (imports it), as CMake values (lists joined by ``;``).
+
+    ``with_cuda``: CMake's WITH_CUDA option, which decides as FORCE_CUDA / FORCE_ONLY_CPU do for
+    setup.py. Run paths are absolute (the CMake build stays where it was made).
+    """
+    import torch
+
+    env = {k: v for k, v in environ.items() if k not in ("FORCE_CUDA", "FORCE_ONLY_CPU")}
+    env["FORCE_CUDA" if with_cuda else "FORCE_ONLY_CPU"] = "1"
+    spec = build_spec(csrc, torch_facts(), environ=env)
+    defines = [name if value is None else f"{name}={value}" for name, value in spec["define_macros"]]
+    # torch's CMake config links nvrtc, which a CUDA toolkit without it leaves to the nvidia wheels.
+    wheel_libs = [d for s in site.getsitepackages() for d in sorted(glob.glob(os.path.join(s, "nvidia", "*", "lib")))]
+    values = {
+        "NWOT_TORCH_PREFIX": torch.utils.cmake_prefix_path,
+        "NWOT_SOURCES": spec["sources"],
+        "NWOT_DEFINES": defines,
+        "NWOT_CXX_FLAGS": spec["cxx_flags"],
+        "NWOT_NVCC_FLAGS": spec["nvcc_flags"],
+        "NWOT_INCLUDE_DIRS": spec["include_dirs"],
+        "NWOT_LIBRARY_DIRS": spec["library_dirs"],
+        "NWOT_LINK_FLAGS": spec["link_flags"],
+        "NWOT_CUDA_ARCH_LIST": spec["record"]["cuda_arch_list"] or "",
+        "NWOT_NVRTC": (library_file("nvrtc", wheel_libs) or "") if with_cuda else "",
+    }
+    return {k: ";".join(v) if isinstance(v, list) else v for k, v in values.items()}

@@ -6,9 +6,10 @@ the readers can use it freely. Functions that need torch import it when called.
 
 from __future__ import annotations
 
+import collections
 import math
 import operator
-from typing import Optional
+from typing import Optional, Tuple
 
 # The path rules (inputs, outputs, links, loops, same-file checks) live in one module; these
 # names stay importable from here for the modules that use them.
@@ -37,21 +38,94 @@ BN_MOMENTUM = 0.1
 # 5 ops on 6 edges (checked against the benchmark's own order in the tests).
 NUM_ARCHS = 15625
 
-#: (dataset, split) pairs of the NB201 accuracy table, in the paper's column order.
-ACCURACY_KEYS = (
-    ("cifar10", "val"),
-    ("cifar10", "test"),
-    ("cifar100", "val"),
-    ("cifar100", "test"),
-    ("ImageNet16-120", "val"),
-    ("ImageNet16-120", "test"),
-)
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "ImageNet16-120": "ImageNet16-120"}
+ACCURACY_SPLITS = ("val", "test")
+# Per dataset: its stem in the accuracy CSV's columns, and the NB201 (dataset, metric) that its
+# val and test accuracies are read from, as the NASWOT evaluation uses them.
+_CSV_STEMS = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet16"}
+_NB201 = {
+    ("cifar10", "val"): ("cifar10-valid", "x-valid"), ("cifar10", "test"): ("cifar10", "ori-test"),
+    ("cifar100", "val"): ("cifar100", "x-valid"), ("cifar100", "test"): ("cifar100", "x-test"),
+    ("ImageNet16-120", "val"): ("ImageNet16-120", "x-valid"), ("ImageNet16-120", "test"): ("ImageNet16-120", "x-test"),
+}
 
 
-def accuracy_label(dataset: str, split: str) -> str:
-    """``"CIFAR-10 (val)"``: the printed name of an accuracy column."""
-    return f"{DATASET_LABELS.get(dataset, dataset)} ({split})"
+class AccuracyKey(collections.namedtuple("AccuracyKey", "dataset split")):
+    """Which NB201 accuracy: ``dataset`` (``cifar10``, ``cifar100``, ``ImageNet16-120``) and
+    ``split`` (``val`` or ``test``). A tuple, so it equals and hashes like ``("cifar10", "test")``.
+
+    Its spellings outside the code, each made and read here: ``str(key)`` / :meth:`parse`
+    ``"cifar10/test"`` (JSON keys); :attr:`label` / :meth:`from_label` ``"CIFAR-10 (test)"`` (printed
+    tables); :attr:`csv_column` / :meth:`from_csv_column` ``"cifar10_test_acc"`` (the accuracy
+    CSV; ``"cifar10_valid_acc"`` for val, ``imagenet16_...`` for ImageNet16-120); :attr:`stem`
+    ``"cifar10_test"`` (the search table's CSV columns ``cifar10_test_mean``); :attr:`nb201`
+    ``("cifar10", "ori-test")`` (the benchmark file's dataset and metric).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, dataset: str, split: str):
+        if dataset not in DATASET_LABELS:
+            raise ValueError(f"unknown dataset {dataset!r} of an accuracy; allowed: {', '.join(DATASET_LABELS)}")
+        if split not in ACCURACY_SPLITS:
+            raise ValueError(f"unknown accuracy split {split!r}; allowed: {', '.join(ACCURACY_SPLITS)}")
+        return super().__new__(cls, dataset, split)
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.split}"
+
+    @classmethod
+    def parse(cls, text: str) -> "AccuracyKey":
+        """The key of ``"cifar10/test"`` (what ``str`` writes)."""
+        dataset, sep, split = str(text).rpartition("/")
+        if not sep:
+            raise ValueError(f"expected an accuracy key DATASET/SPLIT like cifar10/test, got {text!r}")
+        return cls(dataset, split)
+
+    @property
+    def label(self) -> str:
+        """``"CIFAR-10 (test)"``: the printed name of the accuracy."""
+        return f"{DATASET_LABELS[self.dataset]} ({self.split})"
+
+    @classmethod
+    def from_label(cls, text: str) -> "AccuracyKey":
+        """The key of a :attr:`label`."""
+        return cls._spelled("label", text)
+
+    @staticmethod
+    def _spelled(spelling: str, text: str) -> "AccuracyKey":
+        """The key whose ``spelling`` attribute is ``text``."""
+        for key in ACCURACY_KEYS:
+            if getattr(key, spelling) == text:
+                return key
+        allowed = ", ".join(getattr(k, spelling) for k in ACCURACY_KEYS)
+        raise ValueError(f"unknown accuracy {spelling.replace('_', ' ')} {text!r}; allowed: {allowed}")
+
+    @property
+    def stem(self) -> str:
+        """``"cifar10_test"``: the accuracy in column names (``cifar10_test_mean``)."""
+        return f"{self.dataset}_{self.split}"
+
+    @property
+    def csv_column(self) -> str:
+        """``"cifar10_test_acc"``: the accuracy CSV's column (``valid``, not ``val``, in it)."""
+        return f"{_CSV_STEMS[self.dataset]}_{'valid' if self.split == 'val' else 'test'}_acc"
+
+    @classmethod
+    def from_csv_column(cls, name: str) -> "AccuracyKey":
+        """The key of an accuracy CSV column (:attr:`csv_column`)."""
+        return cls._spelled("csv_column", name)
+
+    @property
+    def nb201(self) -> Tuple[str, str]:
+        """``(NB201 dataset, metric)`` the benchmark file holds this accuracy under."""
+        return _NB201[(self.dataset, self.split)]
+
+
+#: The NB201 accuracies, in the paper's column order.
+ACCURACY_KEYS = tuple(AccuracyKey(d, s) for d in DATASET_LABELS for s in ACCURACY_SPLITS)
+#: The accuracy of the paper's search figure (Figure 6).
+CIFAR10_TEST = AccuracyKey("cifar10", "test")
 
 
 def dtype_name(dtype) -> str:

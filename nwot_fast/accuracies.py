@@ -9,7 +9,9 @@ Two sources give the same :class:`AccuracyTable`:
   (200-epoch schedule, mean over the training seeds). The API's defaults are the 12-epoch
   schedule and one random seed; the reader never lets them through.
 
-Which accuracy is meant by "val" and "test" follows the NASWOT evaluation (:data:`SPLITS`).
+Which accuracy is meant by "val" and "test" follows the NASWOT evaluation (:data:`SPLITS`). An
+accuracy is named by one type, :class:`~nwot_fast._common.AccuracyKey` (its CSV column, label,
+JSON key and benchmark metric).
 Both readers check every row's arch string against the official index order
 (:func:`nwot_fast.nb201.arch_at`): a file of another version or order is refused.
 """
@@ -27,30 +29,16 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import check_index, check_input_file
+from ._common import ACCURACY_KEYS, ACCURACY_SPLITS, AccuracyKey, check_index, check_input_file
 from .data.constants import check_dataset
 from .nb201 import NUM_ARCHS, arch_at
 
-#: (dataset, "val" | "test") -> (NB201 dataset, NB201 metric), as the NASWOT evaluation uses them.
-SPLITS: Dict[Tuple[str, str], Tuple[str, str]] = {
-    ("cifar10", "val"): ("cifar10-valid", "x-valid"),
-    ("cifar10", "test"): ("cifar10", "ori-test"),
-    ("cifar100", "val"): ("cifar100", "x-valid"),
-    ("cifar100", "test"): ("cifar100", "x-test"),
-    ("ImageNet16-120", "val"): ("ImageNet16-120", "x-valid"),
-    ("ImageNet16-120", "test"): ("ImageNet16-120", "x-test"),
-}
-SPLIT_NAMES = ("val", "test")
+#: AccuracyKey -> (NB201 dataset, NB201 metric), as the NASWOT evaluation uses them.
+SPLITS: Dict[AccuracyKey, Tuple[str, str]] = {k: k.nb201 for k in ACCURACY_KEYS}
+SPLIT_NAMES = ACCURACY_SPLITS
 
-#: The CSV column holding each (dataset, split).
-CSV_COLUMNS: Dict[Tuple[str, str], str] = {
-    ("cifar10", "val"): "cifar10_valid_acc",
-    ("cifar10", "test"): "cifar10_test_acc",
-    ("cifar100", "val"): "cifar100_valid_acc",
-    ("cifar100", "test"): "cifar100_test_acc",
-    ("ImageNet16-120", "val"): "imagenet16_valid_acc",
-    ("ImageNet16-120", "test"): "imagenet16_test_acc",
-}
+#: The CSV column holding each accuracy.
+CSV_COLUMNS: Dict[AccuracyKey, str] = {k: k.csv_column for k in ACCURACY_KEYS}
 
 _CSV_EXPECTED = "a CSV with columns index, arch and accuracy columns " + ", ".join(CSV_COLUMNS.values())
 _PTH_EXPECTED = ("the NAS-Bench-201 benchmark file (NAS-Bench-201-v1_0-e61699.pth or "
@@ -79,14 +67,15 @@ def _check_percentages(col: np.ndarray, name: str, source: str) -> None:
                          f"are percentages in [0, 100] ({bad.size} value(s) outside)")
 
 
-def check_split(dataset, split) -> Tuple[str, str]:
-    """Canonical ``(dataset, split)`` or ValueError listing what is allowed."""
+def check_split(dataset, split) -> AccuracyKey:
+    """The :class:`AccuracyKey` of ``dataset`` (any case) and ``split`` (``valid`` read as ``val``),
+    or ValueError listing what is allowed."""
     dataset = check_dataset(dataset)
     if split == "valid":
         split = "val"
     if split not in SPLIT_NAMES:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLIT_NAMES)}")
-    return dataset, split
+    return AccuracyKey(dataset, split)
 
 
 class AccuracyTable:
@@ -100,13 +89,13 @@ class AccuracyTable:
 
     def __init__(self, columns: Mapping[Tuple[str, str], np.ndarray], arch_strings: List[str], source: str,
                  extra: Optional[Mapping[str, np.ndarray]] = None, kind: str = "csv"):
-        self._columns = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+        self._columns = {AccuracyKey(*k): np.asarray(v, dtype=np.float64) for k, v in columns.items()}
         self.arch_strings = list(arch_strings)
         self.source = source
         self.kind = kind
         self.extra = {k: np.asarray(v, dtype=np.float64) for k, v in (extra or {}).items()}
         for key, col in self._columns.items():
-            _check_percentages(col, CSV_COLUMNS.get(key, str(key)), source)
+            _check_percentages(col, key.csv_column, source)
         for name, col in self.extra.items():
             if name.endswith("_acc"):
                 _check_percentages(col, name, source)
@@ -120,14 +109,14 @@ class AccuracyTable:
         return len(self.indices)
 
     @property
-    def splits(self) -> Tuple[Tuple[str, str], ...]:
-        """The (dataset, split) pairs this table has values for."""
+    def splits(self) -> Tuple[AccuracyKey, ...]:
+        """The accuracies this table has values for, in the paper's column order."""
         return tuple(k for k in SPLITS if k in self._columns)
 
     def _col(self, dataset, split) -> np.ndarray:
         key = check_split(dataset, split)
         if key not in self._columns:
-            raise ValueError(f"{self.source} has no {key[0]} {key[1]} accuracies; it has "
+            raise ValueError(f"{self.source} has no {key.dataset} {key.split} accuracies; it has "
                              f"{', '.join(f'{d} {s}' for d, s in self.splits) or 'none'}")
         return self._columns[key]
 
@@ -225,7 +214,7 @@ def _load_csv(path: str) -> AccuracyTable:
     for key, col in columns.items():
         if np.isnan(col).any():
             first = int(np.flatnonzero(np.isnan(col))[0])
-            raise ValueError(f"{path}: column {CSV_COLUMNS[key]} has no value at index {first}")
+            raise ValueError(f"{path}: column {key.csv_column} has no value at index {first}")
     extra = {c: values[:, j] for j, c in enumerate(numeric) if c not in CSV_COLUMNS.values()}
     return AccuracyTable(columns, arch_strings, path, extra=extra, kind="csv")
 
@@ -334,7 +323,7 @@ def table_from_benchmark_dict(data, source: str) -> AccuracyTable:
     # get_more_info picks the metric per NB201 dataset: cifar10-valid -> valid = x-valid and
     # test = ori-test; cifar10 -> test = ori-test; the others -> valid = x-valid, test = x-test.
     field = {"x-valid": "valid-accuracy", "ori-test": "test-accuracy", "x-test": "test-accuracy"}
-    by_nb_dataset: Dict[str, List[Tuple[Tuple[str, str], str]]] = {}
+    by_nb_dataset: Dict[str, List[Tuple[AccuracyKey, str]]] = {}
     for key, (nb_dataset, metric) in SPLITS.items():
         by_nb_dataset.setdefault(nb_dataset, []).append((key, field[metric]))
     for idx in api.arch2infos_dict:

@@ -12,12 +12,12 @@ Torch-free and numpy-free, so that ``nwot-fast --help`` imports nothing heavy.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ._common import NUM_ARCHS, SEED_MAX, check_int
+from .paths import check_path  # noqa: F401  (one of the API's checks; it lives with the path rules)
 
 __all__ = ["IntRange", "BATCH_SIZE", "SEED", "N_SAMPLES", "RUNS", "N_ARCHS", "check_flag", "check_choice",
            "check_device", "check_path"]
@@ -100,14 +100,3 @@ def check_device(value, name: str = "device") -> str:
     return text
 
 
-def check_path(value, name: str) -> str:
-    """A file or directory name given as ``str`` or ``os.PathLike``, not empty: returned as str."""
-    try:
-        path = os.fspath(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}") from None
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path:
-        raise ValueError(f"{name} is an empty path")
-    return path

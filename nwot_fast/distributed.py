@@ -1,15 +1,15 @@
-"""Scoring over a Ray cluster: chunks of benchmark indices go to Ray tasks, rows come back.
+"""Scoring over a Ray cluster: runs of benchmark indices go to Ray tasks, rows come back.
 
-The scan loop (:func:`nwot_fast.scan.scan` with ``ray=...``) stays the only writer of its
-SQLite database: it sends only indices the database does not hold, and writes each chunk's
-rows as the chunk comes back, with the same keys as a local scan. A task's result reaches the
-driver once, when the task has finished, so a chunk that Ray retries after losing its worker
-can never give a duplicate row; a killed driver leaves every chunk it already wrote, and the
+The scan loop (:func:`nwot_fast.scanning.scan` with ``ray=...``) stays the only writer of its
+SQLite database: it sends only indices the database does not hold, and writes each task's
+rows as the task comes back, with the same keys as a local scan. A task's result reaches the
+driver once, when the task has finished, so a task that Ray retries after losing its worker
+can never give a duplicate row; a killed driver leaves every task's rows it already wrote, and the
 same command run again sends only the rest.
 
 Each worker process is single-threaded (one per core measured faster than one multi-threaded
 process, see bench/RESULTS.md) and builds its :class:`~nwot_fast.scorer.Scorer` (the
-data, the batch sampler) once per configuration, then scores its chunks with the same entry
+data, the batch sampler) once per configuration, then scores its tasks' indices with the same entry
 a local scan uses, so its scores equal a local single-threaded scan's bit for bit.
 
 Ray is optional (``pip install .[ray]``): this module imports it only when a cluster is used,
@@ -36,8 +36,10 @@ __all__ = ["score_on_ray", "ClusterError", "RayNotInstalledError", "check_ray_ta
 
 INSTALL_HINT = "pip install 'nwot_fast[ray]' (from a checkout: pip install .[ray])"
 CONNECT_TIMEOUT_S = 5.0  # to decide that nothing listens at an address; ray.init itself would wait minutes
-MAX_CHUNK = 16  # archs per task: a lost worker costs at most this much work, and progress moves per chunk
-TASK_RETRIES = 3  # re-runs of a chunk whose worker process or node died
+# Not a chunk (the glossary's architectures per network pass, nwot_fast/__init__.py): the
+# indices one Ray task scores; a lost worker costs at most this much work, and progress moves per task.
+INDICES_PER_TASK = 16
+TASK_RETRIES = 3  # re-runs of a task whose worker process or node died
 WAIT_SLICE_S = 0.25  # longest wait inside Ray between two chances to act on SIGINT / SIGTERM
 
 # ``ray`` argument: True (or "local") starts a local instance; a string joins that cluster.
@@ -235,7 +237,7 @@ def _scorer_for(config: ScoreConfig) -> Scorer:
     return scorer
 
 
-def score_chunk(config: ScoreConfig, indices: Sequence[int]) -> List[Tuple[int, float, float]]:
+def score_task(config: ScoreConfig, indices: Sequence[int]) -> List[Tuple[int, float, float]]:
     """Score ``indices`` in this (worker) process, single-threaded: ``[(index, score, seconds)]``."""
     import torch
 
@@ -248,25 +250,26 @@ def score_chunk(config: ScoreConfig, indices: Sequence[int]) -> List[Tuple[int, 
 # the driver side
 
 
-def chunk_size(n: int, cpus: int) -> int:
-    """About four chunks per core (so that the cores stay busy to the end), at most MAX_CHUNK."""
-    return max(1, min(MAX_CHUNK, math.ceil(n / (4 * max(cpus, 1)))))
+def indices_per_task(n: int, cpus: int) -> int:
+    """Indices per Ray task for ``n`` indices on ``cpus`` cores: about four tasks per core (so
+    that the cores stay busy to the end), at most INDICES_PER_TASK."""
+    return max(1, min(INDICES_PER_TASK, math.ceil(n / (4 * max(cpus, 1)))))
 
 
 def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget = True,
-                 chunk: Optional[int] = None) -> Iterator[ArchScore]:
+                 per_task: Optional[int] = None) -> Iterator[ArchScore]:
     """Score the benchmark ``indices`` under ``config`` on a Ray cluster and yield an
-    :class:`~nwot_fast.scorer.ArchScore` per index as the chunks come back (in completion
-    order, each index once). ``ray``: see :func:`check_ray_target`. ``chunk``: indices per task
-    (default: :func:`chunk_size`). Closing the generator cancels what is still running and
+    :class:`~nwot_fast.scorer.ArchScore` per index as the tasks come back (in completion
+    order, each index once). ``ray``: see :func:`check_ray_target`. ``per_task``: indices per task
+    (default: :func:`indices_per_task`). Closing the generator cancels what is still running and
     stops a Ray instance it started."""
     from .nb201 import arch_at
     from .scorer import ArchScore
 
     target = check_ray_target(ray)
     indices = [int(i) for i in indices]
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk must be an int >= 1 (indices per Ray task), got {chunk!r}")
+    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
+        raise ValueError(f"per_task must be an int >= 1 (indices per Ray task), got {per_task!r}")
     if not indices:
         return
     from .process import deferred_signals
@@ -281,14 +284,14 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
     try:
         with deferred_signals():
             cpus = conn.cpus()
-            size = chunk or chunk_size(len(indices), cpus)
-            chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
+            size = per_task or indices_per_task(len(indices), cpus)
+            tasks = [indices[k:k + size] for k in range(0, len(indices), size)]
             # Each task holds one CPU: one single-threaded worker process per core. A task whose
             # worker dies is re-run (max_retries); a Python error in it is not (it would fail again).
-            remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_chunk)
+            remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_task)
             config_ref = ray_mod.put(config)
         window = 2 * cpus  # tasks in flight: the cluster stays busy, results arrive roughly in order
-        queue = iter(chunks)
+        queue = iter(tasks)
 
         def submit() -> None:
             with deferred_signals():
@@ -316,7 +319,7 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
                 raise
             except ray_mod.exceptions.RayError as e:
                 raise ClusterError(
-                    f"Ray lost the chunk of indices {part[0]}..{part[-1]} after {TASK_RETRIES} retries "
+                    f"Ray lost the task of indices {part[0]}..{part[-1]} after {TASK_RETRIES} retries "
                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); results written "
                     "so far are kept: run the same command again to resume"
                 ) from e

@@ -55,17 +55,24 @@ def check_utf8(path: str) -> str:
     return path
 
 
+def check_path(value, name: str) -> str:
+    """A file or directory name given as ``str``, ``bytes`` or ``os.PathLike``, not empty: returned
+    as str; a TypeError / ValueError naming ``name`` otherwise."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{name} is an empty path")
+    return path
+
+
 def as_path(path, what: str) -> str:
     """``path`` (str, bytes or os.PathLike) as a non-empty UTF-8 str; a TypeError / ValueError
     naming ``what`` otherwise."""
-    try:
-        text = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    if not text:
-        raise ValueError(f"{what} path is empty")
+    text = check_path(path, what)
     try:
         return check_utf8(text)
     except ValueError as e:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from ._common import ACCURACY_KEYS, CIFAR10_TEST
+
 __all__ = ["PUBLISHED_CORRELATIONS", "PUBLISHED_SEARCH", "PUBLISHED_SEARCH_POINTS", "PUBLISHED_BASELINES",
            "PUBLISHED_KINDS", "read_published_points", "check_published_point"]
 
@@ -24,19 +26,18 @@ PUBLISHED_CORRELATIONS: Dict[str, Dict[str, str]] = {
 #: "which is the same as what we report in the paper": median search time (s, one GPU) and
 #: val / test accuracy mean +/- std of the chosen architecture.
 PUBLISHED_SEARCH = {
-    10: {"seconds": 1.73435, ("cifar10", "val"): (88.47, 1.33), ("cifar10", "test"): (91.53, 1.62),
-         ("cifar100", "val"): (66.49, 3.08), ("cifar100", "test"): (66.63, 3.14),
-         ("ImageNet16-120", "val"): (38.33, 4.98), ("ImageNet16-120", "test"): (38.33, 5.22)},
-    100: {"seconds": 17.4139, ("cifar10", "val"): (88.45, 1.46), ("cifar10", "test"): (91.61, 1.71),
-          ("cifar100", "val"): (66.42, 3.27), ("cifar100", "test"): (66.56, 3.28),
-          ("ImageNet16-120", "val"): (36.56, 6.70), ("ImageNet16-120", "test"): (36.37, 6.97)},
+    n: {"seconds": seconds, **dict(zip(ACCURACY_KEYS, values))}  # values in ACCURACY_KEYS' order
+    for n, seconds, values in (
+        (10, 1.73435, ((88.47, 1.33), (91.53, 1.62), (66.49, 3.08), (66.63, 3.14), (38.33, 4.98), (38.33, 5.22))),
+        (100, 17.4139, ((88.45, 1.46), (91.61, 1.71), (66.42, 3.27), (66.56, 3.28), (36.56, 6.70), (36.37, 6.97))),
+    )
 }
 
 
 #: The CIFAR-10 test points of :data:`PUBLISHED_SEARCH`, as Figure 6 draws them.
 PUBLISHED_SEARCH_POINTS: Tuple[dict, ...] = tuple(
-    {"label": f"NASWOT, published (N={n})", "seconds": row["seconds"], "accuracy": row[("cifar10", "test")][0],
-     "std": row[("cifar10", "test")][1], "kind": "training-free", "tag": f"N={n}"}
+    {"label": f"NASWOT, published (N={n})", "seconds": row["seconds"], "accuracy": row[CIFAR10_TEST][0],
+     "std": row[CIFAR10_TEST][1], "kind": "training-free", "tag": f"N={n}"}
     for n, row in PUBLISHED_SEARCH.items()
 )
 

@@ -16,10 +16,10 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from ._common import ACCURACY_KEYS, METHODS, OutputError, accuracy_label, atomic_write, check_output_file
+from ._common import ACCURACY_KEYS, CIFAR10_TEST, METHODS, AccuracyKey, OutputError, atomic_write, check_output_file
 from .accuracies import as_table
 from .errors import require
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .paths import check_distinct
 from .published import PUBLISHED_CORRELATIONS, PUBLISHED_SEARCH
 from .searchtable import search_table
@@ -36,7 +36,7 @@ def _fmt(v: float, digits: int = 3) -> str:
 
 
 def _published_search_markdown(keys) -> str:
-    head = ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in keys]
+    head = ["Method", "Search (s)"] + [k.label for k in keys]
     out = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
     for n, row in PUBLISHED_SEARCH.items():
         cells = [f"{row[k][0]:.2f} +- {row[k][1]:.2f}" for k in keys]
@@ -48,7 +48,7 @@ def figure6_points(method: str, st) -> List[dict]:
     """This project's points of Figure 6 from a search table: one per N with a recorded search
     time, CIFAR-10 test accuracy mean +/- std."""
     return [{"label": f"{method}, this project (N={r['n']})", "seconds": r["search_seconds"],
-             "accuracy": r["mean"][("cifar10", "test")], "std": r["std"][("cifar10", "test")]}
+             "accuracy": r["mean"][CIFAR10_TEST], "std": r["std"][CIFAR10_TEST]}
             for r in st.rows
             if r["name"].startswith("NASWOT") and math.isfinite(r["search_seconds"]) and r["search_seconds"] > 0]
 
@@ -85,7 +85,7 @@ def build_report(
     ``scores``: ``{method: scores file}`` (a path, or a loaded
     :class:`~nwot_fast.scorefile.ScoreFile` such as a score table's ``as_score_file()``).
     ``n_archs``: use only the seeded sample of that many from each file (the first K of
-    :func:`nwot_fast.evaluate.sample_indices` with ``sample_seed``). ``data``: images for
+    :func:`nwot_fast.evaluation.sample_indices` with ``sample_seed``). ``data``: images for
     Figures 1 and 4 (left out when ``None``). Figure 4: ``fig4_archs`` architectures (0 leaves
     it out), ``fig4_repeats`` scores per factor, batch ``fig4_batch``, score ``fig4_method``
     (:func:`nwot_fast.variation.score_variation`). ``zoo``: also Figure 5
@@ -213,7 +213,7 @@ def _method_section(method: str, res, st, table, figures_dir: str, out_dir: str,
     pub = PUBLISHED_CORRELATIONS.get(method, {})
     md += ["| accuracy | n | Kendall tau | Spearman rho | published |", "|:--|--:|--:|--:|:--|"]
     for c in res.correlations:
-        md.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {_fmt(c['kendall_tau'])} | "
+        md.append(f"| {AccuracyKey(c['dataset'], c['split']).label} | {c['n']} | {_fmt(c['kendall_tau'])} | "
                   f"{_fmt(c['spearman_rho'])} | {pub.get(c['dataset'], '') if c['split'] == 'test' else ''} |")
     csv_link = _rel(md_prefix + ".csv", out_dir)
     md += _table_provenance(res.config, summary["methods"][method])

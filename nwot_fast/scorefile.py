@@ -24,6 +24,18 @@ import numpy as np
 from ._common import METHODS, NUM_ARCHS, atomic_write, check_input_file, check_output_file, json_float
 from .args import check_choice
 
+
+def index_score_arrays(indices, scores) -> Tuple[np.ndarray, np.ndarray]:
+    """``indices`` as int64 and ``scores`` as float64 arrays, both of shape ``(n,)``; ValueError
+    when they are not 1-D of one length or an index is outside 0..15624."""
+    idx = np.asarray(indices, dtype=np.int64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if idx.ndim != 1 or idx.shape != sc.shape:
+        raise ValueError(f"indices and scores must be 1-D of the same length, got {idx.shape} and {sc.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= NUM_ARCHS):
+        raise ValueError(f"benchmark indices must be in 0..{NUM_ARCHS - 1}")
+    return idx, sc
+
 __all__ = ["SCORE_FORMATS", "ScoreFile", "check_output_path", "read_scores", "write_scores",
            "score_to_text", "score_from_text"]
 

@@ -2,7 +2,7 @@
 
 ``mode="table"`` samples from previously computed scores (fast; the pool is whatever was
 scored: the whole space or a sample, and the output says which). ``mode="rescore"`` runs
-:func:`nwot_fast.search.search` for every N, drawing and scoring afresh in every run, as the
+:func:`nwot_fast.random_search.search` for every N, drawing and scoring afresh in every run, as the
 authors did. Both add the baselines ``Random`` (the whole space) and ``Optimal (N)`` (the best
 architecture in each run's sample).
 """
@@ -17,8 +17,9 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, json_float
+from ._common import ACCURACY_KEYS, NUM_ARCHS, AccuracyKey, json_float
 from .args import N_ARCHS, RUNS, SEED
+from .scorefile import index_score_arrays
 
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 
@@ -45,7 +46,7 @@ class SearchTable:
     runs: int
     seed: int
     pool: str
-    keys: Tuple[Tuple[str, str], ...]
+    keys: Tuple[AccuracyKey, ...]
     time_note: str = ""
 
     def _cells(self, row) -> List[str]:
@@ -62,8 +63,8 @@ class SearchTable:
 
     def header(self) -> List[str]:
         """The column titles: ``Method``, ``Search (s)``, then one label per accuracy key
-        (:func:`nwot_fast._common.accuracy_label`)."""
-        return ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in self.keys]
+        (:attr:`nwot_fast._common.AccuracyKey.label`)."""
+        return ["Method", "Search (s)"] + [k.label for k in self.keys]
 
     def format_text(self) -> str:
         """The table for a terminal: :meth:`describe`, a blank line, then aligned columns
@@ -99,8 +100,8 @@ class SearchTable:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         cols = ["method", "N", "runs", "search_seconds_median"]
-        for d, s in self.keys:
-            cols += [f"{d}_{s}_mean", f"{d}_{s}_std"]
+        for k in self.keys:
+            cols += [f"{k.stem}_mean", f"{k.stem}_std"]
         w.writerow(cols + ["mode", "pool"])
         for r in self.rows:
             vals = [r["name"], "" if r["n"] is None else r["n"], r["runs"], _csv_num(r["search_seconds"])]
@@ -151,7 +152,7 @@ def _csv_num(v) -> str:
 
 
 def _pick(scores_2d: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Row-wise nanargmax with the semantics of :func:`nwot_fast.search.nanargmax`: NaN is
+    """Row-wise nanargmax with the semantics of :func:`nwot_fast.random_search.nanargmax`: NaN is
     ignored and -inf is only chosen when nothing is larger. Rows that are all NaN take their
     first entry; the second array flags them."""
     is_nan = np.isnan(scores_2d)
@@ -194,8 +195,8 @@ def _table_mode(pool, scores, secs, n: int, runs: int, rng) -> Tuple[np.ndarray,
 
 
 def _rescore_mode(config, images, n: int, runs: int, progress) -> Tuple[np.ndarray, np.ndarray, float, int]:
-    """``runs`` runs of :func:`nwot_fast.search.search` with N architectures each."""
-    from .search import search
+    """``runs`` runs of :func:`nwot_fast.random_search.search` with N architectures each."""
+    from .random_search import search
 
     result = search(n_samples=n, runs=runs, config=config, images=images, progress=progress)
     chosen = np.asarray([r.indices[0] if r.chosen_index is None else r.chosen_index for r in result.runs])
@@ -242,7 +243,7 @@ def search_table(
     of the drawn architectures' recorded scoring times (``seconds``, taken from ``source`` when
     it has them; NaN when unknown).
     ``mode="rescore"``: ``source`` is a :class:`nwot_fast.config.ScoreConfig` or
-    :class:`~nwot_fast.scorer.Scorer`; each N is a :func:`nwot_fast.search.search` of
+    :class:`~nwot_fast.scorer.Scorer`; each N is a :func:`nwot_fast.random_search.search` of
     ``runs`` runs under that configuration (its seed decides the draws, weights and batches;
     ``seed`` is not used), timing each whole run.
 
@@ -317,14 +318,9 @@ def _pool_from(source, seconds) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         raise TypeError("mode 'table' needs scores: an EvaluationResult, a scan result, a {index: score} "
                         f"mapping or an (indices, scores) pair; got {type(source).__name__}")
-    idx = np.asarray(idx, dtype=np.int64)
-    sc = np.asarray(sc, dtype=np.float64)
-    if idx.ndim != 1 or idx.shape != sc.shape:
-        raise ValueError(f"indices and scores must be 1-D of the same length, got {idx.shape} and {sc.shape}")
+    idx, sc = index_score_arrays(idx, sc)
     if idx.size == 0:
         raise ValueError("no scored architectures to search over")
-    if idx.min() < 0 or idx.max() >= NUM_ARCHS:
-        raise ValueError(f"benchmark indices must be in 0..{NUM_ARCHS - 1}")
     if seconds is not None:
         secs = seconds
     secs = np.full(idx.shape, np.nan) if secs is None else np.asarray(secs, dtype=np.float64)

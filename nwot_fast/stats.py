@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS
+from ._common import ACCURACY_KEYS, AccuracyKey
 
 __all__ = ["kendall_tau", "spearman_rho", "finite_pairs", "correlations"]
 
@@ -66,7 +66,7 @@ def spearman_rho(x, y) -> float:
     return _rank_statistic("spearman", x, y)
 
 
-def correlations(indices, scores, table, keys: Optional[Sequence[Tuple[str, str]]] = None) -> List[dict]:
+def correlations(indices, scores, table, keys: Optional[Sequence[AccuracyKey]] = None) -> List[dict]:
     """Kendall tau-b and Spearman rho of ``scores`` against each accuracy column of ``table``
     (an :class:`nwot_fast.accuracies.AccuracyTable`) that it holds. Pairs with a non-finite
     score or a missing accuracy are left out; ``n`` says how many pairs were used."""

@@ -190,14 +190,7 @@ class ScoreDB:
             self.close()
             with self._errors("opening it for reading"):
                 raise
-        with self._errors("opening it for reading"):
-            try:
-                check_owner(self.conn, self.path, allow_new=False)
-                check_integrity(self.conn, self.path)
-                self._check_schema(require=True)
-            except BaseException:
-                self.close()
-                raise
+        self._check_for_reading()
 
     def _open_query_only(self) -> bool:
         """Open a cleanly closed database (no -wal, -shm or -journal beside it) that this process
@@ -215,6 +208,11 @@ class ScoreDB:
         except sqlite3.DatabaseError:
             self.close()
             return False
+        self._check_for_reading()
+        return True
+
+    def _check_for_reading(self) -> None:
+        """An opened database is this program's, intact and of this schema; closed otherwise."""
         with self._errors("opening it for reading"):
             try:
                 check_owner(self.conn, self.path, allow_new=False)
@@ -223,7 +221,6 @@ class ScoreDB:
             except BaseException:
                 self.close()
                 raise
-        return True
 
     def _errors(self, action: str):
         return sqlite_errors(self.path, action, self.timeout)

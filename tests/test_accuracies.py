@@ -233,3 +233,37 @@ def test_pth_truncated_or_corrupt(fake_pth, tmp_path):
         load_accuracies(junk)
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         load_accuracies(tmp_path / "missing.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# AccuracyKey: one type, every outside spelling made and read in one place
+
+
+def test_accuracy_key_spellings_match_the_files_and_the_paper(accuracies_csv):
+    from nwot_fast._common import ACCURACY_KEYS, AccuracyKey
+
+    # The real CSV's header (written by another program) holds exactly the six key columns,
+    # plus extras that are not accuracy keys.
+    with open(accuracies_csv, newline="") as f:
+        header = next(csv.reader(f))
+    keyed = [c for c in header if c.endswith("_acc") and c != "cifar10valid_test_acc"]
+    assert sorted(keyed) == sorted(k.csv_column for k in ACCURACY_KEYS)
+    assert [AccuracyKey.from_csv_column(c).csv_column for c in keyed] == keyed
+    with pytest.raises(ValueError, match="cifar10valid_test_acc"):
+        AccuracyKey.from_csv_column("cifar10valid_test_acc")
+    # The paper's labels and the JSON keys, both ways; a key is the plain tuple.
+    key = AccuracyKey.parse("ImageNet16-120/val")
+    assert key == ("ImageNet16-120", "val") and hash(key) == hash(("ImageNet16-120", "val"))
+    assert (key.label, key.csv_column, key.stem, key.nb201) == (
+        "ImageNet16-120 (val)", "imagenet16_valid_acc", "ImageNet16-120_val", ("ImageNet16-120", "x-valid"))
+    assert AccuracyKey("cifar10", "test").nb201 == ("cifar10", "ori-test")  # NB201's own test split for CIFAR-10
+    assert AccuracyKey("cifar10", "val").nb201 == ("cifar10-valid", "x-valid")
+    for k in ACCURACY_KEYS:
+        assert AccuracyKey.parse(str(k)) == k and AccuracyKey.from_label(k.label) == k
+    for bad in (("cifar-10", "test"), ("cifar10", "valid"), ("cifar10", "train")):
+        with pytest.raises(ValueError, match="allowed"):
+            AccuracyKey(*bad)
+    with pytest.raises(ValueError, match="DATASET/SPLIT"):
+        AccuracyKey.parse("cifar10-test")
+    with pytest.raises(ValueError, match="CIFAR-10 \\(val\\)"):
+        AccuracyKey.from_label("CIFAR10 (val)")

@@ -24,15 +24,15 @@ import torch
 import nwot_fast
 from nwot_fast.cli import main
 from nwot_fast.data import load_images
-from nwot_fast.evaluate import evaluate as run_evaluate
-from nwot_fast.evaluate import sample_indices
+from nwot_fast.evaluation import evaluate as run_evaluate
+from nwot_fast.evaluation import sample_indices
 from nwot_fast.figures import read_published_points
 from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
-from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
+from nwot_fast.scanning import ScanDatabaseError, ScoreDB, load_scores, scan
 from nwot_fast._common import resolve_device
 from nwot_fast.config import ScoreConfig
-from nwot_fast.search import search as run_search
+from nwot_fast.random_search import search as run_search
 from nwot_fast.searchtable import search_table
 from nwot_fast.searchtable import check_table_prefix
 

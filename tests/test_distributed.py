@@ -27,9 +27,9 @@ import torch
 
 from conftest import assert_scores_close
 from nwot_fast import cli
-from nwot_fast.distributed import check_ray_target, chunk_size
+from nwot_fast.distributed import check_ray_target, indices_per_task
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
-from nwot_fast.scan import scan
+from nwot_fast.scanning import scan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = "8"  # tiny batches: these tests are about the plumbing, not the scores' quality
@@ -122,7 +122,7 @@ def test_ray_target_validation():
             check_ray_target(bad)
     with pytest.raises(TypeError, match="ray must be True"):
         check_ray_target(6379)
-    assert chunk_size(24, 2) == 3 and chunk_size(10**6, 64) == 16 and chunk_size(1, 8) == 1
+    assert indices_per_task(24, 2) == 3 and indices_per_task(10**6, 64) == 16 and indices_per_task(1, 8) == 1
 
 
 def test_worker_side_scores_like_a_local_scan():
@@ -133,9 +133,9 @@ def test_worker_side_scores_like_a_local_scan():
     threads = torch.get_num_threads()
     try:
         config = ScoreConfig(batch_size=int(BATCH))
-        first = distributed.score_chunk(config, [5, 3])
+        first = distributed.score_task(config, [5, 3])
         scorer = distributed._SCORERS[config.config_hash() + "/cpu"]
-        second = distributed.score_chunk(config, [7])
+        second = distributed.score_task(config, [7])
         assert distributed._SCORERS[config.config_hash() + "/cpu"] is scorer  # cached per configuration
     finally:
         torch.set_num_threads(threads)
@@ -337,11 +337,11 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     proc = _start_scan(cluster, db, n)
     try:
         _wait_rows(db, proc, 1)
-        # A worker process busy with a chunk (Ray names it after the task function).
+        # A worker process busy with a task (Ray names it after the task function).
         victim = None
         deadline = time.monotonic() + 60
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            busy = [pid for pid, cmd in _session_members(cluster["session"]) if cmd.startswith("ray::score_chunk")]
+            busy = [pid for pid, cmd in _session_members(cluster["session"]) if cmd.startswith("ray::score_task")]
             victim = busy[0] if busy else None
             time.sleep(0.02)
         assert victim is not None, "no busy Ray worker found to kill"
@@ -389,7 +389,7 @@ def test_killed_driver_resumes(cluster, tmp_path):
 
 @pytest.mark.slow  # a subprocess
 def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
-    from nwot_fast.evaluate import evaluate
+    from nwot_fast.evaluation import evaluate
     from nwot_fast.scorefile import read_scores
 
     db, scores_out = tmp_path / "e.db", tmp_path / "e.csv"

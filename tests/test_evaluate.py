@@ -15,10 +15,10 @@ import scipy.stats
 from nwot_fast import cli
 from nwot_fast._common import ACCURACY_KEYS
 from nwot_fast.accuracies import CSV_COLUMNS, AccuracyTable
-from nwot_fast.evaluate import evaluate, sample_indices
+from nwot_fast.evaluation import evaluate, sample_indices
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
 from nwot_fast.scorefile import read_scores, write_scores
-from nwot_fast.search import nanargmax
+from nwot_fast.random_search import nanargmax
 from nwot_fast.searchtable import _pick, search_table
 
 from conftest import shared_file as _shared

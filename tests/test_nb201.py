@@ -155,3 +155,19 @@ def test_reachable_from_input():
     a = Arch.from_str("|none~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|skip_connect~1|none~2|")
     assert nb201.reachable_from_input(a) == (True, False, True, False)
     assert nb201.is_constant_output(a)
+
+
+def test_describe_worked_examples():
+    # Worked by hand: node 1 is fed only by a conv from the input; node 2 only by ``none``
+    # edges; the output reads node 2 through a conv and node 1 through ``skip_connect``.
+    arch = "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|skip_connect~1|nor_conv_1x1~2|"
+    d = nb201.describe(arch)
+    assert d["arch"] == arch and d["arch_index"] == index_of(arch)
+    assert d["live_edges"] == ["1<-0 nor_conv_3x3", "3<-1 skip_connect"]  # 3<-2 starts at a dead node
+    assert d["constant_output"] is False and d["relu_sees_only_zeros"] is False
+    assert d["functional"] == "nor_conv_3x3(x)"
+    # Every edge ``none``: constant output, and no ReLU sees the input.
+    empty = nb201.describe("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    assert empty["live_edges"] == [] and empty["constant_output"] is True and empty["relu_sees_only_zeros"] is True
+    assert empty["isomorphism_class_size"] > 1 and empty["representative_index"] <= empty["arch_index"]
+    assert nb201.describe(d["arch_index"]) == d  # an index names the same architecture

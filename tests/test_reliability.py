@@ -20,7 +20,7 @@ import pytest
 from nwot_fast._common import OutputError, atomic_write
 from nwot_fast.cli import main
 from nwot_fast.data import data_fingerprint
-from nwot_fast.scan import ScoreDB, scan
+from nwot_fast.scanning import ScoreDB, scan
 from nwot_fast.config import ScoreConfig
 
 from conftest import subprocess_env

@@ -24,7 +24,7 @@ import torch
 
 from nwot_fast.nb201 import NUM_ARCHS, arch_at, is_constant_output, relu_sees_only_zeros, representative_index
 from nwot_fast.progress import Progress
-from nwot_fast.scan import ScanResult, load_scores, parse_indices, representatives, scan
+from nwot_fast.scanning import ScanResult, load_scores, parse_indices, representatives, scan
 from nwot_fast.config import ScoreConfig
 from nwot_fast.scorer import Scorer
 
@@ -196,7 +196,7 @@ _OTHER_PROCESS = """
 import json, sys
 from nwot_fast.config import ScoreConfig
 from nwot_fast.scorer import Scorer
-from nwot_fast.scan import scan
+from nwot_fast.scanning import scan
 data, engine, batch, indices = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 out = {}
 for method in ("jacob_cov", "hook_logdet"):

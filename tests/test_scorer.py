@@ -1,8 +1,7 @@
 """The front door (nwot_fast.scorer): every command reaches the one Scorer, which decides once.
 
 The commands are called through their public entry points (search / scan / evaluate, the
-functions nwot_fast exports (imported from their modules: once a test has imported the module
-``nwot_fast.search``, the package attribute of that name is the module),
+functions nwot_fast exports, imported from their modules),
 ``nwot-fast score``, a Ray scan) with the many-architecture engine forced on the CPU
 (``mode="multi-arch"``). Each command's rows must equal, bit for bit, the rows of a Scorer given
 the same sequence of indices, and differ from the per-arch engine's in the last bits: so the
@@ -24,9 +23,9 @@ import torch.utils._python_dispatch
 import nwot_fast
 from nwot_fast import cli, multi_arch, per_arch
 from nwot_fast.config import ScoreConfig
-from nwot_fast.evaluate import evaluate
-from nwot_fast.scan import scan
-from nwot_fast.search import search
+from nwot_fast.evaluation import evaluate
+from nwot_fast.scanning import scan
+from nwot_fast.random_search import search
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
 from nwot_fast.scorer import Execution, Scorer, resolve_execution
 
@@ -103,7 +102,7 @@ def test_ray_workers_reach_the_one_scorer(searched, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     got = {r["arch_index"]: float(r["score"]) for r in json.loads(proc.stdout)["records"]}
-    # A scan of a few indices sends one index per Ray task (distributed.chunk_size), so each
+    # A scan of a few indices sends one index per Ray task (distributed.indices_per_task), so each
     # worker's scorer scores it alone: the oracle is the scorer given that index alone.
     config = ScoreConfig(seed=seed, **OPTIONS)
     alone = [next(Scorer(config).score_many([i])).score for i in unique]

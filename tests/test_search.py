@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_scores_close
 from nwot_fast import nb201
-from nwot_fast.search import derive_seed, nanargmax, search
+from nwot_fast.random_search import derive_seed, nanargmax, search
 
 
 def test_nanargmax_rules():

@@ -20,7 +20,7 @@ import scipy.stats
 from nwot_fast import tables
 from nwot_fast.cli import main
 from nwot_fast.nb201 import NUM_ARCHS
-from nwot_fast.scan import scan
+from nwot_fast.scanning import scan
 from nwot_fast.scorefile import read_scores
 from nwot_fast.tables.export import random_rows
 from nwot_fast.tables.protocol import first_images, pixel_fingerprint, save_first_images

@@ -10,6 +10,7 @@ from .registry import REGISTRY, OpKind, OpSpec, op_spec
 from .structure import (
     canonical_str,
     class_size,
+    describe,
     functional_str,
     is_constant_output,
     live_edges,
@@ -36,6 +37,7 @@ __all__ = [
     "op_spec",
     "canonical_str",
     "class_size",
+    "describe",
     "functional_str",
     "is_constant_output",
     "live_edges",

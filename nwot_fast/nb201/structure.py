@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, Tuple
 
-from .constants import NUM_NODES, OUTPUT_NODE
+from .constants import EDGES, NUM_NODES, OUTPUT_NODE
 from .index import as_arch
 from .registry import OP_SPECS, OpKind
 
@@ -134,3 +134,33 @@ def class_size(arch) -> int:
 def num_isomorphism_classes() -> int:
     """How many isomorphism classes (:func:`canonical_str`) the benchmark space has (6,466)."""
     return len(_classes())
+
+
+def describe(arch) -> Dict[str, object]:
+    """Everything the structure says about one architecture, as a JSON-ready record.
+
+    Args:
+        arch: an :class:`~nwot_fast.nb201.Arch`, an official arch string or a benchmark index.
+
+    Returns:
+        ``arch_index`` (benchmark index), ``arch`` (official string), ``canonical``
+        (:func:`canonical_str`), ``representative_index`` and ``isomorphism_class_size`` (its
+        isomorphism class), ``functional`` (:func:`functional_str`), ``live_edges`` (the edges on a
+        path input -> output, as ``"j<-i op"`` in string order), ``constant_output``
+        (:func:`is_constant_output`: jacob_cov gives NaN) and ``relu_sees_only_zeros``
+        (:func:`relu_sees_only_zeros`: hook_logdet gives -inf).
+    """
+    from .index import index_of
+
+    arch = as_arch(arch)
+    return {
+        "arch_index": index_of(arch),
+        "arch": str(arch),
+        "canonical": canonical_str(arch),
+        "representative_index": representative_index(arch),
+        "isomorphism_class_size": class_size(arch),
+        "functional": functional_str(arch),
+        "live_edges": [f"{j}<-{i} {name}" for (i, j), name, ok in zip(EDGES, arch.op_names, live_edges(arch)) if ok],
+        "constant_output": is_constant_output(arch),
+        "relu_sees_only_zeros": relu_sees_only_zeros(arch),
+    }

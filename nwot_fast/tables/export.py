@@ -180,7 +180,7 @@ def build_table(
     import torch
 
     from ..data import data_fingerprint, load_images
-    from ..scan import parse_indices
+    from ..scanning import parse_indices
     from ..store import ScoreDB
     from .protocol import describe_images, pixel_fingerprint
 

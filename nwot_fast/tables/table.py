@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .._common import DTYPES, METHODS, NUM_ARCHS, atomic_write, check_input_file
+from ..scorefile import index_score_arrays
 
 __all__ = ["FORMAT", "SHIPPED_DIR", "ScoreTable", "TableIntegrityError", "float32_error", "list_tables", "read_table",
            "summary_counts", "table_paths", "write_table"]
@@ -168,16 +169,13 @@ def write_table(directory, name: str, indices, scores, provenance: dict) -> Scor
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"table directory {directory!r} does not exist")
-    idx = np.asarray(indices, dtype=np.int64)
-    sc = np.asarray(scores, dtype=np.float64)
-    if idx.ndim != 1 or idx.shape != sc.shape:
-        raise ValueError(f"indices and scores must be 1-D of the same length, got {idx.shape} and {sc.shape}")
+    idx, sc = index_score_arrays(indices, scores)
     if idx.size == 0:
         raise ValueError("a table needs at least one row")
     order = np.argsort(idx, kind="stable")
     idx, sc = idx[order], sc[order]
-    if idx[0] < 0 or idx[-1] >= NUM_ARCHS or np.any(np.diff(idx) == 0):
-        raise ValueError(f"indices must be distinct benchmark indices in 0..{NUM_ARCHS - 1}")
+    if np.any(np.diff(idx) == 0):
+        raise ValueError("indices must be distinct benchmark indices")
     if np.isposinf(sc).any():
         raise ValueError("a score is +inf; no NASWOT score can be (NaN and -inf are the degenerate values)")
     text = _csv_text(idx, sc)

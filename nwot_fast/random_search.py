@@ -39,6 +39,16 @@ def nanargmax(scores: Sequence[float]) -> Optional[int]:
 
 @dataclass
 class RunResult:
+    """One run of a random search.
+
+    ``run``: its number (0-based); ``seed``: the run's own seed (``derive_seed(search seed, run)``)
+    for its draws, weights and batches; ``indices`` / ``scores``: the ``n_samples`` benchmark indices
+    drawn (with replacement) and their scores, in draw order; ``chosen_index`` / ``chosen_arch`` /
+    ``chosen_score``: the :func:`nanargmax` of those scores (None / None / NaN when every score is
+    NaN); ``seconds``: the run's wall time; ``accuracies``: the chosen architecture's NB201
+    accuracies keyed ``str(AccuracyKey)``, ``"cifar10/test"`` (empty without an accuracy table).
+    """
+
     run: int
     seed: int
     indices: List[int]
@@ -50,6 +60,7 @@ class RunResult:
     accuracies: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The run as JSON-ready values (scores in the package's JSON spelling of NaN/inf)."""
         return {
             "run": self.run,
             "seed": self.seed,
@@ -65,6 +76,10 @@ class RunResult:
 
 @dataclass
 class SearchResult:
+    """What :func:`search` returns: the resolved scoring configuration, ``n_samples`` per run,
+    a description of the inputs, where the accuracies came from (None without them) and the
+    :class:`RunResult` of each run in run order."""
+
     config: ScoreConfig
     n_samples: int
     data_description: str
@@ -82,6 +97,7 @@ class SearchResult:
         return out
 
     def to_dict(self) -> dict:
+        """The search as JSON-ready values: configuration, every run and :meth:`summary`."""
         return {
             "config": self.config.identity(),
             "engine": self.config.engine,
@@ -95,7 +111,9 @@ class SearchResult:
         }
 
     def format_table(self) -> str:
-        keys = [f"{d}/{s}" for d, s in ACCURACY_KEYS] if self.accuracies_source else []
+        """The text ``nwot-fast search`` prints: one row per run, then the mean and std of each
+        accuracy and the median time per run."""
+        keys = [str(k) for k in ACCURACY_KEYS] if self.accuracies_source else []
         head = ["run", "index", "score", "seconds"] + keys + ["arch"]
         rows = []
         for r in self.runs:
@@ -187,7 +205,7 @@ def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, tot
     accs: Dict[str, float] = {}
     if table is not None and chosen is not None:
         # The columns the table has (a CSV may hold only some datasets), as evaluate reports them.
-        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in table.splits}
+        accs = {str(k): float(table.accuracy(chosen, *k)) for k in table.splits}
     result = RunResult(
         run=r,
         seed=run_seed,

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_seed, json_float
+from ._common import METHODS, NUM_ARCHS, AccuracyKey, check_input_file, check_seed, json_float
 from .args import N_ARCHS, check_choice, check_flag
 from .paths import check_distinct
 from .scorefile import ScoreFile, check_output_path, read_scores, write_scores
@@ -38,7 +38,13 @@ def sample_indices(n_archs: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class EvaluationResult:
-    """Scores of a set of architectures and their rank correlations with NB201 accuracies."""
+    """Scores of a set of architectures and their rank correlations with NB201 accuracies.
+
+    ``indices`` (int64), ``scores`` (float64; NaN / -inf are counted, not ranked) and ``seconds``
+    (float64 scoring time per architecture, NaN where unknown) have shape ``(n_archs,)``, in the
+    order evaluated. ``correlations``: one dict per (dataset, split) of the accuracy table, with
+    ``dataset``, ``split``, ``kendall_tau``, ``spearman_rho`` and ``n`` (the finite scores used).
+    """
 
     method: str
     indices: np.ndarray
@@ -55,6 +61,7 @@ class EvaluationResult:
 
     @property
     def n_archs(self) -> int:
+        """How many architectures were evaluated (NaN and -inf scores included)."""
         return int(self.indices.shape[0])
 
     n_nan = property(lambda self: int(np.count_nonzero(np.isnan(self.scores))))
@@ -63,6 +70,8 @@ class EvaluationResult:
     n_finite = property(lambda self: int(np.count_nonzero(np.isfinite(self.scores))))
 
     def correlation(self, dataset: str, split: str) -> dict:
+        """The correlation record of ``dataset`` (e.g. ``"cifar10"``) and ``split`` (``"val"`` or
+        ``"test"``); KeyError, naming those there are, when the table had no such column."""
         for c in self.correlations:
             if c["dataset"] == dataset and c["split"] == split:
                 return c
@@ -70,9 +79,12 @@ class EvaluationResult:
                        f"{', '.join(c['dataset'] + ' ' + c['split'] for c in self.correlations)}")
 
     def scores_by_index(self) -> Dict[int, float]:
+        """``{benchmark index: score}`` of every evaluated architecture."""
         return {int(i): float(s) for i, s in zip(self.indices, self.scores)}
 
     def to_dict(self, *, records: bool = False) -> dict:
+        """What ``evaluate --json`` prints: selection, counts, correlations per dataset and split,
+        timing; with ``records`` also every (index, score)."""
         corr: Dict[str, Dict[str, dict]] = {}
         for c in self.correlations:
             corr.setdefault(c["dataset"], {})[c["split"]] = {
@@ -101,6 +113,7 @@ class EvaluationResult:
         return d
 
     def format_table(self) -> str:
+        """The text ``nwot-fast evaluate`` prints: counts, then one correlation row per accuracy."""
         lines = [
             f"{self.method}: {self.n_archs} architectures ({self.selection})",
             f"data: {self.data_description}",
@@ -112,16 +125,17 @@ class EvaluationResult:
             f"{'accuracy':<24} {'n':>6} {'Kendall tau':>12} {'Spearman rho':>13}",
         ]
         for c in self.correlations:
-            lines.append(f"{accuracy_label(c['dataset'], c['split']):<24} {c['n']:>6} {c['kendall_tau']:>12.3f} "
+            lines.append(f"{AccuracyKey(c['dataset'], c['split']).label:<24} {c['n']:>6} {c['kendall_tau']:>12.3f} "
                          f"{c['spearman_rho']:>13.3f}")
         if self.scores_file:
             lines.append(f"\nscores written to {self.scores_file}")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """The correlations as a Markdown table (the report's)."""
         rows = ["| accuracy | n | Kendall tau | Spearman rho |", "|:--|--:|--:|--:|"]
         for c in self.correlations:
-            rows.append(f"| {accuracy_label(c['dataset'], c['split'])} | {c['n']} | {c['kendall_tau']:.3f} | "
+            rows.append(f"| {AccuracyKey(c['dataset'], c['split']).label} | {c['n']} | {c['kendall_tau']:.3f} | "
                         f"{c['spearman_rho']:.3f} |")
         return "\n".join(rows)
 
@@ -136,7 +150,7 @@ def _selection(n_archs, all_archs, indices, seed) -> Tuple[Optional[np.ndarray],
         n = N_ARCHS.check(n_archs, "n_archs")
         return sample_indices(n, seed), f"seeded random sample of {n} (numpy default_rng({seed}).permutation)"
     if indices is not None:
-        from .scan import parse_indices
+        from .scanning import parse_indices
 
         idx = np.asarray(parse_indices(indices), dtype=np.int64)
         if idx.size == 0:
@@ -161,14 +175,14 @@ def evaluate(
     ``dataset``, ``batch_size``, ``augment``, ``fixed_batch``, ``seed`` (also the seed of the
     sample), ``relu_match``, ``engine``, ``device``, ``dtype``; see
     :func:`nwot_fast.config.score_config`); ``db`` makes the scoring a durable, resumable scan
-    (:func:`nwot_fast.scan.scan`). ``scores_in`` reads the scores of an earlier run instead of
+    (:func:`nwot_fast.scanning.scan`). ``scores_in`` reads the scores of an earlier run instead of
     scoring (with a selection given, those indices are taken from the file; ``method``, when
     given, picks that method's rows and must be given for a file of several methods; ``seed`` is
     the seed of the sample; ``db``, ``ray``, ``config`` and the other scoring options are
     refused with it, since nothing is scored). ``scores_out`` writes the per-architecture scores
     (``.csv``, ``.jsonl`` or ``.json``). ``accuracies``: a path to the NB201 accuracy CSV /
     official ``.pth``, or an AccuracyTable. ``ray``: score on a Ray cluster, as
-    :func:`nwot_fast.scan.scan` does (``True``: a local instance; or an address).
+    :func:`nwot_fast.scanning.scan` does (``True``: a local instance; or an address).
     """
     from .accuracies import as_table
 
@@ -258,7 +272,7 @@ def _read(scores_in, method: Optional[str], wanted, selection: str):
 
 def _score(wanted, db, progress, config, options, ray=None):
     """Scores of ``wanted`` from a scan under the configuration of the call."""
-    from .scan import scan
+    from .scanning import scan
     from .config import score_config
 
     cfg = score_config(config, **options)

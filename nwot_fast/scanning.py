@@ -37,16 +37,8 @@ from .config import ScoreConfig, score_config
 from .scorer import Scorer
 from .store import ScanDatabaseError, ScoreDB, StoredScore, load_scores
 
-__all__ = [
-    "scan",
-    "ScanResult",
-    "ScanDatabaseError",
-    "ScoreDB",
-    "load_scores",
-    "parse_indices",
-    "OUTPUT_FORMATS",
-    "check_output_path",
-]
+__all__ = ["scan", "ScanResult", "ScanDatabaseError", "ScoreDB", "load_scores", "parse_indices", "OUTPUT_FORMATS",
+           "check_output_path"]
 
 GAUSSIAN_DATA = "Gaussian N(0, 1) random inputs (no data path given)"
 
@@ -128,6 +120,10 @@ def parse_indices(spec) -> List[int]:
 class ScanResult:
     """Scores of the requested indices, in the requested order.
 
+    Arrays of shape ``(n,)``, ``n`` requested indices: ``indices`` and ``representatives`` (int64),
+    ``scores`` (float64; NaN and -inf are results) and ``seconds`` (float64 time of each row's
+    network; NaN for a reused row or where unknown). ``config``: the resolved :class:`ScoreConfig`;
+    ``config_hash``: its key in the database ``db`` (None: in memory only).
     ``representatives[k]`` is the index whose network produced ``scores[k]``: the index itself,
     or (with ``dedup``) its isomorphism representative. ``scored`` counts the indices with their
     own score, ``reused`` those filled from a representative; ``resumed`` how many were already
@@ -151,26 +147,31 @@ class ScanResult:
 
     @property
     def archs(self) -> List[str]:
+        """The official arch string of each index, in row order (built on first use)."""
         if self._archs is None:
             self._archs = [str(arch_at(int(i))) for i in self.indices]
         return self._archs
 
     @property
     def reused_mask(self) -> np.ndarray:
+        """Bool array ``(n,)``: True where the row's score was filled from its representative."""
         return self.representatives != self.indices
 
     @property
     def scored(self) -> int:
+        """How many rows carry their own network's score."""
         return int(np.count_nonzero(~self.reused_mask))
 
     @property
     def reused(self) -> int:
+        """How many rows were filled from an isomorphic representative (``dedup``)."""
         return int(np.count_nonzero(self.reused_mask))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def to_records(self) -> List[dict]:
+        """One dict per row, in row order (:meth:`json_records`: the same for JSON)."""
         method = self.config.method
         out = []
         for i, a, s, r, sec in zip(self.indices, self.archs, self.scores, self.representatives, self.seconds):
@@ -194,6 +195,7 @@ class ScanResult:
                 for rec in self.to_records()]
 
     def to_dict(self, *, records: bool = True) -> dict:
+        """What ``scan --json`` prints: the counts, the configuration and (``records``) every row."""
         finite = np.isfinite(self.scores)
         d = {
             "n": len(self),
@@ -220,6 +222,7 @@ class ScanResult:
         return d
 
     def summary(self) -> str:
+        """The few lines ``nwot-fast scan`` prints: counts, data, config hash, database."""
         d = self.to_dict(records=False)
         lines = [
             f"scanned {d['n']} architectures with {d['method']}: {d['scored']} own scores, "
