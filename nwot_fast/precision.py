@@ -38,9 +38,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 import torch
 
 from . import reference
-from .scorer import score_archs
+from .scorer import score_archs, score_with_reference
 from ._common import torch_dtype
-from .nb201 import build_network, index_of
+from .nb201 import index_of
 from .nb201.index import as_arch
 
 FACTOR = 2.0
@@ -86,28 +86,16 @@ def reference_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int
     Returns:
         The scores as floats, in the order of ``archs``.
     """
-    scores = []
-    for arch in archs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_network(as_arch(arch)).to(device)
-        scores.append(reference.score(net, x.to(device), method, relu_match=relu_match, dtype=dtype))
-    return scores
+    x = x.to(device)
+    return [score_with_reference(as_arch(arch), x, method=method, seed=seed, relu_match=relu_match, dtype=dtype)
+            for arch in archs]
 
 
 def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
                 relu_match: str = "name", device="cpu", **options) -> List[float]:
     """The fast engine: :func:`nwot_fast.scorer.score_archs` (``options`` go to it, e.g. ``chunk``
-    or ``mode``).
-
-    Args:
-        archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
-        x: ``[B, 3, H, W]`` floating: the one batch for all of them.
-        method, seed, dtype, relu_match, device: as for :func:`nwot_fast.per_arch.score_arch`.
-
-    Returns:
-        The scores as floats, in the order of ``archs``.
-    """
+    or ``mode``). Arguments and result as for :func:`reference_scores` (``x``: ``[B, 3, H, W]``
+    floating, the one batch for all; the scores as floats, in the order of ``archs``)."""
     return list(score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
                             relu_match=relu_match, dtype=dtype, **options))
 

@@ -119,17 +119,19 @@ def _scatter_case(dtype, dest_kind, src_kind, masked, seed):
 
 
 def _composition(dest, dest_index, src, src_index, relu_out, accumulate):
-    """What sparse.py did before the fused op: index_select, threshold_backward, index_copy_ /
-    index_add_ (or copy_ / add_)."""
-    v = src if src_index is None else src.index_select(1, src_index)
-    if relu_out is not None:
-        v = torch.ops.aten.threshold_backward(v, relu_out, 0)
-    if dest_index is None:
-        dest.add_(v) if accumulate else dest.copy_(v)
-    elif accumulate:
-        dest.index_add_(1, dest_index, v)
-    else:
-        dest.index_copy_(1, dest_index, v)
+    """The op's definition channel by channel (independent of the fallback's index_select /
+    threshold_backward / index_copy_ or index_add_ form): channel k of the source, zeroed where
+    the ReLU output is <= 0 (NaN passes, as in threshold_backward), written into or added to
+    its destination channel."""
+    for k in range(src.shape[1] if src_index is None else src_index.numel()):
+        v = src[:, k if src_index is None else int(src_index[k])]
+        if relu_out is not None:
+            v = torch.where(relu_out[:, k] <= 0, torch.zeros((), dtype=v.dtype), v)
+        d = k if dest_index is None else int(dest_index[k])
+        if accumulate:
+            dest[:, d] += v
+        else:
+            dest[:, d] = v
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

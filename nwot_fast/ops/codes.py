@@ -91,6 +91,14 @@ def pack_codes(x: torch.Tensor) -> torch.Tensor:
     return pack_codes_fallback(x)
 
 
+def _check_codes_on_one_device(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> None:
+    """The arguments of :func:`hamming_kernel` / :func:`hook_logdet_score`: their checks, one device."""
+    _check_codes(codes, multiplicity, units)
+    check_device(codes, "codes")
+    check_same_device(multiplicity, "multiplicity", codes, "codes")
+    check_same_device(units, "units", codes, "codes")
+
+
 def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """The agreement counts of packed codes (the module docstring's formula).
 
@@ -106,10 +114,7 @@ def hamming_kernel(codes: torch.Tensor, multiplicity: torch.Tensor, units: torch
         ``K [A, B, B]`` int64 on that device: ``K[a, i, j]`` the units on which samples ``i``
         and ``j`` of architecture ``a`` agree, counted with their multiplicities.
     """
-    _check_codes(codes, multiplicity, units)
-    check_device(codes, "codes")
-    check_same_device(multiplicity, "multiplicity", codes, "codes")
-    check_same_device(units, "units", codes, "codes")
+    _check_codes_on_one_device(codes, multiplicity, units)
     if compiled(codes.device.type):
         return torch.ops.nwot_fast.hamming_kernel(codes, multiplicity, units)
     return hamming_kernel_fallback(codes, multiplicity, units)
@@ -137,20 +142,13 @@ def hook_logdet_score(codes: torch.Tensor, multiplicity: torch.Tensor, units: to
     """hook_logdet's score from packed codes: :func:`hamming_kernel` then :func:`logdet_score`, fused.
 
     Args:
-        codes: ``[A, B, W]`` int64: per architecture and sample, the packed ReLU codes
-            (:func:`pack_codes`, several layers concatenated along ``W``).
-        multiplicity: ``[A, W]`` int64: how often each word counts (0: padding).
-        units: ``[A]`` int64: per architecture, the code units counted with their
-            multiplicities (the value of K's entries for identical codes).
-        All three on one device (CPU or CUDA).
+        codes, multiplicity, units: as for :func:`hamming_kernel` (``[A, B, W]``, ``[A, W]``,
+            ``[A]``, int64, on one device).
 
     Returns:
         ``[A]`` float64 on that device: ``log|det K|``, ``-inf`` where K is singular.
     """
-    _check_codes(codes, multiplicity, units)
-    check_device(codes, "codes")
-    check_same_device(multiplicity, "multiplicity", codes, "codes")
-    check_same_device(units, "units", codes, "codes")
+    _check_codes_on_one_device(codes, multiplicity, units)
     if compiled(codes.device.type):
         return torch.ops.nwot_fast.hook_logdet_score(codes, multiplicity, units)
     return hook_logdet_score_fallback(codes, multiplicity, units)
