@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nwot_fast-installed
 RUNTIME_DEPS := numpy scipy tqdm matplotlib nas-bench-201
 BUILD_DEPS := setuptools wheel pybind11 ninja
-TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3'
+TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3' statsmodels 'pytorchcv==0.0.67'
 SOURCES := setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 
 DEMO_ARGS := --n-samples 10 --runs 3
@@ -56,15 +56,17 @@ bench: install
 check-cuda-build:
 	bash .ci/check_cuda_build.sh
 
-# On a CUDA machine (no network needed): builds nwot_fast._C in place for the visible GPU, runs
-# the operator tests, the never-exercised cases, the precision check and the whole-space
-# timing; report in $(GPU_CHECK_OUT). GPU_CHECK_PYTHON: an interpreter with torch (CUDA build).
+# On a CUDA machine: the same as `python3 bench/gpu_check.py --out DIR` (make is not needed
+# there): builds nwot_fast._C in place for the visible GPU, runs the CUDA operator tests, the
+# precision check and the whole-space timing; report in $(GPU_CHECK_OUT) ($OUT when set).
+# GPU_CHECK_PYTHON: an interpreter with torch (CUDA build), numpy and pytest.
 GPU_CHECK_PYTHON ?= python3
-GPU_CHECK_OUT ?= bench/gpu_check_out
+GPU_CHECK_OUT ?= $(if $(OUT),$(OUT),build/gpu_check_out)
 gpu-check:
 	$(GPU_CHECK_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT)
 
-# The same steps on the CPU with tiny sizes and no build (CI).
+# The same steps on the CPU with tiny sizes and no build, by hand (CI runs it through
+# tests/test_gpu_check.py, once).
 gpu-check-smoke: install
 	$(BIN)/python bench/gpu_check.py --smoke --out build/gpu_check_smoke
 

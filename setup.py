@@ -125,7 +125,19 @@ setup(
     # ninja: compiling on first use (torch.utils.cpp_extension.load) needs it. torch >= 2.9: the
     # range README states (the tests use its fp32_precision API).
     install_requires=["torch>=2.9", "numpy", "scipy", "tqdm", "ninja"],
-    extras_require={"ray": ["ray>=2.60,<3"]},  # scans over a Ray cluster (nwot_fast.distributed)
+    # Every package a command imports is declared: the core above, and per extra what one
+    # command needs (its error says which extra to install, nwot_fast.errors.require).
+    extras_require={
+        "ray": ["ray>=2.60,<3"],  # scan / evaluate --ray (nwot_fast.distributed)
+        "report": ["matplotlib>=3.6"],  # nwot-fast report: its figures (nwot_fast.figures)
+        "nb201": ["nas-bench-201"],  # reading the official NB201 .pth benchmark file (nwot_fast.accuracies)
+        # Figure 5 (nwot_fast.zoo): pytorchcv's CIFAR-10 models and the least-squares fits. pytorchcv
+        # >= 0.0.73 imports torchvision (a build matching the installed torch is needed); 0.0.67 does not.
+        "zoo": ["pytorchcv>=0.0.67", "statsmodels>=0.14"],
+        "all": ["ray>=2.60,<3", "matplotlib>=3.6", "nas-bench-201", "pytorchcv>=0.0.67", "statsmodels>=0.14"],
+    },
+    # the score tables shipped with the package (nwot_fast.tables), with their provenance records
+    package_data={"nwot_fast.tables": ["shipped/*.csv", "shipped/*.json", "shipped/README.md"]},
     entry_points={"console_scripts": ["nwot-fast = nwot_fast.cli:main"]},
     ext_modules=EXTENSIONS,
     cmdclass=_cmdclass(EXTENSIONS),

@@ -16,9 +16,9 @@ On the same fixed architectures, batch (real CIFAR-10 training images from
    the first element of xautodl's ``(features, logits)``; here the logits are used, as by this
    project's score, so the three columns compute the same number at the same cost.)
 2. ``pure``: :func:`nwot_fast.reference.score` on :func:`nwot_fast.nb201.build_network`.
-3. ``fast``: :func:`nwot_fast.fast.score_arch`.
+3. ``fast``: :func:`nwot_fast.per_arch.score_arch`.
 4. After the per-architecture table, the whole set in rounds alternating the authors'
-   procedure, ``fast.score_archs`` with its default engine choice, and the batched engine
+   procedure, ``schedule.score_archs`` with its default engine choice, and the batched engine
    (``batched=True``, default chunk): the engines' columns for the set.
 
 Each time includes building the network. The three are interleaved per repeat so that the
@@ -43,20 +43,16 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nwot_fast import per_arch, plans, reference, schedule
+from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nwot_fast import fast, reference  # noqa: E402
-from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network  # noqa: E402
-
 DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
 EPS = 1e-5
 # The variables that hold each library of the process to an instruction set: ATen's kernels
@@ -208,7 +204,7 @@ def pure_score(arch, x, method, seed):
 
 
 def fast_score(arch, x, method, seed):
-    return fast.score_arch(arch, x, method=method, seed=seed)
+    return per_arch.score_arch(arch, x, method=method, seed=seed)
 
 
 def _timed(fn):
@@ -227,10 +223,10 @@ def _rel(a, b):
 
 def _set_timings(indices, x, method, seed, repeats, authors_fn, log):
     """The whole set at once, rounds alternating: the authors' procedure arch by arch,
-    ``fast.score_archs`` with the default engine choice, and with ``batched=True`` (default
+    ``schedule.score_archs`` with the default engine choice, and with ``batched=True`` (default
     chunk); the median round of each and the ratios."""
     def run(batched):
-        return list(fast.score_archs(indices, lambda _: x, method=method, seed=seed, batched=batched))
+        return list(schedule.score_archs(indices, lambda _: x, method=method, seed=seed, batched=batched))
 
     times = {"authors": [], "default": [], "batched": []}
     scores = {}
@@ -244,7 +240,7 @@ def _set_timings(indices, x, method, seed, repeats, authors_fn, log):
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "median_s": med,
-        "default_engine": "batched" if fast.use_batched("cpu", x.shape[0]) else "per-plan",
+        "default_engine": "batched" if schedule.use_batched("cpu", x.shape[0]) else "per-plan",
         "ratio_authors_over_default": med["authors"] / med["default"],
         "ratio_authors_over_batched": med["authors"] / med["batched"],
         "max_rel_diff_batched_vs_authors": max(_rel(a, b) for a, b in zip(scores["batched"], scores["authors"])),
@@ -301,8 +297,8 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=No
                 scores["fast"], t = _timed(lambda: fast_score(arch, x, method, seed))
                 times["fast"].append(t)
             med = {k: statistics.median(v) for k, v in times.items()}
-            plan = fast.compile_plan(arch, method)
-            flops = fast.plan_flops(plan, batch_size) * (2 if method == "jacob_cov" else 1)
+            plan = plans.compile_plan(arch, method)
+            flops = plans.plan_flops(plan, batch_size) * (2 if method == "jacob_cov" else 1)
             floor_s = flops / (gflops * 1e9)
             row = {
                 "index": index,

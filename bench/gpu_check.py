@@ -1,330 +1,545 @@
-"""One command that builds, verifies and times the GPU path of nwot_fast (issue 11).
+"""Build, verify and time the GPU path of nwot_fast on a CUDA machine, and always leave a report.
 
-    python bench/gpu_check.py --out DIR            # on a CUDA machine (make gpu-check)
-    python bench/gpu_check.py --out DIR --smoke    # the same steps on the CPU, tiny sizes, no build
+On the device (python3 with a CUDA build of torch, numpy and pytest; nvcc; no network, no make):
 
-Steps (each with ok / seconds / figures, written to DIR/gpu_check.json and DIR/gpu_check.md
-after every step, so that a run cut short still leaves its report):
+    python3 bench/gpu_check.py --out DIR    # DIR defaults to $OUT when that is set
 
-0. build      ``python setup.py build_ext --inplace`` (MAX_JOBS = cores, TORCH_CUDA_ARCH_LIST
-              from the visible GPU); skipped with --smoke or --no-build.
-1. backend    ``backend_info()``: compiled, CUDA, which eigensolver.
-2. op_tests   pytest on the operator test files; fails on any CUDA test that was skipped.
-3. cases      the cases a review found never exercised: W > 32 code words, multi-chunk
-              jacob_cov, D < B, a side stream under ``set_sync_debug_mode("error")``,
-              non-contiguous / channels-last inputs, the size limits (A > 65535), exact
-              singularity, the older eigensolver path (NWOT_FORCE_SYEVJ), float64 inputs, each
-              op twice bitwise equal.
-4. precision  the fast path (score_arch) and the batched engine (score_archs) in each layout
-              (sparse, merged, dense: CUDA's default) on the device against the float64 truth
-              (the pure path in float64): per arch, the float32 error at most 2x the error of
-              the authors' float32 procedure on the same arch; float64 within 1e-9.
-5. timing     the whole NB201 space (15,625) per score at batch 128, end to end (data,
-              weights, network, post-processing), peak GPU memory. A sample is timed first;
-              if the time left (--time-budget, --deadline) would not allow the rest, the sample
-              is extrapolated and the report says so.
-6. scores     the scores of step 5 as DIR/nb201_scores.csv.
+The same steps on the CPU with tiny sizes and no build (what CI runs, through tests/test_gpu_check.py):
 
-Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data relative to the repository if
-present, else Gaussian inputs (the report says which). Needs only python3 with torch, numpy, pytest (no network).
+    python3 bench/gpu_check.py --smoke --out DIR
+
+Steps, in order; every one runs whatever the others did, each in subprocesses with a timeout
+(a hang or a crash ends that step only), and the whole run within --deadline (7 minutes on the
+device, build included):
+
+  build      python setup.py build_ext --inplace (FORCE_CUDA=1, MAX_JOBS = cores; the visible
+             GPU's architecture); skipped with --smoke or --no-build.
+  backend    nwot_fast.backend_info(): compiled, the CUDA backend, which eigensolver; the device.
+  tests      pytest on tests/test_ops.py, test_ops_degenerate.py and test_ops_cuda.py, only their
+             CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
+  precision  the fast path and the batched engine (each layout) on the device against the float64
+             truth and the authors' float32 procedure: the contract of docs/PRECISION.md.
+  timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
+             users run, for jacob_cov and hook_logdet at batch 128, without and then with
+             --dedup (6,466 classes); a scan stopped by its share of the time is reported as a
+             measured index prefix and an extrapolation, and says so.
+
+Report, in DIR (at most 8 files, none deeper than DIR/logs):
+
+  gpu_check.json    strict JSON (no NaN or Infinity), replaced atomically at each step's start
+                    ("running": step), after every timed sample and at each step's end: so a
+                    run killed at any moment leaves it readable. "failures" lists every failing
+                    check, with the failing test names; "summary" is the closing line.
+  gpu_check.md      the same, as tables.
+  nb201_scores.csv  index, arch, jacob_cov, hook_logdet: the scores of the timing scans
+                    (rewritten after each scan).
+  logs/build.log, logs/tests.log, logs/checks.log (backend, precision), logs/timing.log:
+                    the output of every subprocess.
+
+Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data beside the checkout if present,
+else Gaussian inputs (the report says which). Exit code 0 when every step passed, 1 otherwise,
+143 on SIGTERM (the running subprocess killed, the report written); the last line printed is
+the summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import glob
 import json
-import math
 import os
 import platform
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 import traceback
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from nwot_fast._common import atomic_write, jsonable  # noqa: E402  (torch-free)
+
 SPACE = 15625
-OP_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py"]
-# Skips that are not a missing CUDA backend: the pure fallback is tested on the CPU only.
-BY_DESIGN_SKIPS = ("the fallback is checked on the CPU",)
+STEPS = ("build", "backend", "tests", "precision", "timing")
+OP_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py"]
+# Skips that are not a missing CUDA backend.
+BY_DESIGN_SKIPS = ("the fallback is checked on the CPU", "the GPU's arithmetic is fused")
+LOGS = {"build": "logs/build.log", "backend": "logs/checks.log", "tests": "logs/tests.log",
+        "precision": "logs/checks.log", "timing": "logs/timing.log"}
+REPORT_FILES = ("gpu_check.json", "gpu_check.md", "nb201_scores.csv")
+RESULT_MARK = "GPU_CHECK_RESULT "
+# Seconds each step may take at most (device, smoke); the timing step takes what is left. A
+# step also leaves RESERVE seconds to each step after it, so that a slow build cannot starve them.
+CAPS = {"build": (200, None), "backend": (40, 180), "tests": (120, 420), "precision": (110, 420)}
+RESERVE = {"backend": 15, "tests": 40, "precision": 30, "timing": 30}
+# Scans of the timing step, in the order they get the time.
+SCANS = (("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True))
+
+START = time.monotonic()
 
 
 def log(msg: str) -> None:
     print(f"[gpu_check {time.monotonic() - START:6.1f}s] {msg}", flush=True)
 
 
-START = time.monotonic()
+class Interrupted(Exception):
+    """SIGTERM: the report is written, the running subprocess killed, the exit code 143."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: a log file, a timeout, the whole process group killed at the end of it
+
+
+def run_logged(cmd, log_path: str, timeout: float, *, env=None, poll=None, poll_s: float = 5.0):
+    """Run ``cmd`` in ROOT with stdout and stderr appended to ``log_path``; at ``timeout``
+    seconds kill its process group. ``poll(proc, seconds)`` is called every ``poll_s`` seconds
+    while it runs. Returns (exit code, or None if it was killed at the timeout; seconds)."""
+    timeout = max(1.0, timeout)
+    with open(log_path, "a") as out:
+        out.write(f"\n===== {' '.join(cmd)}  (timeout {timeout:.0f} s)\n")
+        out.flush()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            while True:
+                left = timeout - (time.monotonic() - t0)
+                if left <= 0:
+                    _kill(proc)
+                    out.write(f"\n===== killed after {timeout:.0f} s (its timeout)\n")
+                    return None, time.monotonic() - t0
+                try:
+                    rc = proc.wait(timeout=min(left, poll_s) if poll else left)
+                    out.write(f"\n===== exit code {rc} after {time.monotonic() - t0:.1f} s\n")
+                    return rc, time.monotonic() - t0
+                except subprocess.TimeoutExpired:
+                    if poll:
+                        poll(proc, time.monotonic() - t0)
+        except BaseException:
+            _kill(proc)
+            raise
+
+
+def _kill(proc) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this call started (start_new_session)
+    proc.wait()
+
+
+def child_env(args) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["NWOT_FAST_NO_JIT"] = "1"  # a failed build is reported, not silently compiled again on first use
+    return env
+
+
+def read_result(log_path: str, offset: int) -> dict:
+    """The figures a child step printed (its last RESULT_MARK line after ``offset``)."""
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)
+        lines = [line for line in f if line.startswith(RESULT_MARK)]
+    if not lines:
+        raise RuntimeError("the step printed no result (crashed or killed: see its log)")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def log_tail(path: str, chars: int = 3000) -> str:
+    with open(path, errors="replace") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - chars))
+        return f.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
 
 
 class Report:
-    def __init__(self, out: str, args):
-        self.out = out
-        self.data = {"steps": [], "smoke": args.smoke, "argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        os.makedirs(out, exist_ok=True)
+    """gpu_check.json and gpu_check.md in DIR, replaced atomically on every write."""
 
-    def step(self, name: str, fn, *a, **kw) -> dict:
-        log(f"step {name} ...")
-        t0 = time.perf_counter()
-        entry = {"name": name}
-        try:
-            figures = fn(*a, **kw) or {}
-            entry.update(figures)
-            entry.setdefault("ok", True)
-        except Exception as exc:  # a failed step is recorded, and the next steps still run
-            entry["ok"] = False
-            entry["error"] = f"{type(exc).__name__}: {exc}"
-            entry["traceback"] = traceback.format_exc()[-4000:]
-        entry["seconds"] = round(time.perf_counter() - t0, 2)
-        self.data["steps"].append(entry)
-        log(f"step {name}: {'ok' if entry['ok'] else 'FAIL'} in {entry['seconds']} s"
-            + ("" if entry["ok"] else f" - {entry.get('error', '')}"))
-        self.write()
-        return entry
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out
+        self.data = {
+            "tool": "bench/gpu_check.py", "smoke": args.smoke,
+            "command": " ".join(["python3", "bench/gpu_check.py"] + list(args.argv)),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "deadline_seconds": args.deadline,
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "device": None, "torch": None, "running": None, "pending": list(args.steps),
+            "steps": [], "failures": [], "ok": False, "total_seconds": 0.0, "summary": None,
+        }
 
     def write(self) -> None:
-        self.data["total_seconds"] = round(time.monotonic() - START, 1)
-        self.data["ok"] = all(s["ok"] for s in self.data["steps"])
-        with open(os.path.join(self.out, "gpu_check.json"), "w") as f:
-            json.dump(self.data, f, indent=1, default=str)
-        with open(os.path.join(self.out, "gpu_check.md"), "w") as f:
-            f.write(markdown(self.data))
+        d = self.data
+        d["total_seconds"] = round(time.monotonic() - START, 1)
+        d["failures"] = [f"{s['name']}: {f}" for s in d["steps"] for f in s.get("failures", [])]
+        d["ok"] = not d["pending"] and d["running"] is None and all(s.get("ok") for s in d["steps"])
+        text = json.dumps(jsonable(d), indent=1, allow_nan=False)
+        with atomic_write(os.path.join(self.out, "gpu_check.json"), "report") as f:
+            f.write(text + "\n")
+        with atomic_write(os.path.join(self.out, "gpu_check.md"), "report") as f:
+            f.write(markdown(d))
+
+    def step(self, name: str, fn, cap: float) -> dict:
+        """Run ``fn(entry, timeout)``: its figures go into the step's entry; an exception is
+        recorded as the step's failure and the next steps still run."""
+        entry = {"name": name, "ok": False, "log": LOGS.get(name)}
+        self.data["pending"].remove(name)
+        self.data["running"] = name
+        self.data["steps"].append(entry)
+        timeout = self.timeout_for(name, cap)
+        entry["timeout_seconds"] = round(timeout, 1)
+        self.write()
+        log(f"step {name} (timeout {timeout:.0f} s) ...")
+        t0 = time.monotonic()
+        try:
+            entry.update(fn(entry, timeout) or {})
+        except Interrupted:
+            entry.update(ok=False, failures=["interrupted (SIGTERM)"])
+            raise
+        except Exception as exc:
+            entry["ok"] = False
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["traceback"] = traceback.format_exc()[-3000:]
+        finally:
+            entry["seconds"] = round(time.monotonic() - t0, 1)
+            if not entry["ok"] and not entry.get("failures"):
+                entry["failures"] = [entry.get("error") or "failed (see its log)"]
+            self.data["running"] = None
+            self.write()
+        log(f"step {name}: {'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']} s"
+            + ("" if entry["ok"] else " - " + "; ".join(entry["failures"])[:500]))
+        return entry
+
+    def timeout_for(self, name: str, cap: float) -> float:
+        left = self.args.deadline - (time.monotonic() - START)
+        later = sum(RESERVE.get(s, 0) for s in self.data["pending"])
+        return max(1.0, min(cap, left - later))
 
 
-def markdown(data: dict) -> str:
-    lines = [f"# nwot_fast gpu_check{' (smoke, CPU)' if data['smoke'] else ''}", "",
-             f"- device: {data.get('device', '?')}", f"- torch: {data.get('torch', '?')}",
-             f"- started: {data['started']}, total {data['total_seconds']} s, "
-             f"{'all steps ok' if data['ok'] else 'SOME STEPS FAILED'}", "",
-             "| step | ok | seconds | figures |", "|---|---|---|---|"]
-    for s in data["steps"]:
-        figs = {k: v for k, v in s.items() if k not in ("name", "ok", "seconds", "traceback", "details", "per_arch")}
-        text = "; ".join(f"{k}={v}" for k, v in figs.items()).replace("|", "/").replace("\n", " ")
-        lines.append(f"| {s['name']} | {'ok' if s['ok'] else 'FAIL'} | {s['seconds']} | {text[:1500]} |")
-    for s in data["steps"]:
-        if s.get("per_arch"):
-            lines += ["", f"## {s['name']}: per architecture", "", "| arch | method | truth (float64) | "
-                      "authors' float32 rel. error | fast float32 rel. error | batched float32 rel. error | ok |",
+def _fmt(value) -> str:
+    """A figure for the Markdown tables: 3 significant digits for floats, '-' for none."""
+    if value is None or value == "":
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def markdown(d: dict) -> str:
+    status = "RUNNING " + d["running"] if d["running"] else ("all steps ok" if d["ok"] else "SOME CHECKS FAILED")
+    lines = [f"# nwot_fast gpu_check{' (smoke, CPU)' if d['smoke'] else ''}", "",
+             f"- command: `{d['command']}`", f"- device: {d['device']}", f"- torch: {d['torch']}",
+             f"- machine: {d['machine']['cores']} cores, Python {d['machine']['python']}, {d['machine']['platform']}",
+             f"- started: {d['started']}, {d['total_seconds']} s so far, {status}",
+             f"- not run (yet): {', '.join(d['pending']) or 'none'}", ""]
+    if d["summary"]:
+        lines += [f"**{d['summary']}**", ""]
+    lines += ["| step | ok | seconds | timeout | log |", "|---|---|---|---|---|"]
+    for s in d["steps"]:
+        lines.append(f"| {s['name']} | {'ok' if s['ok'] else 'FAIL'} | {s.get('seconds', 'running')} | "
+                     f"{s.get('timeout_seconds')} | {s.get('log') or ''} |")
+    if d["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in d["failures"]]
+    for s in d["steps"]:
+        if s["name"] == "precision" and s.get("summary"):
+            lines += ["", "## precision (relative error against the float64 truth)", "",
+                      "| method | engine | dtype | max | median | reference max | reference median |",
                       "|---|---|---|---|---|---|---|"]
-            for r in s["per_arch"]:
-                arch = r["arch"].replace("|", "\\|")
-                lines.append(f"| {arch} | {r['method']} | {r['truth']} | {r['ref32_err']} | {r['fast32_err']} | "
-                             f"{r['batched32_err']} | {r['ok']} |")
+            for r in s["summary"]:
+                lines.append(f"| {r['method']} | {r['engine']} | {r['dtype']} | " + " | ".join(
+                    _fmt(r.get(k)) for k in ("max", "median", "reference_max", "reference_median")) + " |")
+        if s["name"] == "timing" and s.get("scans"):
+            lines += ["", f"## timing ({s.get('data')}, batch {s.get('batch')}, {s.get('archs_in_space')} archs)", "",
+                      "| method | dedup | archs scored | seconds | archs/s after start-up | whole space (s) | "
+                      "extrapolated (s) | measured | peak GPU MiB |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in s["scans"]:
+                lines.append(f"| {r['method']} | {r['dedup']} | " + " | ".join(_fmt(r.get(k)) for k in (
+                    "scored", "seconds", "archs_per_second", "whole_space_seconds", "extrapolated_whole_space_seconds"))
+                    + f" | {r.get('measured', 'running')} | {_fmt(r.get('peak_gpu_memory_MiB'))} |")
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 0: build
+# Steps
 
 
-def build(args) -> dict:
-    import torch
+def build(args, report):
+    def run(entry, timeout):
+        env = dict(os.environ, FORCE_CUDA="1", MAX_JOBS=str(os.cpu_count() or 4))
+        cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
+        rc, _ = run_logged(cmd, os.path.join(args.out, LOGS["build"]), timeout, env=env)
+        out = {"command": " ".join(cmd[1:]), "MAX_JOBS": env["MAX_JOBS"], "rc": rc}
+        if rc != 0:
+            out["failures"] = [f"build {'timed out' if rc is None else f'failed (exit code {rc})'}: see {LOGS['build']}"]
+            out["log_tail"] = log_tail(os.path.join(args.out, LOGS["build"]))
+        return dict(out, ok=rc == 0)
 
-    env = dict(os.environ)
-    env["MAX_JOBS"] = str(os.cpu_count() or 4)
-    env["FORCE_CUDA"] = "1"
-    if torch.cuda.is_available():
-        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        env["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
-    cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    if proc.returncode != 0:
-        raise RuntimeError(f"build failed (rc {proc.returncode}): {tail}")
-    return {"command": " ".join(cmd), "MAX_JOBS": env["MAX_JOBS"],
-            "TORCH_CUDA_ARCH_LIST": env.get("TORCH_CUDA_ARCH_LIST", "")}
+    return run
+
+
+def child_step(name: str, args, report):
+    """A step whose work runs in `gpu_check.py --child NAME` (a fresh process and CUDA context)."""
+
+    def run(entry, timeout):
+        path = os.path.join(args.out, LOGS[name])
+        offset = os.path.getsize(path) if os.path.exists(path) else 0
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--out", args.out]
+        cmd += ["--smoke"] if args.smoke else []
+        cmd += ["--gaussian"] if args.gaussian else []
+        rc, _ = run_logged(cmd, path, timeout, env=child_env(args))
+        if rc is None:
+            return {"ok": False, "failures": [f"timed out after {timeout:.0f} s: see {LOGS[name]}"],
+                    "log_tail": log_tail(path)}
+        try:
+            result = read_result(path, offset)
+        except RuntimeError as exc:
+            return {"ok": False, "failures": [f"{exc} (exit code {rc})"], "log_tail": log_tail(path)}
+        if name == "backend":
+            report.data["device"], report.data["torch"] = result.get("device"), result.get("torch")
+        return result
+
+    return run
+
+
+# Pytest's verbose lines: "tests/x.py::test_y[cuda] PASSED  [ 10%]", and the test that was
+# running when a timeout hit (its name, no outcome yet).
+_VERBOSE = re.compile(r"^(\S+\.py::\S+)(?: (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b(?: \((.*)\))?)?")
+
+
+def parse_pytest(log_text: str, junit: str | None) -> dict:
+    """Outcomes per test from the JUnit XML when pytest finished, else from its verbose log:
+    {"passed": [...], "failed": [...], "skipped": [(name, reason)], "running": name or None}."""
+    out = {"passed": [], "failed": [], "skipped": [], "running": None}
+    if junit and os.path.exists(junit):
+        try:
+            cases = list(ET.parse(junit).getroot().iter("testcase"))
+        except ET.ParseError:
+            cases = None
+        if cases is not None:
+            for case in cases:
+                cls = case.get("classname", "")
+                name = f"{cls.replace('.', '/')}.py::{case.get('name')}" if cls else case.get("name")
+                skipped = case.find("skipped")
+                if skipped is not None:
+                    out["skipped"].append((name, skipped.get("message", "")))
+                elif case.find("failure") is not None or case.find("error") is not None:
+                    out["failed"].append(name)
+                else:
+                    out["passed"].append(name)
+            return out
+    for line in log_text.splitlines():
+        m = _VERBOSE.match(line)
+        if not m:
+            continue
+        name, outcome, reason = m.groups()
+        if outcome is None:
+            out["running"] = name
+        elif outcome in ("PASSED", "XFAIL"):
+            out["passed"].append(name)
+        elif outcome == "SKIPPED":
+            out["skipped"].append((name, reason or ""))
+        else:
+            out["failed"].append(name)
+        if outcome is not None and out["running"] == name:
+            out["running"] = None
+    return out
+
+
+def tests(args, report):
+    def run(entry, timeout):
+        path = os.path.join(args.out, LOGS["tests"])
+        offset = os.path.getsize(path) if os.path.exists(path) else 0
+        with tempfile.TemporaryDirectory() as tmp:
+            junit = os.path.join(tmp, "junit.xml")
+            cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+            # Smoke: the exact-decision cases on the CPU, and the CUDA file collected (skipped).
+            cmd += OP_TEST_FILES + ["-k", "cuda"] if not args.smoke else \
+                ["tests/test_ops_degenerate.py", "tests/test_ops_cuda.py", "-k", "cuda or cancelled or minus_inf"]
+            rc, _ = run_logged(cmd, path, timeout, env=child_env(args))
+            with open(path, errors="replace") as f:
+                f.seek(offset)
+                text = f.read()
+            res = parse_pytest(text, junit if rc is not None else None)
+        cuda_skips = [f"{n}: {r}" for n, r in res["skipped"]
+                      if ("cuda" in n.lower() or "cuda" in r.lower()) and not any(b in r for b in BY_DESIGN_SKIPS)]
+        failures = [f"failed: {n}" for n in res["failed"]]
+        if rc is None:
+            failures.append(f"timed out after {timeout:.0f} s" + (f" in {res['running']}" if res["running"] else ""))
+        elif rc != 0 and not (rc == 1 and res["failed"]):  # 1 with failures: listed above
+            failures.append(f"pytest exit code {rc}: see {LOGS['tests']}")
+        if not args.smoke:
+            failures += [f"skipped on the device: {s}" for s in cuda_skips]
+            if not any("cuda" in n for n in res["passed"]):
+                failures.append("no CUDA test passed")
+        out = {"ok": not failures, "command": " ".join(c for c in cmd[2:] if not c.startswith("--junitxml")), "rc": rc, "passed": len(res["passed"]),
+               "failed": len(res["failed"]), "skipped": len(res["skipped"]), "cuda_skips": cuda_skips,
+               "failures": failures}
+        if failures:
+            out["log_tail"] = text[-3000:]
+        return out
+
+    return run
+
+
+def timing(args, report):
+    def run(entry, timeout):
+        data = _data_file(args)
+        entry.update(data=data or "Gaussian N(0, 1) inputs (no cifar10_sample.npz found)", batch=args.batch,
+                     archs_in_space=args.space, device=args.device, scans=[])
+        scores = {}
+        t_end = time.monotonic() + timeout
+        with tempfile.TemporaryDirectory(prefix="gpu_check_scans_") as tmp:
+            for k, (method, dedup) in enumerate(SCANS):
+                share = (t_end - time.monotonic()) / (len(SCANS) - k)
+                scan = {"method": method, "dedup": dedup, "samples": []}
+                entry["scans"].append(scan)
+                got = _timed_scan(args, report, scan, os.path.join(tmp, f"{method}{'-dedup' if dedup else ''}.sqlite"),
+                                  data, share)
+                if not dedup:
+                    scores[method] = got
+                    _write_scores(args, scores)
+        failures = [f"{s['method']}{' --dedup' if s['dedup'] else ''}: {s['error']}" for s in entry["scans"] if s.get("error")]
+        return {"ok": not failures, "failures": failures, "csv": "nb201_scores.csv"}
+
+    return run
+
+
+def _data_file(args):
+    shared = os.environ.get("NWOT_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
+    path = os.path.normpath(os.path.join(shared, "cifar10_sample.npz"))
+    return path if os.path.exists(path) and not args.gaussian else None
+
+
+def _timed_scan(args, report, scan, db, data, timeout) -> dict:
+    """One `python -m nwot_fast scan` over the space; samples of its progress (rows committed
+    to its database) go into the report as they are taken. Returns {index: score text}."""
+    method, dedup = scan["method"], scan["dedup"]
+    cmd = [sys.executable, "-m", "nwot_fast", "scan", "--indices", f"0:{args.space}", "--db", db, "--method", method,
+           "--device", args.device, "--batch-size", str(args.batch), "-q"]
+    cmd += ["--dedup"] if dedup else []
+    cmd += ["--data", data] if data else []
+    scan["command"] = "python -m nwot_fast " + " ".join(cmd[3:]).replace(db, os.path.basename(db))
+    peak = []
+
+    def sample(proc, seconds):
+        scored, covered = _scan_progress(db)
+        scan["samples"].append({"seconds": round(seconds, 1), "scored": scored, "covered": covered})
+        mem = _gpu_memory_mib(proc.pid) if args.device == "cuda" else None
+        if mem is not None:
+            peak.append(mem)
+            scan["peak_gpu_memory_MiB"] = max(peak)
+        report.write()
+
+    log(f"  scan {method}{' --dedup' if dedup else ''} (at most {timeout:.0f} s)")
+    rc, seconds = run_logged(cmd, os.path.join(args.out, LOGS["timing"]), timeout, env=child_env(args),
+                             poll=sample, poll_s=args.poll)
+    scored, covered = _scan_progress(db)
+    scan.update(seconds=round(seconds, 1), scored=scored, covered=covered, rc=rc)
+    # The rate after start-up (from the first sample with a row), in rows written: with --dedup
+    # a scored class also writes its members.
+    first = next((s for s in scan["samples"] if s["covered"] > 0), None)
+    last = scan["samples"][-1] if scan["samples"] else None
+    rate = None
+    if first and last and last["covered"] > first["covered"]:
+        rate = (last["covered"] - first["covered"]) / (last["seconds"] - first["seconds"])
+        scan["archs_per_second"] = round(rate, 2)
+    if rc is None:
+        if rate:
+            scan["extrapolated_whole_space_seconds"] = round(first["seconds"] + (args.space - first["covered"]) / rate, 1)
+        scan["measured"] = (f"SAMPLE ONLY: stopped after {seconds:.0f} s (its share of the time) with {scored} "
+                            f"archs scored, indices in order from 0; whole space extrapolated")
+    elif rc == 0 and (args.smoke or args.space == SPACE):  # the smoke's few archs stand for the space
+        scan["measured"] = "whole space"
+        scan["whole_space_seconds"] = round(seconds, 1)
+    elif rc == 0:
+        scan["measured"] = f"first {args.space} archs only (--space {args.space}); not the whole space"
+    else:
+        scan["measured"] = "failed"
+        scan["log_tail"] = log_tail(os.path.join(args.out, LOGS["timing"]), 1500)
+        last = [line for line in scan["log_tail"].splitlines() if line.strip() and not line.startswith("=====")]
+        scan["error"] = f"exit code {rc}: {last[-1].strip() if last else 'no output'} (see {LOGS['timing']})"
+    report.write()
+    return _scan_scores(db)
+
+
+def _connect_read_only(db: str):
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+
+
+def _scan_progress(db: str):
+    """(rows scored, rows written) in a scan's database; (0, 0) before it exists."""
+    if not os.path.exists(db):
+        return 0, 0
+    try:
+        with contextlib.closing(_connect_read_only(db)) as con:
+            scored, covered = con.execute(
+                "SELECT SUM(representative = arch_index), COUNT(*) FROM scores").fetchone()
+        return int(scored or 0), int(covered or 0)
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return 0, 0
+
+
+def _scan_scores(db: str) -> dict:
+    """{index: (arch, score text)} of a scan's database."""
+    if not os.path.exists(db):
+        return {}
+    try:
+        with contextlib.closing(_connect_read_only(db)) as con:
+            return {int(i): (a, t) for i, a, t in con.execute("SELECT arch_index, arch, score_text FROM scores")}
+    except sqlite3.Error:
+        return {}
+
+
+def _gpu_memory_mib(pid: int):
+    """Device memory of process ``pid`` by nvidia-smi (None if it cannot say)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return int(fields[1])
+    return None
+
+
+def _write_scores(args, scores: dict) -> None:
+    indices = sorted(set().union(*[set(s) for s in scores.values()]))
+    with atomic_write(os.path.join(args.out, "nb201_scores.csv"), "scores") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "arch", "jacob_cov", "hook_logdet"])
+        for i in indices:
+            arch = next(s[i][0] for s in scores.values() if i in s)
+            w.writerow([i, arch] + [scores.get(m, {}).get(i, ("", ""))[1] for m in ("jacob_cov", "hook_logdet")])
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 1: backend
+# Child steps (run in their own process by child_step)
 
 
-def backend(args) -> dict:
+def child_backend(args) -> dict:
+    import torch
+
     from nwot_fast import _ext
 
     info = _ext.backend_info()
     ok = bool(info["compiled"]) and (args.smoke or "cuda" in info["backends"])
-    return {"ok": ok, **{k: info[k] for k in ("compiled", "backends", "eigensolver_cuda", "cuda_built_with",
-                                               "torch_built_against", "torch_running", "reason")}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Step 2: the operator tests
-
-
-def op_tests(args) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = os.path.join(tmp, "junit.xml")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={xml}"]
-        cmd += OP_TEST_FILES if not args.smoke else ["tests/test_ops_degenerate.py", "-k", "exact or minus_inf"]
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        counts = {"passed": 0, "failed": 0, "skipped": 0}
-        cuda_skips = []
-        for case in ET.parse(xml).getroot().iter("testcase"):
-            name = f"{case.get('classname')}::{case.get('name')}"
-            skipped = case.find("skipped")
-            if skipped is not None:
-                counts["skipped"] += 1
-                reason = skipped.get("message", "")
-                by_design = any(r in reason for r in BY_DESIGN_SKIPS)
-                if ("cuda" in name.lower() or "cuda" in reason.lower()) and not by_design:
-                    cuda_skips.append(f"{name}: {reason}")
-            elif case.find("failure") is not None or case.find("error") is not None:
-                counts["failed"] += 1
-            else:
-                counts["passed"] += 1
-    ok = proc.returncode == 0 and (args.smoke or not cuda_skips)
-    out = {"ok": ok, "command": " ".join(cmd[2:]), "rc": proc.returncode, **counts, "cuda_skips": cuda_skips}
-    if not ok:
-        out["output_tail"] = proc.stdout[-3000:]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Step 3: the cases never exercised
-
-
-def cases(args) -> dict:
-    import numpy as np
-    import torch
-
-    from nwot_fast import ops
-
-    dev = torch.device(args.device)
-    g = torch.Generator().manual_seed(1234)
-    small = args.smoke
-    done = []
-
-    def check(cond, what):
-        if not cond:
-            raise AssertionError(what)
-
-    def close(a, b, rtol, what):
-        a, b = np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a), np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b)
-        check(np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(np.isinf(a), np.isinf(b)), f"{what}: NaN/inf differ")
-        f = np.isfinite(a)
-        check(np.allclose(a[f], b[f], rtol=rtol, atol=0), f"{what}: max rel. diff "
-              f"{np.max(np.abs(a[f] - b[f]) / np.maximum(np.abs(b[f]), 1e-300)) if f.any() else 0}")
-
-    def rand_codes(A, B, W):
-        codes = torch.randint(-2**62, 2**62, (A, B, W), generator=g)
-        mult = torch.randint(1, 3, (A, W), generator=g)
-        units = 64 * mult.sum(dim=1)
-        return codes, mult, units
-
-    def on(t):
-        return tuple(x.to(dev) for x in t)
-
-    # W > 32 code words (several shared-memory tiles of words)
-    for W in (33, 64, 300, 2000):
-        c = rand_codes(2, 12 if small else 40, W)
-        K = ops.hamming_kernel(*on(c))
-        check(torch.equal(K.cpu(), ops.hamming_kernel_fallback(*c)), f"hamming_kernel W={W} vs the fallback")
-        close(ops.hook_logdet_score(*on(c)), ops.hook_logdet_score(*c), 1e-9, f"hook_logdet W={W} vs CPU")
-    done.append("W in (33, 64, 300, 2000)")
-
-    # multi-chunk jacob_cov (CUDA chunks at 1 GiB: 200 x 128 x 8192 float64 is 1.6 GiB)
-    A, B, D = (6, 8, 40) if small else (200, 128, 8192)
-    J = torch.randn(A, B, D, generator=g)
-    close(ops.jacob_cov_score(J.to(dev)), ops.jacob_cov_score(J), 1e-9, "jacob_cov multi-chunk vs CPU")
-    done.append(f"jacob_cov A={A} B={B} D={D}")
-
-    # D < B
-    J = torch.randn(5, 64, 16, generator=g, dtype=torch.float64)
-    close(ops.jacob_cov_score(J.to(dev)), ops.jacob_cov_score(J), 1e-8, "jacob_cov D < B vs CPU")
-    done.append("D=16 < B=64")
-
-    # size limits: A > 65535 (grid z of the popcount kernel, eigensolver batch of 65535)
-    A = 70 if small else 70000
-    c = rand_codes(A, 4, 1)
-    close(ops.hook_logdet_score(*on(c)), ops.hook_logdet_score(*c), 1e-9, f"hook_logdet A={A}")
-    check(torch.equal(ops.hamming_kernel(*on(c)).cpu(), ops.hamming_kernel(*c)), f"hamming_kernel A={A}")
-    J = torch.randn(A, 4, 3, generator=g, dtype=torch.float64)
-    close(ops.jacob_cov_score(J.to(dev)), ops.jacob_cov_score(J), 1e-9, f"jacob_cov A={A}")
-    done.append(f"A={A}")
-
-    # exact singularity: identical rows from codes, the MKL-failing matrices, det divisible by p
-    c = rand_codes(3, 20, 5)
-    c[0][1, 7] = c[0][1, 3]
-    s = ops.hook_logdet_score(*on(c)).cpu()
-    check(s[1] == -math.inf and bool(torch.isfinite(s[[0, 2]]).all()), f"identical code rows: {s.tolist()}")
-    p = 2147483647
-    mats = [[[2, 1, 3], [2, 1, 3], [0, 5, 1]], [[49] * 3] * 3, [[1, 2, 3], [4, 5, 6], [5, 7, 9]],
-            [[p, 1, 0], [0, 1, 0], [3, 0, 1]], [[3, 2**53 - 1, 0], [1, 3002399751580330, 0], [0, 0, 1]]]
-    for dtype in (torch.int64, torch.float64):
-        s = ops.logdet_score(torch.tensor(mats, dtype=dtype, device=dev)).cpu().tolist()
-        check(s[:3] == [-math.inf] * 3, f"singular K on {dev}: {s}")
-        check(abs(s[3] - math.log(p)) < 1e-9 and abs(s[4]) < 1e-12, f"nonsingular K on {dev}: {s}")
-    done.append("exact singularity")
-
-    # non-contiguous and channels-last inputs
-    x = torch.randn(16, 8, 6, 6, generator=g) - 0.1
-    xd = x.to(dev)
-    want = ops.pack_codes(x)
-    check(torch.equal(ops.pack_codes(xd.contiguous(memory_format=torch.channels_last)).cpu(), want), "pack_codes channels-last")
-    check(torch.equal(ops.pack_codes(xd[:, ::2]).cpu(), ops.pack_codes(x[:, ::2])), "pack_codes channel slice")
-    check(torch.equal(ops.pack_codes(xd.double()).cpu(), want), "pack_codes float64")
-    J = torch.randn(3, 40, 10, generator=g)
-    Jt = J.to(dev).transpose(1, 2).contiguous().transpose(1, 2)
-    check(not Jt.is_contiguous(), "a non-contiguous J")
-    close(ops.jacob_cov_score(Jt), ops.jacob_cov_score(J), 1e-9, "jacob_cov non-contiguous")
-    close(ops.jacob_cov_score(J.double().to(dev)), ops.jacob_cov_score(J.double()), 1e-9, "jacob_cov float64")
-    c = rand_codes(2, 10, 6)
-    wide = torch.stack([c[0], torch.zeros_like(c[0])], dim=3).flatten(2)[:, :, ::2]  # c[0], every other word
-    check(torch.equal(ops.hamming_kernel(wide.to(dev), c[1].to(dev), c[2].to(dev)).cpu(), ops.hamming_kernel(*c)),
-          "hamming_kernel non-contiguous codes")
-    pool = ops.avg_pool3x3(xd.contiguous(memory_format=torch.channels_last).double())
-    check(torch.equal(pool.cpu(), torch.nn.functional.avg_pool2d(x.double(), 3, 1, 1, count_include_pad=False)),
-          "avg_pool3x3 float64 channels-last")
-    done.append("non-contiguous, channels-last, float64")
-
-    # the older eigensolver path (CUDA only: NWOT_FORCE_SYEVJ is read per call)
-    if dev.type == "cuda":
-        J16 = torch.randn(4, 16, 50, generator=g, dtype=torch.float64).to(dev)
-        J40 = torch.randn(4, 40, 50, generator=g, dtype=torch.float64).to(dev)
-        normal = (ops.jacob_cov_score(J16), ops.jacob_cov_score(J40))
-        os.environ["NWOT_FORCE_SYEVJ"] = "1"
-        try:
-            forced = (ops.jacob_cov_score(J16), ops.jacob_cov_score(J40))
-        finally:
-            del os.environ["NWOT_FORCE_SYEVJ"]
-        close(forced[0], normal[0], 1e-9, "syevjBatched (n = 16) vs syevBatched")
-        close(forced[1], normal[1], 1e-9, "syevd per matrix (n = 40) vs syevBatched")
-        done.append("NWOT_FORCE_SYEVJ (syevj n=16, syevd n=40)")
-
-    # every op twice, bitwise equal; and on a side stream under sync debug mode "error"
-    J = torch.randn(6, 32, 300, generator=g).to(dev)
-    c = on(rand_codes(6, 32, 40))
-    K = ops.hamming_kernel(*c)
-    x = torch.randn(32, 16, 8, 8, generator=g).to(dev)
-    calls = {"jacob_cov_score": lambda: ops.jacob_cov_score(J), "pack_codes": lambda: ops.pack_codes(x),
-             "hamming_kernel": lambda: ops.hamming_kernel(*c), "logdet_score": lambda: ops.logdet_score(K),
-             "hook_logdet_score": lambda: ops.hook_logdet_score(*c), "avg_pool3x3": lambda: ops.avg_pool3x3(x)}
-    first = {k: f() for k, f in calls.items()}
-    for k, f in calls.items():
-        check(torch.equal(f(), first[k]), f"{k} twice: not bitwise equal")
-    done.append("each op twice bitwise equal")
-    if dev.type == "cuda":
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                on_side = {k: f() for k, f in calls.items()}
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-        side.synchronize()
-        for k in calls:
-            check(torch.equal(on_side[k], first[k]), f"{k} on a side stream differs")
-        done.append("side stream, set_sync_debug_mode('error')")
-    return {"checked": done}
-
-
-# ---------------------------------------------------------------------------------------------
-# Step 4: precision against the float64 truth
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name(0)} (capability {torch.cuda.get_device_capability(0)})"
+    else:
+        device = f"CPU ({os.cpu_count()} cores)" if args.smoke else "no CUDA device"
+    failures = [] if ok else [f"no {'compiled' if not info['compiled'] else 'CUDA'} backend in nwot_fast._C "
+                              f"(backends: {', '.join(info['backends']) or 'none'}; {info['reason'] or 'built without CUDA'})"]
+    return {"ok": ok, "failures": failures, "device": device, "torch": torch.__version__,
+            **{k: info[k] for k in ("compiled", "backends", "route", "eigensolver_cuda", "cuda_built_with",
+                                    "torch_built_against", "torch_running", "reason")}}
 
 
 PRECISION_ARCHS = [
@@ -337,20 +552,24 @@ PRECISION_ARCHS = [
 ]
 
 
-def precision(args) -> dict:
+def child_precision(args) -> dict:
+    from functools import partial
+
     import torch
 
-    from nwot_fast import batched
+    from nwot_fast import multi_arch
     from nwot_fast import precision as contract
 
     dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        return {"ok": False, "failures": ["no CUDA device (torch.cuda.is_available() is False)"]}
     archs = PRECISION_ARCHS[:1] if args.smoke else PRECISION_ARCHS
     batch, side = (8, 16) if args.smoke else (64, 32)
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(100))
-    engines = contract.engines(dev)
+    engines = contract.scorers(dev)
     # The batched engine in each layout (the default on CUDA is dense): fast = per plan.
-    candidates = {"fast": engines["fast"], **{f"batched-{layout}": partial(engines["batched"], layout=layout)
-                                              for layout in batched.LAYOUTS}}
+    candidates = {"fast": engines["per_arch"], **{f"batched-{layout}": partial(engines["multi_arch"], layout=layout)
+                                              for layout in multi_arch.LAYOUTS}}
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure
@@ -366,162 +585,120 @@ def precision(args) -> dict:
             rows.append({"method": method, "engine": name, "dtype": "float64", "max": worst64})
             if worst64 > 1e-9:
                 problems.append(f"float64 {name} on {dev}: relative error {worst64:.3g} > 1e-9 ({method})")
-    return {"ok": not problems, "archs": len(archs), "batch": batch, "image_side": side,
-            "problems": problems, "summary": rows}
+    return {"ok": not problems, "failures": problems, "archs": len(archs), "batch": batch, "image_side": side,
+            "summary": rows}
+
+
+CHILDREN = {"backend": child_backend, "precision": child_precision}
+
+
+def run_child(args) -> int:
+    try:
+        result = CHILDREN[args.child](args)
+    except Exception as exc:  # reported as the step's failure, with the traceback in its log
+        traceback.print_exc()
+        result = {"ok": False, "failures": [f"{type(exc).__name__}: {exc}"]}
+    print(RESULT_MARK + json.dumps(jsonable(result), allow_nan=False), flush=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Steps 5 and 6: whole-space timing and its scores
 
 
-def _sampler(args):
-    from nwot_fast.data import BatchSampler, default_data_settings, load_images
-
-    shared = os.environ.get("NWOT_SHARED_DATA") or os.path.join(ROOT, "..", "shared", "data")
-    path = os.path.join(shared, "cifar10_sample.npz")
-    images, source = None, "Gaussian N(0, 1) inputs (no ../shared/data/cifar10_sample.npz)"
-    if os.path.exists(path) and not args.gaussian:
-        images = load_images(path)
-        source = f"CIFAR-10 images from {os.path.normpath(path)}"
-
-    def make(method):
-        settings = default_data_settings(method)
-        settings["batch_size"] = args.batch
-        shape = (3, args.side, args.side)
-        if images is None:
-            return BatchSampler(None, seed=0, image_shape=shape, **settings)
-        return BatchSampler(images, seed=0, **settings)
-
-    return make, source
-
-
-def timing(args, report: Report) -> dict:
-    import torch
-
-    from nwot_fast import fast
-
-    dev = torch.device(args.device)
-    make, source = _sampler(args)
-    total = args.space
-    sample_n = min(args.sample, total)
-    step = total / sample_n
-    sample = sorted({int(i * step) for i in range(sample_n)})
-    kw = {"batched": True}
-    figures = {"data": source, "batch": args.batch, "archs_in_space": total, "methods": {}}
-    scores = {}
-
-    def run(method, indices, sampler):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = list(fast.score_archs(indices, lambda i: sampler.batch(i).to(dev, non_blocking=True), method=method,
-                                    seed=0, device=dev, **kw))
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - t0
-
-    for k, method in enumerate(("jacob_cov", "hook_logdet")):
-        sampler = make(method)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        run(method, sample[:4], sampler)  # warm-up: cuDNN plans, allocator, prime table
-        got, t_sample = run(method, sample, sampler)
-        per_arch = t_sample / len(sample)
-        in_sample = set(sample)
-        rest = [i for i in range(total) if i not in in_sample]
-        predicted_rest = per_arch * len(rest)
-        left = min(args.time_budget - (time.monotonic() - report.timing_start),
-                   args.deadline - (time.monotonic() - START) - 20)
-        share = left / (2 - k)  # what this method may use of the time left
-        m = {"sample_archs": len(sample), "sample_seconds": round(t_sample, 2),
-             "ms_per_arch": round(1e3 * per_arch, 3), "extrapolated_whole_space_seconds": round(per_arch * total, 1)}
-        res = dict(zip(sample, got))
-        if predicted_rest <= share:
-            got_rest, t_rest = run(method, rest, sampler)
-            res.update(zip(rest, got_rest))
-            m["whole_space_seconds"] = round(t_sample + t_rest, 1)
-            m["measured"] = "whole space"
-        else:
-            m["measured"] = (f"SAMPLE ONLY: {len(sample)} archs measured, whole space extrapolated "
-                             f"(predicted {predicted_rest:.0f} s for the rest, {share:.0f} s left)")
-        if dev.type == "cuda":
-            m["peak_gpu_memory_MiB"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-        figures["methods"][method] = m
-        scores[method] = res
-        log(f"  {method}: {m}")
-    report.scores = scores
-    return figures
-
-
-def write_scores(args, report: Report) -> dict:
-    from nwot_fast.nb201.index import arch_at
-
-    scores = getattr(report, "scores", None)
-    if not scores:
-        raise RuntimeError("no scores: the timing step did not finish")
-    indices = sorted(set().union(*[set(s) for s in scores.values()]))
-    path = os.path.join(args.out, "nb201_scores.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "arch", "jacob_cov", "hook_logdet"])
-        for i in indices:
-            w.writerow([i, str(arch_at(i))] + [repr(scores[m].get(i, "")) for m in ("jacob_cov", "hook_logdet")])
-    return {"csv": path, "rows": len(indices), "whole_space": len(indices) == args.space}
-
-
-# ---------------------------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python3 bench/gpu_check.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("OUT") or None,
+                   help="report directory (default: $OUT; created if missing)")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, no build (CI)")
+    p.add_argument("--no-build", action="store_true", help="use the extension as it is built")
+    p.add_argument("--steps", default=None,
+                   help=f"comma-separated subset of {','.join(STEPS)} (default: all; --smoke: all but build)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds for the whole run, build included (default 420; --smoke 900)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="at most this many seconds for the timing scans (default: what the deadline leaves)")
+    p.add_argument("--gaussian", action="store_true", help="Gaussian inputs even if the CIFAR-10 sample exists")
+    p.add_argument("--space", type=int, default=None,
+                   help=f"time the scans over the first N archs (1..{SPACE}; default {SPACE}; --smoke 6)")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not args.out:
+        p.error("--out DIR is required when $OUT is not set")
+    args.argv = list(argv)
+    args.out = os.path.abspath(args.out)
+    args.device = "cpu" if args.smoke else "cuda"
+    args.deadline = args.deadline if args.deadline is not None else (900.0 if args.smoke else 420.0)
+    args.batch = 8 if args.smoke else 128
+    if args.space is not None and not 1 <= args.space <= SPACE:
+        p.error(f"--space: {args.space} is not an arch count in 1..{SPACE}")
+    if args.space is None:
+        args.space = 6 if args.smoke else SPACE  # smoke: the first 6 archs stand for the space
+    args.poll = 1.0 if args.smoke else 10.0
+    if args.smoke:
+        args.gaussian = True
+    wanted = STEPS if args.steps is None else tuple(s.strip() for s in args.steps.split(",") if s.strip())
+    unknown = [s for s in wanted if s not in STEPS]
+    if unknown:
+        p.error(f"--steps: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    skip_build = args.smoke or args.no_build
+    args.steps = [s for s in STEPS if s in wanted and not (s == "build" and skip_build)]
+    return args
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="directory for gpu_check.json, gpu_check.md, nb201_scores.csv")
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, no build (CI)")
-    p.add_argument("--no-build", action="store_true", help="use the extension as installed")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole-space timing (default 240; smoke 60); beyond it the timed "
-                        "sample is extrapolated")
-    p.add_argument("--deadline", type=float, default=None,
-                   help="seconds for the whole run, build included (default 470; smoke 600)")
-    p.add_argument("--gaussian", action="store_true", help="Gaussian inputs even if the CIFAR-10 sample exists")
-    args = p.parse_args(argv)
-    args.device = "cpu" if args.smoke else "cuda"
-    args.time_budget = args.time_budget if args.time_budget is not None else (60.0 if args.smoke else 240.0)
-    args.deadline = args.deadline if args.deadline is not None else (600.0 if args.smoke else 470.0)
-    args.batch, args.side = (8, 16) if args.smoke else (128, 32)
-    args.space = 12 if args.smoke else SPACE  # smoke: the first 12 archs stand for the space
-    args.sample = 4 if args.smoke else 256
-    if args.smoke:
-        args.gaussian = True
-    sys.path.insert(0, ROOT)
-    os.chdir(ROOT)
-
-    report = Report(args.out, args)
-    import torch
-
-    report.data["torch"] = torch.__version__
-    report.data["python"] = platform.python_version()
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            log("no CUDA device: use --smoke on a machine without a GPU")
-            report.data["device"] = "none"
-            report.step("backend", lambda: {"ok": False, "error": "torch.cuda.is_available() is False"})
-            return 1
-        report.data["device"] = f"{torch.cuda.get_device_name(0)} (capability {torch.cuda.get_device_capability(0)})"
-    else:
-        report.data["device"] = f"CPU ({os.cpu_count()} cores)"
-    report.data["cores"] = os.cpu_count()
-    if not (args.smoke or args.no_build):
-        report.step("build", build, args)
-    report.step("backend", backend, args)
-    report.step("op_tests", op_tests, args)
-    report.step("cases", cases, args)
-    report.step("precision", precision, args)
-    report.timing_start = time.monotonic()
-    report.step("timing", timing, args, report)
-    report.step("scores", write_scores, args, report)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.child:
+        return run_child(args)
+    os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+    # What a previous run left here would be mistaken for this run's.
+    for name in list(REPORT_FILES) + sorted(set(LOGS.values())):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.out, name))
+    for stale in glob.glob(os.path.join(args.out, ".gpu_check.*.tmp")) + glob.glob(os.path.join(args.out, ".nb201_scores.csv.*.tmp")):
+        os.remove(stale)
+    report = Report(args)
     report.write()
-    log(f"done: {'ok' if report.data['ok'] else 'FAILED'}; report in {args.out}/gpu_check.md")
-    return 0 if report.data["ok"] else 1
+
+    def on_term(signum, frame):
+        raise Interrupted()
+
+    signal.signal(signal.SIGTERM, on_term)
+    makers = {"build": build, "backend": partial_child("backend"), "tests": tests,
+              "precision": partial_child("precision"), "timing": timing}
+    code = 0
+    try:
+        for name in args.steps:
+            cap = CAPS[name][1 if args.smoke else 0] if name in CAPS else (args.time_budget or args.deadline)
+            report.step(name, makers[name](args, report), cap)
+    except Interrupted:
+        code = 143
+    d = report.data
+    failed = [s["name"] for s in d["steps"] if not s["ok"]]
+    timing_entry = next((s for s in d["steps"] if s["name"] == "timing"), None)
+    figures = ""
+    if timing_entry and timing_entry.get("scans"):
+        figures = "; whole space " + ", ".join(f"{s['method']}{' --dedup' if s['dedup'] else ''} {_scan_figure(s)}"
+                                               for s in timing_entry["scans"])
+    verdict = "OK" if not failed and code == 0 else (
+        f"FAILED {', '.join(failed) or 'interrupted'} ({len(d['failures'])} failing check(s))")
+    d["summary"] = (f"gpu_check {verdict}: {len(d['steps'])} step(s) in {time.monotonic() - START:.0f} s"
+                    f"{figures}; report {os.path.join(args.out, 'gpu_check.json')}")
+    report.write()
+    print(d["summary"], flush=True)
+    return code or (0 if d["ok"] else 1)
+
+
+def _scan_figure(scan: dict) -> str:
+    if scan.get("whole_space_seconds") is not None:
+        return f"{scan['whole_space_seconds']} s"
+    if scan.get("extrapolated_whole_space_seconds") is not None:
+        return f"~{scan['extrapolated_whole_space_seconds']} s (extrapolated)"
+    return scan.get("measured", "not measured")
+
+
+def partial_child(name):
+    return lambda args, report: child_step(name, args, report)
 
 
 if __name__ == "__main__":

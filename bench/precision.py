@@ -3,7 +3,7 @@ float64 truth of the float32 pure path (the authors' procedure) at 1 and 2 threa
 float32 engine (docs/PRECISION.md).
 
     python bench/precision.py [--n-archs 20 | --archs 6111 0 1459 ...] [--batch-size 128] [--side 32] [--seed 1]
-                              [--methods jacob_cov hook_logdet] [--engines fast] [--authors]
+                              [--methods jacob_cov hook_logdet] [--scorers per_arch] [--authors]
                               [--json PATH]
 
 Batch: the first ``--batch-size`` CIFAR-10 training images of ``../shared/data/cifar10_sample.npz``
@@ -31,8 +31,8 @@ import torch
 
 import compare  # bench/compare.py: the fixed arch sample, the batch, the authors' procedure
 
-from nwot_fast import precision  # noqa: E402
-from nwot_fast.nb201.index import as_arch  # noqa: E402
+from nwot_fast import precision
+from nwot_fast.nb201 import as_arch
 
 
 def authors_scores(archs, x, *, method, seed=0, dtype=torch.float32, relu_match="name", threads=None):
@@ -57,10 +57,10 @@ def run(archs, batch_size, seed, methods, engine_names, authors, side=32, log=pr
             raise SystemExit(f"--side {side} must divide the image side {x.shape[-1]}")
         x = torch.nn.functional.avg_pool2d(x, x.shape[-1] // side)  # the whole image, averaged
         source += f", averaged down to {side}x{side}"
-    all_engines = precision.engines()
+    all_engines = precision.scorers()
     unknown = [e for e in engine_names if e not in all_engines]
     if unknown:
-        raise SystemExit(f"unknown engine(s) {unknown}; available: {', '.join(all_engines)}")
+        raise SystemExit(f"unknown scorer(s) {unknown}; available: {', '.join(all_engines)}")
     candidates = {e: all_engines[e] for e in engine_names}
     if authors:
         for n in precision.THREADS:
@@ -104,7 +104,7 @@ def main(argv=None):
     ap.add_argument("--side", type=int, default=32, help="average the 32x32 images down to this side (16: 1/4 cost)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=["jacob_cov", "hook_logdet"], choices=["jacob_cov", "hook_logdet"])
-    ap.add_argument("--engines", nargs="+", default=["fast"])
+    ap.add_argument("--scorers", nargs="+", default=["per_arch"])
     ap.add_argument("--authors", action="store_true", help="add the published procedure at 1 and 2 threads")
     ap.add_argument("--data", help="the CIFAR-10 .npz sample (default: ../shared/data/cifar10_sample.npz)")
     ap.add_argument("--json", help="write the scores to this file")
@@ -112,7 +112,7 @@ def main(argv=None):
     if args.data:
         compare.DATA = Path(args.data)
     archs = [int(a) if a.isdigit() else a for a in args.archs] if args.archs else compare.fixed_archs(args.n_archs)
-    results, failed = run(archs, args.batch_size, args.seed, args.methods, args.engines, args.authors, args.side)
+    results, failed = run(archs, args.batch_size, args.seed, args.methods, args.scorers, args.authors, args.side)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

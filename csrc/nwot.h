@@ -38,8 +38,10 @@ at::Tensor pack_codes_cpu(const at::Tensor& x);
 at::Tensor hamming_kernel_cpu(const at::Tensor& codes, const at::Tensor& multiplicity, const at::Tensor& units);
 
 // logdet_score(K [A, B, B] int64|float64) -> [A] float64: log|det K| by LU with partial
-//   pivoting in float64 (sign ignored); -inf exactly when K is singular, decided exactly for
-//   integer K (exact_det.h); a float64 K with non-integer entries: -inf at an exactly zero pivot.
+//   pivoting in float64 (sign ignored), exactly where that LU's error bound fails; -inf
+//   exactly when K is singular, decided exactly (exact_det.h: rows scaled by powers of two
+//   to integers); NaN where K[a] has a NaN or infinite entry. The same decisions with and
+//   without fused multiply-add (NWOT_CPU_ARITHMETIC=fused runs the GPU's on the CPU).
 at::Tensor logdet_score_cpu(const at::Tensor& K);
 
 // hook_logdet_score(codes, multiplicity, units) -> [A] float64: hamming_kernel then

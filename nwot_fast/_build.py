@@ -31,6 +31,8 @@ RECORD_SUFFIX = ".build.json"  # beside the library: what it was built against (
 
 
 def env_flag(name: str, environ=os.environ) -> bool:
+    """Whether the environment variable ``name`` is set to ``1``, ``true``, ``yes`` or ``on``
+    (any case, surrounding spaces ignored); unset or anything else is False."""
     return environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -6,11 +6,13 @@ the readers can use it freely. Functions that need torch import it when called.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-import os
 from typing import Optional
+
+# The path rules (inputs, outputs, links, loops, same-file checks) live in one module; these
+# names stay importable from here for the modules that use them.
+from .paths import OutputError, atomic_write, check_input_file, check_output_file  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -162,119 +164,3 @@ def check_seed(value, name: str = "seed") -> int:
     """A seed, 0..:data:`SEED_MAX`; anything else is a TypeError/ValueError naming ``name``."""
     return check_int(value, name, 0, SEED_MAX)
 
-
-class OutputError(OSError):
-    """An output file cannot be written (read-only place, no permission, disk full): a resource
-    problem (exit 3). Nothing half-written is left behind."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-def _file_kind(mode: int) -> str:
-    import stat
-
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def check_input_file(path, what: str, *, allow_dir: bool = False) -> str:
-    """``path`` as a str when it names an existing regular file (or a directory when
-    ``allow_dir``); a broken symbolic link, a missing file or a special file (FIFO, device,
-    socket; reading those could block or never end) is an error naming the file and ``what``
-    was expected."""
-    import stat
-
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"{what} path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
-    if not path:
-        raise ValueError(f"{what} path is empty")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise FileNotFoundError(f"{path}: broken symbolic link (to {os.readlink(path)!r}); expected {what}") from None
-        raise FileNotFoundError(f"{path}: no such file or directory; expected {what}") from None
-    except NotADirectoryError:
-        raise FileNotFoundError(f"{path}: a part of the path is not a directory; expected {what}") from None
-    if stat.S_ISREG(st.st_mode) or (allow_dir and stat.S_ISDIR(st.st_mode)):
-        return path
-    raise ValueError(f"{path}: is {_file_kind(st.st_mode)}, not a regular file; expected {what}")
-
-
-def check_output_file(path, what: str, extensions=None) -> str:
-    """Check before any work that ``path`` can be written: a known ending (``extensions``, lower
-    case, with the dot), an existing directory, not a directory or special file itself, and a
-    writable place. A wrong name is a ValueError / FileNotFoundError (bad input), a place that
-    cannot be written an :class:`OutputError` (resource). Returns the lower-case ending."""
-    import stat
-    import tempfile
-
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} path must be a str or path, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not path:
-        raise ValueError(f"{what} path is empty")
-    ext = os.path.splitext(path)[1].lower()
-    if extensions is not None and ext not in extensions:
-        raise ValueError(f"{what} {path!r} must end in {', '.join(extensions)}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot write {what} {path!r}: directory {parent!r} does not exist")
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{what} {path!r} is {_file_kind(st.st_mode)}; give a file name")
-    try:  # a real write: os.access says yes to root on a read-only file system
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".nwot-fast-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(e.errno, f"cannot write {what} {path!r}: directory {parent!r} is not writable "
-                          f"({e.strerror})") from None
-    return ext
-
-
-@contextlib.contextmanager
-def atomic_write(path, what: str = "output file", *, mode: str = "w", **open_kwargs):
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` in one
-    rename, on any error it is removed, so ``path`` is never left half-written. OS errors
-    (disk full, read-only place) become :class:`OutputError` naming ``path``."""
-    import tempfile
-
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = None
-    except OutputError:
-        raise
-    except OSError as e:
-        raise OutputError(e.errno, f"cannot write {what} {path!r}: {e.strerror or e}; nothing was written") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -37,6 +37,7 @@ class JitBuildError(RuntimeError):
 
 
 def package_dir() -> str:
+    """The absolute directory of the installed ``nwot_fast`` package (where its csrc/ copy is looked for)."""
     return os.path.dirname(os.path.abspath(__file__))
 
 
@@ -57,6 +58,10 @@ def unavailable_reason(environ=os.environ) -> Optional[str]:
 
 
 def build_root(environ=os.environ) -> str:
+    """The directory that holds the first-use builds (one subdirectory per :func:`plan` key):
+    ``$NWOT_FAST_BUILD_DIR/nwot_fast`` when that is set, else ``$TORCH_EXTENSIONS_DIR/nwot_fast``,
+    else torch's default extensions root with a ``py<major><minor>_<cpu|cuXYZ>`` level, then
+    ``nwot_fast``. Creates nothing."""
     if environ.get("NWOT_FAST_BUILD_DIR"):
         return os.path.join(os.path.abspath(environ["NWOT_FAST_BUILD_DIR"]), "nwot_fast")
     root = environ.get("TORCH_EXTENSIONS_DIR")
@@ -182,26 +187,54 @@ def _tail(text: str, lines: int = 12) -> str:
 def load_or_build(the_plan: dict, why: str, allow_build: bool = True) -> dict:
     """Loads the cached build of ``the_plan``, compiling it first when the cache has none (or a
     damaged one). Returns ``{"library", "built_now", "build_seconds"}``, or None when a build
-    is needed and ``allow_build`` is False. Raises :class:`JitBuildError`."""
+    is needed and ``allow_build`` is False. Raises :class:`JitBuildError`, also when the cache
+    directory cannot be created or locked (NWOT_FAST_BUILD_DIR naming a file, a read-only
+    TORCH_EXTENSIONS_DIR): then a complete entry there is still loaded, and otherwise the error
+    names the variable that chose the place, so that the loader falls back with that reason."""
     directory = the_plan["directory"]
-    with _locked(directory + ".lock", f"nwot_fast: waiting for another process that is compiling the "
-                                      f"operators into {directory}"):
+    try:
+        with _locked(directory + ".lock", f"nwot_fast: waiting for another process that is compiling the "
+                                          f"operators into {directory}"):
+            return _load_or_build_locked(the_plan, why, allow_build)
+    except OSError as exc:
         library = cached_library(directory)
-        if library is not None:
-            try:
+        if library is not None:  # a complete, stamped entry needs no lock to be read
+            with contextlib.suppress(OSError):
                 torch.ops.load_library(library)
                 return {"library": library, "built_now": False, "build_seconds": None}
-            except OSError as exc:  # complete but unloadable (e.g. a system library changed): rebuild once
-                why = f"the cached build could not be loaded ({exc})"
-        elif os.path.exists(os.path.join(directory, ERROR_LOG)) and not os.path.exists(os.path.join(directory, STAMP)):
-            raise JitBuildError(f"compiling the operators failed before; see {os.path.join(directory, ERROR_LOG)} "
-                                f"(delete {directory} to try again)")
-        elif os.path.exists(directory):
-            why += "; the cached build there is incomplete or damaged, so it is rebuilt"
-        if not allow_build:
-            return None
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        start = time.monotonic()
-        library = _compile(the_plan, why)
-        return {"library": library, "built_now": True, "build_seconds": round(time.monotonic() - start, 1)}
+        where = exc.filename or directory
+        raise JitBuildError(f"the build cache {directory} cannot be used ({where}: {exc.strerror or exc}); it was "
+                            f"chosen by {build_root_source()}: set NWOT_FAST_BUILD_DIR to a writable "
+                            "directory") from exc
+
+
+def build_root_source(environ=os.environ) -> str:
+    """What chose :func:`build_root`, in words that name the variable."""
+    if environ.get("NWOT_FAST_BUILD_DIR"):
+        return f"NWOT_FAST_BUILD_DIR={environ['NWOT_FAST_BUILD_DIR']}"
+    if environ.get("TORCH_EXTENSIONS_DIR"):
+        return f"TORCH_EXTENSIONS_DIR={environ['TORCH_EXTENSIONS_DIR']}"
+    return "torch's default extensions directory (TORCH_EXTENSIONS_DIR unset)"
+
+
+def _load_or_build_locked(the_plan: dict, why: str, allow_build: bool) -> Optional[dict]:
+    directory = the_plan["directory"]
+    library = cached_library(directory)
+    if library is not None:
+        try:
+            torch.ops.load_library(library)
+            return {"library": library, "built_now": False, "build_seconds": None}
+        except OSError as exc:  # complete but unloadable (e.g. a system library changed): rebuild once
+            why = f"the cached build could not be loaded ({exc})"
+    elif os.path.exists(os.path.join(directory, ERROR_LOG)) and not os.path.exists(os.path.join(directory, STAMP)):
+        raise JitBuildError(f"compiling the operators failed before; see {os.path.join(directory, ERROR_LOG)} "
+                            f"(delete {directory} to try again)")
+    elif os.path.exists(directory):
+        why += "; the cached build there is incomplete or damaged, so it is rebuilt"
+    if not allow_build:
+        return None
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    start = time.monotonic()
+    library = _compile(the_plan, why)
+    return {"library": library, "built_now": True, "build_seconds": round(time.monotonic() - start, 1)}

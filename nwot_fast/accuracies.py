@@ -20,6 +20,7 @@ import csv
 import functools
 import math
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -176,7 +177,7 @@ def load_accuracies(path) -> AccuracyTable:
 
 def _load_csv(path: str) -> AccuracyTable:
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's CSV) is no field
             rows = list(csv.reader(f))
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file; expected {_CSV_EXPECTED}") from None
@@ -246,6 +247,20 @@ def _torch_safe_globals() -> list:
     return allowed
 
 
+def _unpickler_refusal(path: str, exc: BaseException) -> ValueError:
+    """The error for a file torch's weights-only unpickler stopped at, in the package's words: its
+    own message wraps the reason in advice to load the file without that safeguard."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # torch words it differently across versions
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = match.group(1).strip().rstrip(".") if match else "torch's weights-only loader stopped"
+    if found:
+        return ValueError(f"{path}: refused to load: it holds a {found.group(1)}, so it is not a NAS-Bench-201 "
+                          f"benchmark file (nothing from it was executed); expected {_PTH_EXPECTED}")
+    return ValueError(f"{path}: not a readable torch file ({detail}), so not a NAS-Bench-201 benchmark file; it may be "
+                      f"truncated or corrupt (nothing from it was executed); expected {_PTH_EXPECTED}")
+
+
 def _load_pth(path: str) -> AccuracyTable:
     import torch
 
@@ -253,12 +268,9 @@ def _load_pth(path: str) -> AccuracyTable:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
-            raise ValueError(f"{path}: refused to load: the file needs code outside the allowed set of plain "
-                             f"containers, tensors and NumPy arrays ({first}); nothing from it was executed") from None
-        raise ValueError(f"{path}: not a readable torch file ({first}); expected {_PTH_EXPECTED}; the file may be "
-                         "truncated or corrupt") from None
+        # torch's message advises loading with weights_only=False: not advice for a benchmark
+        # file, which holds only containers and arrays. Keep only what the unpickler stopped at.
+        raise _unpickler_refusal(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             UnicodeDecodeError, zipfile.BadZipFile, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -273,11 +285,10 @@ def table_from_benchmark_dict(data, source: str) -> AccuracyTable:
     The dict may hold results for only some architectures (``meta_archs`` must still list all
     15,625 in official order); :attr:`AccuracyTable.indices` says which are present.
     """
-    try:
-        from nas_201_api import NASBench201API
-        from nas_201_api.api_utils import ArchResults
-    except ImportError as exc:
-        raise ImportError(f"reading {source} needs the nas-bench-201 package (pip install nas-bench-201): {exc}") from None
+    from .errors import require
+
+    NASBench201API = require("nas_201_api", "nb201", f"reading {source}").NASBench201API
+    ArchResults = require("nas_201_api.api_utils", "nb201", f"reading {source}").ArchResults
     if not isinstance(data, dict):
         raise ValueError(f"{source}: holds a {type(data).__name__}; expected {_PTH_EXPECTED}")
     missing = [k for k in ("meta_archs", "arch2infos") if k not in data]

@@ -1,6 +1,6 @@
 """The ``nwot-fast`` command line (also ``python -m nwot_fast``).
 
-Subcommands: ``search``, ``score``, ``scan``, ``db``, ``evaluate``, ``report``, ``info``, ``arch``.
+Subcommands: ``search``, ``score``, ``scan``, ``db``, ``evaluate``, ``report``, ``tables``, ``info``, ``arch``.
 Results go to stdout (a table, or JSON with ``--json`` and nothing else); messages, warnings
 and progress bars go to stderr. Exit codes are documented in :data:`EXIT_CODES_HELP`.
 """
@@ -9,39 +9,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
 import os
-import signal
 import sys
 from typing import List, Optional, Sequence
 
 # torch-free, so that `--help` does not import torch
-from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, SEED_MAX, OutputError, __version__, jsonable
+from ._common import DTYPES, ENGINES, METHODS, NUM_ARCHS, RELU_MATCHES, __version__, jsonable
+from .args import BATCH_SIZE, N_ARCHS, N_SAMPLES, RUNS, SEED, IntRange
 from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
+from .errors import (EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RESOURCE, EXIT_TERMINATED,  # noqa: F401
+                     EXIT_USAGE, ResourceError, Terminated, one_line)
 
 PROG = "nwot-fast"
 DEFAULT_DB = "nwot-fast-scan.sqlite"
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_RESOURCE = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
   1    internal error (a bug: please report it with the traceback)
   2    usage error or bad input (unknown option, arch string, index, score or dataset name,
-       batch size < 2, missing or corrupt data/benchmark file, --ray without Ray installed, ...)
+       batch size < 2, missing or corrupt data/benchmark file, a symbolic link loop, an output
+       that is the same file as an input or the database, an optional package not installed:
+       --ray without Ray, report without matplotlib, ...)
   3    resource problem: CUDA requested but not available, out of memory, scan database
        locked by another process or read-only, no Ray cluster at the --ray address, an
-       output (file or stdout) on a full or read-only file system (nothing half-written is left)
+       output file on a full or read-only file system (nothing half-written is left), stdout
+       or stderr closed, full or unable to encode the text
   130  interrupted (Ctrl-C); results already written to a scan database are kept
-  143  scan stopped by SIGTERM (e.g. a preempted job); results written so far are kept
+  143  stopped by SIGTERM (e.g. a preempted job); results written so far are kept
 """
 
 ARCH_EXAMPLE = "'|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'"
@@ -116,8 +113,9 @@ examples:
       --search-table 10,100 --runs 500 --json
 
 Kendall tau and Spearman rho against the NB201 val and test accuracies; NaN and -inf scores are
-counted and left out. With --scores-in nothing is scored (the scoring options other than
---method and --seed are not used).
+counted and left out. With --scores-in nothing is scored: the scoring options other than
+--method and --seed are refused; --method picks that method's rows (needed for a file holding
+several methods; without it, the file's own method).
 
 {EXIT_CODES_HELP}""",
     "report": f"""\
@@ -126,8 +124,31 @@ example:
       --accuracies ../shared/data/nb201_accuracies.csv --data ../shared/data/cifar10_sample.npz \\
       --search-ns 10,100 --out report.md
 
-Correlations, search tables (table mode) and figures from score files, next to the published
-numbers; nothing is rescored except the few networks of Figure 1 (with --data).
+  {PROG} report --table jacob_cov.float32 --table hook_logdet.float32 \\
+      --accuracies nb201_accuracies.csv --data cifar-10-batches-py --zoo --out report.md
+
+Correlations, search tables (table mode) and figures from score files or score tables, next to
+the published numbers. Nothing of those is rescored; the figures that are measurements of their
+own are: Figure 1 (a few networks' Jacobians) and Figure 4 (8 architectures under 10
+minibatches, initialisations and Gaussian batches) with --data, Figure 5 (pytorchcv's CIFAR-10
+models at initialisation) with --data and --zoo (pip install 'nwot_fast[zoo]').
+
+{EXIT_CODES_HELP}""",
+    "tables": f"""\
+examples:
+  {PROG} tables list
+  {PROG} tables show hook_logdet.float32
+  {PROG} tables verify --data cifar-10-batches-py --sample 20
+  {PROG} evaluate --table hook_logdet.float32 --accuracies nb201_accuracies.csv --search-table 10,100
+  {PROG} tables build --db jacob_cov.f32.db --data first128.npz --out DIR --commit GIT_COMMIT --threads 1
+
+Whole-space NAS-Bench-201 score tables shipped with the package, each with its provenance
+(scan code commit, torch, CPU, data fingerprint, batch, seed, dtype, dates, wall time, the
+command that reproduces it). 'verify' recomputes random rows on this machine from the first
+128 CIFAR-10 training images of --data (a CIFAR-10 batch directory or an .npz; checked against
+the table's fingerprint): float64 rows must agree to 1e-9 relative, float32 rows keep the
+precision contract of docs/PRECISION.md. It exits 1 when a table disagrees or its scores no
+longer match their record.
 
 {EXIT_CODES_HELP}""",
     "db": f"""\
@@ -158,36 +179,6 @@ constant (jacob_cov then gives NaN) or every ReLU sees only zeros (hook_logdet g
 
 {EXIT_CODES_HELP}""",
 }
-
-# Long-running commands print progress; these are the exception kinds that mean bad input.
-_BAD_INPUT = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
-class ResourceError(RuntimeError):
-    """A resource the command needs is not there (CUDA, memory)."""
-
-
-class Terminated(Exception):
-    """SIGTERM arrived during a scan (schedulers send it before killing a preempted job)."""
-
-
-@contextlib.contextmanager
-def _sigterm_stops_scan():
-    """Turn SIGTERM into :class:`Terminated` so that the scan stops between two database
-    transactions and says what is saved (a transaction in flight is rolled back)."""
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM on this platform
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
 
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
@@ -225,29 +216,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # argument types: every value checked at parse time, with a message naming the option
 
-#: Upper bounds of the counts: far above any real use, low enough that a typo (1e20) is an
-#: error at once instead of an allocation failure or a run that never ends.
-MAX_BATCH = 65536
-MAX_SAMPLES = 1_000_000
-MAX_RUNS = 1_000_000
-
-
-def _count(low: int, high: int, what: str = "an integer"):
-    """An argparse type: an int in ``low..high``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = "int"  # argparse names the type in its messages
-    return parse
-
-
-_seed_arg = _count(0, SEED_MAX, "a seed (an integer)")
+# The counts and seeds: nwot_fast.args, the checks the Python API makes too.
+_seed_arg = SEED.parse
 
 
 def _seconds_arg(text: str) -> float:
@@ -263,15 +233,30 @@ def _seconds_arg(text: str) -> float:
 def _path_arg(text: str) -> str:
     """A file or directory name: not empty, and valid UTF-8 (the database and the output files
     store paths as text; a name that is not UTF-8 could not be written or shown)."""
+    from .paths import check_utf8
+
     if not text:
         raise argparse.ArgumentTypeError("empty path")
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(
-            f"path {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; rename it or use a link "
-            "with a UTF-8 name") from None
-    return text
+        return check_utf8(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _path_type(role: str):
+    """An argparse type for a path the command uses as ``role``: ``input`` (read),
+    ``database`` (read, and written by scan), ``output`` (written) or ``prefix`` (PREFIX.md and
+    PREFIX.csv written). Before any work main refuses an output that is the same file as an
+    input, the database or another output (_check_paths), for every option declared so."""
+    def parse(text: str) -> str:
+        return _path_arg(text)
+
+    parse.role = role
+    parse.__name__ = "path"  # argparse names the type in its messages
+    return parse
+
+
+_input_path, _database_path, _output_path, _prefix_path = map(_path_type, ("input", "database", "output", "prefix"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,13 +273,13 @@ def _add_score_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--method", default="jacob_cov", choices=METHODS,
                    help="score: jacob_cov (2020, default) or hook_logdet (2021)")
-    g.add_argument("--data", metavar="PATH", type=_path_arg,
+    g.add_argument("--data", metavar="PATH", type=_input_path,
                    help="images: CIFAR-10/100 or ImageNet16-120 batch directory, or an .npz file with x, y "
                         "(default: Gaussian N(0, 1) random inputs)")
     g.add_argument("--dataset", metavar="NAME",
                    help="cifar10, cifar100 or ImageNet16-120 (default: inferred from --data)")
-    g.add_argument("--batch-size", type=_count(2, MAX_BATCH), metavar="B",
-                   help=f"images per batch, 2..{MAX_BATCH} (default: 256 for jacob_cov, 128 for hook_logdet)")
+    g.add_argument("--batch-size", type=BATCH_SIZE.parse, metavar="B",
+                   help=f"images per batch, {BATCH_SIZE.low}..{BATCH_SIZE.high} (default: 256 for jacob_cov, 128 for hook_logdet)")
     g.add_argument("--seed", type=_seed_arg, default=0,
                    help="seed of weights and batches, 0..2**63-1 (default: 0)")
     g.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
@@ -326,7 +311,8 @@ def _config_from(args):
 
 
 def _check_device(args) -> None:
-    """Fail early, with exit code 3, when CUDA is asked for and absent."""
+    """Fail early, with exit code 3, when CUDA is asked for and absent (``args``: the parsed
+    options or a ScoreConfig, anything with ``.device``)."""
     from ._common import resolve_device
 
     try:
@@ -399,15 +385,14 @@ def cmd_scan(args) -> int:
 
     indices = parse_indices(args.indices)  # bad ranges fail before anything is opened
     if args.out is not None:
-        check_output_path(args.out)
+        check_output_path(args.out, rows=len(indices))
     config = _config_from(args)
     _check_device(args)
     bar = _progress(args, 0, "scoring")
     try:
-        with _sigterm_stops_scan():
-            result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
-                          db_timeout=args.db_timeout, ray=args.ray)
-    except (KeyboardInterrupt, Terminated) as e:
+        result = scan(indices, config=config, dedup=args.dedup, db=args.db, progress=bar,
+                      db_timeout=args.db_timeout, ray=args.ray)
+    except (KeyboardInterrupt, Terminated) as e:  # raised by main's signal handlers
         bar.close()
         saved = "?"
         try:
@@ -444,13 +429,14 @@ def cmd_db(args) -> int:
 
     with ScoreDB(args.db, readonly=True, timeout=args.db_timeout) as store:
         configs = store.configurations()
+    # Opening ran PRAGMA quick_check: a damaged file is an error (exit 2) that names the damage.
     if args.json:
-        _print_json({"db": args.db, "configurations": configs})
+        _print_json({"db": args.db, "integrity": "ok", "configurations": configs})
         return EXIT_OK
     if not configs:
-        print(f"{args.db}: no scores yet")
+        print(f"{args.db}: no scores yet (integrity: ok, PRAGMA quick_check)")
         return EXIT_OK
-    print(f"{args.db}: {len(configs)} configuration(s)")
+    print(f"{args.db}: {len(configs)} configuration(s) (integrity: ok, PRAGMA quick_check)")
     for c in configs:
         cfg = c["config"]
         data = cfg.get("data") or "Gaussian inputs"
@@ -604,15 +590,31 @@ def cmd_evaluate(args) -> int:
         if not args.search_table:
             raise ValueError("--table-out needs --search-table N,N,...")
         check_table_prefix(args.table_out)
-    config = None if args.scores_in is not None else _config_from(args)
+    scores_in = args.scores_in
+    if args.table is not None:  # a score table in place of scoring (issue 21)
+        if args.scores_in is not None:
+            raise ValueError("give --table or --scores-in, not both")
+        scores_in = _load_score_table(args.table, args.method)
+        args.method = scores_in.method
+    if scores_in is not None:
+        # Nothing is scored: the options only scoring uses are refused, not silently ignored.
+        given = [flag for dest, flag in _SCORING_ONLY if getattr(args, dest) is not None]
+        if given:
+            source = "--table" if args.table is not None else "--scores-in"
+            raise ValueError(f"{source} reads earlier scores and scores nothing: {', '.join(given)} would not be "
+                             "used; leave them out, or score with --n-archs, --all or --indices instead")
+    elif args.n_archs is None and not args.all_archs and args.indices is None:
+        raise ValueError("say which architectures to score: --n-archs K, --all or --indices START:STOP; "
+                         "or read earlier scores with --scores-in FILE or --table NAME")
+    config = None if scores_in is not None else _config_from(args)
     if config is not None:
-        _check_device(args)
+        _check_device(config)  # its device: --device or the default
         if args.data is None and not args.quiet:
             print("note: no --data given: architectures are scored on Gaussian N(0,1) inputs", file=sys.stderr)
     accuracies = as_table(args.accuracies)
     progress = None if args.quiet or config is None else True
     result = evaluate(n_archs=args.n_archs, all_archs=args.all_archs, indices=args.indices, accuracies=accuracies,
-                      scores_out=args.scores_out, scores_in=args.scores_in, db=args.db, progress=progress,
+                      scores_out=args.scores_out, scores_in=scores_in, db=args.db, progress=progress,
                       config=config, ray=args.ray, **({"method": args.method, "seed": args.seed} if config is None else {}))
     table = None
     if args.search_table:
@@ -641,24 +643,62 @@ def _scores_arg(text: str):
     return method, _path_arg(path)
 
 
+_scores_arg.role = "input"  # METHOD=FILE: FILE is read (see _path_type)
+
+
+def _name_list(text: str) -> List[str]:
+    names = [t for t in text.replace(" ", "").split(",") if t]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _method_list(text: str) -> List[str]:
+    names = _name_list(text)
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown score method(s) {', '.join(bad)}; allowed: {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _load_score_table(name: str, method: Optional[str] = None):
+    """A score table (name or path) as the ScoreFile evaluate reads; its method must be ``method``
+    when one is given."""
+    from .tables import load
+
+    table = load(name)
+    if method is not None and method != table.method:
+        raise ValueError(f"table {table.name} holds {table.method} scores, but --method {method} was given")
+    if not table.complete:
+        cov = table.provenance["coverage"]
+        print(f"note: table {table.name} is PARTIAL: {cov['covered']} of {cov['expected']} rows", file=sys.stderr)
+    return table.as_score_file()
+
+
 def cmd_report(args) -> int:
     from ._common import check_input_file, check_output_file
     from .figures import read_published_points
     from .report import build_report
 
     check_output_file(args.out, "report", (".md",))  # only Markdown is written
-    for _, path in args.scores:
+    if not args.scores and not args.table:
+        raise ValueError("give the scores: --scores METHOD=FILE or --table NAME (repeat for each score)")
+    for _, path in args.scores or ():
         check_input_file(path, "a scores file")
     scores: dict = {}
-    for method, path in args.scores:
+    sources = list(args.scores or ()) + [(t.method, t) for t in (_load_score_table(n) for n in args.table or ())]
+    for method, source in sources:
         if method in scores:
-            raise ValueError(f"--scores given twice for {method}")
-        scores[method] = path
+            raise ValueError(f"scores given twice for {method} (--scores / --table)")
+        scores[method] = source
     summary = build_report(
         scores=scores, accuracies=args.accuracies, out=args.out, figures_dir=args.figures_dir, data=args.data,
         n_archs=args.n_archs, sample_seed=args.sample_seed, Ns=args.search_ns, runs=args.runs, seed=args.seed,
         published_points=None if args.published is None else read_published_points(args.published),
-        fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch,
+        fig1_per_bin=args.fig1_per_bin, fig1_batch=args.fig1_batch, fig4_archs=args.fig4_archs,
+        fig4_repeats=args.fig4_repeats, fig4_batch=args.fig4_batch, fig4_method=args.fig4_method, zoo=args.zoo,
+        zoo_models=args.zoo_models, zoo_methods=args.zoo_methods, zoo_batch=args.zoo_batch,
+        notes=args.notes or "",
     )
     if args.json:
         _print_json(summary)
@@ -676,46 +716,255 @@ def _add_ray_option(p: argparse.ArgumentParser) -> None:
                         f"that cluster (needs Ray: {RAY_INSTALL_HINT})")
 
 
+#: evaluate's options that only scoring uses (refused with --scores-in): (dest, flag).
+_SCORING_ONLY = (("db", "--db"), ("ray", "--ray"), ("data", "--data"), ("dataset", "--dataset"),
+                 ("batch_size", "--batch-size"), ("augment", "--augment/--no-augment"),
+                 ("fixed_batch", "--fixed-batch/--batch-per-arch"), ("device", "--device"), ("engine", "--engine"),
+                 ("relu_match", "--relu-match"), ("dtype", "--dtype"))
+
+
 def _add_evaluate_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="a seeded random sample of K architectures")
+    which.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="a seeded random sample of K architectures")
     which.add_argument("--all", action="store_true", dest="all_archs", help="all 15,625 architectures")
     which.add_argument("--indices", metavar="START:STOP", help="these benchmark indices (START:STOP or a,b,c)")
-    p.add_argument("--accuracies", metavar="PATH", required=True, type=_path_arg,
+    p.add_argument("--accuracies", metavar="PATH", required=True, type=_input_path,
                    help="NB201 accuracies: nb201_accuracies.csv or the official .pth")
-    p.add_argument("--db", metavar="PATH", type=_path_arg, help="SQLite scan database: results are kept as they come and a "
+    p.add_argument("--db", metavar="PATH", type=_database_path, help="SQLite scan database: results are kept as they come and a "
                    "rerun resumes")
     _add_ray_option(p)  # Ray hook (issue 12)
-    p.add_argument("--scores-out", metavar="FILE", type=_path_arg, help="write per-architecture scores (.csv/.jsonl/.json)")
-    p.add_argument("--scores-in", metavar="FILE", type=_path_arg, help="reuse scores from FILE instead of scoring")
+    p.add_argument("--scores-out", metavar="FILE", type=_output_path, help="write per-architecture scores (.csv/.jsonl/.json)")
+    p.add_argument("--scores-in", metavar="FILE", type=_input_path, help="reuse scores from FILE instead of scoring")
+    p.add_argument("--table", metavar="NAME|PATH",
+                   help="read the scores of a score table instead of scoring: a shipped table's name (nwot-fast "
+                        "tables list) or the path of a table's .csv/.json; its score method is used")
     p.add_argument("--search-table", type=_int_list, metavar="N,N,...",
                    help="also the search table (mode 'table', over the evaluated architectures) for these N")
-    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N for --search-table (default 500)")
-    p.add_argument("--table-out", metavar="PREFIX", type=_path_arg, help="write the search table to PREFIX.md and PREFIX.csv")
+    p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N for --search-table (default 500)")
+    p.add_argument("--table-out", metavar="PREFIX", type=_prefix_path, help="write the search table to PREFIX.md and PREFIX.csv")
     _add_score_options(p)
+    # None = not given: scoring takes ScoreConfig's defaults (the same as the other commands'),
+    # --scores-in refuses what would not be used, and without --method it reads the file's method.
+    p.set_defaults(method=None, **{dest: None for dest, _ in _SCORING_ONLY})
     _add_output_options(p)
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", type=_scores_arg, action="append", required=True, metavar="METHOD=FILE",
+    p.add_argument("--scores", type=_scores_arg, action="append", metavar="METHOD=FILE",
                    help="a scores file of one method (repeat for several methods)")
-    p.add_argument("--accuracies", required=True, metavar="PATH", type=_path_arg, help="NB201 accuracies (CSV or .pth)")
-    p.add_argument("--out", default="report.md", metavar="FILE.md", type=_path_arg,
+    p.add_argument("--table", action="append", metavar="NAME|PATH",
+                   help="a score table in place of a scores file: a shipped table's name or a table's .csv/.json "
+                        "path (repeat for each score)")
+    p.add_argument("--accuracies", required=True, metavar="PATH", type=_input_path, help="NB201 accuracies (CSV or .pth)")
+    p.add_argument("--out", default="report.md", metavar="FILE.md", type=_output_path,
                    help="Markdown report, a .md file (default report.md)")
+    # the figures folder: build_report checks the files it writes there against the inputs
     p.add_argument("--figures-dir", metavar="DIR", type=_path_arg, help="figures and CSV tables (default: figures/ beside --out)")
-    p.add_argument("--data", metavar="PATH", type=_path_arg, help="images for Figure 1 (left out without)")
-    p.add_argument("--n-archs", type=_count(1, NUM_ARCHS), metavar="K", help="use only the seeded sample of K from each file")
+    p.add_argument("--data", metavar="PATH", type=_input_path, help="images for Figure 1 (left out without)")
+    p.add_argument("--n-archs", type=N_ARCHS.parse, metavar="K", help="use only the seeded sample of K from each file")
     p.add_argument("--sample-seed", type=_seed_arg, default=0, help="seed of that sample (default 0)")
     p.add_argument("--search-ns", type=_int_list, default=[10, 25, 50, 75, 100], metavar="N,N,...",
                    help="sample sizes of the search table (default 10,25,50,75,100)")
-    p.add_argument("--runs", type=_count(1, MAX_RUNS), default=500, help="runs per N (default 500)")
+    p.add_argument("--runs", type=RUNS.parse, default=500, help="runs per N (default 500)")
     p.add_argument("--seed", type=_seed_arg, default=0, help="seed of the search runs and Figure 1 (default 0)")
-    p.add_argument("--published", metavar="CSV", type=_path_arg,
+    p.add_argument("--published", metavar="CSV", type=_input_path,
                    help="published points for Figure 6 instead of the built-in ones (the NASWOT paper's "
                    "NAS-Bench-201 table): CSV label,seconds,accuracy[,std][,kind]")
-    p.add_argument("--fig1-per-bin", type=_count(1, 1000), default=3, help="architectures per bin in Figure 1 (default 3)")
-    p.add_argument("--fig1-batch", type=_count(2, MAX_BATCH), default=64, help="batch size for Figure 1 (default 64)")
+    p.add_argument("--notes", metavar="TEXT", help="a paragraph (Markdown) written under the report's title")
+    p.add_argument("--fig1-per-bin", type=IntRange(1, 1000).parse, default=3, help="architectures per bin in Figure 1 (default 3)")
+    p.add_argument("--fig1-batch", type=BATCH_SIZE.parse, default=64, help="batch size for Figure 1 (default 64)")
+    g = p.add_argument_group("Figure 4 (with --data): the score under other minibatches, initialisations, Gaussian inputs")
+    g.add_argument("--fig4-archs", type=IntRange(0, 1000).parse, default=8, metavar="K",
+                   help="seeded random architectures (default 8; 0 leaves Figure 4 out)")
+    g.add_argument("--fig4-repeats", type=IntRange(2, 1000).parse, default=10, metavar="R", help="scores per factor (default 10)")
+    g.add_argument("--fig4-batch", type=BATCH_SIZE.parse, default=128, metavar="B", help="batch size (default 128)")
+    g.add_argument("--fig4-method", default="hook_logdet", choices=METHODS, help="score (default hook_logdet)")
+    g = p.add_argument_group("Figure 5: pytorchcv CIFAR-10 models at initialisation (needs --data and "
+                             "pip install 'nwot_fast[zoo]')")
+    g.add_argument("--zoo", action="store_true", help="draw Figure 5")
+    g.add_argument("--zoo-models", type=_name_list, metavar="NAME,NAME,...",
+                   help="pytorchcv model names (default: the CIFAR-10 models that score in seconds on a CPU, "
+                        "nwot_fast.zoo.DEFAULT_MODELS)")
+    g.add_argument("--zoo-methods", type=_method_list, default=list(METHODS), metavar="METHOD,...",
+                   help=f"scores to fit (default {','.join(METHODS)})")
+    g.add_argument("--zoo-batch", type=BATCH_SIZE.parse, default=64, metavar="B", help="batch size (default 64)")
     _add_output_options(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# score tables (issue 21)
+
+
+def _tables_dir(args):
+    return getattr(args, "dir", None)
+
+
+def cmd_tables_list(args) -> int:
+    from .tables import SHIPPED_DIR, list_tables
+
+    directory = _tables_dir(args) or SHIPPED_DIR
+    items = list_tables(directory)
+    if args.json:
+        _print_json({"directory": directory, "tables": items})
+        return EXIT_OK
+    if not items:
+        print(f"no score tables in {directory}")
+        return EXIT_OK
+    rows = [[t["name"], t["method"], t["dtype"], str(t["rows"]),
+             "complete" if t["complete"] else f"PARTIAL {t['covered']}/{t['expected']}"] for t in items]
+    print(f"score tables in {directory}:")
+    print(_table(["name", "method", "dtype", "rows", "coverage"], rows))
+    return EXIT_OK
+
+
+def cmd_tables_show(args) -> int:
+    from .tables import float32_error, list_tables, load, summary_counts
+
+    table = load(args.table, _tables_dir(args))
+    counts = summary_counts(table)
+    truth = None
+    if table.dtype == "float32":
+        directory = os.path.dirname(table.json_path)
+        for t in list_tables(directory):
+            if t["method"] == table.method and t["dtype"] == "float64":
+                truth = float32_error(table, load(t["path"]))
+                break
+    if args.json:
+        _print_json({"name": table.name, "csv": table.csv_path, "counts": counts, "provenance": table.provenance,
+                     "float32_error_vs_float64_table": truth})
+        return EXIT_OK
+    p, scan = table.provenance, table.provenance["scan"]
+    proto, data = p["protocol"], p["protocol"]["data"]
+    lines = [
+        ("table", f"{table.name}: {table.csv_path}"),
+        ("scores", f"{p['method']} in {p['dtype']}; {len(table)} rows: {counts['finite']} finite, {counts['nan']} NaN, "
+                   f"{counts['neg_inf']} -inf"),
+        ("coverage", ("complete" if table.complete else "PARTIAL") + f": {p['coverage']['covered']} of "
+                     f"{p['coverage']['expected']} rows ({p['coverage']['selection'].get('rule') or p['coverage']['selection'].get('spec')})"),
+        ("data", f"{data['description']}; {data['fingerprint']}"),
+        ("protocol", f"batch {proto['batch_size']}, {'fixed batch' if proto['fixed_batch'] else 'batch per arch'}, "
+                     f"augment {proto['augment']}, seed {proto['seed']}, relu {proto['relu_match']}, "
+                     f"engine {proto['engine']}, {proto['device_type']}"),
+        ("scanned by", f"nwot_fast {scan['nwot_fast_version']} at commit {scan['git_commit']}, torch {scan['torch']}, "
+                       f"{scan['threads'] if scan['threads'] is not None else '?'} thread(s), {scan['cpu']}"),
+        ("when", f"{scan['started']} .. {scan['finished']} (wall {scan['wall_seconds']} s, scoring "
+                 f"{scan['scoring_seconds']:.0f} s)"),
+        ("command", scan["command"]),
+    ]
+    deg = p.get("degenerate")
+    if deg:
+        lines.append(("degenerate", f"{deg['scored']} rows are {deg['value']}; {deg['cells']} cells have "
+                                    f"'{deg['structure']}'; {deg['both']} are both"))
+    if truth is not None:
+        lines.append(("float32 error", f"on the {truth['rows']} rows of the float64 table: max {truth['max_rel_error']:.2e}, "
+                                       f"median {truth['median_rel_error']:.2e} relative ({truth['finite']} finite); "
+                                       f"special values: {truth['special_agree']} agree, {truth['special_disagree']} differ"))
+    for k, v in lines:
+        print(f"{k:<14}{v}")
+    return EXIT_OK
+
+
+def cmd_tables_verify(args) -> int:
+    from .tables import SHIPPED_DIR, TableIntegrityError, list_tables, load, verify
+
+    directory = _tables_dir(args) or SHIPPED_DIR
+    names = args.tables or [t["path"] for t in list_tables(directory)]
+    if not names:
+        raise FileNotFoundError(f"no score tables in {directory} to verify")
+    results, failed = [], 0
+    for name in names:
+        try:
+            table = load(name, directory)
+        except TableIntegrityError as e:
+            failed += 1
+            results.append({"table": name, "passed": False, "problems": [str(e)]})
+            if not args.json:
+                print(f"table {name}: FAIL: {one_line(e)}")
+            continue
+        with _progress(args, 0, f"verifying {table.name}") as bar:
+            v = verify(table, args.data, sample=args.sample, sample_seed=args.sample_seed,
+                       progress=lambda done, total: bar(done, total))
+        failed += not v.passed
+        results.append(v.to_dict())
+        if not args.json:
+            print(v.format_text())
+            print()
+    if args.json:
+        _print_json({"passed": failed == 0, "tables": results})
+    elif len(names) > 1:
+        print(f"{len(names) - failed} of {len(names)} tables agree" + ("" if not failed else f"; {failed} FAIL"))
+    return EXIT_OK if failed == 0 else EXIT_INTERNAL
+
+
+def cmd_tables_build(args) -> int:
+    from .tables import build
+
+    table = build(args.db, data=args.data, out_dir=args.out, commit=args.commit, method=args.method,
+                  dtype=args.dtype, config_hash=args.config_hash, indices=args.indices, random=args.random,
+                  random_seed=args.random_seed, allow_partial=args.allow_partial, name=args.name,
+                  threads=args.threads, command=args.command, timeout=args.db_timeout)
+    if args.json:
+        _print_json({"csv": table.csv_path, "json": table.json_path, "provenance": table.provenance})
+    else:
+        print(table.describe())
+        print(f"written: {table.csv_path}, {table.json_path}")
+    return EXIT_OK
+
+
+def _add_tables_parser(sub, add) -> None:
+    p = add("tables", "list, show, verify and build the whole-space NAS-Bench-201 score tables", None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    actions.required = True
+
+    def action(name, help_text, handler):
+        q = actions.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                               epilog=SUB_EPILOGS["tables"], formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.set_defaults(handler=handler)
+        return q
+
+    def dir_option(q):
+        q.add_argument("--dir", metavar="DIR", type=_path_arg,
+                       help="a directory of tables (default: the tables shipped with the package)")
+
+    q = action("list", "list the score tables", cmd_tables_list)
+    dir_option(q)
+    _add_output_options(q)
+    q = action("show", "show a table's provenance, counts and float32 error", cmd_tables_show)
+    q.add_argument("table", metavar="NAME|PATH", type=_path_arg, help="table name or path of its .csv/.json")
+    dir_option(q)
+    _add_output_options(q)
+    q = action("verify", "recompute random rows of tables on this machine and compare", cmd_tables_verify)
+    q.add_argument("tables", nargs="*", metavar="NAME|PATH", type=_path_arg, help="tables (default: all in --dir)")
+    q.add_argument("--data", required=True, metavar="PATH", type=_path_arg,
+                   help="CIFAR-10 images: the python batch directory or an .npz whose first 128 training images are "
+                        "the table's")
+    q.add_argument("--sample", type=N_ARCHS.parse, default=5, metavar="K", help="rows per table (default 5)")
+    q.add_argument("--sample-seed", type=_seed_arg, metavar="S",
+                   help="which rows (default: a fresh seed, printed, so that the same rows can be checked again)")
+    dir_option(q)
+    _add_output_options(q)
+    q = action("build", "export a table from a scan database, with its provenance", cmd_tables_build)
+    q.add_argument("--db", required=True, metavar="PATH", type=_path_arg, help="scan database (opened read-only)")
+    q.add_argument("--data", required=True, metavar="PATH", type=_path_arg, help="the image file the scan read")
+    q.add_argument("--out", required=True, metavar="DIR", type=_path_arg, help="directory for NAME.csv and NAME.json")
+    q.add_argument("--commit", required=True, metavar="HASH", help="git commit of the code that ran the scan")
+    q.add_argument("--method", choices=METHODS, help="which configuration (when the database holds several)")
+    q.add_argument("--dtype", choices=DTYPES, help="which configuration (when the database holds several)")
+    q.add_argument("--config-hash", metavar="HASH", help="which configuration (see nwot-fast db)")
+    rows = q.add_mutually_exclusive_group()
+    rows.add_argument("--indices", metavar="SPEC", help="the rows the table is for (default 0:15625)")
+    rows.add_argument("--random", type=N_ARCHS.parse, metavar="K",
+                      help="the rows: sorted(numpy.random.default_rng(RANDOM_SEED).choice(15625, K, replace=False))")
+    q.add_argument("--random-seed", type=_seed_arg, default=0, metavar="S", help="seed of --random (default 0)")
+    q.add_argument("--allow-partial", action="store_true",
+                   help="export even if rows are missing; the record says PARTIAL and how many rows it covers")
+    q.add_argument("--name", metavar="NAME", help="table name (default METHOD.DTYPE)")
+    q.add_argument("--threads", type=IntRange(1, 4096).parse, metavar="N", help="torch threads of the scan (recorded)")
+    q.add_argument("--command", metavar="TEXT", help="the reproducing command to record (default: built from the "
+                   "configuration)")
+    q.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
+                   help="how long to wait for a locked database (default: 30)")
+    _add_output_options(q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,15 +986,15 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, help_text, handler):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
                            epilog=SUB_EPILOGS.get(name, EXIT_CODES_HELP), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command_parser=p)
         return p
 
     p = add("search", "random search: draw N architectures per run, keep the best score", cmd_search)
-    p.add_argument("-n", "--n-samples", type=_count(1, MAX_SAMPLES), default=10, metavar="N",
-                   help=f"architectures per run, 1..{MAX_SAMPLES} (default: 10)")
-    p.add_argument("-r", "--runs", type=_count(1, MAX_RUNS), default=1, metavar="R",
-                   help=f"independent runs, 1..{MAX_RUNS} (default: 1)")
-    p.add_argument("--accuracies", metavar="PATH", type=_path_arg,
+    p.add_argument("-n", "--n-samples", type=N_SAMPLES.parse, default=10, metavar="N",
+                   help=f"architectures per run, 1..{N_SAMPLES.high} (default: 10)")
+    p.add_argument("-r", "--runs", type=RUNS.parse, default=1, metavar="R",
+                   help=f"independent runs, 1..{RUNS.high} (default: 1)")
+    p.add_argument("--accuracies", metavar="PATH", type=_input_path,
                    help="NB201 accuracies: the official .pth or a CSV like nb201_accuracies.csv")
     _add_score_options(p)
     _add_output_options(p)
@@ -759,11 +1008,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--indices", default="0:15625", metavar="START:STOP",
                    help="benchmark indices: START:STOP (STOP exclusive), START:STOP:STEP, single indices, "
                         "comma-separated (default: 0:15625, the whole space)")
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", type=_path_arg,
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", type=_database_path,
                    help=f"SQLite database the results go to and resume from (default: ./{DEFAULT_DB})")
     p.add_argument("--dedup", action="store_true",
                    help="score one architecture per isomorphism class; other members get its score (flagged)")
-    p.add_argument("--out", metavar="FILE", type=_path_arg, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
+    p.add_argument("--out", metavar="FILE", type=_output_path, help="also write the results to FILE.csv, FILE.jsonl or FILE.json (the score-file format)")
     p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_ray_option(p)  # Ray hook (issue 12)
@@ -772,12 +1021,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("evaluate", "score architectures and correlate the scores with NB201 accuracies", cmd_evaluate)
     _add_evaluate_options(p)
+    p.set_defaults(method=None)  # jacob_cov unless --table names another (cmd_evaluate decides)
 
     p = add("report", "assemble tables and figures of an evaluation into one Markdown report", cmd_report)
     _add_report_options(p)
 
+    _add_tables_parser(sub, add)
+
     p = add("db", "summarise a scan database: configurations, progress, NaN / -inf counts", cmd_db)
-    p.add_argument("db", metavar="PATH", type=_path_arg, help="SQLite database written by 'nwot-fast scan'")
+    p.add_argument("db", metavar="PATH", type=_database_path, help="SQLite database written by 'nwot-fast scan'")
     p.add_argument("--db-timeout", type=_seconds_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for a database locked by another process (default: 30)")
     _add_output_options(p)
@@ -793,87 +1045,102 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if isinstance(e, KeyError) or not text:
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text
-
-
 def _fail(args, code: int, message: str) -> int:
     line = f"{PROG}: error: {message}\n"
-    try:
+    # A name the stream cannot encode (not valid UTF-8, or beyond its encoding) is shown escaped.
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    line = line.encode(encoding, "backslashreplace").decode(encoding, "replace")
+    with contextlib.suppress(OSError):  # stderr itself may be what failed
         sys.stderr.write(line)
-    except UnicodeEncodeError:  # a name that is not valid UTF-8 in the message
-        sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     if args is not None and getattr(args, "json", False):
         with contextlib.suppress(OSError):
             _print_json({"error": message, "exit_code": code})
     return code
 
 
-# errno values that mean the place an output goes cannot take it: a resource problem (exit 3).
-_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EIO}
-
-
 def _quiet_stdout() -> None:
-    """After stdout failed (disk full), point it at /dev/null so that the interpreter's final
-    flush does not print a second error."""
+    """After stdout failed (disk full, closed), point it at /dev/null so that the interpreter's
+    final flush does not print a second error."""
     with contextlib.suppress(OSError):
         sys.stdout = open(os.devnull, "w")
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+def _check_paths(args) -> None:
+    """Before any work: no output of the command is the same file as one of its inputs, its
+    database or another output (the roles are those its options' types declare, _path_type)."""
+    from .paths import check_distinct
+    from .searchtable import TABLE_ENDINGS
+
+    parser = getattr(args, "command_parser", None)
+    outputs, inputs, databases = [], [], []
+    for action in parser._actions if parser is not None else ():
+        role = getattr(action.type, "role", None)
+        value = getattr(args, action.dest, None)
+        if role is None or value is None:
+            continue
+        label = action.option_strings[-1] if action.option_strings else action.dest
+        for v in value if isinstance(value, list) else [value]:
+            v = v[1] if isinstance(v, tuple) else v  # --scores METHOD=FILE
+            if role == "output":
+                outputs.append((label, v))
+            elif role == "prefix":
+                outputs += [(label, v + ending) for ending in TABLE_ENDINGS]
+            elif role == "database":
+                databases.append((label, v))
+            else:
+                inputs.append((label, v))
+    check_distinct(outputs, inputs, databases)
+
+
+def _run(args) -> int:
+    """The command, with every exception a user can cause mapped to its exit code
+    (:func:`nwot_fast.errors.classify`); anything else is a bug and propagates."""
+    import errno
+
+    from .errors import classify
+    from .process import StreamError, guarded_streams, stream_is_closed
+
+    stdout = sys.stdout
+    quiet = False
+    with guarded_streams():
+        try:
+            if stream_is_closed(stdout):  # every command writes its results there: refuse before any work
+                raise StreamError(errno.EBADF, "cannot write the results to standard output: it is closed")
+            _check_paths(args)
+            code = int(args.handler(args) or EXIT_OK)
+            sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
+        except (Exception, KeyboardInterrupt) as e:
+            mapped = classify(e)
+            if mapped is None:
+                raise
+            code, message = mapped
+            quiet = isinstance(e, (StreamError, BrokenPipeError)) or (
+                isinstance(e, OSError) and code == EXIT_RESOURCE and not e.filename)
+            if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                with contextlib.suppress(OSError):
+                    print(f"{PROG}: {message}", file=sys.stderr)
+            elif message is not None:
+                _fail(args, code, message)
+    if quiet:
+        _quiet_stdout()
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit code (see ``nwot-fast --help``)."""
+    """Run the command line; returns the exit code (see ``nwot-fast --help``). The first SIGINT
+    or SIGTERM stops the command (exit 130 / 143) and later ones are ignored while it cleans up;
+    called as the program (``argv`` None) they stay ignored through the interpreter's exit."""
+    from .process import stop_on_signals
+
+    entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
-
-    from .distributed import ClusterError, RayNotInstalledError
-    from .store import ScanDatabaseError
-
-    try:
-        code = int(args.handler(args) or EXIT_OK)
-        sys.stdout.flush()  # a full disk or a closed pipe on stdout shows here, not at exit
-        return code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; results already saved are kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except RayNotInstalledError as e:  # an optional dependency the command line asked for
-        return _fail(args, EXIT_USAGE, _one_line(e))
-    except (ScanDatabaseError, ClusterError, ResourceError, OutputError) as e:
-        return _fail(args, EXIT_RESOURCE, _one_line(e))
-    except MemoryError as e:
-        msg = _one_line(e) if str(e) else "out of memory"
-        return _fail(args, EXIT_RESOURCE, f"{msg} (lower --batch-size, or use a machine with more memory)")
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into `head`): not an error of ours.
-        _quiet_stdout()
-        return EXIT_OK
-    except OSError as e:
-        if e.errno in _RESOURCE_ERRNOS:
-            _quiet_stdout()
-            where = _one_line(e) if e.filename else f"cannot write the results to standard output: {e.strerror}"
-            return _fail(args, EXIT_RESOURCE, where)
-        if isinstance(e, _BAD_INPUT):
-            return _fail(args, EXIT_USAGE, _one_line(e))
-        raise
-    except _BAD_INPUT as e:
-        return _fail(args, EXIT_USAGE, _one_line(e))
-    except RuntimeError as e:
-        if _is_out_of_memory(e):
-            return _fail(args, EXIT_RESOURCE, f"out of memory ({_one_line(e)}); lower --batch-size")
-        raise
+    with stop_on_signals(keep_ignoring=entry):
+        return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,12 +18,15 @@ and imports neither Ray nor torch at import (the CLI imports it for its messages
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import sys
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
+
+from .errors import MissingDependencyError, ResourceError
 
 if TYPE_CHECKING:  # torch-free at import: the scoring types are imported where they are used
     from .scoring import ArchScore, ArchScorer, ScoreConfig
@@ -34,16 +37,17 @@ INSTALL_HINT = "pip install 'nwot_fast[ray]' (from a checkout: pip install .[ray
 CONNECT_TIMEOUT_S = 5.0  # to decide that nothing listens at an address; ray.init itself would wait minutes
 MAX_CHUNK = 16  # archs per task: a lost worker costs at most this much work, and progress moves per chunk
 TASK_RETRIES = 3  # re-runs of a chunk whose worker process or node died
+WAIT_SLICE_S = 0.25  # longest wait inside Ray between two chances to act on SIGINT / SIGTERM
 
 # ``ray`` argument: True (or "local") starts a local instance; a string joins that cluster.
 RayTarget = Union[bool, str]
 
 
-class RayNotInstalledError(ImportError):
+class RayNotInstalledError(MissingDependencyError):
     """``ray=...`` was asked for but Ray is not importable (the CLI exits 2)."""
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ResourceError):
     """The Ray cluster cannot be reached or lost the work (the CLI exits 3)."""
 
 
@@ -130,9 +134,18 @@ class _Connection:
     """A Ray session for one run: joins the cluster, or starts a local instance that it stops.
 
     While connected, this process's ``sys.stdout`` is its stderr: Ray prints cluster events
-    ("a worker died ...") to stdout from a thread of its own, which would corrupt ``--json``."""
+    ("a worker died ...") to stdout from a thread of its own, which would corrupt ``--json``.
+
+    The driver's signal handling wins over Ray's: ``ray.init`` replaces the SIGTERM handler by
+    one that calls ``sys.exit`` (an abort with a native stack dump when it lands in Ray's C++
+    code); the handlers in place before it come back once it returns. Starting and stopping
+    Ray are never cut in two by SIGINT / SIGTERM (:func:`nwot_fast.process.deferred_signals`):
+    a signal in between is delivered when they are done, so a local instance this process
+    started is always stopped, its agents included."""
 
     def __init__(self, target: RayTarget):
+        from .process import deferred_signals
+
         self.ray = _import_ray()
         self.owned = False
         self._stdout = None
@@ -140,7 +153,8 @@ class _Connection:
             return
         self._stdout, sys.stdout = sys.stdout, sys.stderr
         try:
-            self._connect(target)
+            with deferred_signals(), _ray_keeps_off_sigterm(self.ray):
+                self._connect(target)
         except BaseException:
             self.owned = True  # whatever a failed ray.init left behind is ours to stop
             self.close()
@@ -174,13 +188,33 @@ class _Connection:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def close(self) -> None:
+        from .process import deferred_signals
+
         try:
             if self.owned:
                 self.owned = False
-                self.ray.shutdown()
+                with deferred_signals():
+                    self.ray.shutdown()
         finally:
             if self._stdout is not None:
                 sys.stdout, self._stdout = self._stdout, None
+
+
+@contextlib.contextmanager
+def _ray_keeps_off_sigterm(ray_module):
+    """While ``ray.init`` runs, its call that installs a SIGTERM handler does nothing (the
+    handler in place stays; a private name of Ray: where it is gone, the handler Ray installs
+    lasts only until the block ends, see :class:`_Connection`)."""
+    utils = getattr(getattr(ray_module, "_private", None), "utils", None)
+    if utils is None or not hasattr(utils, "set_sigterm_handler"):
+        yield
+        return
+    real = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = real
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,33 +268,45 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
         raise ValueError(f"chunk must be an int >= 1 (indices per Ray task), got {chunk!r}")
     if not indices:
         return
+    from .process import deferred_signals
+
     conn = _Connection(target)
     ray_mod = conn.ray
     pending: Dict[object, List[int]] = {}
+    # Every call into Ray runs under deferred_signals: a Python exception raised by a signal
+    # handler inside Ray's C++ code comes back as a SystemError (and could leave Ray's state
+    # half-changed); delivered between the calls, SIGINT / SIGTERM stop the scan as anywhere else.
+    # ray.wait returns every WAIT_SLICE_S so that a signal waits at most that long.
     try:
-        cpus = conn.cpus()
-        size = chunk or chunk_size(len(indices), cpus)
-        chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
-        # Each task holds one CPU: one single-threaded worker process per core. A task whose
-        # worker dies is re-run (max_retries); a Python error in it is not (it would fail again).
-        remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_chunk)
-        config_ref = ray_mod.put(config)
+        with deferred_signals():
+            cpus = conn.cpus()
+            size = chunk or chunk_size(len(indices), cpus)
+            chunks = [indices[k:k + size] for k in range(0, len(indices), size)]
+            # Each task holds one CPU: one single-threaded worker process per core. A task whose
+            # worker dies is re-run (max_retries); a Python error in it is not (it would fail again).
+            remote = ray_mod.remote(num_cpus=1, max_retries=TASK_RETRIES, retry_exceptions=False)(score_chunk)
+            config_ref = ray_mod.put(config)
         window = 2 * cpus  # tasks in flight: the cluster stays busy, results arrive roughly in order
         queue = iter(chunks)
 
         def submit() -> None:
-            for part in queue:
-                pending[remote.remote(config_ref, part)] = part
-                if len(pending) >= window:
-                    return
+            with deferred_signals():
+                for part in queue:
+                    pending[remote.remote(config_ref, part)] = part
+                    if len(pending) >= window:
+                        return
 
         submit()
         while pending:
-            ready, _ = ray_mod.wait(list(pending), num_returns=1)
+            with deferred_signals():
+                ready, _ = ray_mod.wait(list(pending), num_returns=1, timeout=WAIT_SLICE_S)
+            if not ready:
+                continue
             ref = ready[0]
             part = pending.pop(ref)
             try:
-                rows = ray_mod.get(ref)
+                with deferred_signals():
+                    rows = ray_mod.get(ref)
             except ray_mod.exceptions.RayTaskError as e:
                 # The task's own exception (ValueError, MemoryError, ...), as a local scan raises it.
                 cause = getattr(e, "cause", None)
@@ -277,9 +323,16 @@ def score_on_ray(config: ScoreConfig, indices: Sequence[int], *, ray: RayTarget 
             for index, score, seconds in rows:
                 yield ArchScore(index, arch_at(index), score, seconds)
     finally:
-        for ref in pending:
-            try:
-                ray_mod.cancel(ref, force=True)
-            except Exception:  # best effort: the job ends with the driver anyway
-                pass
-        conn.close()
+        with deferred_signals():  # a second Ctrl-C must not leave the instance running
+            if not conn.owned:
+                # The caller's Ray session goes on: stop what it would still compute for nothing.
+                # A session of this run ends with it instead, and Ray stops the job's tasks; a
+                # force-cancel racing a task that is finishing can make Ray's core worker fail
+                # its own check ("Tried to complete task that was not pending") and kill the
+                # process (seen on Ray 2.60 when a scan was interrupted).
+                for ref in pending:
+                    try:
+                        ray_mod.cancel(ref)
+                    except Exception:  # best effort: the results are not waited for
+                        pass
+            conn.close()

@@ -17,8 +17,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_int, check_seed, json_float
-from .scorefile import check_output_path, read_scores, write_scores
+from ._common import METHODS, NUM_ARCHS, accuracy_label, check_input_file, check_seed, json_float
+from .args import N_ARCHS, check_choice, check_flag
+from .paths import check_distinct
+from .scorefile import ScoreFile, check_output_path, read_scores, write_scores
 from .stats import correlations
 
 __all__ = ["EvaluationResult", "evaluate", "sample_indices"]
@@ -29,7 +31,7 @@ def sample_indices(n_archs: int, seed: int = 0) -> np.ndarray:
     ``n_archs`` of ``numpy.random.default_rng(seed).permutation(15625)``, in that order (so the
     sample of K is the start of the sample of any larger K, and a partial run is itself a
     uniform random sample)."""
-    n = check_int(n_archs, "n_archs", 1, NUM_ARCHS)
+    n = N_ARCHS.check(n_archs, "n_archs")
     seed = check_seed(seed)
     return np.random.default_rng(seed).permutation(NUM_ARCHS)[:n].astype(np.int64)
 
@@ -131,7 +133,7 @@ def _selection(n_archs, all_archs, indices, seed) -> Tuple[Optional[np.ndarray],
     if all_archs:
         return np.arange(NUM_ARCHS, dtype=np.int64), f"the whole space ({NUM_ARCHS} architectures)"
     if n_archs is not None:
-        n = check_int(n_archs, "n_archs", 1, NUM_ARCHS)
+        n = N_ARCHS.check(n_archs, "n_archs")
         return sample_indices(n, seed), f"seeded random sample of {n} (numpy default_rng({seed}).permutation)"
     if indices is not None:
         from .scan import parse_indices
@@ -160,8 +162,10 @@ def evaluate(
     sample), ``relu_match``, ``engine``, ``device``, ``dtype``; see
     :func:`nwot_fast.scoring.score_config`); ``db`` makes the scoring a durable, resumable scan
     (:func:`nwot_fast.scan.scan`). ``scores_in`` reads the scores of an earlier run instead of
-    scoring (with a selection given, those indices are taken from the file; only ``method`` and
-    ``seed`` of the options are used). ``scores_out`` writes the per-architecture scores
+    scoring (with a selection given, those indices are taken from the file; ``method``, when
+    given, picks that method's rows and must be given for a file of several methods; ``seed`` is
+    the seed of the sample; ``db``, ``ray``, ``config`` and the other scoring options are
+    refused with it, since nothing is scored). ``scores_out`` writes the per-architecture scores
     (``.csv``, ``.jsonl`` or ``.json``). ``accuracies``: a path to the NB201 accuracy CSV /
     official ``.pth``, or an AccuracyTable. ``ray``: score on a Ray cluster, as
     :func:`nwot_fast.scan.scan` does (``True``: a local instance; or an address).
@@ -169,27 +173,36 @@ def evaluate(
     from .accuracies import as_table
 
     started = time.perf_counter()
-    if not isinstance(all_archs, bool):
-        raise TypeError(f"all_archs must be True or False, got {all_archs!r}")
-    method = options.get("method") or (config.method if config is not None else "jacob_cov")
-    if method not in METHODS:
-        raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(METHODS)}")
+    all_archs = check_flag(all_archs, "all_archs")
+    method = options.get("method")
+    if method is not None:
+        check_choice(method, "method", METHODS, "score method")
+    elif config is not None:
+        method = config.method
+    if scores_in is not None:
+        _check_nothing_to_score(db, ray, config, options)
     seed = options.get("seed")
     seed = check_seed(config.seed if seed is None and config is not None else (seed or 0))
-    if scores_out is not None:
-        check_output_path(scores_out)  # before any scoring: a bad name must not cost the scores
-    if scores_in is not None:
+    if scores_in is not None and not isinstance(scores_in, ScoreFile):
         check_input_file(scores_in, "a scores file")
-    table = as_table(accuracies)
     wanted, selection = _selection(n_archs, all_archs, indices, seed)
+    if scores_out is not None:
+        # Before any scoring: a bad name, a place too small for the file, or an input in the way
+        # must not cost the scores.
+        check_output_path(scores_out, rows=0 if wanted is None else int(wanted.size))
+        data = config.data if config is not None else options.get("data")
+        file_in = None if isinstance(scores_in, ScoreFile) else scores_in
+        check_distinct([("scores_out", scores_out)], [("scores_in", file_in), ("accuracies", accuracies),
+                                                      ("data", data)], [("db", db)])
+    table = as_table(accuracies)
     if scores_in is not None:
-        idx, sc, secs, selection, cfg, description, scores_from = _read(scores_in, method, wanted, selection)
+        idx, sc, secs, selection, cfg, description, scores_from, method = _read(scores_in, method, wanted, selection)
     elif wanted is None:
         raise ValueError("say which architectures to score: n_archs=K, all_archs=True or indices=...; "
                          "or read earlier scores with scores_in=FILE")
     else:
         idx, sc, secs, cfg, description = _score(wanted, db, progress, config, options, ray)
-        scores_from = None
+        scores_from, method = None, cfg["method"]
     written = None
     if scores_out is not None:
         written = write_scores(scores_out, idx, sc, seconds=secs, method=method, config=cfg)
@@ -209,12 +222,25 @@ def evaluate(
     )
 
 
-def _read(scores_in, method: str, wanted, selection: str):
-    """Scores of ``wanted`` (or of every row) from a score file."""
-    sf = read_scores(scores_in, method=method)
+def _check_nothing_to_score(db, ray, config, options) -> None:
+    """With ``scores_in`` nothing is scored: what only scoring uses is refused, not ignored."""
+    unused = [name for name, value in (("db", db), ("ray", ray), ("config", config)) if value not in (None, False)]
+    unused += sorted(k for k, v in options.items() if v is not None and k not in ("method", "seed"))
+    if unused:
+        raise ValueError(f"scores_in reads earlier scores and scores nothing: {', '.join(unused)} would not be "
+                         "used; leave them out, or score (n_archs=, all_archs= or indices=) without scores_in")
+
+
+def _read(scores_in, method: Optional[str], wanted, selection: str):
+    """Scores of ``wanted`` (or of every row) from a score file (or a loaded ScoreFile: a score table), and the method they are of."""
+    sf = scores_in if isinstance(scores_in, ScoreFile) else read_scores(scores_in, method=method)
+    if method is not None and sf.method is not None and sf.method != method:
+        raise ValueError(f"{sf.source} holds {sf.method} scores, not {method}")
+    method = method or sf.method or "jacob_cov"  # an unlabelled file: the default method, as --method says
+    left_out = "".join(f", {n} {m} row{'s' if n != 1 else ''} left out" for m, n in sorted(sf.skipped.items()))
     if wanted is None:
         idx, sc, secs = sf.indices, sf.scores, sf.seconds
-        selection = f"all {idx.size} architectures in {sf.source}"
+        selection = f"all {idx.size} {method} rows of {sf.source}{left_out}"
     else:
         pos = {int(i): k for k, i in enumerate(sf.indices)}
         missing = [int(i) for i in wanted if int(i) not in pos]
@@ -223,11 +249,11 @@ def _read(scores_in, method: str, wanted, selection: str):
                              f"architectures (first: {missing[:5]}); score them or choose fewer")
         take = np.asarray([pos[int(i)] for i in wanted], dtype=np.int64)
         idx, sc, secs = wanted, sf.scores[take], sf.seconds[take]
-        selection = f"{selection}, scores read from {sf.source}"
+        selection = f"{selection}, {method} scores read from {sf.source}{left_out}"
     config = dict(sf.config)
     config.setdefault("method", method)
     description = config.get("data_description") or f"scores read from {sf.source}"
-    return idx, sc, secs, selection, config, description, sf.source
+    return idx, sc, secs, selection, config, description, sf.source, method
 
 
 def _score(wanted, db, progress, config, options, ray=None):

@@ -3,6 +3,10 @@
 * Figure 1: histograms of the off-diagonal entries of the Jacobian correlation matrix
   Sigma_J of untrained networks, for architectures binned by trained CIFAR-10 val accuracy.
 * Figure 3: score against trained accuracy, one panel per dataset.
+* Figure 4: how the score of a few architectures moves with the minibatch, the initialisation
+  and Gaussian inputs (:mod:`nwot_fast.variation` measures it), against trained accuracy.
+* Figure 5: the score at initialisation of pytorchcv's CIFAR-10 models against their test
+  accuracy, with the least-squares line (:mod:`nwot_fast.zoo` measures and fits it).
 * Figure 6: search time against CIFAR-10 test accuracy, this project's points beside the
   published ones.
 
@@ -19,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._common import DATASET_LABELS
-from .published import PUBLISHED_BASELINES, PUBLISHED_SEARCH_POINTS
+from .published import PUBLISHED_BASELINES, PUBLISHED_KINDS, PUBLISHED_SEARCH_POINTS, check_published_point, read_published_points  # noqa: F401  (re-exported)
 
 __all__ = [
     "ACCURACY_BINS",
@@ -30,8 +34,11 @@ __all__ = [
     "jacobian_correlation_entries",
     "figure1_jacobian_histograms",
     "figure3_score_vs_accuracy",
+    "figure4_score_variation",
+    "figure5_zoo",
     "figure6_time_vs_accuracy",
     "read_published_points",
+    "check_published_point",
     "save_figure",
 ]
 
@@ -40,8 +47,6 @@ ACCURACY_BINS: Tuple[Tuple[Optional[float], Optional[float]], ...] = (
     (None, 60.0), (60.0, 70.0), (70.0, 80.0), (80.0, 90.0), (90.0, None),
 )
 
-#: Kinds a published point may have (optional ``kind`` key), each drawn with its own marker.
-PUBLISHED_KINDS = ("training-free", "non-weight-sharing", "weight-sharing")
 
 # marker style and legend entry per kind; None: a published point without a kind
 _KIND_STYLE = {
@@ -63,6 +68,10 @@ def _new_figure(width: float, height: float):
     return fig
 
 
+#: What a figure is written as: PREFIX.png and PREFIX.svg.
+FIGURE_ENDINGS = (".png", ".svg")
+
+
 def save_figure(fig, prefix) -> List[str]:
     """Write ``PREFIX.png`` and ``PREFIX.svg``; returns both paths."""
     prefix = os.fspath(prefix)
@@ -72,7 +81,7 @@ def save_figure(fig, prefix) -> List[str]:
     from ._common import atomic_write
 
     paths = []
-    for ext, kw in ((".png", {"dpi": 100}), (".svg", {})):
+    for ext, kw in zip(FIGURE_ENDINGS, ({"dpi": 100}, {})):
         path = prefix + ext
         # no timestamps in the SVG, so that reruns give the same file
         meta = {"Date": None} if ext == ".svg" else {}
@@ -201,41 +210,85 @@ def figure3_score_vs_accuracy(indices, scores, table, out_prefix, *, method: str
 
 
 # ---------------------------------------------------------------------------------------------
+# Figure 4
+
+
+def figure4_score_variation(variation, table, out_prefix, *, dataset: str = "cifar10", split: str = "test") -> dict:
+    """Figure 4: one panel per factor of ``variation`` (a :class:`nwot_fast.variation.Variation`:
+    minibatch, initialisation, Gaussian inputs); each architecture's scores as a box (and its
+    points) at its trained accuracy (``table``: an AccuracyTable). Panels share the score axis,
+    so the boxes compare across factors; each panel's title gives the factor's spread (median
+    over architectures of the per-architecture standard deviation). Non-finite scores are not
+    drawn. Returns the paths, the spreads and the accuracies."""
+    from .variation import FACTOR_LABELS, FACTORS
+
+    acc = table.column(dataset, split)[np.asarray(variation.indices, dtype=np.int64)]
+    spread = variation.spread()
+    fig = _new_figure(12.0, 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(FACTORS), sharey=True))
+    span = float(np.nanmax(acc) - np.nanmin(acc)) if acc.size > 1 else 1.0
+    width = max(span / 40, 0.2)
+    for ax, factor in zip(axes, FACTORS):
+        s = variation.scores[factor]
+        for a, (x, row) in enumerate(zip(acc, s)):
+            finite = row[np.isfinite(row)]
+            if finite.size == 0 or not np.isfinite(x):
+                continue
+            ax.boxplot([finite], positions=[x], widths=width, manage_ticks=False, showfliers=False,
+                       medianprops={"color": f"C{a % 10}"}, boxprops={"color": f"C{a % 10}"},
+                       whiskerprops={"color": f"C{a % 10}"}, capprops={"color": f"C{a % 10}"})
+            ax.scatter(np.full(finite.size, x), finite, s=6, color=f"C{a % 10}", alpha=0.6, zorder=3)
+        ax.set_xlabel(f"{DATASET_LABELS.get(dataset, dataset)} {split} accuracy (%)", fontsize=9)
+        ax.set_title(f"{FACTOR_LABELS[factor]}\nmedian std over archs = {spread[factor]['median_std']:.3g}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{variation.method} score", fontsize=9)
+    fig.suptitle(f"{variation.method}: {len(variation.indices)} random NB201 architectures, {variation.repeats} "
+                 f"scores per factor (batch {variation.batch_size})", fontsize=10)
+    return {"paths": save_figure(fig, out_prefix), "spread": spread, "accuracy": acc.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 5
+
+
+def figure5_zoo(results: Sequence, out_prefix) -> dict:
+    """Figure 5: for each :class:`nwot_fast.zoo.ZooResult` in ``results`` (one per score), a
+    panel of the models' score at initialisation (x) against their CIFAR-10 test accuracy (y),
+    with the line of ``accuracy ~ score`` and, in the title, the score's coefficient and
+    p-value with and without log(parameters). Non-finite scores are not drawn."""
+    from .zoo import FIT_SCORE, FIT_WITH_PARAMS
+
+    results = list(results)
+    if not results:
+        raise ValueError("figure5_zoo needs at least one ZooResult")
+    fig = _new_figure(5.2 * len(results), 4.4)
+    axes = np.atleast_1d(fig.subplots(1, len(results)))
+    for ax, res in zip(axes, results):
+        models = [m for m in res.models if np.isfinite(m.score)]
+        x = np.array([m.score for m in models])
+        y = np.array([m.accuracy for m in models])
+        points = ax.scatter(x, y, s=14, c=np.log10([m.params for m in models]) if models else None, cmap="viridis",
+                            zorder=3)
+        if models:
+            fig.colorbar(points, ax=ax, label="log10 parameters")
+        title = f"{res.method}, {len(models)} models"
+        if res.fits:
+            f1, f2 = res.fits[FIT_SCORE], res.fits[FIT_WITH_PARAMS]
+            ax.plot(np.sort(x), f1["intercept"] + f1["score_coef"] * np.sort(x), color="0.3", linewidth=1)
+            title += (f"\nacc ~ score: coef {f1['score_coef']:.3g}, p = {f1['score_p']:.2g}"
+                      f"\nacc ~ score + log(params): coef {f2['score_coef']:.3g}, p = {f2['score_p']:.2g}")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(f"{res.method} score at initialisation (batch {res.batch_size})", fontsize=9)
+        ax.set_ylabel("CIFAR-10 test accuracy (%, pytorchcv)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("pytorchcv CIFAR-10 models: score at initialisation vs trained accuracy", fontsize=9)
+    return {"paths": save_figure(fig, out_prefix)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Figure 6
-
-
-def read_published_points(path) -> List[dict]:
-    """Read published points from a CSV with columns ``label, seconds, accuracy`` and optional
-    ``std`` and ``kind`` (search time in seconds, CIFAR-10 test accuracy in percent, ``kind`` one
-    of :data:`PUBLISHED_KINDS`)."""
-    import csv
-
-    from ._common import check_input_file
-
-    expected = "a CSV with columns label, seconds, accuracy[, std][, kind]"
-    path = check_input_file(path, expected)
-    out = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("label", "seconds", "accuracy") if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {header}); expected {expected}")
-        for n, row in enumerate(reader, start=2):
-            try:
-                point = {"label": row["label"], "seconds": float(row["seconds"]),
-                         "accuracy": float(row["accuracy"]),
-                         "std": float(row["std"]) if row.get("std") not in (None, "") else 0.0}
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"{path} row {n}: expected label, seconds, accuracy[, std][, kind], "
-                                 f"got {row!r}") from None
-            if row.get("kind") not in (None, ""):
-                if row["kind"] not in PUBLISHED_KINDS:
-                    raise ValueError(f"{path} row {n}: kind must be one of {', '.join(PUBLISHED_KINDS)}, "
-                                     f"got {row['kind']!r}")
-                point["kind"] = row["kind"]
-            out.append(point)
-    return out
 
 
 def _label_groups(points: Sequence[dict]) -> List[List[dict]]:
@@ -331,15 +384,10 @@ def figure6_time_vs_accuracy(points: Sequence[dict], out_prefix, *, published: O
     NASWOT paper's own points (:data:`PUBLISHED_SEARCH_POINTS`) and the other NAS methods of its
     NAS-Bench-201 table (:data:`PUBLISHED_BASELINES`)."""
     published = list(PUBLISHED_SEARCH_POINTS + PUBLISHED_BASELINES if published is None else published)
-    for p in list(points) + published:
-        for k in ("label", "seconds", "accuracy"):
-            if k not in p:
-                raise ValueError(f"each point needs label, seconds and accuracy; {p!r} has no {k!r}")
-        if not p["seconds"] > 0:
-            raise ValueError(f"search time must be > 0 for the log scale, got {p['seconds']!r} for {p['label']!r}")
-    for p in published:
-        if p.get("kind") not in _KIND_STYLE:
-            raise ValueError(f"kind of {p['label']!r} must be one of {', '.join(PUBLISHED_KINDS)}, got {p['kind']!r}")
+    for n, p in enumerate(points):
+        check_published_point(p, f"point {n}")
+    for n, p in enumerate(published):
+        check_published_point(p, f"published point {n}")
     fig = _new_figure(7.2, 4.8)
     ax = fig.subplots()
     for kind, (style, legend_label) in _KIND_STYLE.items():

@@ -1,8 +1,8 @@
 """The precision contract, checkable on any machine (docs/PRECISION.md).
 
-* **Truth**: the float64 score of the pure path (:func:`nwot_fast.reference.score` with
+* **Truth**: the float64 score of the reference engine (:func:`nwot_fast.reference.score` with
   ``dtype=torch.float64``; weights drawn in float32 from the seed, then cast).
-* **Reference envelope**: the relative error of the authors' float32 procedure (the pure path
+* **Reference envelope**: the relative error of the authors' float32 procedure (the reference engine
   in float32) against the truth, per architecture the larger of its errors at 1 and at 2 torch
   threads (:func:`threads`): the spread the authors' own code has on this machine.
 * **A float32 scorer keeps the contract** on a set of architectures and one batch when it gives
@@ -19,10 +19,10 @@
 
 A scorer is any ``scorer(archs, x, *, method, seed, dtype, relu_match) -> list of float``
 (NB201 architectures as indices, strings or :class:`~nwot_fast.nb201.Arch`; one batch ``x``
-for all; weights from ``torch.manual_seed(seed)``). :func:`engines` lists this package's own.
+for all; weights from ``torch.manual_seed(seed)``). :func:`scorers` lists this package's own.
 
-    >>> env = measure([6111, 0, 1459], x, "jacob_cov", candidates=engines())
-    >>> env.violations("fast")      # [] when the contract holds
+    >>> env = measure([6111, 0, 1459], x, "jacob_cov", candidates=scorers())
+    >>> env.violations("per_arch")  # [] when the contract holds
     >>> print(env.table())
 """
 
@@ -37,7 +37,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from . import fast, reference
+from . import reference, schedule
 from ._common import torch_dtype
 from .nb201 import build_network, index_of
 from .nb201.index import as_arch
@@ -49,7 +49,7 @@ THREADS = (1, 2)
 
 Scorer = Callable[..., List[float]]
 
-__all__ = ["CODE_FLOOR", "FACTOR", "FLOOR", "floor", "THREADS", "Envelope", "engines", "fast_scores", "measure", "pure_scores",
+__all__ = ["CODE_FLOOR", "FACTOR", "FLOOR", "floor", "THREADS", "Envelope", "scorers", "fast_scores", "measure", "reference_scores",
            "relative_error", "threads"]
 
 
@@ -71,11 +71,20 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def pure_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
-                relu_match: str = "name", device="cpu") -> List[float]:
-    """The pure path (the authors' procedure op for op): ``reference.score`` on
+def reference_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
+                     relu_match: str = "name", device="cpu") -> List[float]:
+    """The reference engine (the authors' procedure op for op): ``reference.score`` on
     ``build_network(arch)`` built right after ``torch.manual_seed(seed)`` (the caller's RNG
-    state is kept)."""
+    state is kept).
+
+    Args:
+        archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
+        x: ``[B, 3, H, W]`` floating: the one batch for all of them.
+        method, seed, dtype, relu_match, device: as for :func:`nwot_fast.per_arch.score_arch`.
+
+    Returns:
+        The scores as floats, in the order of ``archs``.
+    """
     scores = []
     for arch in archs:
         with torch.random.fork_rng(devices=[]):
@@ -87,19 +96,29 @@ def pure_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0,
 
 def fast_scores(archs: Sequence, x: torch.Tensor, *, method: str, seed: int = 0, dtype=torch.float32,
                 relu_match: str = "name", device="cpu", **options) -> List[float]:
-    """The fast path: :func:`nwot_fast.fast.score_archs` (``options`` go to it, e.g. ``chunk``)."""
-    return list(fast.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
-                                 relu_match=relu_match, dtype=dtype, **options))
+    """The fast engine: :func:`nwot_fast.schedule.score_archs` (``options`` go to it, e.g. ``chunk``
+    or ``batched``).
+
+    Args:
+        archs: architectures (indices, arch strings or :class:`~nwot_fast.nb201.Arch`).
+        x: ``[B, 3, H, W]`` floating: the one batch for all of them.
+        method, seed, dtype, relu_match, device: as for :func:`nwot_fast.per_arch.score_arch`.
+
+    Returns:
+        The scores as floats, in the order of ``archs``.
+    """
+    return list(schedule.score_archs(list(archs), lambda _: x, method=method, seed=seed, device=device,
+                                     relu_match=relu_match, dtype=dtype, **options))
 
 
-def engines(device="cpu") -> Dict[str, Scorer]:
-    """This package's scorers by name: ``pure``, ``fast`` (``fast.score_archs`` with the
-    per-architecture plans) and ``batched`` (its ``batched=True`` engine). Add your own to the
-    dict to check them."""
+def scorers(device="cpu") -> Dict[str, Scorer]:
+    """This package's scorers by name: ``reference`` (the reference engine), ``per_arch`` and
+    ``multi_arch`` (the fast engine in each mode, through ``schedule.score_archs``). Add your
+    own to the dict to check them."""
     return {
-        "pure": partial(pure_scores, device=device),
-        "fast": partial(fast_scores, device=device, batched=False),
-        "batched": partial(fast_scores, device=device, batched=True),
+        "reference": partial(reference_scores, device=device),
+        "per_arch": partial(fast_scores, device=device, batched=False),
+        "multi_arch": partial(fast_scores, device=device, batched=True),
     }
 
 
@@ -115,7 +134,7 @@ def relative_error(score: float, truth: float) -> float:
 
 @dataclass
 class Envelope:
-    """Scores of one method on ``archs``: the float64 ``truth``, the float32 pure path at each
+    """Scores of one method on ``archs``: the float64 ``truth``, the float32 reference engine at each
     thread count (``reference[n]``) and each candidate (``candidates[name]``), in arch order."""
 
     archs: List[str]
@@ -131,7 +150,7 @@ class Envelope:
         return [relative_error(s, t) for s, t in zip(self.candidates[name], self.truth)]
 
     def reference_errors(self) -> List[float]:
-        """Per-arch envelope: the larger of the float32 pure path's errors over the thread counts."""
+        """Per-arch envelope: the larger of the float32 reference engine's errors over the thread counts."""
         return [max(relative_error(scores[i], t) for scores in self.reference.values())
                 for i, t in enumerate(self.truth)]
 
@@ -163,7 +182,7 @@ class Envelope:
 
     def table(self) -> str:
         """A Markdown table, one line per arch (its benchmark index): the truth, the relative
-        errors of the float32 pure path per thread count (``ref@n``) and of each candidate."""
+        errors of the float32 reference engine per thread count (``ref@n``) and of each candidate."""
         ref_cols = [f"ref@{n}" for n in self.reference]
         head = ["index", "truth (float64)"] + ref_cols + list(self.candidates)
         lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -178,10 +197,11 @@ class Envelope:
 def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Optional[Mapping[str, Scorer]] = None,
             seed: int = 0, relu_match: str = "name", thread_counts: Sequence[int] = THREADS,
             dtype=torch.float32) -> Envelope:
-    """Score ``archs`` on batch ``x``: the truth (pure path, float64), the float32 pure path at
-    each of ``thread_counts`` (restored after), and each candidate scorer in ``dtype`` (float32
-    by default; float64 to check a float64 path against the truth) at the current thread count.
-    Decide with :meth:`Envelope.violations`."""
+    """Score ``archs`` on batch ``x [B, 3, H, W]`` (floating): the truth (reference engine,
+    float64), the float32 reference engine at each of ``thread_counts`` (restored after), and
+    each candidate scorer (name -> scorer) in ``dtype`` (float32 by default; float64 to check a
+    float64 path against the truth) at the current thread count. Returns the
+    :class:`Envelope`; decide with :meth:`Envelope.violations`."""
     if method not in reference.METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(reference.METHODS)}")
     candidates = {} if candidates is None else candidates
@@ -192,11 +212,11 @@ def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Option
         raise ValueError("archs must not be empty")
     names = [str(as_arch(a)) for a in archs]
     kwargs = dict(method=method, seed=seed, relu_match=relu_match)
-    truth = pure_scores(archs, x, dtype=torch.float64, **kwargs)
+    truth = reference_scores(archs, x, dtype=torch.float64, **kwargs)
     ref = {}
     for n in thread_counts:
         with threads(n):
-            ref[n] = pure_scores(archs, x, dtype=torch.float32, **kwargs)
+            ref[n] = reference_scores(archs, x, dtype=torch.float32, **kwargs)
     env = Envelope(names, method, truth, ref)
     for name, scorer in candidates.items():
         scores = [float(s) for s in scorer(archs, x, dtype=torch_dtype(dtype), **kwargs)]

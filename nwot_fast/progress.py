@@ -26,6 +26,7 @@ class Progress:
                          disable=not enabled, mininterval=min_interval, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
+        """Count ``n`` more items as done (nothing is drawn when the bar is disabled)."""
         self._bar.update(n)
 
     def __call__(self, done: int, total: Optional[int] = None) -> None:
@@ -35,6 +36,7 @@ class Progress:
         self._bar.update(int(done) - self._bar.n)
 
     def close(self) -> None:
+        """Finish the bar (tqdm's close: the last state is drawn once more when enabled)."""
         self._bar.close()
 
     def __enter__(self) -> "Progress":

@@ -1,13 +1,15 @@
 """Published numbers that the report and the figures set next to this project's results.
 
-Each table says where its numbers come from; nothing here is computed.
+Each table says where its numbers come from; nothing here is computed. Published points a user
+gives in place of the built-in ones (``report --published``) are read and checked here too.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
-__all__ = ["PUBLISHED_CORRELATIONS", "PUBLISHED_SEARCH", "PUBLISHED_SEARCH_POINTS", "PUBLISHED_BASELINES"]
+__all__ = ["PUBLISHED_CORRELATIONS", "PUBLISHED_SEARCH", "PUBLISHED_SEARCH_POINTS", "PUBLISHED_BASELINES",
+           "PUBLISHED_KINDS", "read_published_points", "check_published_point"]
 
 #: Published rank correlations on NB201 (whole space) that the report quotes. hook_logdet:
 #: Kendall tau from the 2021 paper (Mellor et al., ICML); jacob_cov: the Spearman rho range
@@ -57,3 +59,72 @@ PUBLISHED_BASELINES: Tuple[dict, ...] = (
     {"label": "SETN", "seconds": 31010.0, "accuracy": 86.19, "std": 4.63, "kind": "weight-sharing"},
     {"label": "ENAS", "seconds": 13315.0, "accuracy": 54.30, "std": 0.00, "kind": "weight-sharing"},
 )
+
+#: Kinds a published point may have (optional ``kind`` key), each drawn with its own marker.
+PUBLISHED_KINDS = ("training-free", "non-weight-sharing", "weight-sharing")
+
+
+def read_published_points(path) -> List[dict]:
+    """Read published points from a CSV with columns ``label, seconds, accuracy`` and optional
+    ``std`` and ``kind`` (search time in seconds, CIFAR-10 test accuracy in percent, ``kind`` one
+    of :data:`PUBLISHED_KINDS`)."""
+    import csv
+
+    from ._common import check_input_file
+
+    expected = "a CSV with columns label, seconds, accuracy[, std][, kind]"
+    path = check_input_file(path, expected)
+    out = []
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # a byte-order mark is no header
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("label", "seconds", "accuracy") if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {header}); expected {expected}")
+        for n, row in enumerate(reader, start=2):
+            try:
+                point = {"label": row["label"], "seconds": float(row["seconds"]),
+                         "accuracy": float(row["accuracy"]),
+                         "std": float(row["std"]) if row.get("std") not in (None, "") else 0.0}
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path} row {n}: expected label, seconds, accuracy[, std][, kind], "
+                                 f"got {row!r}") from None
+            if row.get("kind") not in (None, ""):
+                point["kind"] = row["kind"]
+            out.append(check_published_point(point, f"{path} row {n}"))
+    return out
+
+
+def check_published_point(point, where: str) -> dict:
+    """``point`` when it can be drawn in Figure 6: a dict with a ``label``, ``seconds`` finite
+    and > 0 (the axis is logarithmic), ``accuracy`` a percentage in [0, 100], an optional
+    ``std`` finite and >= 0 and an optional ``kind`` of :data:`PUBLISHED_KINDS`; a ValueError
+    naming ``where`` and the field otherwise. Checked when the points are read, before any
+    figure is drawn."""
+    import math
+
+    if not isinstance(point, dict):
+        raise TypeError(f"{where}: a point must be a dict with label, seconds, accuracy, got {type(point).__name__}")
+    missing = [k for k in ("label", "seconds", "accuracy") if k not in point]
+    if missing:
+        raise ValueError(f"{where}: each point needs label, seconds and accuracy; {point!r} has no {missing[0]!r}")
+
+    def number(key, default=None) -> float:
+        value = point.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+
+    where = f"{where} ({point['label']!r})"
+    seconds, accuracy, std = number("seconds"), number("accuracy"), number("std", 0.0)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{where}: seconds must be a finite search time > 0 (the axis is logarithmic), "
+                         f"got {seconds!r}")
+    if not 0 <= accuracy <= 100:
+        raise ValueError(f"{where}: accuracy must be a percentage in [0, 100], got {accuracy!r}")
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"{where}: std must be finite and >= 0, got {std!r}")
+    if point.get("kind") is not None and point["kind"] not in PUBLISHED_KINDS:
+        raise ValueError(f"{where}: kind of {point['label']!r} is {point['kind']!r}; kind must be one of "
+                         f"{', '.join(PUBLISHED_KINDS)}")
+    return point

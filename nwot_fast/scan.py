@@ -28,7 +28,9 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from ._common import NUM_ARCHS, __version__, check_index, json_float
+from .args import check_flag
 from .nb201 import arch_at, representative_index
+from .paths import check_distinct
 from .scorefile import SCORE_FORMATS as OUTPUT_FORMATS
 from .scorefile import check_output_path, score_to_text, write_scores
 from .scoring import ArchScorer, ScoreConfig, score_config
@@ -236,7 +238,9 @@ class ScanResult:
         return [recs[j] for j in order[:k]]
 
     def write(self, path) -> str:
-        """The score file (:mod:`nwot_fast.scorefile`; CSV, JSON Lines or JSON by the ending)."""
+        """The score file (:mod:`nwot_fast.scorefile`; CSV, JSON Lines or JSON by the ending),
+        never over the scan's database or data."""
+        check_distinct([("path", path)], [("data", self.config.data)], [("db", self.db)])
         return write_scores(path, self.indices, self.scores, seconds=self.seconds, method=self.config.method,
                             config=self.config.identity(), representatives=self.representatives,
                             config_hash=self.config_hash)
@@ -287,17 +291,21 @@ def scan(
     started = time.perf_counter()
     wanted = parse_indices(indices)
     config = score_config(config, **options)
-    if not isinstance(dedup, bool):
-        raise TypeError(f"dedup must be True or False, got {dedup!r}")
+    dedup = check_flag(dedup, "dedup")
     if ray is not None and ray is not False:  # Ray hook (issue 12): the target is checked before any work
         from .distributed import check_ray_target
 
         ray = check_ray_target(ray)
     rep_of = representatives(wanted) if dedup else {i: i for i in wanted}
     config.config_hash()  # reads and fingerprints the data: a bad --data fails before the database is touched
+    scorer = None
+    if db is not None and not os.path.lexists(os.fspath(db)):
+        # A new database has nothing to resume, so the scorer is needed anyway: built first, it
+        # refuses a batch size the data cannot fill before an empty database file is left behind.
+        scorer = ArchScorer(config)
     store = None if db is None else ScoreDB(db, timeout=db_timeout)
     try:
-        run = _ScanRun(config, store, dedup)
+        run = _ScanRun(config, store, dedup, scorer)
         run.plan(wanted, rep_of)
         run.score_all(progress, ray=ray)
     finally:
@@ -324,7 +332,8 @@ class _ScanRun:
     """The state of one :func:`scan` call: what the store holds, what is left to score, and
     the rows written for each result."""
 
-    def __init__(self, config: ScoreConfig, store: Optional[ScoreDB], dedup: bool):
+    def __init__(self, config: ScoreConfig, store: Optional[ScoreDB], dedup: bool,
+                 scorer: Optional[ArchScorer] = None):
         self.config, self.store, self.dedup = config, store, dedup
         self.resolved = config.resolved()
         self.chash = config.config_hash()
@@ -334,7 +343,7 @@ class _ScanRun:
         self.members: Dict[int, List[int]] = {}
         self.todo: List[int] = []
         self.resumed = 0
-        self.scorer: Optional[ArchScorer] = None
+        self.scorer = scorer
         self.description = GAUSSIAN_DATA if self.resolved.data is None else self.resolved.data
         self.dataset: Optional[str] = self.resolved.dataset
 
@@ -360,7 +369,7 @@ class _ScanRun:
             else:
                 self.todo.append(r)
         if self.todo:
-            self.scorer = ArchScorer(self.config)
+            self.scorer = self.scorer or ArchScorer(self.config)
             self.description = self.scorer.describe_data()
             if self.dataset is None and self.scorer.images is not None:
                 self.dataset = getattr(self.scorer.images, "dataset", None)

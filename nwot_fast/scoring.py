@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -21,7 +20,9 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from . import reference
-from ._common import ENGINES, METHODS, RELU_MATCHES, SEED_MAX, check_seed, device_type, dtype_name, resolve_device
+from ._common import ENGINES, METHODS, RELU_MATCHES, device_type, dtype_name, resolve_device
+from .args import BATCH_SIZE, SEED, check_choice, check_device, check_flag, check_path
+from .errors import is_allocation_failure
 from .nb201 import Arch, arch_at, build_network
 
 @dataclass(frozen=True)
@@ -42,22 +43,20 @@ class ScoreConfig:
     dtype: str = "float32"  # or "float64"; a torch.dtype is accepted and stored by name
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown score method {self.method!r}; allowed: {', '.join(METHODS)}")
-        if self.relu_match not in RELU_MATCHES:
-            raise ValueError(f"relu_match must be one of {RELU_MATCHES}, got {self.relu_match!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; allowed: {', '.join(ENGINES)}")
-        if self.batch_size is not None and (
-            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2
-        ):
-            raise ValueError(f"batch size must be an int >= 2 (the scores compare samples), got {self.batch_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int in 0..{SEED_MAX}, got {self.seed!r}")
-        check_seed(self.seed)
+        # The API's arguments get the CLI's checks (nwot_fast.args), and each value one spelling,
+        # so that one configuration has one hash.
+        check_choice(self.method, "method", METHODS, "score method")
+        check_choice(self.relu_match, "relu_match", RELU_MATCHES)
+        check_choice(self.engine, "engine", ENGINES)
+        if self.batch_size is not None:
+            object.__setattr__(self, "batch_size", BATCH_SIZE.check(self.batch_size, "batch_size"))
+        object.__setattr__(self, "augment", check_flag(self.augment, "augment", allow_none=True))
+        object.__setattr__(self, "fixed_batch", check_flag(self.fixed_batch, "fixed_batch", allow_none=True))
+        object.__setattr__(self, "seed", SEED.check(self.seed, "seed"))
+        object.__setattr__(self, "device", check_device(self.device))
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
         if self.data is not None:
-            object.__setattr__(self, "data", os.fspath(self.data))
+            object.__setattr__(self, "data", check_path(self.data, "data"))
         if self.dataset is not None:
             from .data import check_dataset
 
@@ -193,18 +192,20 @@ class ArchScorer:
     def score_index(self, index: int) -> ArchScore:
         arch = arch_at(index)
         start = time.perf_counter()
-        x = self.batch_for(index)
         c = self.config
         try:
+            x = self.batch_for(index)
             if c.engine == "fast":
-                from .fast import score_arch
+                from .per_arch import score_arch
 
                 s = score_arch(arch, x, method=c.method, seed=c.seed, device=self.device, relu_match=c.relu_match,
                                dtype=c.dtype)
             else:
                 s = score_with_reference(arch, x, method=c.method, seed=c.seed, relu_match=c.relu_match,
                                          dtype=c.dtype)
-        except torch.OutOfMemoryError as e:
+        except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one; the CPU allocator's has no type
+            if not is_allocation_failure(e):
+                raise
             raise MemoryError(
                 f"out of memory scoring architecture {index} with batch size {c.batch_size} on {self.device}; "
                 "lower --batch-size or use another device (the batch is never split: that would change "

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS, NUM_ARCHS, check_int, json_float
+from ._common import ACCURACY_KEYS, NUM_ARCHS, json_float
+from .args import N_SAMPLES, RUNS
 from .nb201 import Arch, arch_at
 from .scoring import ArchScorer, ScoreConfig, score_config
 
@@ -145,8 +146,8 @@ def search(
     architecture's NB201 val/test accuracies.
     ``progress``: optional callable ``progress(done, total)`` after each scored architecture.
     """
-    n_samples = check_int(n_samples, "n_samples", 1)
-    runs = check_int(runs, "runs", 1)
+    n_samples = N_SAMPLES.check(n_samples, "n_samples")
+    runs = RUNS.check(runs, "runs")
     base = score_config(config, **options).resolved()
     table = None
     if accuracies is not None:
@@ -184,7 +185,8 @@ def _run(base: ScoreConfig, r: int, n_samples: int, images, table, progress, tot
     chosen = None if best is None else indices[best]
     accs: Dict[str, float] = {}
     if table is not None and chosen is not None:
-        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in ACCURACY_KEYS}
+        # The columns the table has (a CSV may hold only some datasets), as evaluate reports them.
+        accs = {f"{d}/{s}": float(table.accuracy(chosen, d, s)) for d, s in table.splits}
     result = RunResult(
         run=r,
         seed=run_seed,

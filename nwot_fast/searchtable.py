@@ -12,28 +12,26 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, check_int, json_float
+from ._common import ACCURACY_KEYS, NUM_ARCHS, accuracy_label, json_float
+from .args import N_ARCHS, RUNS, SEED
 
 __all__ = ["SEARCH_MODES", "SearchTable", "search_table"]
 
 SEARCH_MODES = ("table", "rescore")
+#: What a search table is written as: PREFIX.md and PREFIX.csv.
+TABLE_ENDINGS = (".md", ".csv")
 
 
 def check_table_prefix(prefix) -> Tuple[str, str]:
     """``PREFIX.md`` and ``PREFIX.csv``, both checked writable (before any work is done)."""
-    from ._common import check_output_file
+    from .paths import check_output_prefix
 
-    prefix = os.fspath(prefix)
-    paths = prefix + ".md", prefix + ".csv"
-    for p in paths:
-        check_output_file(p, "search table")
-    return paths
+    return check_output_prefix(prefix, "search table", TABLE_ENDINGS)
 
 
 @dataclass
@@ -63,9 +61,14 @@ class SearchTable:
         return "N/A" if t is None or math.isnan(t) else f"{t:.2f}"
 
     def header(self) -> List[str]:
+        """The column titles: ``Method``, ``Search (s)``, then one label per accuracy key
+        (:func:`nwot_fast._common.accuracy_label`)."""
         return ["Method", "Search (s)"] + [accuracy_label(d, s) for d, s in self.keys]
 
     def format_text(self) -> str:
+        """The table for a terminal: :meth:`describe`, a blank line, then aligned columns
+        (accuracies as ``mean +- std`` to 2 decimals, ``-`` when NaN; search time
+        ``N/A`` when unknown). No trailing newline."""
         head = self.header()
         body = [[r["name"], self._seconds(r)] + self._cells(r) for r in self.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
@@ -76,10 +79,13 @@ class SearchTable:
         return "\n".join(out)
 
     def describe(self) -> str:
+        """One line saying how the table was made: mode, runs per N, seed, pool, and the time note if any."""
         return (f"search table, mode '{self.mode}': {self.runs} runs per N (seed {self.seed}); pool: {self.pool}"
                 + (f"; {self.time_note}" if self.time_note else ""))
 
     def to_markdown(self) -> str:
+        """The table as Markdown (cells as in :meth:`format_text`; numbers right-aligned), without
+        the :meth:`describe` line. No trailing newline."""
         head = self.header()
         out = ["| " + " | ".join(head) + " |", "|:--|" + "--:|" * (len(head) - 1)]
         for r in self.rows:
@@ -87,6 +93,9 @@ class SearchTable:
         return "\n".join(out)
 
     def csv_text(self) -> str:
+        """The table as CSV text: ``method, N, runs, search_seconds_median``, then
+        ``<dataset>_<split>_mean`` / ``_std`` per accuracy key, then ``mode, pool``. Numbers in
+        ``%.6g``; NaN and unknown values are empty cells."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         cols = ["method", "N", "runs", "search_seconds_median"]
@@ -112,6 +121,10 @@ class SearchTable:
         return md, cs
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict: ``mode, runs, seed, pool, time_note`` and ``rows``, each with
+        ``method, N, runs, search_seconds_median, all_nan_runs`` and
+        ``accuracy[dataset][split] = {"mean", "std"}``; NaN and infinities as
+        :func:`nwot_fast._common.json_float` spells them."""
         rows = []
         for r in self.rows:
             acc = {}
@@ -125,6 +138,8 @@ class SearchTable:
                 "time_note": self.time_note, "rows": rows}
 
     def row(self, name: str) -> dict:
+        """The first row called ``name`` (e.g. ``"Random"``, ``"Optimal (N=10)"``); a KeyError
+        listing the row names when there is none."""
         for r in self.rows:
             if r["name"] == name:
                 return r
@@ -238,9 +253,9 @@ def search_table(
 
     if mode not in SEARCH_MODES:
         raise ValueError(f"unknown search-table mode {mode!r}; allowed: {', '.join(SEARCH_MODES)}")
-    runs = check_int(runs, "runs", 1)
-    seed = check_int(seed, "seed", 0)
-    Ns = tuple(check_int(n, "N", 1) for n in ((Ns,) if isinstance(Ns, int) else Ns))
+    runs = RUNS.check(runs, "runs")
+    seed = SEED.check(seed, "seed")
+    Ns = tuple(N_ARCHS.check(n, "N") for n in ((Ns,) if isinstance(Ns, int) else Ns))
     if not Ns:
         raise ValueError("Ns must hold at least one sample size N")
     table = as_table(table)

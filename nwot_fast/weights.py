@@ -1,7 +1,7 @@
 """The seeded initial weights of NB201 networks, drawn once per seed for all architectures.
 
 ``torch.manual_seed(seed); build_network(arch)`` draws every parameter from one CPU generator
-stream in creation order (:func:`nwot_fast.nb201.parameter_layout`): element ``i`` of that
+stream in creation order (:func:`nwot_fast.nb201.parameter_specs`): element ``i`` of that
 stream becomes ``uniform_(-b, b)`` of the 32-bit generator output ``i``, with ``b`` the bound of
 the parameter that element falls in. Every architecture starts from the same seed, so all of
 them read the same stream; only where each parameter starts in it and its bound differ. So for
@@ -21,22 +21,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .nb201 import parameter_layout
-from .nb201.arch import Arch
-from .nb201.index import as_arch
+from .nb201 import Arch, as_arch, parameter_specs
+from .nb201.constants import CONV3, EDGES
 
 __all__ = ["StreamWeights", "arch_segments"]
 
 
 @functools.lru_cache(maxsize=16384)
-def _layout(arch: Arch):
+def _segments_and_order(arch: Arch):
     """``(segments, order)`` of ``arch``: ``name -> (stream offset, numel, bound, shape)`` of every
-    drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_layout` order as
+    drawn parameter, and every parameter in :func:`nwot_fast.nb201.parameter_specs` order as
     ``(name, shape, init)`` (``init`` None for a drawn one; BatchNorm's "ones" / "zeros")."""
     segments: Dict[str, Tuple[int, int, float, Tuple[int, ...]]] = {}
     order: List[Tuple[str, Tuple[int, ...], Optional[str]]] = []
     offset = 0
-    for spec in parameter_layout(arch):
+    for spec in parameter_specs(arch):
         n = spec.draws
         if n:
             segments[spec.name] = (offset, n, spec.bound, spec.shape)
@@ -48,17 +47,18 @@ def _layout(arch: Arch):
 def arch_segments(arch: Arch) -> Dict[str, Tuple[int, int, float, Tuple[int, ...]]]:
     """``name -> (stream offset, numel, bound, shape)`` of every drawn parameter of ``arch``
     (BatchNorm parameters are not drawn: weight 1, bias 0)."""
-    return _layout(arch)[0]
+    return _segments_and_order(arch)[0]
 
 
 def stream_length(arch: Arch) -> int:
+    """How many generator outputs ``arch``'s network draws (its drawn parameters' elements)."""
     return sum(n for _, n, _, _ in arch_segments(as_arch(arch)).values())
 
 
 @functools.lru_cache(maxsize=1)
 def max_length() -> int:
     """The longest stream any NB201 cell reads (all six edges 3x3 convolutions)."""
-    return stream_length(Arch((3,) * 6))
+    return stream_length(Arch((CONV3,) * len(EDGES)))
 
 
 class StreamWeights:
@@ -80,16 +80,18 @@ class StreamWeights:
             return t
 
     def values(self, segments: Sequence[Tuple[int, int, float]]) -> np.ndarray:
-        """The concatenated values ``(offset, numel, bound)`` of the given segments (float32)."""
+        """The values of the given segments ``(stream offset, numel, bound)``, concatenated: a
+        float32 NumPy array of ``sum(numel)`` values."""
         parts: List[np.ndarray] = [self._stream(b)[o:o + n] for o, n, b in segments]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
     def parameters(self, arch) -> Dict[str, torch.Tensor]:
         """Every parameter of ``arch`` by name, as :func:`nwot_fast.nb201.initial_parameters`
         gives them after ``torch.manual_seed(seed)`` (fresh tensors, not views of the streams;
-        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_layout` order."""
+        BatchNorm weights 1 and biases 0), in :func:`nwot_fast.nb201.parameter_specs` order:
+        float32 CPU tensors of the state-dict shapes."""
         arch = as_arch(arch)
-        segs, order = _layout(arch)
+        segs, order = _segments_and_order(arch)
         out: Dict[str, torch.Tensor] = {}
         for name, shape, init in order:
             if init is None:

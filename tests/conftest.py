@@ -1,10 +1,13 @@
-"""Shared fixtures: paths to the real data beside the repository, seeded generators."""
+"""Shared fixtures and helpers: paths to the real data beside the repository, seeded generators,
+the devices to test on, and the one comparison of scores."""
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import random
+from typing import Iterable, Union
 
 import numpy as np
 import pytest
@@ -72,3 +75,41 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+# The devices every device-parametrised test runs on: the CPU always, CUDA where present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """``"cpu"``, and ``"cuda"`` when a CUDA device is present: a test taking this runs on each."""
+    return request.param
+
+
+def _floats(scores) -> list:
+    if isinstance(scores, torch.Tensor):
+        return [float(v) for v in scores.detach().cpu().reshape(-1).tolist()]
+    if isinstance(scores, np.ndarray):
+        return [float(v) for v in scores.reshape(-1)]
+    if isinstance(scores, (int, float)):
+        return [float(scores)]
+    return [float(v) for v in scores]
+
+
+def assert_scores_close(got: Union[float, Iterable[float], torch.Tensor], want: Union[float, Iterable[float], torch.Tensor],
+                        rel: float = 1e-9, what: str = "") -> None:
+    """The one comparison of scores (a float, a sequence or a tensor each): the same count; NaN
+    exactly where ``want`` is NaN, the same infinity where it is infinite, and elsewhere a
+    finite score within ``rel`` of ``want`` relative to it (``rel=0``: equal; absolute for a
+    zero ``want``). ``what`` names the scores in the failure message."""
+    got_list, want_list = _floats(got), _floats(want)
+    assert len(got_list) == len(want_list), f"{what}: {len(got_list)} scores, want {len(want_list)}"
+    for k, (g, w) in enumerate(zip(got_list, want_list)):
+        where = f"{what}[{k}]" if what else f"score {k}"
+        if math.isnan(w):
+            assert math.isnan(g), f"{where}: got {g}, want NaN"
+        elif math.isinf(w):
+            assert g == w, f"{where}: got {g}, want {w}"
+        else:
+            assert math.isfinite(g) and abs(g - w) <= rel * (abs(w) or 1.0), f"{where}: got {g!r}, want {w!r} (rel {rel})"

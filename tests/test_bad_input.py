@@ -9,6 +9,7 @@ results, and the test checks those results are still there, unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -30,6 +31,9 @@ from nwot_fast.scorefile import read_scores
 from nwot_fast.nb201 import Arch, arch_at, build_network
 from nwot_fast.scan import ScanDatabaseError, ScoreDB, load_scores, scan
 from nwot_fast.scoring import ScoreConfig, resolve_device
+from nwot_fast.search import search as run_search
+from nwot_fast.searchtable import search_table
+from nwot_fast.searchtable import check_table_prefix
 
 ENGINE = "fast"
 BATCH = 4
@@ -63,6 +67,7 @@ def files(tmp_path_factory):
     (d / "truncated.pth").write_bytes(pth[: len(pth) // 2])
     (d / "not_a_db.sqlite").write_text("these are my notes, not a database\n")
     _issue14_files(d, rng, header)
+    _issue23_path_files(d)
     # A database that already holds two results for the scan configuration used below.
     template = d / "template.sqlite"
     threads = torch.get_num_threads()
@@ -71,6 +76,7 @@ def files(tmp_path_factory):
         scan([0, 1], batch_size=BATCH, engine=ENGINE, data=str(npz), db=str(template))
     finally:
         torch.set_num_threads(threads)
+    _issue23_files(d, template)
     return {
         "dir": str(d),
         "npz": str(npz),
@@ -88,6 +94,8 @@ def files(tmp_path_factory):
         "nodir_db": str(d / "no_such_dir" / "scores.sqlite"),
         "proc_db": "/proc/nwot_fast_cannot_write_here.sqlite",
         **{k: str(d / v) for k, v in ISSUE14_FILES.items()},
+        **{k: str(d / v) for k, v in ISSUE23_FILES.items()},
+        **{k: str(d / v) for k, v in ISSUE23_PATH_FILES.items()},
     }
 
 
@@ -130,6 +138,102 @@ def _issue14_files(d, rng, header) -> None:
     (d / "scores.csv").write_text("arch_index,score\n0,1.5\n1,2.5\n2,0.5\n")
 
 
+ISSUE23_FILES = {"list_row": "list_row.jsonl", "null_row": "null_row.jsonl", "str_record": "str_record.json",
+                 "float_index": "float_index.jsonl", "bool_index": "bool_index.jsonl", "short_row": "short_row.csv",
+                 "mixed": "mixed.csv", "random_pth": "random.pth", "module_pth": "module.pth",
+                 "view_db": "view.sqlite", "appid_db": "appid.sqlite", "user_version_db": "user_version.sqlite",
+                 "no_unique_db": "no_unique.sqlite", "flipped_db": "flipped.sqlite", "config_db": "config.sqlite",
+                 "damaged_db": "damaged.sqlite"}
+#: The header of a scan database (store.APPLICATION_ID, store.SCHEMA_VERSION), written out here:
+#: the file format is pinned by the tests, not taken from the code under test.
+SCAN_DB_APPLICATION_ID = 0x4E574F54  # "NWOT"
+SCAN_DB_LAYOUT = 1
+
+
+def _issue23_files(d, template) -> None:
+    """Files of the issue-23 cases: malformed score files, benchmark files that are not, SQLite
+    files of other programs, and scan databases damaged in one row, one column or one page."""
+    good = [{"arch_index": 0, "score": 1.5}, {"arch_index": 1, "score": 2.5}]
+    (d / "list_row.jsonl").write_text(json.dumps(good[0]) + "\n[1, 2]\n")
+    (d / "null_row.jsonl").write_text(json.dumps(good[0]) + "\nnull\n")
+    (d / "str_record.json").write_text(json.dumps({"config": {}, "scores": [good[0], "x"]}))
+    (d / "float_index.jsonl").write_text('{"arch_index": 3.7, "score": 1.0}\n')
+    (d / "bool_index.jsonl").write_text('{"arch_index": true, "score": 1.0}\n')
+    (d / "short_row.csv").write_text("arch_index,score\n0,1.5\n1\n2,0.5\n")
+    (d / "mixed.csv").write_text("arch_index,method,score\n0,jacob_cov,1.5\n1,hook_logdet,2.5\n2,jacob_cov,0.5\n")
+    (d / "random.pth").write_bytes(np.random.default_rng(23).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    torch.save(torch.nn.Linear(2, 2), d / "module.pth")
+
+    def sqlite(name, *statements):
+        conn = sqlite3.connect(d / name)
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+
+    sqlite("view.sqlite", "CREATE VIEW v AS SELECT 1 AS one")
+    sqlite("appid.sqlite", "PRAGMA application_id = 42")
+    sqlite("user_version.sqlite", "PRAGMA user_version = 7")
+    for name in ("no_unique.sqlite", "flipped.sqlite", "config.sqlite", "damaged.sqlite"):
+        shutil.copy(template, d / name)
+    # Our header and columns, but the table rebuilt without UNIQUE (arch_index, config_hash).
+    sqlite("no_unique.sqlite", "CREATE TABLE copy AS SELECT * FROM scores", "DROP TABLE scores",
+           "ALTER TABLE copy RENAME TO scores", f"PRAGMA application_id = {SCAN_DB_APPLICATION_ID}",
+           f"PRAGMA user_version = {SCAN_DB_LAYOUT}")
+    # One bit of a stored score flipped: '.' (0x2e) -> '/' (0x2f) in arch 1's score_text.
+    sqlite("flipped.sqlite", "UPDATE scores SET score_text = replace(score_text, '.', '/') WHERE arch_index = 1")
+    sqlite("config.sqlite", "UPDATE scores SET config = '[1, 2]' WHERE arch_index = 1")
+    # An index page overwritten: the table's rows are intact, the b-tree of the index is not.
+    conn = sqlite3.connect(d / "damaged.sqlite")
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'scores_by_config'").fetchone()[0]
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(d / "damaged.sqlite", "r+b") as f:
+        f.seek((root - 1) * page + 8)
+        f.write(b"\xff" * 64)
+
+
+def _template_hash(f) -> str:
+    return ScoreConfig(batch_size=BATCH, engine=ENGINE, data=f["npz"]).config_hash()
+
+
+ISSUE23_PATH_FILES = {"loop": "loop1", "same_json": "same.json", "same_csv": "s.csv", "same_csv_api": "s_api.csv",
+                 "victim_acc": "victim_acc.csv", "victim_acc_api": "victim_acc_api.csv",
+                 "victim_scores": "victim_scores.csv", "victim_link": "victim_link.csv",
+                 "victim_scores2": "victim_scores2.csv", "report_link": "report_link.md",
+                 "victim_npz": "victim16.npz", "data_link": "data_link.csv", "both": "both",
+                 "tables_dir": "tables", "pub_seconds0": "pub_seconds0.csv", "pub_seconds_neg": "pub_seconds_neg.csv",
+                 "pub_seconds_nan": "pub_seconds_nan.csv", "pub_seconds_inf": "pub_seconds_inf.csv",
+                 "pub_acc_big": "pub_acc_big.csv"}
+
+#: Files that the issue-23 cases name as inputs beside an output: each must be left as it was.
+VICTIMS = ("victim_acc", "victim_acc_api", "victim_scores", "victim_scores2", "victim_npz")
+
+
+def _issue23_path_files(d) -> None:
+    """Files of the issue-23 cases: a symbolic link loop, inputs that a case names again as an
+    output (directly or through a link), a folder for --table-out DIR/, published points that
+    cannot be drawn."""
+    os.symlink("loop2", d / "loop1")
+    os.symlink("loop1", d / "loop2")
+    shutil.copy(d / "acc_ok.csv", d / "victim_acc.csv")
+    shutil.copy(d / "acc_ok.csv", d / "victim_acc_api.csv")
+    shutil.copy(d / "scores.csv", d / "victim_scores.csv")
+    shutil.copy(d / "scores.csv", d / "victim_scores2.csv")
+    shutil.copy(d / "tiny16.npz", d / "victim16.npz")
+    os.symlink("victim_scores.csv", d / "victim_link.csv")
+    os.symlink("victim_scores2.csv", d / "report_link.md")
+    os.symlink("victim16.npz", d / "data_link.csv")
+    (d / "tables").mkdir()
+    for name, row in (("pub_seconds0", "x,0,90"), ("pub_seconds_neg", "x,-5,90"), ("pub_seconds_nan", "x,nan,90"),
+                      ("pub_seconds_inf", "x,inf,90"), ("pub_acc_big", "x,10,1e9")):
+        (d / f"{name}.csv").write_text(f"label,seconds,accuracy\nok,12,93\n{row}\n")
+
+
+def _victim_state(files) -> dict:
+    return {k: (os.path.islink(files[k]), open(files[k], "rb").read()) for k in VICTIMS}
+
+
 def _scan_args(files, *extra):
     return ["scan", "--indices", "0:3", "--batch-size", str(BATCH), "--engine", ENGINE, "--data", files["npz"],
             "--db", "{db}", "--quiet", *extra]
@@ -157,12 +261,19 @@ class Case:
     code: int = 2
     cli_words: Optional[Sequence[str]] = None  # defaults to `words`
     marks: list = field(default_factory=list)
+    absent: Sequence[str] = ()  # lower-case fragments no message may contain (advice that does not apply)
 
 
-def _bad_table(id: str, key: str, words, exc=ValueError) -> Case:
+def _bad_table(id: str, key: str, words, exc=ValueError, absent=()) -> Case:
     """An accuracy-table file ``files[key]`` that both the reader and ``search --accuracies`` refuse."""
     return Case(id, words, exc=exc, call=lambda f: nwot_fast.accuracies.load_accuracies(f[key]),
-                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE])
+                argv=lambda f: ["search", "-n", "2", "--accuracies", f[key], "--engine", ENGINE], absent=absent)
+
+
+def _bad_scores(id: str, key: str, words) -> Case:
+    """A score file ``files[key]`` that both the reader and ``evaluate --scores-in`` refuse."""
+    return Case(id, words, call=lambda f: read_scores(f[key]),
+                argv=lambda f: ["evaluate", "--scores-in", f[key], "--accuracies", f["acc_ok"]])
 
 
 def _model_and_batch(shape=(4, 3, 16, 16), dtype=torch.float32, fill=None):
@@ -198,7 +309,7 @@ CASES = [
          call=lambda f: scan("0:abc", engine=ENGINE), argv=lambda f: _scan_args(f, "--indices", "0:abc")),
     Case("float index", ["int", "1.5"], exc=TypeError, call=lambda f: scan([1.5], engine=ENGINE)),
     # --- batch size, seed and inputs
-    Case("batch size 1", ["batch size", ">= 2", "1"],
+    Case("batch size 1", ["batch_size", "2..65536", "got 1"],
          call=lambda f: ScoreConfig(batch_size=1),
          argv=lambda f: _scan_args(f, "--batch-size", "1"), cli_words=["--batch-size", "2..65536", "got 1"]),
     Case("batch larger than the data", ["batch_size 32", "16 images", str("tiny16.npz")],
@@ -344,6 +455,120 @@ CASES = [
          call=lambda f: ScoreDB(f["foreign_db"]), argv=lambda f: _scan_args(f, "--db", f["foreign_db"])),
     Case("reading scores with a bad configuration", ["scoreconfig", "config hash"], exc=TypeError,
          call=lambda f: load_scores(f["template"], 42)),
+    # --- issue 23: malformed score files name the file and the row
+    *[_bad_scores(*c) for c in (
+        ("JSONL row that is a list", "list_row", ["list_row.jsonl", "line 2", "object", "[1, 2]"]),
+        ("JSONL row that is null", "null_row", ["null_row.jsonl", "line 2", "object"]),
+        ("string in a .json scores list", "str_record", ["str_record.json", "record 2", "object", "'x'"]),
+        ("arch_index 3.7", "float_index", ["float_index.jsonl", "line 1", "3.7", "not an integer"]),
+        ("arch_index true", "bool_index", ["bool_index.jsonl", "line 1", "true", "not an integer"]),
+        ("truncated CSV score row", "short_row", ["short_row.csv", "line 3", "truncated"]),
+    )],
+    Case("score file of two methods without --method", ["mixed.csv", "2 jacob_cov", "1 hook_logdet", "--method"],
+         call=lambda f: read_scores(f["mixed"]),
+         argv=lambda f: ["evaluate", "--scores-in", f["mixed"], "--accuracies", f["acc_ok"]]),
+    # --- issue 23: --scores-in scores nothing: what only scoring uses is refused, not ignored
+    Case("evaluate --scores-in with --db and a missing --data", ["scores_in", "db", "data", "not be used"],
+         call=lambda f: run_evaluate(scores_in=f["scores_csv"], accuracies=f["acc_ok"], db=f["template"],
+                                      data=f["missing"]),
+         cli_words=["--scores-in", "--db", "--data", "not be used"],
+         argv=lambda f: ["evaluate", "--scores-in", f["scores_csv"], "--accuracies", f["acc_ok"], "--db", "{db}",
+                         "--data", f["missing"]]),
+    # --- issue 23: the command line speaks in flags, and relays no advice that does not apply
+    Case("evaluate without a selection", ["--n-archs", "--all", "--indices", "--scores-in"],
+         argv=lambda f: ["evaluate", "--accuracies", f["acc_ok"]], absent=["n_archs=", "scores_in="]),
+    _bad_table("random bytes named .pth", "random_pth", ["random.pth", "not a nas-bench-201 benchmark file"],
+               absent=["weights_only", "re-run"]),
+    _bad_table("a torch module saved as .pth", "module_pth",
+               ["module.pth", "torch.nn.modules.linear.linear", "not a nas-bench-201 benchmark file"],
+               absent=["weights_only", "re-run", "add_safe_globals"]),
+    # --- issue 23: the Python API is as strict as the command line, naming the argument
+    Case("augment='no' through the API", ["augment", "true or false", "'no'"], exc=TypeError,
+         call=lambda f: scan([0], augment="no", batch_size=BATCH, engine=ENGINE)),
+    Case("augment=0 through the API", ["augment", "true or false", "int 0"], exc=TypeError,
+         call=lambda f: ScoreConfig(augment=0)),
+    Case("fixed_batch='false' through the API", ["fixed_batch", "true or false", "'false'"], exc=TypeError,
+         call=lambda f: scan([0], fixed_batch="false", batch_size=BATCH, engine=ENGINE)),
+    Case("batch_size above the CLI's bound through the API", ["batch_size", "2..65536", str(10**12)],
+         call=lambda f: ScoreConfig(batch_size=10**12)),
+    Case("score_arch seed 2**64", ["seed", "0..9223372036854775807", str(2**64)],
+         call=lambda f: nwot_fast.score_arch(0, torch.randn(BATCH, 3, 16, 16), seed=2**64)),
+    Case("search n_samples 1e20", ["n_samples", "1..1000000"],
+         call=lambda f: run_search(n_samples=10**20, engine=ENGINE)),
+    Case("search runs 1e20", ["runs", "1..1000000"],
+         call=lambda f: run_search(n_samples=1, runs=10**20, engine=ENGINE, accuracies=f["missing_csv"])),
+    Case("search table runs 1e20", ["runs", "1..1000000"],
+         call=lambda f: search_table(({0: 1.0, 1: 2.0}), f["acc_ok"], Ns=[1], runs=10**20)),
+    # --- issue 23: SQLite files that are not ours are refused unchanged, damaged ones before writing
+    *[Case(id, [ISSUE23_FILES[key], "another program", what], call=lambda f, key=key: ScoreDB(f[key]),
+           argv=lambda f, key=key: _scan_args(f, "--db", f[key]))
+      for id, key, what in (("SQLite file with only a view", "view_db", "views: v"),
+                            ("SQLite file with another application_id", "appid_db", "application_id 0x2a"),
+                            ("SQLite file with a user_version", "user_version_db", "user_version 7"))],
+    Case("scores table without the UNIQUE constraint", ["no_unique.sqlite", "unique (arch_index, config_hash)"],
+         call=lambda f: ScoreDB(f["no_unique_db"], readonly=True),
+         argv=lambda f: _scan_args(f, "--db", f["no_unique_db"])),
+    Case("a bit flipped in a stored score", ["flipped.sqlite", "row id 2", "arch_index 1", "score_text"],
+         call=lambda f: load_scores(f["flipped_db"], _template_hash(f)),
+         argv=lambda f: _scan_args(f, "--db", f["flipped_db"])),
+    Case("config column holding JSON of the wrong type", ["config.sqlite", "row id 2", "[1, 2]", "json object"],
+         call=lambda f: ScoreDB(f["config_db"], readonly=True).configurations(),
+         argv=lambda f: ["db", f["config_db"]]),
+    Case("damaged index page", ["damaged.sqlite", "damaged", "quick_check"],
+         call=lambda f: ScoreDB(f["damaged_db"], readonly=True),
+         argv=lambda f: _scan_args(f, "--db", f["damaged_db"])),
+    # --- issue 23: an output that is also an input is refused before any work, links included
+    Case("scan --out the same file as --db", ["--out", "same.json", "same file as --db"],
+         argv=lambda f: _scan_args(f, "--db", f["same_json"], "--out", f["same_json"])),
+    Case("evaluate --scores-out the same file as --db", ["--scores-out", "s.csv", "same file as --db"],
+         argv=lambda f: ["evaluate", "--n-archs", "2", "--accuracies", f["acc_ok"], "--data", f["npz"], "--batch-size",
+                         str(BATCH), "--db", f["same_csv"], "--scores-out", f["same_csv"], "-q"]),
+    Case("evaluate(scores_out=) the same file as db=", ["scores_out", "s_api.csv", "same file as db"],
+         call=lambda f: run_evaluate(n_archs=2, accuracies=f["acc_ok"], data=f["npz"], batch_size=BATCH,
+                                      engine=ENGINE, db=f["same_csv_api"], scores_out=f["same_csv_api"])),
+    Case("--scores-out the same file as --accuracies", ["--scores-out", "same file as --accuracies"],
+         argv=lambda f: ["evaluate", "--n-archs", "2", "--accuracies", f["victim_acc"], "--data", f["npz"],
+                         "--batch-size", str(BATCH), "--scores-out", f["victim_acc"], "-q"]),
+    Case("evaluate(scores_out=) the same file as accuracies=", ["scores_out", "same file as accuracies"],
+         call=lambda f: run_evaluate(n_archs=2, accuracies=f["victim_acc_api"], data=f["npz"], batch_size=BATCH,
+                                      engine=ENGINE, scores_out=f["victim_acc_api"])),
+    Case("--scores-out a link to --scores-in", ["victim_link.csv", "same file as --scores-in", "victim_scores.csv"],
+         argv=lambda f: ["evaluate", "--scores-in", f["victim_scores"], "--accuracies", f["acc_ok"],
+                         "--scores-out", f["victim_link"]]),
+    Case("report --out a link to a --scores file", ["report_link.md", "same file as --scores"],
+         argv=lambda f: ["report", "--scores", f"jacob_cov={f['victim_scores2']}", "--accuracies", f["acc_ok"],
+                         "--out", f["report_link"]]),
+    Case("scan --out a link to --data", ["data_link.csv", "same file as --data"],
+         argv=lambda f: _scan_args(f, "--data", f["victim_npz"], "--out", f["data_link"])),
+    Case("--table-out over --scores-out", ["--table-out", "both.csv", "same file as --scores-out"],
+         argv=lambda f: ["evaluate", "--scores-in", f["scores_csv"], "--accuracies", f["acc_ok"], "--search-table", "2",
+                         "--scores-out", f["both"] + ".csv", "--table-out", f["both"]]),
+    # --- issue 23: symbolic link loops are named, exit 2
+    Case("link loop as --data", ["loop1", "symbolic link loop"],
+         call=lambda f: load_images(f["loop"]), argv=lambda f: _scan_args(f, "--data", f["loop"])),
+    Case("link loop as --accuracies", ["loop1", "symbolic link loop"],
+         call=lambda f: nwot_fast.accuracies.load_accuracies(f["loop"]),
+         argv=lambda f: ["search", "-n", "2", "--accuracies", f["loop"], "--engine", ENGINE]),
+    Case("link loop as --scores-in", ["loop1", "symbolic link loop"], call=lambda f: read_scores(f["loop"]),
+         argv=lambda f: ["evaluate", "--scores-in", f["loop"], "--accuracies", f["acc_ok"]]),
+    Case("link loop as --db", ["loop1", "symbolic link loop"], call=lambda f: ScoreDB(f["loop"]),
+         argv=lambda f: _scan_args(f, "--db", f["loop"])),
+    Case("link loop as db's argument", ["loop1", "symbolic link loop"],
+         call=lambda f: ScoreDB(f["loop"], readonly=True), argv=lambda f: ["db", f["loop"]]),
+    # --- issue 23: no hidden files from --table-out DIR/
+    Case("--table-out DIR/", ["tables/", "names a directory"],
+         call=lambda f: check_table_prefix(f["tables_dir"] + os.sep),
+         argv=lambda f: ["evaluate", "--scores-in", f["scores_csv"], "--accuracies", f["acc_ok"], "--search-table", "2",
+                         "--table-out", f["tables_dir"] + os.sep]),
+    # --- issue 23: published points that cannot be drawn are refused when read, before any figure
+    *[Case(f"published {what}", [f"pub_{key}.csv", "row 3", field],
+           call=lambda f, key=key: read_published_points(f[f"pub_{key}"]),
+           argv=lambda f, key=key: ["report", "--scores", f"jacob_cov={f['scores_csv']}", "--accuracies", f["acc_ok"],
+                                    "--published", f[f"pub_{key}"], "--search-ns", "2", "--runs", "2",
+                                    "--out", os.path.join(f["dir"], f"pub_{key}.md")])
+      for what, key, field in (("seconds 0", "seconds0", "seconds"), ("seconds -5", "seconds_neg", "seconds"),
+                               ("seconds nan", "seconds_nan", "seconds"), ("seconds inf", "seconds_inf", "seconds"),
+                               ("accuracy 1e9", "acc_big", "accuracy"))],
 ]
 
 
@@ -354,6 +579,8 @@ def test_library_raises_a_clear_error(case, files):
     message = str(info.value).lower()
     for word in case.words:
         assert word.lower() in message, f"{word!r} not in {message!r}"
+    for word in case.absent:
+        assert word.lower() not in message, f"{word!r} in {message!r}"
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES if c.argv])
@@ -371,6 +598,8 @@ def test_command_line_exits_with_a_one_line_error_and_keeps_results(case, files,
         assert err.count("\n") == 1 and "Traceback" not in err
     for word in case.cli_words if case.cli_words is not None else case.words:
         assert word.lower() in err.lower(), f"{word!r} not in {err!r}"
+    for word in case.absent:
+        assert word.lower() not in err.lower(), f"{word!r} in {err!r}"
     assert _rows(db) == before  # nothing lost, nothing half-written
 
 
@@ -441,3 +670,461 @@ def test_cuda_requested_but_unavailable(capsys, tmp_path):
         assert code == 3, err
         assert out == "" and "cuda" in err.lower() and "--device cpu" in err and err.count("\n") == 1
     assert not (tmp_path / "unused.sqlite").exists()  # refused before the database was created
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 23: beyond the table
+
+
+def _snapshot(path) -> Tuple[bytes, List[str]]:
+    """The bytes of a file and what lies beside it (a -wal / -shm would show here)."""
+    return open(path, "rb").read(), sorted(os.listdir(os.path.dirname(path)))
+
+
+def test_damaged_database_is_never_written(files, tmp_path, capsys):
+    """A database with a damaged page: `db` names the damage, `scan` refuses before writing
+    (it used to write into it and exit 0 while PRAGMA integrity_check failed)."""
+    db = str(tmp_path / "damaged.sqlite")
+    shutil.copy(files["damaged_db"], db)
+    before = _snapshot(db)
+    argv = [a.replace("{db}", db) for a in _scan_args(files)]
+    assert main(argv) == 2
+    assert main(["db", db]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("quick_check") == 2 and "damaged" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="damaged"):
+        scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=db)
+    assert _snapshot(db) == before
+    # A healthy database says its check passed.
+    assert main(["db", files["template"]]) == 0
+    assert "integrity: ok" in capsys.readouterr().out
+    assert main(["db", files["template"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
+
+
+@pytest.mark.parametrize("key", ["view_db", "appid_db", "user_version_db", "no_unique_db"])
+def test_other_programs_sqlite_files_are_left_unchanged(files, tmp_path, key):
+    """Refused by `scan` (and the read-only `db`) exactly as found: no table added, no WAL switch,
+    no -wal / -shm beside it."""
+    db = str(tmp_path / ISSUE23_FILES[key])
+    shutil.copy(files[key], db)
+    before = _snapshot(db)
+    for readonly in (False, True):
+        with pytest.raises(ValueError):
+            ScoreDB(db, readonly=readonly)
+    assert main([a.replace("{db}", db) for a in _scan_args(files)]) == 2
+    assert _snapshot(db) == before
+
+
+def test_scores_table_without_unique_is_refused_before_scoring(files, tmp_path, monkeypatch):
+    from nwot_fast import scoring
+
+    scored = []
+    real = scoring.ArchScorer.score_index
+    monkeypatch.setattr(scoring.ArchScorer, "score_index", lambda self, i: scored.append(i) or real(self, i))
+    db = str(tmp_path / "no_unique.sqlite")
+    shutil.copy(files["no_unique_db"], db)
+    with pytest.raises(ValueError, match=r"UNIQUE \(arch_index, config_hash\)"):
+        scan("0:4", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=db)
+    assert scored == []
+
+
+def test_scan_database_header_and_earlier_databases(files, tmp_path):
+    """A scan database says so in its header (application_id "NWOT", layout 1). One written before
+    the header existed is refused (no migration code before 1.0) with the two PRAGMAs that mark it;
+    marked, it resumes."""
+    conn = sqlite3.connect(f"file:{files['template']}?mode=ro", uri=True)
+    try:
+        header = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version")]
+    finally:
+        conn.close()
+    assert header == [SCAN_DB_APPLICATION_ID, SCAN_DB_LAYOUT]
+    old = str(tmp_path / "before_the_header.sqlite")
+    shutil.copy(files["template"], old)
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA application_id = 0")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match="earlier nwot_fast") as info:
+        scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
+    pragmas = str(info.value).split("'")[-2]
+    assert pragmas == f"PRAGMA application_id = {SCAN_DB_APPLICATION_ID}; PRAGMA user_version = {SCAN_DB_LAYOUT}"
+    conn = sqlite3.connect(old)
+    conn.executescript(pragmas)
+    conn.close()
+    res = scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
+    assert (res.resumed, res.computed) == (2, 1)
+
+
+def test_api_flags_have_one_spelling():
+    """One configuration, one hash: the accepted spellings of a flag or device give the same
+    configuration; 'no', 0 and 'false' are refused (TypeError naming the argument)."""
+    base = ScoreConfig(augment=False, fixed_batch=True)
+    assert ScoreConfig(augment=np.False_, fixed_batch=np.True_) == base
+    assert ScoreConfig(augment=np.False_, fixed_batch=np.True_).config_hash() == base.config_hash()
+    assert ScoreConfig(device=torch.device("cpu")) == ScoreConfig(device="cpu")
+    assert ScoreConfig(batch_size=np.int64(8), seed=np.int64(3)) == ScoreConfig(batch_size=8, seed=3)
+    assert ScoreConfig(batch_size=np.int64(8), seed=np.int64(3)).config_hash() == ScoreConfig(batch_size=8, seed=3).config_hash()
+    for bad in ("no", "False", 0, 1, "true"):
+        with pytest.raises(TypeError, match="augment"):
+            ScoreConfig(augment=bad)
+        with pytest.raises(TypeError, match="fixed_batch"):
+            ScoreConfig(fixed_batch=bad)
+
+
+def test_score_file_of_two_methods_read_with_method(files, capsys):
+    """--method picks one method's rows and the rows left out are counted, not hidden."""
+    res = run_evaluate(scores_in=files["mixed"], method="jacob_cov", accuracies=files["acc_ok"])
+    assert res.method == "jacob_cov" and res.indices.tolist() == [0, 2] and res.scores.tolist() == [1.5, 0.5]
+    assert "all 2 jacob_cov rows" in res.selection and "1 hook_logdet row left out" in res.selection
+    assert main(["evaluate", "--scores-in", files["mixed"], "--method", "hook_logdet", "--accuracies",
+                 files["acc_ok"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hook_logdet: 1 architectures (all 1 hook_logdet rows of") and "2 jacob_cov rows left out" in out
+
+
+def test_byte_order_marks_are_accepted(files, tmp_path):
+    """Excel writes CSV with a UTF-8 byte-order mark: it is no part of the first column's name."""
+    from nwot_fast.accuracies import load_accuracies
+
+    plain = load_accuracies(files["acc_ok"])
+    bom = tmp_path / "acc_bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(files["acc_ok"], "rb").read())
+    table = load_accuracies(bom)
+    for key in plain.splits:
+        np.testing.assert_array_equal(table.column(*key), plain.column(*key))
+    scores = tmp_path / "scores_bom.csv"
+    scores.write_bytes(b"\xef\xbb\xbf" + open(files["scores_csv"], "rb").read())
+    np.testing.assert_array_equal(read_scores(scores).scores, read_scores(files["scores_csv"]).scores)
+
+
+# issue 23: nothing a user types loses data or prints a traceback. The one-line cases are rows
+# of CASES above; these tests check what a row cannot: that no work was done before a refusal,
+# that no file was overwritten or left behind, and the process-level cases (streams, signals,
+# memory and file-size limits) in a child process.
+
+import ast  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+from conftest import REPO_ROOT, subprocess_env  # noqa: E402
+
+# The command line in a child process whose scoring, if reached, ends it with exit 1 and a
+# line naming the architecture: the child's exit code tells whether any work was done.
+_NO_SCORING = (
+    "import sys\n"
+    "from nwot_fast import scoring\n"
+    "def refuse(self, index):\n"
+    "    raise SystemExit(f'scored architecture {index}')\n"
+    "scoring.ArchScorer.score_index = refuse\n"
+    "from nwot_fast.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _child(argv, *, no_scoring: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", _NO_SCORING, *argv] if no_scoring else [sys.executable, "-m", "nwot_fast", *argv]
+    kwargs.setdefault("env", subprocess_env())
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run(cmd, text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Scoring in this process fails the test: a refusal must come before any work."""
+    from nwot_fast import scoring
+
+    def refuse(self, index):
+        raise AssertionError(f"architecture {index} was scored before the refusal")
+
+    monkeypatch.setattr(scoring.ArchScorer, "score_index", refuse)
+
+
+SAME_FILE = [c for c in CASES if "same file" in " ".join(c.words)]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in SAME_FILE])
+def test_an_output_that_is_an_input_is_refused_before_any_work(case, files, no_scoring, capsys):
+    before = _victim_state(files)
+    if case.argv is not None:
+        assert main(case.argv(files)) == 2
+        assert "same file" in capsys.readouterr().err
+    if case.call is not None:
+        with pytest.raises(ValueError, match="same file"):
+            case.call(files)
+    assert _victim_state(files) == before  # every input as it was, links still links
+    for name in ("same_json", "same_csv", "same_csv_api"):  # refused before the database was created
+        assert not os.path.lexists(files[name])
+
+
+def test_scores_out_through_a_link_writes_its_target(files, tmp_path, capsys):
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    os.symlink(target, link)
+    assert main(["evaluate", "--scores-in", files["scores_csv"], "--accuracies", files["acc_ok"],
+                 "--scores-out", str(link), "--json"]) == 0, capsys.readouterr().err
+    assert os.path.islink(link) and os.readlink(link) == str(target)
+    assert target.read_text().startswith("arch_index,arch,method,score,seconds")
+    assert sorted(os.listdir(tmp_path)) == ["link.csv", "target.csv"]  # no temporary file left
+
+
+def test_cpu_out_of_memory_exits_3(tmp_path):
+    """As `ulimit -v 6000000; nwot-fast score 0 --batch-size 65536`, smaller: torch's CPU
+    allocator fails (a RuntimeError of no type of its own)."""
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (3_000_000 * 1024, 3_000_000 * 1024))
+
+    proc = _child(["score", "0", "--batch-size", "16384", "--engine", ENGINE], preexec_fn=limit_memory)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("nwot-fast: error: out of memory") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--batch-size" in proc.stderr and proc.stdout == ""
+
+
+def test_report_without_matplotlib_says_what_to_install_and_draws_nothing(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on an install without it
+    code = main(["report", "--scores", f"jacob_cov={files['scores_csv']}", "--accuracies", files["acc_ok"],
+                 "--search-ns", "2", "--runs", "2", "--out", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "matplotlib" in err and "pip install 'nwot_fast[report]'" in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []  # no figures folder, no partial figure or table
+
+
+def test_refused_published_points_leave_no_figures(files, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    code = main(["report", "--scores", f"jacob_cov={files['scores_csv']}", "--accuracies", files["acc_ok"],
+                 "--published", files["pub_seconds0"], "--search-ns", "2", "--runs", "2",
+                 "--out", str(tmp_path / "r.md")])
+    assert code == 2, capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def _declared_requirements() -> set:
+    """Distribution names of setup.py's install_requires and extras_require, read as text."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in ("install_requires", "extras_require"):
+            value = ast.literal_eval(node.value)
+            groups = [value] if isinstance(value, list) else list(value.values())
+            for requirement in (r for group in groups for r in group):
+                names.add(requirement.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower())
+    return names
+
+
+def test_every_package_a_command_imports_is_declared():
+    """Every third-party module the package imports (or asks for through errors.require) comes
+    from a distribution that setup.py installs or offers as an extra."""
+    distribution = {"torch": "torch", "numpy": "numpy", "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib",
+                    "ray": "ray", "nas_201_api": "nas-bench-201"}
+    imported = set()
+    for path in (REPO_ROOT / "nwot_fast").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require" and node.args
+                  and isinstance(node.args[0], ast.Constant)):
+                imported.add(node.args[0].value.split(".")[0])
+    ours = ("nwot_fast", "_nwot_fast_build")
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ours}
+    unknown = third_party - set(distribution)
+    assert not unknown, f"map these modules to their distribution: {unknown}"
+    missing = {distribution[m] for m in third_party} - _declared_requirements()
+    assert not missing, f"imported but not declared in setup.py: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("argv", [["arch", "0"], ["info"], ["score", "0"], ["search", "-n", "1"],
+                                  ["scan", "--indices", "0:1"], ["db", "x.sqlite"],
+                                  ["evaluate", "--n-archs", "1", "--accuracies", "a.csv"],
+                                  ["report", "--scores", "jacob_cov=s.csv", "--accuracies", "a.csv"]],
+                         ids=lambda argv: argv[0])
+def test_closed_stdout_is_refused_before_any_work(argv, tmp_path):
+    proc = _child(argv, stdout=None, cwd=tmp_path, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == "nwot-fast: error: cannot write the results to standard output: it is closed\n"
+    assert os.listdir(tmp_path) == []  # no database, no report: nothing was started
+
+
+def test_closed_or_failing_stderr(files, tmp_path):
+    # An error with stderr closed: its exit code, and no traceback on stdout either.
+    proc = _child(["arch", "99999"], stderr=None, preexec_fn=lambda: os.close(2))
+    assert proc.returncode == 2 and proc.stdout == ""
+    if os.path.exists("/dev/full"):
+        # A message on a full stderr (evaluate's note about Gaussian inputs) is a full disk: exit 3.
+        with open("/dev/full", "w") as full:
+            proc = _child(["evaluate", "--n-archs", "2", "--accuracies", files["acc_ok"], "--batch-size", str(BATCH)],
+                          stderr=full, no_scoring=True)
+        assert proc.returncode == 3 and proc.stdout == ""
+
+
+def test_stdout_that_cannot_encode_a_path_exits_3(files, tmp_path):
+    db = tmp_path / "é.sqlite"
+    shutil.copy(files["template"], db)
+    proc = _child(["db", str(db)], env=dict(subprocess_env(), PYTHONIOENCODING="ascii"))
+    assert proc.returncode == 3, proc.stderr
+    assert "standard output" in proc.stderr and "ascii" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def _no_file_writes():
+    """A file-size limit of 0 bytes: every write to a file fails (EFBIG), creating one does not;
+    a disk with no space left behaves the same."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_full_disk_is_found_before_any_scoring_and_leaves_nothing(files, tmp_path):
+    out = tmp_path / "z.csv"
+    proc = _child(["evaluate", "--n-archs", "2", "--accuracies", files["acc_ok"], "--data", files["npz"],
+                   "--batch-size", str(BATCH), "--scores-out", str(out), "-q"], no_scoring=True,
+                  preexec_fn=_no_file_writes)
+    assert proc.returncode == 3, proc.stderr
+    assert "z.csv" in proc.stderr and "test write" in proc.stderr
+    db = tmp_path / "new.sqlite"
+    proc = _child(["scan", "--indices", "0:2", "--data", files["npz"], "--batch-size", str(BATCH), "--db", str(db),
+                   "-q"], no_scoring=True, preexec_fn=_no_file_writes)
+    assert proc.returncode == 3, proc.stderr
+    assert os.listdir(tmp_path) == []  # no 0-byte database, no probe, no temporary file
+
+
+def test_refused_scan_leaves_no_database(files, tmp_path, capsys):
+    db = tmp_path / "new.sqlite"
+    argv = [a.replace("{db}", str(db)) for a in _scan_args(files, "--batch-size", "32")]
+    assert main(argv) == 2
+    assert "larger than the 16 images" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_db_command_leaves_no_wal_or_shm(files, tmp_path, capsys):
+    db = tmp_path / "s.sqlite"
+    shutil.copy(files["template"], db)
+    assert main(["db", str(db), "--json"]) == 0
+    assert '"rows": 2' in capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["s.sqlite"]
+
+
+def test_read_only_database_is_found_before_the_first_score(files):
+    """A 0444 database (SQLite would open it read-only without a word) is refused when it is
+    opened, not after a score, and leaves no -wal / -shm; `db` still reads it, leaving none.
+    Root may write any file, so as root the commands run as nobody."""
+    as_nobody = os.geteuid() == 0
+    if as_nobody and shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: cannot run as another user")
+    work = tempfile.mkdtemp(prefix="nwot-ro-")
+    try:
+        os.chmod(work, 0o777)
+        db, data = os.path.join(work, "ro.sqlite"), os.path.join(work, "tiny16.npz")
+        shutil.copy(files["template"], db)
+        shutil.copy(files["npz"], data)
+        os.chmod(data, 0o644)
+        if as_nobody:
+            os.chown(db, 65534, 65534)
+        os.chmod(db, 0o444)
+        before = open(db, "rb").read()  # (reading it through SQLite here would leave a -wal and -shm)
+        env = dict(subprocess_env(), HOME=work)
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody else []
+        run = (lambda argv, script: subprocess.run(prefix + [sys.executable, "-c", script, *argv], env=env, text=True,
+                                                   capture_output=True, timeout=300))
+        proc = run(["scan", "--indices", "0:4", "--batch-size", str(BATCH), "--engine", ENGINE, "--data", data,
+                    "--db", db, "-q"], _NO_SCORING)
+        assert proc.returncode == 3, proc.stderr
+        assert "read-only" in proc.stderr and "while opening it" in proc.stderr
+        assert sorted(os.listdir(work)) == ["ro.sqlite", "tiny16.npz"]
+        proc = run(["db", db, "--json"], "import sys; from nwot_fast.cli import main; sys.exit(main(sys.argv[1:]))")
+        assert proc.returncode == 0 and '"rows": 2' in proc.stdout, proc.stderr
+        assert sorted(os.listdir(work)) == ["ro.sqlite", "tiny16.npz"]
+        assert open(db, "rb").read() == before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_non_utf8_data_path_through_the_api_fails_before_scoring(files, tmp_path, no_scoring):
+    name = os.fsdecode(b"\xff-images.npz")
+    shutil.copy(files["npz"], os.path.join(str(tmp_path), name))
+    db = tmp_path / "s.sqlite"
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        scan([0, 1], data=os.path.join(str(tmp_path), name), batch_size=BATCH, engine=ENGINE, db=str(db))
+    assert not db.exists()
+
+
+def test_search_reports_the_accuracy_columns_the_table_has(files, tmp_path, capsys):
+    """A table with CIFAR-10 columns only: search shows those, after scoring nothing is lost."""
+    lines = (open(files["acc_ok"]).read().splitlines())
+    header = lines[0].split(",")
+    keep = [k for k, h in enumerate(header) if h in ("index", "arch", "cifar10_valid_acc", "cifar10_test_acc")]
+    table = tmp_path / "cifar10_only.csv"
+    table.write_text("\n".join(",".join(row.split(",")[k] for k in keep) for row in lines) + "\n")
+    code = main(["search", "-n", "2", "-r", "2", "--accuracies", str(table), "--batch-size", str(BATCH),
+                 "--engine", ENGINE, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    import json
+
+    runs = json.loads(out)["runs"]
+    assert [sorted(r["accuracies"]) for r in runs] == [["cifar10/test", "cifar10/val"]] * 2
+    assert all(r["accuracies"]["cifar10/test"] == 85.0 for r in runs)
+
+
+def test_broken_build_cache_falls_back_naming_the_variable(tmp_path, monkeypatch, capsys):
+    """No compiled extension, and a build cache that cannot be used: the pure path, with one
+    warning that names the variable; `info` and `score` work."""
+    from nwot_fast import _ext, _jit
+
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    monkeypatch.setattr(_ext, "_loaded", None)
+    monkeypatch.setattr(_ext, "_try_aot", lambda *a: (None, "nwot_fast._C is not built (simulated)"))
+    monkeypatch.delenv("NWOT_FAST_NO_JIT", raising=False)
+    monkeypatch.setattr(_jit, "unavailable_reason", lambda environ=None: None)  # a compiler and ninja are there
+    monkeypatch.setattr(_ext, "_namespace_registered", lambda: False)  # the real _C may be loaded in this process
+    monkeypatch.setattr(_jit, "_compile", lambda *a: pytest.fail("must not compile into an unusable cache"))
+    # a file as NWOT_FAST_BUILD_DIR; a TORCH_EXTENSIONS_DIR that cannot be created (as a read-only place)
+    for variable, value in (("NWOT_FAST_BUILD_DIR", str(not_a_dir)),
+                            ("TORCH_EXTENSIONS_DIR", str(not_a_dir / "cannot" / "be" / "created"))):
+        monkeypatch.delenv("NWOT_FAST_BUILD_DIR", raising=False)
+        monkeypatch.setenv(variable, value)
+        _ext._reset_for_tests()
+        try:
+            with warnings.catch_warnings(record=True) as records:
+                warnings.simplefilter("always")
+                assert main(["info", "--json"]) == 0
+                assert main(["score", "0", "--batch-size", str(BATCH), "--engine", ENGINE, "--json"]) == 0
+            out, err = capsys.readouterr()
+            found = [str(r.message) for r in records if issubclass(r.category, _ext.ExtensionWarning)]
+            assert len(found) == 1 and f"{variable}={value}" in found[0] and "fallback" in found[0], found
+            assert '"route": "fallback"' in out and variable in out
+        finally:
+            _ext._reset_for_tests()
+    monkeypatch.undo()
+    _ext._reset_for_tests()
+
+
+def test_signals_wait_for_a_block_that_must_not_be_cut():
+    """process.deferred_signals: a SIGINT inside the block is delivered when it ends;
+    stop_on_signals: the first SIGINT stops, a second one during the clean-up is ignored."""
+    from nwot_fast.process import deferred_signals, stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block ran to its end")
+    assert done == ["the block ran to its end"]
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the KeyboardInterrupt cuts this short
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while cleaning up: ignored
+                done.append("clean-up ran to its end")
+    assert done[-1] == "clean-up ran to its end"
+    assert signal.getsignal(signal.SIGINT) is before  # put back after the block

@@ -1,5 +1,6 @@
-"""The batched engine (nwot_fast.batched) against the per-architecture plans, the seeded
-weight streams (nwot_fast.weights) against initial_parameters, and the engine choice."""
+"""The multi-arch mode (nwot_fast.multi_arch) against the per-arch mode, the seeded weight
+streams (nwot_fast.weights) against initial_parameters, the chunk size and the choice of mode
+and layout, all through public functions."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nwot_fast import batched, fast, precision, weights
-from nwot_fast.nb201 import initial_parameters, parameter_layout
+from conftest import assert_scores_close
+from nwot_fast import multi_arch, per_arch, plans, precision, schedule, weights
+from nwot_fast.nb201 import as_arch, initial_parameters, parameter_specs
 
 from test_fast import (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, ALL_POOL, ALL_SKIP, CONSTANT_CONVS, CONSTANT_ZEROS,
                        DEAD_SOURCE, DEAD_TARGETS, SAME_NODE_TWO_KERNELS, SKIP_ONLY_TO_OUTPUT)
@@ -26,16 +28,10 @@ def _batch(seed: int, b: int = 8, side: int = 16) -> torch.Tensor:
     return torch.randn(b, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(params=batched.LAYOUTS)
+@pytest.fixture(params=multi_arch.LAYOUTS)
 def layout(request):
-    """The batched engine's layouts: each test taking this runs on every one."""
+    """The multi-arch layouts: each test taking this runs on every one."""
     return request.param
-
-
-def _same(a: float, b: float, rel: float) -> bool:
-    if math.isnan(b) or math.isinf(b):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    return math.isfinite(a) and abs(a - b) <= rel * abs(b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,12 +43,12 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
     stream = weights.StreamWeights(seed)
     before = torch.get_rng_state()
     for arch in (ALL_CONV3, ALL_CONV_MIXED, ALL_NONE, DEAD_SOURCE, 6111, 15624):
-        arch = fast.as_arch(arch)
+        arch = as_arch(arch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             want = initial_parameters(arch)
         got = stream.parameters(arch)
-        assert list(got) == list(want) == [s.name for s in parameter_layout(arch)]
+        assert list(got) == list(want) == [s.name for s in parameter_specs(arch)]
         for name in want:
             assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is not touched
@@ -60,12 +56,12 @@ def test_stream_weights_equal_initial_parameters_bit_for_bit(seed):
 
 def test_stream_values_concatenate_segments_in_order():
     stream = weights.for_seed(3)
-    segs = weights.arch_segments(fast.as_arch(857))
+    segs = weights.arch_segments(as_arch(857))
     names = ["classifier.weight", "stem.0.weight", "cells.5.conv_a.op.1.weight"]
     got = stream.values([segs[n][:3] for n in names])
     params = stream.parameters(857)
     assert np.array_equal(got, np.concatenate([params[n].numpy().ravel() for n in names]))
-    assert not any(s.draws for s in parameter_layout(857) if s.name not in segs)
+    assert not any(s.draws for s in parameter_specs(857) if s.name not in segs)
     assert weights.for_seed(3) is stream
 
 
@@ -74,62 +70,65 @@ def test_stream_values_concatenate_segments_in_order():
 
 
 @pytest.mark.parametrize("method, relu_match", [("jacob_cov", "name"), ("hook_logdet", "name"), ("hook_logdet", "exact")])
-@pytest.mark.parametrize("layout, chunk", [("sparse", 1), ("sparse", 3), ("sparse", None), ("merged", None),
-                                           ("dense", 1), ("dense", None)])
-def test_batched_equals_per_arch_in_float64(method, relu_match, chunk, layout):
-    """Chunks mixing degenerate and normal archs and two batch sizes (x_for): float64 scores
-    within 1e-9 relative, NaN / -inf at the same archs."""
+@pytest.mark.parametrize("layout, chunk", [("sparse", 1), ("sparse", 3), ("sparse", None), ("dense", 1), ("dense", None)])
+def test_batched_equals_per_arch_in_float64(method, relu_match, chunk, layout, device):
+    """Chunks mixing degenerate and normal archs and two batch sizes (x_for), on each device:
+    float64 scores within 1e-9 relative of the per-arch mode's on the CPU, NaN / -inf at the
+    same archs."""
     xs = {a: _batch(40 + i, b=8 if i % 3 else 10) for i, a in enumerate(ARCHS)}
     kw = dict(method=method, relu_match=relu_match, seed=3, dtype=torch.float64)
     if (method, relu_match) not in _PER_ARCH:
-        _PER_ARCH[method, relu_match] = list(fast.score_archs(ARCHS, xs.__getitem__, batched=False, **kw))
+        _PER_ARCH[method, relu_match] = list(schedule.score_archs(ARCHS, xs.__getitem__, batched=False, **kw))
     per = _PER_ARCH[method, relu_match]
-    got = list(fast.score_archs(ARCHS, xs.__getitem__, batched=True, chunk=chunk, layout=layout, **kw))
-    assert len(got) == len(per) == len(ARCHS)
-    for a, g, p in zip(ARCHS, got, per):
-        assert _same(g, p, 1e-9), (a, g, p)
+    got = list(schedule.score_archs(ARCHS, xs.__getitem__, batched=True, chunk=chunk, layout=layout, device=device,
+                                    **kw))
+    assert_scores_close(got, per, 1e-9, what=f"{method}/{relu_match}/{layout}")
     assert any(math.isnan(p) or math.isinf(p) for p in per) and any(math.isfinite(p) for p in per)
 
 
 @pytest.mark.parametrize("method", ["jacob_cov", "hook_logdet"])
-def test_dense_on_planes_smaller_than_the_pooling_kernel(method):
+def test_dense_on_planes_smaller_than_the_pooling_kernel(method, device):
     """8x8 images: 2x2 planes in the last stage, where the dense layout pools in 2-D (ATen's
     3-D pooling refuses planes smaller than its kernel)."""
     x = _batch(75, b=4, side=8)
     kw = dict(method=method, seed=4, dtype=torch.float64)
     archs = [ALL_POOL, DEAD_SOURCE, 6111]
-    got = list(fast.score_archs(archs, lambda _: x, batched=True, layout="dense", **kw))
-    for a, g in zip(archs, got):
-        assert _same(g, fast.score_arch(a, x, **kw), 1e-9), (a, g)
+    got = list(schedule.score_archs(archs, lambda _: x, batched=True, layout="dense", device=device, **kw))
+    assert_scores_close(got, [per_arch.score_arch(a, x, **kw) for a in archs], 1e-9, what=method)
 
 
-def test_default_layout_is_the_devices(monkeypatch):
-    """``layout=None``: run_chunk and choose_chunk take default_layout's (a spy on the dense pass)."""
-    dense, sized = [], []
-    real_pass, real_bytes = batched._dense_pass, batched.bytes_per_arch
-    monkeypatch.setattr(batched, "_dense_pass", lambda *a, **k: dense.append(1) or real_pass(*a, **k))
-    monkeypatch.setattr(batched, "bytes_per_arch", lambda *a: sized.append(a[-1]) or real_bytes(*a))
-    x = _batch(50)
-    for layout in batched.LAYOUTS:
-        monkeypatch.setattr(batched, "default_layout", lambda device: layout)
-        dense.clear()
-        list(fast.score_archs([6111, 857], lambda _: x, batched=True))
-        assert bool(dense) == (layout == "dense") and sized[-1] == layout
+def test_default_layout_is_the_devices(device):
+    """``layout=None`` gives, bit for bit, the float32 scores of the device's default layout,
+    and sizes its chunks by that layout's bytes."""
+    dev = torch.device(device)
+    chunk = [plans.compile_plan(a) for a in (6111, 857)]
+    xs = [_batch(50), _batch(51)]
+    by_layout = {name: multi_arch.run_chunk(chunk, xs, 0, dev, torch.float32, layout=name)
+                 for name in multi_arch.LAYOUTS}
+    assert by_layout["sparse"] != by_layout["dense"]  # they round differently: the check can tell them apart
+    assert multi_arch.run_chunk(chunk, xs, 0, dev, torch.float32) == by_layout[multi_arch.default_layout(dev)]
+    per = {name: multi_arch.bytes_per_arch("jacob_cov", 8, 16, 16, torch.float32, name) for name in multi_arch.LAYOUTS}
+    available = 2 * 10 * max(per.values())  # ten of the larger layout's archs, more of the other's
+    sizes = {name: multi_arch.choose_chunk("jacob_cov", 8, 16, 16, torch.float32, dev, available, name)
+             for name in multi_arch.LAYOUTS}
+    assert sizes["sparse"] != sizes["dense"]
+    assert multi_arch.choose_chunk("jacob_cov", 8, 16, 16, torch.float32, dev, available) == \
+        sizes[multi_arch.default_layout(dev)]
 
 
 def test_bad_layout():
-    plan = fast.compile_plan(6111)
+    plan = plans.compile_plan(6111)
     with pytest.raises(ValueError, match="layout"):
-        batched.run_chunk([plan], [_batch(0, b=4)], 0, torch.device("cpu"), torch.float32, layout="wide")
+        multi_arch.run_chunk([plan], [_batch(0, b=4)], 0, torch.device("cpu"), torch.float32, layout="wide")
     with pytest.raises(ValueError, match="layout"):
-        batched.bytes_per_arch("jacob_cov", 8, layout="wide")
+        multi_arch.bytes_per_arch("jacob_cov", 8, layout="wide")
     with pytest.raises(ValueError, match="layout"):  # before any arch runs
-        list(fast.score_archs([6111], lambda _: _batch(0, b=4), layout="Dense"))
+        list(schedule.score_archs([6111], lambda _: _batch(0, b=4), layout="Dense"))
 
 
 def test_default_layout():
-    assert batched.default_layout(torch.device("cpu")) == "sparse"
-    assert batched.default_layout("cuda") == "dense"
+    assert multi_arch.default_layout(torch.device("cpu")) == "sparse"
+    assert multi_arch.default_layout("cuda") == "dense"
 
 
 _CONTRACT = {}
@@ -141,11 +140,11 @@ def _contract_envelope(archs, x, method, seed):
     pure path at 1 and 2 threads; measured once per method and shared by the layouts."""
     key = (tuple(archs), method, seed)
     if key not in _CONTRACT:
-        truth = [fast.score_arch(a, x, method=method, seed=seed, dtype=torch.float64) for a in archs]
+        truth = [per_arch.score_arch(a, x, method=method, seed=seed, dtype=torch.float64) for a in archs]
         ref = {}
         for n in precision.THREADS:
             with precision.threads(n):
-                ref[n] = precision.pure_scores(archs, x, method=method, seed=seed)
+                ref[n] = precision.reference_scores(archs, x, method=method, seed=seed)
         _CONTRACT[key] = ([str(a) for a in archs], truth, ref)
     names, truth, ref = _CONTRACT[key]
     return precision.Envelope(list(names), method, list(truth), dict(ref))
@@ -166,20 +165,23 @@ def test_batched_float32_within_the_contract(method, layout):
     archs = CONTRACT_ARCHS
     x = _batch(60, b=12)
     env = _contract_envelope(archs, x, method, seed=1)
-    env.candidates[layout] = list(fast.score_archs(archs, lambda _: x, method=method, seed=1, batched=True,
+    env.candidates[layout] = list(schedule.score_archs(archs, lambda _: x, method=method, seed=1, batched=True,
                                                    layout=layout))
     assert env.violations(layout) == [], env.table()
 
 
 def test_batched_float32_degenerate_archs_match(layout):
+    """Constant-output and all-skip cells in float32, in one chunk: NaN / -inf exactly where the
+    float64 truth (the per-arch mode) has them, the finite scores within 1e-2 of it: ten times
+    the largest float32 error measured for any arch on any path (tests/test_precision.py), so
+    a wrong finite score fails on every machine."""
     archs = [ALL_NONE, CONSTANT_ZEROS, CONSTANT_CONVS, ALL_SKIP]
     x = _batch(61)
     for method in ("jacob_cov", "hook_logdet"):
-        per = list(fast.score_archs(archs, lambda _: x, method=method, batched=False))
-        got = list(fast.score_archs(archs, lambda _: x, method=method, batched=True, chunk=4, layout=layout))
-        for g, p in zip(got, per):
-            assert (math.isnan(g) and math.isnan(p)) or (math.isinf(p) and g == p) or (
-                math.isfinite(g) and math.isfinite(p))
+        truth = list(schedule.score_archs(archs, lambda _: x, method=method, batched=False, dtype=torch.float64))
+        got = list(schedule.score_archs(archs, lambda _: x, method=method, batched=True, chunk=4, layout=layout))
+        assert_scores_close(got, truth, 1e-2, what=method)
+        assert any(math.isfinite(t) for t in truth) and not all(math.isfinite(t) for t in truth)
 
 
 def test_x_for_is_called_for_running_archs_only_and_batches_are_their_own():
@@ -192,11 +194,12 @@ def test_x_for_is_called_for_running_archs_only_and_batches_are_their_own():
         calls.append(a)
         return xs[a]
 
-    got = list(fast.score_archs(archs, x_for, batched=True, dtype=torch.float64))
+    got = list(schedule.score_archs(archs, x_for, batched=True, dtype=torch.float64))
     assert calls == [6111, 857]
     assert math.isnan(got[1])
-    for a, g in zip((6111, 857), (got[0], got[2])):
-        assert _same(g, fast.score_arch(a, xs[a], dtype=torch.float64), 1e-9)
+    want = [per_arch.score_arch(a, xs[a], dtype=torch.float64) for a in (6111, 857)]
+    assert_scores_close([got[0], got[2]], want, 1e-9)
+    assert abs(want[0] - want[1]) > 1e-3 * abs(want[0])  # different batches give different scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,54 +207,46 @@ def test_x_for_is_called_for_running_archs_only_and_batches_are_their_own():
 
 
 def test_choose_chunk_follows_the_memory():
-    per = batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32)
-    assert per > batched.bytes_per_arch("hook_logdet", 128, 32, 32, torch.float32)
-    assert per < batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
-    assert batched.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
-    assert batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "dense") > per
-    assert batched.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "merged") == per
+    per = multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32)
+    assert per > multi_arch.bytes_per_arch("hook_logdet", 128, 32, 32, torch.float32)
+    assert per < multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float64) < 2 * per  # weights: float32 kept too
+    assert multi_arch.bytes_per_arch("jacob_cov", 64, 32, 32, torch.float32) < per
+    assert multi_arch.bytes_per_arch("jacob_cov", 128, 32, 32, torch.float32, "dense") > per
     cpu = torch.device("cpu")
-    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
-    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1
-    assert batched.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=10 * per) == 5
-    assert batched.choose_chunk("jacob_cov", 2, 16, 16, torch.float32, cpu, available=1 << 50) == batched.MAX_CHUNK
-    assert batched.choose_chunk("jacob_cov", 8, 32, 32, torch.float32, cpu) >= 1  # measured memory
+    assert multi_arch.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=0) == 1
+    assert multi_arch.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=per) == 1
+    assert multi_arch.choose_chunk("jacob_cov", 128, 32, 32, torch.float32, cpu, available=10 * per) == 5
+    assert multi_arch.choose_chunk("jacob_cov", 2, 16, 16, torch.float32, cpu, available=1 << 50) == multi_arch.MAX_CHUNK
+    assert multi_arch.choose_chunk("jacob_cov", 8, 32, 32, torch.float32, cpu) >= 1  # measured memory
 
 
-def test_default_chunk_comes_from_the_memory(monkeypatch):
-    seen = []
-
-    def fake(method, b, h, w, dtype, device, available=None, layout=None):
-        seen.append((method, b, h, w, dtype, layout))
-        return 2
-
-    monkeypatch.setattr(batched, "choose_chunk", fake)
-    ran = []
-    real = batched.run_chunk
-    monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: ran.append(len(plans)) or real(plans, *a))
+def test_chunk_boundaries_change_no_score():
+    """The default chunk (from the memory) and chunks of 1 and 2: the same float64 scores, for
+    archs that run and archs answered from structure, in order."""
     x = _batch(72, b=4, side=8)
-    list(fast.score_archs([6111, 857, 4242, 0, 5], lambda _: x, batched=True))
-    assert seen and seen[0] == ("jacob_cov", 4, 8, 8, torch.float32, None)
-    list(fast.score_archs([6111], lambda _: x, batched=True, layout="dense"))
-    assert seen[-1][-1] == "dense"
-    assert max(ran) == 2 and sum(ran) >= 3
+    archs = [6111, ALL_NONE, 857, 4242, 0, 5]
+    kw = dict(method="jacob_cov", seed=2, dtype=torch.float64, batched=True)
+    default = list(schedule.score_archs(archs, lambda _: x, **kw))
+    for chunk in (1, 2):
+        assert_scores_close(list(schedule.score_archs(archs, lambda _: x, chunk=chunk, **kw)), default, 1e-9,
+                            what=f"chunk={chunk}")
+    assert len(set(default[2:])) == len(default) - 2  # distinct archs, distinct scores: order is checked
 
 
 def test_use_batched_rule():
-    assert fast.use_batched("cpu", 2) and fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH)
-    assert not fast.use_batched("cpu", fast.CPU_BATCHED_MAX_BATCH + 1)
-    assert not fast.use_batched(torch.device("cpu"), 128) and fast.use_batched("cuda", 128)
+    assert schedule.use_batched("cpu", 2) and schedule.use_batched("cpu", schedule.CPU_BATCHED_MAX_BATCH)
+    assert not schedule.use_batched("cpu", schedule.CPU_BATCHED_MAX_BATCH + 1)
+    assert not schedule.use_batched(torch.device("cpu"), 128) and schedule.use_batched("cuda", 128)
 
 
-def test_batched_none_picks_by_the_rule(monkeypatch):
-    used = []
-    monkeypatch.setattr(batched, "run_chunk", lambda plans, *a: used.append(len(plans)) or [0.0] * len(plans))
-    small = _batch(73, b=fast.CPU_BATCHED_MAX_BATCH, side=8)
-    large = _batch(74, b=fast.CPU_BATCHED_MAX_BATCH + 1, side=8)
-    list(fast.score_archs([6111], lambda _: small, method="hook_logdet"))
-    assert used == [1]
-    list(fast.score_archs([6111], lambda _: large, method="hook_logdet"))
-    assert used == [1]  # the per-plan path ran
+def test_batched_none_picks_by_the_rule():
+    """``batched=None`` gives, bit for bit, the float32 scores of the mode :func:`use_batched`
+    picks for the batch size (multi-arch up to CPU_BATCHED_MAX_BATCH samples on the CPU)."""
+    for b in (schedule.CPU_BATCHED_MAX_BATCH, schedule.CPU_BATCHED_MAX_BATCH + 1):
+        x = _batch(73 + b, b=b, side=8)
+        runs = {mode: list(schedule.score_archs([6111, 857], lambda _: x, batched=mode)) for mode in (None, True, False)}
+        assert runs[True] != runs[False]  # the modes round differently: the check can tell them apart
+        assert runs[None] == runs[schedule.use_batched("cpu", b)], b
 
 
 @pytest.mark.parametrize("kwargs, exc, words", [
@@ -263,10 +258,10 @@ def test_batched_none_picks_by_the_rule(monkeypatch):
 ])
 def test_bad_arguments(kwargs, exc, words):
     with pytest.raises(exc, match=words):
-        list(fast.score_archs([6111], lambda _: _batch(0, b=4), **kwargs))
+        list(schedule.score_archs([6111], lambda _: _batch(0, b=4), **kwargs))
 
 
 def test_bad_batch_in_a_chunk_is_reported():
     xs = {6111: _batch(0, b=4), 857: torch.zeros(4, 1, 16, 16)}
     with pytest.raises(ValueError, match="3 channels"):
-        list(fast.score_archs([6111, 857], lambda a: xs[a], batched=True))
+        list(schedule.score_archs([6111, 857], lambda a: xs[a], batched=True))

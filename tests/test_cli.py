@@ -287,7 +287,7 @@ def test_keyboard_interrupt_exits_130_and_keeps_results(capsys, tmp_path, tiny_n
 def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_path, tiny_npz, monkeypatch):
     import torch
 
-    from nwot_fast import fast, scoring
+    from nwot_fast import per_arch, scoring
 
     calls = []
 
@@ -297,9 +297,9 @@ def test_out_of_memory_exits_3_with_what_to_lower_and_keeps_results(capsys, tmp_
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    real = scoring.score_with_reference if ENGINE == "reference" else fast.score_arch
+    real = scoring.score_with_reference if ENGINE == "reference" else per_arch.score_arch
     monkeypatch.setattr(scoring, "score_with_reference", oom)
-    monkeypatch.setattr(fast, "score_arch", oom)
+    monkeypatch.setattr(per_arch, "score_arch", oom)
     db = str(tmp_path / "oom.sqlite")
     code, out, err = run(capsys, "scan", "--indices", "0:4", "--db", db, *small(tiny_npz))
     assert code == 3

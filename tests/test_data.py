@@ -307,6 +307,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess
 def test_batches_bitwise_equal_across_processes(cifar10_npz):
     images = load_images(cifar10_npz)
     here = []

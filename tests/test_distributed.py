@@ -9,7 +9,6 @@ by their PIDs and check that the database ends with every index exactly once. Th
 from __future__ import annotations
 
 import json
-import math
 import secrets
 import shutil
 import os
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_scores_close
 from nwot_fast import cli
 from nwot_fast.distributed import check_ray_target, chunk_size
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
@@ -71,10 +71,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _same(a: float, b: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 def _local_scores(indices) -> dict:
@@ -145,7 +141,7 @@ def test_worker_side_scores_like_a_local_scan():
         torch.set_num_threads(threads)
     expected = _local_scores([5, 3, 7])
     assert [i for i, _, _ in first + second] == [5, 3, 7]
-    assert all(_same(s, expected[i]) for i, s, _ in first + second)
+    assert_scores_close([s for _, s, _ in first + second], [expected[i] for i, _, _ in first + second], 0)
 
 
 def test_without_ray_installed_exit_2(monkeypatch, capsys, tmp_path):
@@ -182,6 +178,7 @@ def test_bad_address_exit_2(capsys, tmp_path):
 # on a local Ray instance the run starts itself
 
 
+@pytest.mark.slow  # a subprocess
 def test_local_instance_scan_equals_local_scan(tmp_path):
     pytest.importorskip("ray")
     db, out = tmp_path / "x.db", tmp_path / "x.csv"
@@ -195,11 +192,77 @@ def test_local_instance_scan_equals_local_scan(tmp_path):
     expected = _local_scores(range(16))
     got = {r["arch_index"]: float(r["score"]) for r in result["records"]}
     assert [r["arch_index"] for r in result["records"]] == list(range(16))
-    assert all(_same(got[i], expected[i]) for i in expected), (got, expected)
+    assert_scores_close([got[i] for i in expected], list(expected.values()), 0)
     rows = _rows(db)
     assert sorted(i for i, _ in rows) == list(range(16))
-    assert all(_same(float(t), expected[i]) for i, t in rows)
+    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
     assert len(out.read_text().splitlines()) == 17  # header + 16 rows
+
+
+def _closed_count(db) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _left_in_session(sid: int, timeout: float = 60) -> list:
+    """The processes still in session ``sid`` once they had ``timeout`` seconds to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _session_members(sid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c_twice"])
+def test_signals_stop_a_ray_driver_and_the_instance_it_started(how, tmp_path):
+    """Issue 23: SIGTERM to the driver of `scan --ray` exits 143 with the saved-results line
+    (Ray's own handler made it abort with a native stack dump); Ctrl-C, twice, at the whole
+    process group as a terminal sends it, exits 130. Either way the local Ray instance the
+    driver started is stopped, its agents included, and the database has no -wal / -shm."""
+    pytest.importorskip("ray")
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        _cli("scan", "--indices", "0:400", "--batch-size", BATCH, "--db", str(db), "--ray", "--quiet"),
+        env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    left = []
+    try:
+        deadline = time.monotonic() + 240
+        while _closed_count(db) < 1:  # each look closes its connection: the driver's close is the last one
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no row within 240 s"
+            time.sleep(0.1)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        left = _left_in_session(proc.pid)
+        for pid, _ in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == (143 if how == "sigterm" else 130), err
+    what = "terminated (SIGTERM)" if how == "sigterm" else "interrupted"
+    assert f"{what}; " in err and "saved in" in err and "Traceback" not in err, err
+    assert not left, f"left running: {left}"
+    assert sorted(os.listdir(tmp_path)) == ["s.db"]
+    assert _closed_count(db) >= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +331,7 @@ def _wait_rows(db, proc, at_least: int, timeout: float = 240) -> int:
     pytest.fail(f"no {at_least} rows within {timeout} s")
 
 
+@pytest.mark.slow  # a subprocess
 def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     db, n = tmp_path / "w.db", 32
     proc = _start_scan(cluster, db, n)
@@ -294,9 +358,10 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     rows = _rows(db)
     assert sorted(i for i, _ in rows) == list(range(n))  # nothing lost, nothing twice
     expected = _local_scores(range(n))
-    assert all(_same(float(t), expected[i]) for i, t in rows)
+    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
 
 
+@pytest.mark.slow  # a subprocess
 def test_killed_driver_resumes(cluster, tmp_path):
     db, n = tmp_path / "d.db", 32
     proc = _start_scan(cluster, db, n)
@@ -318,10 +383,11 @@ def test_killed_driver_resumes(cluster, tmp_path):
     rows = _rows(db)
     assert sorted(i for i, _ in rows) == list(range(n))
     expected = _local_scores(range(n))
-    assert all(_same(float(t), expected[i]) for i, t in rows)
-    assert all(_same(float(r["score"]), expected[r["arch_index"]]) for r in result["records"])
+    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
+    assert_scores_close([float(r["score"]) for r in result["records"]], [expected[r["arch_index"]] for r in result["records"]], 0)
 
 
+@pytest.mark.slow  # a subprocess
 def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
     from nwot_fast.evaluate import evaluate
     from nwot_fast.scorefile import read_scores
@@ -342,5 +408,5 @@ def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
     finally:
         torch.set_num_threads(threads)
     assert remote.indices.tolist() == local.indices.tolist() == list(range(100, 112))
-    assert all(_same(a, b) for a, b in zip(remote.scores.tolist(), local.scores.tolist()))
+    assert_scores_close(remote.scores.tolist(), local.scores.tolist(), 0)
     assert sorted(i for i, _ in _rows(db)) == list(range(100, 112))

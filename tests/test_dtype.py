@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nwot_fast import _common, fast, nb201, reference
+from nwot_fast import _common, nb201, per_arch, reference
 
 
 @pytest.mark.parametrize("given,name", [
@@ -31,11 +31,11 @@ def test_float64_fast_path_equals_float64_pure_path(method, index):
     net = nb201.build_network(nb201.arch_at(index))
     pure = reference.score(net, x, method, dtype=torch.float64)
     assert next(net.parameters()).dtype == torch.float32  # the caller's model is not changed
-    got = fast.score_arch(index, x, method=method, seed=5, dtype="float64")
+    got = per_arch.score_arch(index, x, method=method, seed=5, dtype="float64")
     assert math.isfinite(pure)
     assert got == pytest.approx(pure, rel=1e-9, abs=0)
 
 
 def test_fast_path_rejects_an_unknown_dtype():
     with pytest.raises(ValueError, match="dtype must be one of"):
-        fast.score_arch(0, torch.randn(4, 3, 32, 32), dtype=torch.float16)
+        per_arch.score_arch(0, torch.randn(4, 3, 32, 32), dtype=torch.float16)

@@ -129,22 +129,45 @@ def test_hook_logdet_fallback_singular_codes_without_equal_rows():
     assert reference.logdet_score(K) == -math.inf
 
 
-def test_non_integer_matrix_keeps_the_floating_rule():
-    K = np.array([[0.5, 1.0], [1.0, 2.0]])  # det 0, and the LU meets an exact zero pivot
-    assert exact.singularity(K) == exact.NOT_INTEGER
+def test_non_integer_and_non_finite_matrices():
+    """A float64 K of fractions is decided exactly on its integer view (rows scaled by powers of
+    two); a NaN or infinite entry scores NaN."""
+    K = np.array([[0.5, 1.0], [1.0, 2.0]])  # det 0
+    assert exact.singularity(K) == exact.SINGULAR
     assert reference.logdet_score(K) == -math.inf
     K2 = np.array([[0.5, 1.0], [1.0, 3.0]])
+    assert exact.singularity(K2) == exact.NONSINGULAR
     assert reference.logdet_score(K2) == pytest.approx(math.log(0.5), rel=1e-12)
-    assert exact.singularity(np.array([[np.nan, 1.0], [1.0, 2.0]])) == exact.NOT_INTEGER
-    assert exact.singularity(np.array([[2.0**63, 1.0], [1.0, 2.0]])) == exact.NOT_INTEGER
+    assert exact.exact_logabsdet(K2) == pytest.approx(math.log(0.5), rel=1e-15)
+    assert exact.singularity(np.array([[0.1, 0.2], [0.3, 0.6]])) == exact.SINGULAR  # fl(0.2) = 2 fl(0.1) ...
+    assert exact.singularity(np.array([[1e-300, 1.0], [1.0, 1e300]])) == exact.NONSINGULAR
+    assert exact.singularity(np.array([[2.0**63, 1.0], [1.0, 2.0]])) == exact.NONSINGULAR  # beyond int64
+    assert exact.singularity(np.array([[2.0**63, 2.0**64], [1.0, 2.0]])) == exact.SINGULAR
+    for bad in (np.nan, np.inf):
+        K3 = np.array([[bad, 1.0], [1.0, 2.0]])
+        assert exact.singularity(K3) == exact.NOT_FINITE
+        assert math.isnan(reference.logdet_score(K3))
 
 
 def test_proven_nonsingular_never_gets_minus_inf():
     K = _unimodular_mix(np.diag([3, 1, 1, 1, 1]), seed=9)
-    assert exact.logabsdet(K, lambda _: -math.inf) == pytest.approx(math.log(3), rel=1e-12)
-    assert exact.logabsdet(K, lambda _: math.nan) == pytest.approx(math.log(3), rel=1e-12)
+    assert exact.logabsdet(K, lambda K64: np.zeros_like(K64)) == pytest.approx(math.log(3), rel=1e-12)
+    assert exact.logabsdet(K, lambda K64: np.full_like(K64, np.nan)) == pytest.approx(math.log(3), rel=1e-12)
     # a singular K never reaches the floating LU
     assert exact.logabsdet(MATRICES["all_49"][0], lambda _: pytest.fail("LU called")) == -math.inf
+
+
+def test_lu_error_bound_rejects_a_cancelled_pivot_in_either_arithmetic():
+    """The LU factors of [[3, 2**53 - 1], [1, 3002399751580330]] (det -1): the second pivot is 0
+    when products are rounded, -1/6 with fused multiply-add (log|det| -0.693); both untrusted.
+    A well-conditioned LU is trusted, and its value is the sum of log|u_kk|."""
+    l = 1.0 / 3.0
+    for pivot in (0.0, -0.16666666666666669):
+        value, trusted = exact.lu_logabsdet(np.array([[3.0, 2.0**53 - 1], [l, pivot]]))
+        assert not trusted
+    value, trusted = exact.lu_logabsdet(np.array([[4.0, 1.0], [0.25, 2.75]]))
+    assert trusted and value == pytest.approx(math.log(11.0), rel=1e-15)
+    assert exact.lu_logabsdet(np.array([[np.inf, 1.0], [0.0, 1.0]]))[1] is False
 
 
 def test_exact_logabsdet_against_numpy():
@@ -153,8 +176,9 @@ def test_exact_logabsdet_against_numpy():
     K = M @ M.T
     assert exact.exact_logabsdet(K) == pytest.approx(float(np.linalg.slogdet(K)[1]), rel=1e-10)
     assert exact.exact_logabsdet(_singular_without_equal_rows()) == -math.inf
-    with pytest.raises(ValueError, match="integer matrix"):
-        exact.exact_logabsdet(np.array([[0.5]]))
+    assert exact.exact_logabsdet(np.array([[0.5]])) == pytest.approx(math.log(0.5), rel=1e-15)
+    with pytest.raises(ValueError, match="finite matrix"):
+        exact.exact_logabsdet(np.array([[np.nan]]))
 
 
 def test_empty_and_bad_shapes():

@@ -48,6 +48,7 @@ def test_backend_info_reports_compiled_cpu_backend():
     assert info["torch_running"] == torch.__version__
 
 
+@pytest.mark.slow  # a subprocess
 def test_import_does_not_load_the_extension():
     code = (
         "import sys, nwot_fast, nwot_fast.ops\n"

@@ -1,32 +1,208 @@
-"""bench/gpu_check.py --smoke: every step of the GPU check runs on the CPU with tiny sizes."""
+"""bench/gpu_check.py always leaves a readable report: the smoke run (--smoke: every step on the
+CPU with tiny sizes) once to the end and once killed in the middle of a step, and the report's
+pieces without a subprocess. CI runs the smoke only here (.ci/run does not run it again)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
 
 
-@pytest.mark.slow  # about a minute on 2 loaded cores
-def test_gpu_check_smoke(tmp_path):
-    """With --time-budget 0 the timing step takes its extrapolation branch (make gpu-check-smoke
-    in .ci/run takes the whole-space one)."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--smoke", "--time-budget", "0",
-                           "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    failed = [(s["name"], s.get("error"), s.get("output_tail")) for s in report["steps"] if not s["ok"]]
-    assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:], proc.stderr[-3000:])
-    names = [s["name"] for s in report["steps"]]
-    assert names == ["backend", "op_tests", "cases", "precision", "timing", "scores"]
-    timing = next(s for s in report["steps"] if s["name"] == "timing")
-    assert set(timing["methods"]) == {"jacob_cov", "hook_logdet"}
-    assert all(m["measured"].startswith("SAMPLE ONLY") for m in timing["methods"].values())
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def strict_json(path) -> dict:
+    """The report, refusing NaN / Infinity (which json.loads would otherwise accept)."""
+
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant} in {path}")
+
+    with open(path) as f:
+        return json.loads(f.read(), parse_constant=refuse)
+
+
+def report_files(out) -> list:
+    found = []
+    for root, _, names in os.walk(out):
+        found += [os.path.relpath(os.path.join(root, n), out) for n in names]
+    return sorted(found)
+
+
+def assert_report_layout(out) -> None:
+    files = report_files(out)
+    assert len(files) <= 8, files
+    assert all(len(f.split(os.sep)) <= 3 for f in files), files  # at most 2 folders deep
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.mark.slow  # a few minutes on 2 loaded cores
+def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, "--smoke", "--out", str(tmp_path)], env=env(),
+                          capture_output=True, text=True, timeout=1200)
+    report = strict_json(tmp_path / "gpu_check.json")
+    assert proc.returncode == 0 and report["ok"], (report["failures"], proc.stdout[-3000:], proc.stderr[-3000:])
+    assert [s["name"] for s in report["steps"]] == ["backend", "tests", "precision", "timing"]
+    assert report["running"] is None and report["pending"] == [] and report["failures"] == []
+    tests = report["steps"][1]
+    assert tests["passed"] > 0 and tests["failed"] == 0 and tests["skipped"] > 0  # CUDA cases collected, skipped
+    timing = report["steps"][3]
+    assert [(s["method"], s["dedup"]) for s in timing["scans"]] == [
+        ("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True)]
+    for scan in timing["scans"]:
+        assert scan["measured"] == "whole space" and scan["rc"] == 0 and scan["covered"] == 6, scan
+        assert scan["command"].startswith("python -m nwot_fast scan --indices 0:6 ")
     rows = (tmp_path / "nb201_scores.csv").read_text().splitlines()
-    assert rows[0] == "index,arch,jacob_cov,hook_logdet" and len(rows) > 1
+    assert rows[0] == "index,arch,jacob_cov,hook_logdet" and len(rows) == 7
+    assert all(len(r.split(",")) == 4 and r.split(",")[2] and r.split(",")[3] for r in rows[1:])
     assert (tmp_path / "gpu_check.md").read_text().startswith("# nwot_fast gpu_check (smoke, CPU)")
+    assert proc.stdout.strip().splitlines()[-1] == report["summary"]
+    assert report["summary"].startswith("gpu_check OK: 4 step(s)")
+    assert {"logs/checks.log", "logs/tests.log", "logs/timing.log"} <= set(report_files(tmp_path))
+    assert_report_layout(tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_check_killed_mid_step_leaves_a_valid_report(tmp_path):
+    """SIGKILL to the whole run once the timing step has written a timed sample: the report on
+    disk is strict JSON that says which step was running and holds the samples taken. The scan
+    covers 3000 archs so that it is still running at its first sample on any machine (6 archs, the
+    smoke's default, end within one 1 s poll on a fast one)."""
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--smoke", "--steps", "timing", "--space", "3000",
+                             "--out", str(tmp_path)],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    path = tmp_path / "gpu_check.json"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not path.exists():
+                continue
+            report = strict_json(path)  # valid at every moment, not only at the end
+            scans = [s for s in report["steps"] if s["name"] == "timing"]
+            if scans and any(x["covered"] > 0 for s in scans[0].get("scans", []) for x in s["samples"]):
+                break
+        assert proc.poll() is None, "the smoke ended before a timed sample was seen"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and the scan it started
+        except ProcessLookupError:
+            pass  # it already ended: the assertion above says so
+        proc.wait()
+    report = strict_json(path)
+    assert report["running"] == "timing" and not report["ok"]
+    timing = report["steps"][-1]
+    assert timing["name"] == "timing" and "seconds" not in timing  # it never ended
+    assert any(x["covered"] > 0 for s in timing["scans"] for x in s["samples"])
+    assert_report_layout(tmp_path)
+
+
+def test_help_documents_the_device_command_and_the_report_files():
+    out = subprocess.run([sys.executable, SCRIPT, "--help"], env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for text in ("python3 bench/gpu_check.py --out DIR", "$OUT", "gpu_check.json", "gpu_check.md",
+                 "nb201_scores.csv", "logs/build.log", "logs/tests.log", "--smoke", "--deadline"):
+        assert text in out.stdout, text
+
+
+def test_out_defaults_to_OUT_and_is_required_otherwise(monkeypatch, tmp_path):
+    gc = load_gpu_check()
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gc.parse_args([]).out == str(tmp_path)
+    monkeypatch.delenv("OUT")
+    with pytest.raises(SystemExit):
+        gc.parse_args([])
+    args = gc.parse_args(["--out", str(tmp_path), "--steps", "tests,timing"])
+    assert args.steps == ["tests", "timing"] and args.deadline == 420.0 and args.device == "cuda"
+    with pytest.raises(SystemExit):
+        gc.parse_args(["--out", str(tmp_path), "--steps", "cases"])
+
+
+def test_pytest_outcomes_from_a_killed_verbose_log_and_from_junit(tmp_path):
+    gc = load_gpu_check()
+    text = "\n".join([
+        "tests/test_ops_cuda.py::test_cuda_many_code_words[33] PASSED            [ 10%]",
+        "tests/test_ops.py::test_x[cuda-7] FAILED                                 [ 20%]",
+        "tests/test_ops_degenerate.py::test_y[cuda-unfused] SKIPPED (the GPU's arithmetic is fused) [ 30%]",
+        "tests/test_ops_cuda.py::test_cuda_side_stream_without_synchronisation ",
+    ])
+    got = gc.parse_pytest(text, None)
+    assert got["passed"] == ["tests/test_ops_cuda.py::test_cuda_many_code_words[33]"]
+    assert got["failed"] == ["tests/test_ops.py::test_x[cuda-7]"]
+    assert got["skipped"] == [("tests/test_ops_degenerate.py::test_y[cuda-unfused]", "the GPU's arithmetic is fused")]
+    assert got["running"] == "tests/test_ops_cuda.py::test_cuda_side_stream_without_synchronisation"
+    junit = tmp_path / "junit.xml"
+    junit.write_text('<testsuites><testsuite><testcase classname="tests.test_ops" name="test_a[cuda]"/>'
+                     '<testcase classname="tests.test_ops" name="test_b[cuda]"><failure message="x"/></testcase>'
+                     '<testcase classname="tests.test_ops_cuda" name="test_c"><skipped message="no GPU"/></testcase>'
+                     '</testsuite></testsuites>')
+    got = gc.parse_pytest("", str(junit))
+    assert got["passed"] == ["tests/test_ops.py::test_a[cuda]"] and got["failed"] == ["tests/test_ops.py::test_b[cuda]"]
+    assert got["skipped"] == [("tests/test_ops_cuda.py::test_c", "no GPU")]
+
+
+def test_report_is_strict_json_whatever_the_figures(tmp_path):
+    gc = load_gpu_check()
+    args = gc.parse_args(["--out", str(tmp_path), "--smoke"])
+    os.makedirs(tmp_path / "logs")
+    report = gc.Report(args)
+
+    def step(entry, timeout):
+        return {"ok": False, "ratio": float("nan"), "bound": float("inf"), "failures": ["a check"]}
+
+    report.step("backend", step, 10)
+    got = strict_json(tmp_path / "gpu_check.json")
+    assert got["steps"][0]["ratio"] == "nan" and got["steps"][0]["bound"] == "inf"
+    assert got["failures"] == ["backend: a check"] and got["running"] is None and not got["ok"]
+    assert got["pending"] == ["tests", "precision", "timing"]
+
+
+def test_run_logged_kills_the_process_group_at_its_timeout(tmp_path):
+    gc = load_gpu_check()
+    log = tmp_path / "x.log"
+    started = time.monotonic()
+    rc, seconds = gc.run_logged([sys.executable, "-c", "import subprocess, sys; print('child', flush=True); "
+                                 "subprocess.run([sys.executable, '-c', 'import time; time.sleep(60)'])"],
+                                str(log), 2.0)
+    assert rc is None and 2.0 <= seconds < 30 and time.monotonic() - started < 30
+    text = log.read_text()
+    assert "child" in text and "killed after 2 s (its timeout)" in text
+
+
+def test_budget_leaves_time_to_every_later_step(tmp_path):
+    """A step's timeout is its cap, cut so that each later step keeps its reserve before the
+    deadline: a slow build cannot starve the tests, the precision check and the timing."""
+    gc = load_gpu_check()
+    args = gc.parse_args(["--out", str(tmp_path), "--deadline", "300"])
+    report = gc.Report(args)
+    report.data["pending"].remove("build")
+    later = sum(gc.RESERVE[s] for s in ("backend", "tests", "precision", "timing"))
+    assert 300 - later - 5 < report.timeout_for("build", 1000) <= 300 - later
+    assert report.timeout_for("build", 20) == 20
+
+
+def test_space_sets_the_timed_archs_and_refuses_counts_outside_the_space(tmp_path, capsys):
+    gc = load_gpu_check()
+    assert gc.parse_args(["--out", str(tmp_path)]).space == gc.SPACE
+    assert gc.parse_args(["--out", str(tmp_path), "--smoke"]).space == 6
+    assert gc.parse_args(["--out", str(tmp_path), "--smoke", "--space", "3000"]).space == 3000
+    for bad in ("0", "15626"):
+        with pytest.raises(SystemExit):
+            gc.parse_args(["--out", str(tmp_path), "--space", bad])
+        assert f"--space: {bad} is not an arch count in 1..15625" in capsys.readouterr().err

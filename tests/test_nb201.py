@@ -111,3 +111,47 @@ def test_canonical_form_identifies_isomorphic_cells():
     assert nb201.functional_str(a) == nb201.functional_str(b)
     rep = nb201.representative_index(a)
     assert rep == nb201.representative_index(b) == min(index_of(a), index_of(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# The op registry against the modules the network builds (the authors' rules, independently)
+
+
+@pytest.mark.parametrize("name", nb201.OPS)
+def test_registry_says_what_each_module_does(name):
+    """Each spec's claims checked on the module it builds: its parameters (names and shapes as
+    the module creates them), whether it passes signal, is the identity, pools, and whether
+    its input is hooked by the authors' rule (a class name containing ``ReLU``)."""
+    import torch
+
+    spec = nb201.REGISTRY[name]
+    assert spec.name == name and nb201.OPS[spec.id] == name and nb201.op_spec(spec.id) is spec
+    module = torch.nn.Sequential()
+    module.add_module("edge", spec.build(8))
+    created = [(n, tuple(p.shape)) for n, p in module.named_parameters()]
+    assert created == [(p.name, p.shape) for p in spec.parameter_specs("edge", 8) if p.init in ("kaiming", "ones", "zeros")]
+    assert spec.has_weights == bool(created)
+    x = torch.randn(4, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = module(x)
+    assert spec.passes_signal == bool(y.abs().sum() > 0)
+    assert (spec.kind is nb201.OpKind.IDENTITY) == (y is x)
+    pooled = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    assert (spec.kind is nb201.OpKind.POOL) == torch.equal(y, pooled)
+    assert spec.hooked_relu == any("ReLU" in type(m).__name__ for m in module.modules())
+    if spec.has_weights:
+        assert spec.kernel == int(name[-1]) == module.edge.op[1].kernel_size[0]
+    assert spec.computed == (spec.has_weights or spec.kind is nb201.OpKind.POOL)
+
+
+def test_registry_rejects_unknown_ops():
+    with pytest.raises(ValueError, match="nor_conv_3x3"):
+        nb201.op_spec("conv_5x5")
+    for bad in (5, -1, True, 1.0):
+        with pytest.raises(ValueError, match="0..4"):
+            nb201.op_spec(bad)
+
+
+def test_reachable_from_input():
+    a = Arch.from_str("|none~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|skip_connect~1|none~2|")
+    assert nb201.reachable_from_input(a) == (True, False, True, False)
+    assert nb201.is_constant_output(a)

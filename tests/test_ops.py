@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_scores_close
 from nwot_fast import _ext, ops, reference
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 RTOL = 1e-9
 
 
 def compiled(device: str) -> bool:
     # Through ops: it registers the fake kernels that opcheck needs on first use.
-    return ops._compiled(device)
+    return ops.compiled(device)
 
 
 def need_compiled(device: str):
@@ -32,14 +32,10 @@ def rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def assert_scores_equal(got: torch.Tensor, want, rtol: float = RTOL) -> None:
-    got = got.detach().cpu().numpy()
-    want = np.asarray(want, dtype=np.float64)
-    assert got.dtype == np.float64 and got.shape == want.shape
-    assert np.array_equal(np.isnan(got), np.isnan(want)), (got, want)
-    assert np.array_equal(np.isneginf(got), np.isneginf(want)), (got, want)
-    finite = np.isfinite(want)
-    np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=0)
+def assert_float64_scores(got: torch.Tensor, want, rtol: float = RTOL) -> None:
+    """An operator's scores: a float64 tensor, compared with the shared rule of conftest."""
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64, got
+    assert_scores_close(got, want, rtol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +89,6 @@ JACOB_GRID = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("A,B,D,dtype", JACOB_GRID)
 def test_jacob_cov_score_matches_reference(device, A, B, D, dtype):
     need_compiled(device)
@@ -101,7 +96,7 @@ def test_jacob_cov_score_matches_reference(device, A, B, D, dtype):
     want = [reference.jacob_cov_from_jacobian(J[a]) for a in range(A)]
     got = ops.jacob_cov_score(J.to(device))
     assert got.device.type == device
-    assert_scores_equal(got, want)
+    assert_float64_scores(got, want)
     if D == 1:  # a single feature per row: every row has zero variance
         assert np.isnan(got.cpu().numpy()).all()
 
@@ -112,7 +107,7 @@ def test_jacob_cov_score_fallback_matches_reference(B, D, dtype):
     J = random_jacobians(3, B, D, dtype, seed=B + D)
     J[1, B // 2] = 0.25  # a zero-variance row: NaN for architecture 1 only
     want = [reference.jacob_cov_from_jacobian(J[a]) for a in range(3)]
-    assert_scores_equal(ops.jacob_cov_score_fallback(J), want)
+    assert_float64_scores(ops.jacob_cov_score_fallback(J), want)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +122,6 @@ def unpack(codes: torch.Tensor, units: int) -> torch.Tensor:
 PACK_SHAPES = [(2, 1), (3, 63), (3, 64), (2, 65), (4, 3, 7, 9), (16, 16, 32, 32), (5, 200)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", PACK_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool])
 def test_pack_codes_bits(device, shape, dtype):
@@ -161,7 +155,6 @@ def test_pack_codes_sign_bit_word():
 # hamming_kernel, logdet_score, hook_logdet_score
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("A", [1, 7])
 @pytest.mark.parametrize("B", [2, 16, 128, 256])
 def test_hamming_kernel_exact(device, A, B):
@@ -173,18 +166,16 @@ def test_hamming_kernel_exact(device, A, B):
     assert torch.equal(ops.hamming_kernel_fallback(codes, mult, units), K.cpu())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("A", [1, 7])
 @pytest.mark.parametrize("B", [2, 16, 128, 256])
 def test_hook_logdet_score_matches_reference(device, A, B):
     need_compiled(device)
     (codes, mult, units), kernels = random_architectures(A, B, seed=A * 7 + B)
     want = [reference.logdet_score(k) for k in kernels]
-    assert_scores_equal(ops.hook_logdet_score(codes.to(device), mult.to(device), units.to(device)), want)
-    assert_scores_equal(ops.hook_logdet_score_fallback(codes, mult, units), want)
+    assert_float64_scores(ops.hook_logdet_score(codes.to(device), mult.to(device), units.to(device)), want)
+    assert_float64_scores(ops.hook_logdet_score_fallback(codes, mult, units), want)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("A", [1, 7])
 @pytest.mark.parametrize("B", [2, 16, 128, 256])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
@@ -197,8 +188,8 @@ def test_logdet_score_matches_reference(device, A, B, dtype):
     else:  # a general (non-symmetric) matrix: LU with pivoting, sign ignored
         K = torch.randn(A, B, B, generator=g, dtype=torch.float64) * 3.0
     want = [reference.logdet_score(K[a].numpy()) for a in range(A)]
-    assert_scores_equal(ops.logdet_score(K.to(device)), want)
-    assert_scores_equal(ops.logdet_score_fallback(K), want)
+    assert_float64_scores(ops.logdet_score(K.to(device)), want)
+    assert_float64_scores(ops.logdet_score_fallback(K), want)
 
 
 def test_logdet_fallback_survives_set_num_threads():
@@ -212,9 +203,9 @@ def test_logdet_fallback_survives_set_num_threads():
     try:
         torch.set_num_threads(1)
         torch.set_num_threads(max(2, before))
-        assert_scores_equal(ops.logdet_score_fallback(K), want)
+        assert_float64_scores(ops.logdet_score_fallback(K), want)
         if compiled("cpu"):
-            assert_scores_equal(ops.logdet_score(K), want)
+            assert_float64_scores(ops.logdet_score(K), want)
     finally:
         torch.set_num_threads(before)
 
@@ -262,7 +253,6 @@ def _opcheck_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_every_operator(device):
     need_compiled(device)
     checked = set()
@@ -436,11 +426,11 @@ def test_cuda_matches_cpu_operators():
     need_compiled("cuda")
     J = random_jacobians(9, 128, 3072, torch.float32, seed=11)
     J[4, 5] = 1.0
-    assert_scores_equal(ops.jacob_cov_score(J.cuda()), ops.jacob_cov_score(J).numpy())
+    assert_float64_scores(ops.jacob_cov_score(J.cuda()), ops.jacob_cov_score(J).numpy())
     (codes, mult, units), _ = random_architectures(5, 128, seed=12)
     Kc = ops.hamming_kernel(codes.cuda(), mult.cuda(), units.cuda())
     assert torch.equal(Kc.cpu(), ops.hamming_kernel(codes, mult, units))
-    assert_scores_equal(ops.hook_logdet_score(codes.cuda(), mult.cuda(), units.cuda()),
+    assert_float64_scores(ops.hook_logdet_score(codes.cuda(), mult.cuda(), units.cuda()),
                         ops.hook_logdet_score(codes, mult, units).numpy())
 
 

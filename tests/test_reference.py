@@ -76,6 +76,35 @@ def test_jacob_cov_nan_for_constant_output():
     assert math.isnan(nwot_fast.score(seeded_network(DEAD_CONV), x, "jacob_cov"))
 
 
+class _IgnoresInput(nn.Module):
+    """An output from its own parameters only: autograd finds no path from the input to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(10))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], 10)
+
+
+class _NoGraph(nn.Module):
+    """No parameters and no graph: an output that does not require grad at all."""
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 10)
+
+
+@pytest.mark.parametrize("model", [_IgnoresInput, _NoGraph])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_model_ignoring_its_input_scores_nan(model, dtype):
+    """The derivative of an output that does not depend on the input is exactly zero: every row
+    of J has zero variance, so jacob_cov is NaN (as for the constant-output NB201 cells)."""
+    x = torch.randn(4, 3, 8, 8)
+    J = reference.input_jacobian(model(), x)
+    assert J.shape == (4, 3 * 8 * 8) and not J.any()
+    assert math.isnan(nwot_fast.score(model(), x, "jacob_cov", dtype=dtype))
+
+
 def test_jacob_cov_from_jacobian_rules():
     rng = np.random.default_rng(4)
     J = rng.standard_normal((5, 40))

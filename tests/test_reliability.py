@@ -187,6 +187,7 @@ def test_full_disk_leaves_no_half_written_file(small_fs, tmp_path, capsys):
     assert len(scan([0, 1], data=data, batch_size=BATCH, db=db).indices) == 2
 
 
+@pytest.mark.slow  # a subprocess
 def test_stdout_on_a_full_device_exits_3(tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")

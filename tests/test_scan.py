@@ -104,6 +104,35 @@ def _run_until(cmd, db, rows: int, sig) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def test_ctrl_c_twice_stops_cleanly_and_leaves_no_wal(tmp_path):
+    """Issue 23: a second Ctrl-C while the scan cleans up after the first is ignored: exit 130,
+    the saved-results line, no traceback (an exit handler of torch's cut by the second
+    KeyboardInterrupt printed one), and no -wal / -shm beside the database."""
+    db = str(tmp_path / "twice.sqlite")
+    cmd = [sys.executable, "-m", "nwot_fast", "scan", "--indices", "0:40", "--db", db, "--batch-size", "8",
+           "--engine", ENGINE, "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _count(db) < 2:
+            assert proc.poll() is None, f"scan exited early: {proc.communicate()}"
+            assert time.monotonic() < deadline, "scan did not reach 2 rows in 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted;" in err and "saved in" in err and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["twice.sqlite"]
+    assert 2 <= len(_rows(db)) < 40
+
+
+@pytest.mark.slow  # a subprocess
 def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
     # The scan users run: Gaussian inputs (the default), small batch, 40 architectures.
     db = str(tmp_path / "killed.sqlite")
@@ -178,6 +207,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a subprocess
 def test_scores_bitwise_reproducible_across_processes(tiny_npz):
     indices = [3, 17, 101]
     # The other process scores the indices one by one and then as a scan in reverse order.
@@ -224,6 +254,7 @@ def test_config_is_stored_with_every_row(tmp_path, tiny_npz):
         assert r[9] > 0 and r[10] == nwot_fast.__version__ and r[11].endswith("+00:00")
 
 
+@pytest.mark.slow  # a subprocess
 def test_two_scan_processes_share_one_database(tmp_path, tiny_npz):
     """The README's recipe: two processes, every second index each, one database file."""
     db = str(tmp_path / "shared.sqlite")

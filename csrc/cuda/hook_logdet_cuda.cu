@@ -1,7 +1,8 @@
 // hook_logdet on CUDA: K by popcount in shared-memory tiles (exact integers), its singularity
-// decided exactly on the device (exact_det.h: the same algorithm and arithmetic as the CPU),
-// log|det K| by cuBLAS batched LU (getrfBatched) in float64, separately or fused in one call.
-// Nothing is copied to the host: no synchronisation.
+// decided exactly on the device (exact_det.h: the same algorithm as the CPU), log|det K| by
+// cuBLAS batched LU (getrfBatched) in float64, exactly where that LU's error bound fails
+// (exact_det.h, the CPU's code), separately or fused in one call. Nothing is copied to the
+// host: no synchronisation.
 #include <torch/library.h>
 
 #include <math_constants.h>
@@ -68,11 +69,12 @@ __global__ void matrix_pointers_kernel(double* base, int64_t stride, int64_t cou
   if (a < count) ptrs[a] = base + a * stride;
 }
 
-// --- exact singularity on the device (exact_det.h, the same steps as exact_singularity) ------
+// --- exact singularity on the device (exact_det.h, the same steps as exact::quick_status and
+// exact::exact_det, one block per matrix) ----------------------------------------------------
 
 constexpr int kExactX = 32, kExactY = 8;  // block: 32 columns x 8 rows of the trailing matrix
 constexpr int kExactThreads = kExactX * kExactY;
-// int64 residue workspace per chunk of architectures.
+// Workspace per chunk of architectures (residues, row shifts, CRT digits).
 constexpr int64_t kExactChunkBytes = int64_t(256) << 20;
 
 // True in every thread iff v is true in some thread of the block. `flag` is shared.
@@ -98,36 +100,43 @@ __device__ double block_sum_exact(double v, double* shared) {
 }
 
 // One block per matrix a of the chunk: status[a] = exact::kNonsingular / kSingular /
-// kNotInteger. work: [count, n, n] int64 residues.
+// kNotFinite. work: [count, n, n] int64 residues; shifts: [count, n] int, the row scaling.
 template <typename T>
 __global__ void exact_singularity_kernel(const T* __restrict__ K_all, int64_t n, int64_t* __restrict__ work_all,
-                                         const int64_t* __restrict__ primes, int64_t prime_count,
-                                         int* __restrict__ status) {
+                                         int* __restrict__ shifts_all, const int64_t* __restrict__ primes,
+                                         int64_t prime_count, int* __restrict__ status) {
   __shared__ int flag;
   __shared__ int pivot_row;
   __shared__ double shared[kExactThreads / 32];
   const int64_t a = blockIdx.x;
   const T* K = K_all + a * n * n;
   int64_t* work = work_all + a * n * n;
+  int* shifts = shifts_all + a * n;
   const int tid = threadIdx.y * kExactX + threadIdx.x;
   const bool leader = tid == 0;
 
   bool bad = false;
-  for (int64_t k = tid; k < n * n; k += kExactThreads) bad = bad || !exact::is_integer_entry(K[k]);
+  for (int64_t k = tid; k < n * n; k += kExactThreads) bad = bad || !exact::is_finite_entry(K[k]);
   if (block_any(bad, &flag)) {
-    if (leader) status[a] = exact::kNotInteger;
+    if (leader) status[a] = exact::kNotFinite;
     return;
   }
-  // 1. A zero row, or two identical rows; H, the Hadamard bound, on the way.
+  // 1. A zero row, or two identical rows; each row's scaling to integers and H, the Hadamard
+  // bound, on the way.
   bool zero_row = false;
   double bits = 0.0;
   for (int64_t i = tid; i < n; i += kExactThreads) {
-    double squares = 0.0;
-    for (int64_t j = 0; j < n; ++j) squares += static_cast<double>(K[i * n + j]) * static_cast<double>(K[i * n + j]);
-    zero_row = zero_row || squares == 0.0;
-    if (squares > 0.0) bits += 0.5 * log2(squares);
+    int shift = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const int s = exact::entry_shift(K[i * n + j]);
+      shift = s > shift ? s : shift;
+    }
+    shifts[i] = shift;
+    const double row = exact::row_bits<exact::Fused>(K + i * n, n, shift);
+    zero_row = zero_row || row == -INFINITY;
+    if (row != -INFINITY) bits += row;
   }
-  const double hadamard_bits = block_sum_exact(bits, shared);
+  const double hadamard_bits = block_sum_exact(bits, shared);  // its barriers publish shifts
   bool twin = false;
   for (int64_t e = tid; e < n * n && !zero_row; e += kExactThreads) {
     const int64_t i = e / n, r = e % n;
@@ -146,7 +155,7 @@ __global__ void exact_singularity_kernel(const T* __restrict__ K_all, int64_t n,
   for (int64_t q = 0; q < prime_count && used <= needed; ++q) {
     const int64_t p = primes[q];
     const double inv_p = 1.0 / static_cast<double>(p);
-    for (int64_t k = tid; k < n * n; k += kExactThreads) work[k] = exact::reduce(K[k], p);
+    for (int64_t k = tid; k < n * n; k += kExactThreads) work[k] = exact::entry_residue(K[k], shifts[k / n], p, inv_p);
     __syncthreads();
     bool zero = false;
     for (int64_t k = 0; k < n; ++k) {
@@ -193,6 +202,7 @@ __global__ void exact_singularity_kernel(const T* __restrict__ K_all, int64_t n,
     used += log2(static_cast<double>(p));
     __syncthreads();
   }
+  // The table holds max_bits_needed(n, entry bits) >= needed: the loop ends by `used`.
   if (leader) status[a] = exact::kSingular;
 }
 
@@ -213,15 +223,21 @@ at::Tensor device_primes(int64_t count, const at::Device& device) {
   return on_device;
 }
 
+// The prime table for n x n matrices whose integer view has entries below 2^entry_bits
+// (exact::kInt64EntryBits or kFloat64EntryBits): long enough for any such matrix.
+at::Tensor primes_for(int64_t n, double entry_bits, const at::Device& device) {
+  return device_primes(exact_primes_for_bits(exact::max_bits_needed(n, entry_bits)), device);
+}
+
 // Exact status of each K[a] (a float64 or int64 [A, n, n] tensor, contiguous) into status [A].
-void exact_status(const at::Tensor& K, at::Tensor& status) {
+void exact_status(const at::Tensor& K, const at::Tensor& primes, at::Tensor& status) {
   const int64_t A = K.size(0), n = K.size(1);
   if (A == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t count = exact_primes_for_bits(exact::max_bits_needed(n));
-  const at::Tensor primes = device_primes(count, K.device());
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(A, kExactChunkBytes / std::max<int64_t>(1, n * n * 8)));
+  const int64_t per_matrix = n * n * 8 + n * 4;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(A, kExactChunkBytes / std::max<int64_t>(1, per_matrix)));
   at::Tensor work = at::empty({chunk, n, n}, K.options().dtype(at::kLong));
+  at::Tensor shifts = at::empty({chunk, n}, K.options().dtype(at::kInt));
   const dim3 threads(kExactX, kExactY);
   for (int64_t a0 = 0; a0 < A; a0 += chunk) {
     const int64_t c = std::min(chunk, A - a0);
@@ -229,82 +245,88 @@ void exact_status(const at::Tensor& K, at::Tensor& status) {
                        AT_DISPATCH_CASE(at::kLong, [&] {
                          exact_singularity_kernel<scalar_t><<<static_cast<unsigned>(c), threads, 0, stream>>>(
                              K.const_data_ptr<scalar_t>() + a0 * n * n, n, work.data_ptr<int64_t>(),
-                             primes.const_data_ptr<int64_t>(), count, status.data_ptr<int>() + a0);
+                             shifts.data_ptr<int>(), primes.const_data_ptr<int64_t>(), primes.size(0),
+                             status.data_ptr<int>() + a0);
                        }) AT_DISPATCH_CASE(at::kDouble, [&] {
                          exact_singularity_kernel<scalar_t><<<static_cast<unsigned>(c), threads, 0, stream>>>(
                              K.const_data_ptr<scalar_t>() + a0 * n * n, n, work.data_ptr<int64_t>(),
-                             primes.const_data_ptr<int64_t>(), count, status.data_ptr<int>() + a0);
+                             shifts.data_ptr<int>(), primes.const_data_ptr<int64_t>(), primes.size(0),
+                             status.data_ptr<int>() + a0);
                        }));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
-// S[a] = sum log|U_kk|; -inf when K[a] is exactly singular, or (not an integer matrix) when
-// getrf met an exactly zero pivot (info > 0). A K proven nonsingular with info > 0 is left to
-// nonsingular_fallback_kernel (NaN here until then).
+// S[a] from getrf's factors (exact::lu_logabsdet, in the GPU's fused arithmetic): -inf when
+// K[a] is exactly singular, NaN when it has a non-finite entry; a nonsingular K[a] whose LU
+// met a zero pivot (info > 0) or fails its error bound gets need_exact[a] = 1 (and NaN until
+// exact_logdet_kernel computes it).
 __global__ void logdet_from_lu_kernel(const double* __restrict__ lu, const int* __restrict__ info,
                                       const int* __restrict__ status, int64_t A, int64_t n,
-                                      double* __restrict__ scores) {
+                                      double* __restrict__ scores, int* __restrict__ need_exact) {
   const int64_t a = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (a >= A) return;
-  if (status[a] == exact::kSingular || (info[a] > 0 && status[a] == exact::kNotInteger)) {
-    scores[a] = -CUDART_INF;
+  need_exact[a] = 0;
+  if (status[a] != exact::kNonsingular) {
+    scores[a] = status[a] == exact::kSingular ? -CUDART_INF : CUDART_NAN;
     return;
   }
-  if (info[a] > 0) {
-    scores[a] = CUDART_NAN;
-    return;
-  }
-  const double* m = lu + a * n * n;
-  double s = 0.0;
-  for (int64_t k = 0; k < n; ++k) s += log(fabs(m[k * n + k]));
-  scores[a] = s;
+  const exact::LuLogdet r = info[a] > 0 ? exact::LuLogdet{CUDART_NAN, false}
+                                        : exact::lu_logabsdet<exact::Fused>(lu + a * n * n, n);
+  scores[a] = r.trusted ? r.logdet : CUDART_NAN;
+  need_exact[a] = r.trusted ? 0 : 1;
 }
 
-// The entries of K[a] from the K tensor itself, or recomputed from the codes (fused op).
+// The matrix K[a] for the exact fallback: the K tensor itself, or recomputed from the codes
+// (fused op) into `buffer` (n x n float64: the integers are exact).
 template <typename T>
-struct EntriesOf {
+struct MatrixOf {
   const T* K;
-  __device__ double operator()(int64_t a, int64_t i, int64_t j, int64_t n) const {
-    return static_cast<double>(K[(a * n + i) * n + j]);
-  }
+  __device__ const T* operator()(int64_t a, int64_t n, double*) const { return K + a * n * n; }
 };
-struct EntriesFromCodes {
+struct MatrixFromCodes {
   const int64_t* codes;
   const int64_t* mult;
   const int64_t* units;
   int64_t W;
-  __device__ double operator()(int64_t a, int64_t i, int64_t j, int64_t n) const {
-    long long disagree = 0;
-    for (int64_t w = 0; w < W; ++w) {
-      disagree += mult[a * W + w] * __popcll(static_cast<unsigned long long>(codes[(a * n + i) * W + w] ^
-                                                                             codes[(a * n + j) * W + w]));
+  __device__ const double* operator()(int64_t a, int64_t n, double* buffer) const {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        long long disagree = 0;
+        for (int64_t w = 0; w < W; ++w) {
+          disagree += mult[a * W + w] * __popcll(static_cast<unsigned long long>(codes[(a * n + i) * W + w] ^
+                                                                                 codes[(a * n + j) * W + w]));
+        }
+        buffer[i * n + j] = static_cast<double>(units[a] - disagree);
+      }
     }
-    return static_cast<double>(units[a] - disagree);
+    return buffer;
   }
 };
 
-// A K proven nonsingular whose float64 LU met a zero pivot (rare: exact cancellation): the
-// double-double LU of exact_det.h, one thread, in the getrf buffer lu[a] (no longer needed) and
-// scratch (hi, lo). If even that meets a zero pivot the score is NaN: the CUDA op cannot raise
-// without synchronising, and -inf would say "singular", which K is not.
-template <typename Entries>
-__global__ void nonsingular_fallback_kernel(Entries entries, const int* __restrict__ info,
-                                            const int* __restrict__ status, int64_t a0, int64_t n,
-                                            double* __restrict__ lu, double* __restrict__ scratch,
-                                            double* __restrict__ scores) {
+// log|det K[a]| exactly (exact::exact_det with digits: det mod every prime, CRT) for the
+// matrices flagged by logdet_from_lu_kernel; one thread per matrix, the code the CPU runs
+// (rare: a pivot from cancellation). The getrf buffer lu[a] is free by now and holds K[a]
+// when it is recomputed from codes. Scratch per block: n * n residues, n shifts, the digits.
+template <typename Matrix>
+__global__ void exact_logdet_kernel(Matrix matrix, const int* __restrict__ need_exact, int64_t a0, int64_t n,
+                                    const int64_t* __restrict__ primes, int64_t prime_count,
+                                    double* __restrict__ lu, int64_t* __restrict__ work,
+                                    int* __restrict__ shifts, int64_t* __restrict__ digits,
+                                    double* __restrict__ scores) {
   const int64_t a = a0 + blockIdx.x;
-  if (threadIdx.x != 0 || info[a] <= 0 || status[a] != exact::kNonsingular) return;
-  double* hi = lu + a * n * n;
-  double* lo = scratch + static_cast<int64_t>(blockIdx.x) * n * n;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      hi[i * n + j] = entries(a, i, j, n);
-      lo[i * n + j] = 0.0;
-    }
+  if (!need_exact[a]) return;
+  const auto* K = matrix(a, n, lu + a * n * n);
+  int* row_shifts = shifts + static_cast<int64_t>(blockIdx.x) * n;
+  double needed = 0.0;
+  double logdet = CUDART_NAN;
+  if (exact::quick_status<exact::Fused>(K, n, row_shifts, &needed) == exact::kUndecided) {
+    const int status = exact::exact_det(K, n, row_shifts, needed, primes, prime_count,
+                                        work + static_cast<int64_t>(blockIdx.x) * n * n,
+                                        digits + static_cast<int64_t>(blockIdx.x) * prime_count, &logdet);
+    if (status != exact::kNonsingular) logdet = CUDART_NAN;  // cannot happen: status was proven
   }
-  const double s = exact::logabsdet_double_double(hi, lo, n);
-  scores[a] = isinf(s) ? CUDART_NAN : s;
+  scores[a] = logdet;
 }
 
 void launch_agreement(const at::Tensor& codes, const at::Tensor& mult, const at::Tensor& units, at::Tensor& K) {
@@ -331,9 +353,10 @@ void launch_agreement(const at::Tensor& codes, const at::Tensor& mult, const at:
 
 // Scores from the float64 copy `lu` [A, n, n] of K (overwritten by getrf) and the exact
 // status of each K. K is symmetric here or, for a general K, LU of the column-major view K^T
-// has the same |det|. Then the fallback for proven nonsingular K with a zero pivot.
-template <typename Entries>
-void logdet_in_place(at::Tensor& lu, const at::Tensor& status, Entries entries, at::Tensor& scores) {
+// has the same |det|. Then the exact log|det| where the LU's error bound fails.
+template <typename Matrix>
+void logdet_in_place(at::Tensor& lu, const at::Tensor& status, const at::Tensor& primes, Matrix matrix,
+                     at::Tensor& scores) {
   const int64_t A = lu.size(0), n = lu.size(1);
   auto stream = at::cuda::getCurrentCUDAStream();
   if (n == 0) {
@@ -346,6 +369,7 @@ void logdet_in_place(at::Tensor& lu, const at::Tensor& status, Entries entries, 
   at::Tensor ptrs = at::empty({A}, opts.dtype(at::kLong));
   at::Tensor pivots = at::empty({A, n}, opts.dtype(at::kInt));
   at::Tensor info = at::empty({A}, opts.dtype(at::kInt));
+  at::Tensor need_exact = at::empty({A}, opts.dtype(at::kInt));
   double** ptr_array = reinterpret_cast<double**>(ptrs.data_ptr<int64_t>());
   matrix_pointers_kernel<<<static_cast<unsigned>(ceil_div(A, 256)), 256, 0, stream>>>(lu.data_ptr<double>(), n * n,
                                                                                        A, ptr_array);
@@ -355,15 +379,19 @@ void logdet_in_place(at::Tensor& lu, const at::Tensor& status, Entries entries, 
                                            pivots.data_ptr<int>(), info.data_ptr<int>(), static_cast<int>(A)));
   logdet_from_lu_kernel<<<static_cast<unsigned>(ceil_div(A, 256)), 256, 0, stream>>>(
       lu.const_data_ptr<double>(), info.const_data_ptr<int>(), status.const_data_ptr<int>(), A, n,
-      scores.data_ptr<double>());
+      scores.data_ptr<double>(), need_exact.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(A, kExactChunkBytes / (n * n * 8)));
-  at::Tensor scratch = at::empty({chunk, n, n}, opts);
+  const int64_t count = primes.size(0);
+  const int64_t per_matrix = n * n * 8 + n * 4 + count * 8;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(A, kExactChunkBytes / per_matrix));
+  at::Tensor work = at::empty({chunk, n, n}, opts.dtype(at::kLong));
+  at::Tensor shifts = at::empty({chunk, n}, opts.dtype(at::kInt));
+  at::Tensor digits = at::empty({chunk, count}, opts.dtype(at::kLong));
   for (int64_t a0 = 0; a0 < A; a0 += chunk) {
     const int64_t c = std::min(chunk, A - a0);
-    nonsingular_fallback_kernel<<<static_cast<unsigned>(c), 32, 0, stream>>>(
-        entries, info.const_data_ptr<int>(), status.const_data_ptr<int>(), a0, n, lu.data_ptr<double>(),
-        scratch.data_ptr<double>(), scores.data_ptr<double>());
+    exact_logdet_kernel<<<static_cast<unsigned>(c), 1, 0, stream>>>(
+        matrix, need_exact.const_data_ptr<int>(), a0, n, primes.const_data_ptr<int64_t>(), count, lu.data_ptr<double>(),
+        work.data_ptr<int64_t>(), shifts.data_ptr<int>(), digits.data_ptr<int64_t>(), scores.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -394,15 +422,17 @@ at::Tensor logdet_score_cuda(const at::Tensor& K_in) {
   at::Tensor scores = at::empty({K.size(0)}, K.options().dtype(at::kDouble));
   if (K.size(0) == 0) return scores;
   at::Tensor status = at::empty({K.size(0)}, K.options().dtype(at::kInt));
-  exact_status(K, status);
+  const double entry_bits = K.scalar_type() == at::kLong ? exact::kInt64EntryBits : exact::kFloat64EntryBits;
+  const at::Tensor primes = primes_for(K.size(1), entry_bits, K.device());
+  exact_status(K, primes, status);
   // A float64 copy that getrf factors in place.
   at::Tensor lu = at::empty(K.sizes(), K.options().dtype(at::kDouble));
   lu.copy_(K);
   AT_DISPATCH_SWITCH(K.scalar_type(), "logdet_score_cuda",
                      AT_DISPATCH_CASE(at::kLong, [&] {
-                       logdet_in_place(lu, status, EntriesOf<scalar_t>{K.const_data_ptr<scalar_t>()}, scores);
+                       logdet_in_place(lu, status, primes, MatrixOf<scalar_t>{K.const_data_ptr<scalar_t>()}, scores);
                      }) AT_DISPATCH_CASE(at::kDouble, [&] {
-                       logdet_in_place(lu, status, EntriesOf<scalar_t>{K.const_data_ptr<scalar_t>()}, scores);
+                       logdet_in_place(lu, status, primes, MatrixOf<scalar_t>{K.const_data_ptr<scalar_t>()}, scores);
                      }));
   return scores;
 }
@@ -417,13 +447,15 @@ at::Tensor hook_logdet_score_cuda(const at::Tensor& codes_in, const at::Tensor& 
   // K goes straight into the float64 LU workspace (exact: entries are integers < 2^53).
   at::Tensor lu = at::empty({A, B, B}, codes.options().dtype(at::kDouble));
   at::Tensor status = at::empty({A}, codes.options().dtype(at::kInt));
+  // Integers below 2^53: the int64 table suffices.
+  const at::Tensor primes = primes_for(B, exact::kInt64EntryBits, codes.device());
   if (B > 0) {
     launch_agreement(codes, mult, units, lu);
-    exact_status(lu, status);
+    exact_status(lu, primes, status);
   }
-  logdet_in_place(lu, status,
-                  EntriesFromCodes{codes.const_data_ptr<int64_t>(), mult.const_data_ptr<int64_t>(),
-                                   units.const_data_ptr<int64_t>(), W},
+  logdet_in_place(lu, status, primes,
+                  MatrixFromCodes{codes.const_data_ptr<int64_t>(), mult.const_data_ptr<int64_t>(),
+                                  units.const_data_ptr<int64_t>(), W},
                   scores);
   return scores;
 }

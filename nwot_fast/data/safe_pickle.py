@@ -74,6 +74,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str):
+        """The global ``module.name`` if it is on the allow-list (or a ``numpy.dtypes`` DType
+        class); anything else is an :class:`UnsafePickleError` naming the source. Nothing is
+        imported or run for a refused name."""
         key = (module, name)
         if key in _ALLOWED:
             return _ALLOWED[key]()
@@ -89,6 +92,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid):
+        """Always an :class:`UnsafePickleError`: dataset pickles hold no persistent ids."""
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed in dataset pickles")
 
 

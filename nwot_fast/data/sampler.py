@@ -121,6 +121,9 @@ class BatchSampler:
         return normalize(pixels, self.dataset)
 
     def describe(self) -> str:
+        """One line saying where the batches come from: the dataset, source and image count (or
+        Gaussian noise and its shape), augmentation, batch size, fixed or per-architecture
+        batches, and the seed."""
         per_arch = "one fixed batch for every architecture" if self.fixed else "new batch per architecture"
         shape = ",".join(map(str, self.image_shape))
         if self.images is None:
@@ -137,7 +140,14 @@ def augment_batch(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Per image: horizontal flip with p=0.5, then a random crop of the zero-padded image.
 
     Order and padding as NB201's train transform (flip, then ``RandomCrop(size, padding)``,
-    padding with pixel value 0 before normalisation). Returns a new uint8 array.
+    padding with pixel value 0 before normalisation).
+
+    Args:
+        pixels: uint8 ``[N, H, W, 3]`` images (not modified).
+        rng: the generator the flips and crop offsets are drawn from (N flips, then N offset pairs).
+
+    Returns:
+        A new uint8 ``[N, H, W, 3]`` array.
     """
     n, h, w, _ = pixels.shape
     pad = crop_padding(h)

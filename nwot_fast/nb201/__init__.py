@@ -1,14 +1,19 @@
-"""NAS-Bench-201: the cell type, the official index order, structure analysis, the network."""
+"""NAS-Bench-201: its constants, the op registry, the cell type, the official index order,
+structure analysis and the network."""
 
-from .arch import EDGES, OPS, Arch
-from .index import NUM_ARCHS, arch_at, index_of
-from .network import ParamSpec, build_network, initial_parameters, parameter_layout
+from .arch import Arch
+from .constants import EDGES, OPS
+from .index import NUM_ARCHS, arch_at, as_arch, index_of
+from .layers import ParamSpec
+from .network import build_network, initial_parameters, parameter_specs
+from .registry import REGISTRY, OpKind, OpSpec, op_spec
 from .structure import (
     canonical_str,
     class_size,
     functional_str,
     is_constant_output,
     live_edges,
+    reachable_from_input,
     relu_sees_only_zeros,
     representative_index,
 )
@@ -19,16 +24,22 @@ __all__ = [
     "OPS",
     "NUM_ARCHS",
     "arch_at",
+    "as_arch",
     "index_of",
     "build_network",
     "initial_parameters",
-    "parameter_layout",
+    "parameter_specs",
     "ParamSpec",
+    "REGISTRY",
+    "OpKind",
+    "OpSpec",
+    "op_spec",
     "canonical_str",
     "class_size",
     "functional_str",
     "is_constant_output",
     "live_edges",
+    "reachable_from_input",
     "relu_sees_only_zeros",
     "representative_index",
 ]

@@ -1,9 +1,7 @@
 """The NAS-Bench-201 cell as a value type.
 
-A cell has four nodes; node 0 is the cell input, node 3 its output, and each of
-the six edges ``j <- i`` (i < j) carries one of five operations. Edges are kept
-in the order of the official string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``:
-(1<-0), (2<-0), (2<-1), (3<-0), (3<-1), (3<-2).
+An architecture is the op id (:data:`~nwot_fast.nb201.constants.OPS`) on each of the six
+edges of the cell, in the order of the official string (:mod:`nwot_fast.nb201.constants`).
 """
 
 from __future__ import annotations
@@ -12,19 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
-OPS: Tuple[str, ...] = (
-    "none",
-    "skip_connect",
-    "nor_conv_1x1",
-    "nor_conv_3x3",
-    "avg_pool_3x3",
-)
-NONE, SKIP, CONV1, CONV3, POOL = range(5)
-OP_ID = {name: i for i, name in enumerate(OPS)}
-
-#: (source node, target node) of each of the six edges, in string order.
-EDGES: Tuple[Tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
-NUM_NODES = 4
+from .constants import EDGES, NUM_NODES, OP_ID, OPS
 
 
 @dataclass(frozen=True, order=True)
@@ -90,6 +76,7 @@ class Arch:
 
     @property
     def op_names(self) -> Tuple[str, ...]:
+        """The benchmark's op string of each edge, in string order."""
         return tuple(OPS[o] for o in self.ops)
 
     def edges(self) -> Iterator[Tuple[int, int, int]]:

@@ -1,7 +1,7 @@
 """The official NAS-Bench-201 index order (``meta_archs``), rebuilt without the benchmark file.
 
 NB201 generated all 5**6 cells in nested lexicographic order (node 1, node 2, node 3; ops
-in :data:`~nwot_fast.nb201.arch.OPS` order) and shuffled the list with ``random.seed(88)``.
+in :data:`~nwot_fast.nb201.constants.OPS` order) and shuffled the list with ``random.seed(88)``.
 The result is checked against the benchmark's own order in the tests.
 """
 

@@ -8,71 +8,16 @@ weights load from one into the other.
 
 from __future__ import annotations
 
-import math
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List
 
 import torch
 from torch import nn
 
-from .arch import CONV1, CONV3, NONE, POOL, SKIP, Arch
+from .arch import Arch
+from .constants import C_STEM, EDGES, IN_CHANNELS, N_CELLS, NUM_NODES
 from .index import as_arch
-
-
-class ReLUConvBN(nn.Module):
-    """ReLU -> Conv (no bias) -> BatchNorm (affine, running stats).
-
-    The class name contains ``ReLU`` on purpose: the authors' ``hook_logdet`` hooks every
-    module whose class name contains ``ReLU``, so this wrapper's input is counted as well as
-    that of its inner ``nn.ReLU``.
-    """
-
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int):
-        super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=True, track_running_stats=True),
-        )
-
-    def forward(self, x):
-        return self.op(x)
-
-
-class Zero(nn.Module):
-    """The ``none`` op: multiplies by zero (so NaN and inf propagate as in NB201)."""
-
-    def forward(self, x):
-        return x.mul(0.0)
-
-
-class Identity(nn.Module):
-    def forward(self, x):
-        return x
-
-
-class _Pool(nn.Module):
-    """NB201's ``avg_pool_3x3`` (xautodl ``POOLING`` with C_in == C_out: no preprocessing)."""
-
-    def __init__(self):
-        super().__init__()
-        self.op = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-
-    def forward(self, x):
-        return self.op(x)
-
-
-def make_op(op: int, C: int) -> nn.Module:
-    if op == NONE:
-        return Zero()
-    if op == SKIP:
-        return Identity()
-    if op == CONV1:
-        return ReLUConvBN(C, C, 1, 1, 0)
-    if op == CONV3:
-        return ReLUConvBN(C, C, 3, 1, 1)
-    if op == POOL:
-        return _Pool()
-    raise ValueError(f"unknown op id {op!r}")
+from .layers import ParamSpec, ResNetBasicblock, batch_norm_specs, conv_specs, linear_specs
+from .registry import OP_SPECS
 
 
 class Cell(nn.Module):
@@ -82,14 +27,14 @@ class Cell(nn.Module):
         super().__init__()
         self.arch = arch
         # One module per edge, in string order, as xautodl's InferCell.layers.
-        self.layers = nn.ModuleList(make_op(op, C) for op in arch.ops)
-        self._edges = list(arch.edges())
+        self.layers = nn.ModuleList(OP_SPECS[op].build(C) for op in arch.ops)
 
     def forward(self, x):
+        """``x [B, C, H, W]`` float -> the output node ``[B, C, H, W]``."""
         nodes: List[torch.Tensor] = [x]
-        for target in (1, 2, 3):
+        for target in range(1, NUM_NODES):
             total = None
-            for k, (i, j, _) in enumerate(self._edges):
+            for k, (i, j) in enumerate(EDGES):
                 if j == target:
                     y = self.layers[k](nodes[i])
                     total = y if total is None else total + y
@@ -97,24 +42,8 @@ class Cell(nn.Module):
         return nodes[-1]
 
     def extra_repr(self):
+        """The cell's arch string (printed with the module)."""
         return str(self.arch)
-
-
-class ResNetBasicblock(nn.Module):
-    """The reduction block between stages: ReLU-Conv3x3(stride 2)-BN, ReLU-Conv3x3-BN, plus a
-    shortcut of AvgPool2d(2) and a 1x1 convolution without bias."""
-
-    def __init__(self, C_in: int, C_out: int):
-        super().__init__()
-        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
-        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
-        self.downsample = nn.Sequential(
-            nn.AvgPool2d(kernel_size=2, stride=2, padding=0),
-            nn.Conv2d(C_in, C_out, kernel_size=1, stride=1, padding=0, bias=False),
-        )
-
-    def forward(self, x):
-        return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
 class TinyNetwork(nn.Module):
@@ -123,13 +52,13 @@ class TinyNetwork(nn.Module):
     ``forward`` returns the logits only.
     """
 
-    def __init__(self, arch: Arch, C: int = 16, N: int = 5, num_classes: int = 1):
+    def __init__(self, arch: Arch, C: int = C_STEM, N: int = N_CELLS, num_classes: int = 1):
         super().__init__()
         self.arch = arch
-        self.stem = nn.Sequential(nn.Conv2d(3, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem = nn.Sequential(nn.Conv2d(IN_CHANNELS, C, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(C))
         cells = []
         C_prev = C
-        for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
+        for stage, C_curr in enumerate(_stage_channels(C)):
             if stage > 0:
                 cells.append(ResNetBasicblock(C_prev, C_curr))
             cells.extend(Cell(arch, C_curr) for _ in range(N))
@@ -140,6 +69,7 @@ class TinyNetwork(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def features(self, x):
+        """``x [B, 3, H, W]`` float -> the pooled features ``[B, 4 C]``."""
         x = self.stem(x)
         for cell in self.cells:
             x = cell(x)
@@ -147,7 +77,13 @@ class TinyNetwork(nn.Module):
         return self.global_pooling(x).flatten(1)
 
     def forward(self, x):
+        """``x [B, 3, H, W]`` float -> logits ``[B, num_classes]``."""
         return self.classifier(self.features(x))
+
+
+def _stage_channels(C: int):
+    # (C, 2C, 4C): STAGE_CHANNELS for the benchmark's C = C_STEM.
+    return (C, 2 * C, 4 * C)
 
 
 def _check_sizes(num_classes, C, N) -> None:
@@ -156,7 +92,7 @@ def _check_sizes(num_classes, C, N) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def build_network(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> TinyNetwork:
+def build_network(arch, *, num_classes: int = 1, C: int = C_STEM, N: int = N_CELLS) -> TinyNetwork:
     """Build the NB201 network for ``arch`` (an :class:`Arch`, official string or benchmark index).
 
     Parameters are drawn from torch's global RNG in xautodl's order: call
@@ -167,77 +103,39 @@ def build_network(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> Tin
     return TinyNetwork(arch, C=C, N=N, num_classes=num_classes)
 
 
-class ParamSpec(NamedTuple):
-    """One parameter of the network as :func:`build_network` creates it: its state-dict name,
-    shape, and initialiser (``kaiming`` (conv and linear weights), ``bias`` (the linear bias),
-    ``ones`` / ``zeros`` (BatchNorm)) with its uniform bound (0 for BatchNorm: no draw)."""
-
-    name: str
-    shape: Tuple[int, ...]
-    init: str
-    bound: float
-
-    @property
-    def draws(self) -> int:
-        """How many values this parameter takes from the generator (one per element, or none)."""
-        return math.prod(self.shape) if self.init in ("kaiming", "bias") else 0
-
-
-def _kaiming_bound(fan_in: int) -> float:
-    # nn.init.kaiming_uniform_(w, a=sqrt(5)) as torch computes it, in the same double operations.
-    gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
-    return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
-
-
-def parameter_layout(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> List[ParamSpec]:
+def parameter_specs(arch, *, num_classes: int = 1, C: int = C_STEM, N: int = N_CELLS) -> List[ParamSpec]:
     """The parameters ``build_network(arch, ...)`` creates, in creation (= RNG draw) order: stem,
     cells (their convolution edges in string order), reduction blocks, final BN, classifier."""
     arch = as_arch(arch)
     _check_sizes(num_classes, C, N)
-    layout: List[ParamSpec] = []
-
-    def conv(name: str, c_in: int, c_out: int, k: int) -> None:
-        layout.append(ParamSpec(name + ".weight", (c_out, c_in, k, k), "kaiming", _kaiming_bound(c_in * k * k)))
-
-    def bn(name: str, c: int) -> None:
-        layout.append(ParamSpec(name + ".weight", (c,), "ones", 0.0))
-        layout.append(ParamSpec(name + ".bias", (c,), "zeros", 0.0))
-
-    def relu_conv_bn(name: str, c_in: int, c_out: int, k: int) -> None:
-        conv(name + ".op.1", c_in, c_out, k)
-        bn(name + ".op.2", c_out)
-
-    conv("stem.0", 3, C, 3)
-    bn("stem.1", C)
+    specs: List[ParamSpec] = conv_specs("stem.0", IN_CHANNELS, C, 3) + batch_norm_specs("stem.1", C)
     index = 0
     C_prev = C
-    for stage, C_curr in enumerate((C, 2 * C, 4 * C)):
+    for stage, C_curr in enumerate(_stage_channels(C)):
         if stage > 0:
-            relu_conv_bn(f"cells.{index}.conv_a", C_prev, C_curr, 3)
-            relu_conv_bn(f"cells.{index}.conv_b", C_curr, C_curr, 3)
-            conv(f"cells.{index}.downsample.1", C_prev, C_curr, 1)
+            specs += ResNetBasicblock.parameter_specs(f"cells.{index}", C_prev, C_curr)
             index += 1
         for _ in range(N):
             for k, op in enumerate(arch.ops):
-                if op in (CONV1, CONV3):
-                    relu_conv_bn(f"cells.{index}.layers.{k}", C_curr, C_curr, 1 if op == CONV1 else 3)
+                specs += OP_SPECS[op].parameter_specs(f"cells.{index}.layers.{k}", C_curr)
             index += 1
         C_prev = C_curr
-    bn("lastact.0", C_prev)
-    layout.append(ParamSpec("classifier.weight", (num_classes, C_prev), "kaiming", _kaiming_bound(C_prev)))
-    layout.append(ParamSpec("classifier.bias", (num_classes,), "bias", 1 / math.sqrt(C_prev)))
-    return layout
+    return specs + batch_norm_specs("lastact.0", C_prev) + linear_specs("classifier", C_prev, num_classes)
 
 
-def initial_parameters(arch, *, num_classes: int = 1, C: int = 16, N: int = 5) -> Dict[str, torch.Tensor]:
+def initial_parameters(arch, *, num_classes: int = 1, C: int = C_STEM, N: int = N_CELLS) -> Dict[str, torch.Tensor]:
     """The parameters ``build_network(arch, ...)`` would create, by their names in its state
     dict, drawn from torch's global RNG in the same order with the same initialisers (kaiming
     uniform with a = sqrt(5) for convolutions and the classifier weight, uniform(+-1/sqrt(fan_in))
     for its bias; BatchNorm weights 1 and biases 0, no draw), without building any module:
     about 10x less time. Equal to the built network's parameters bit for bit (tested).
-    BatchNorm running statistics are not included."""
+    BatchNorm running statistics are not included.
+
+    Returns:
+        name -> float32 CPU tensor of the parameter's shape, in :func:`parameter_specs` order.
+    """
     params: Dict[str, torch.Tensor] = {}
-    for spec in parameter_layout(arch, num_classes=num_classes, C=C, N=N):
+    for spec in parameter_specs(arch, num_classes=num_classes, C=C, N=N):
         if spec.init == "ones":
             params[spec.name] = torch.ones(spec.shape)
         elif spec.init == "zeros":

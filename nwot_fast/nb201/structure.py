@@ -5,24 +5,28 @@ from __future__ import annotations
 import functools
 from typing import Dict, Tuple
 
-from .arch import CONV1, CONV3, NONE, NUM_NODES, OPS, SKIP, Arch
+from .constants import NUM_NODES, OUTPUT_NODE
 from .index import as_arch
+from .registry import OP_SPECS, OpKind
 
-OUTPUT_NODE = NUM_NODES - 1
 
-
-def _reachable_from_input(arch: Arch) -> Tuple[bool, ...]:
+def reachable_from_input(arch) -> Tuple[bool, ...]:
+    """Per node: is there a path of signal-passing edges (every op but ``none``) from the cell
+    input to it? A node without one carries exact zeros at initialisation."""
+    arch = as_arch(arch)
     reach = [True] + [False] * (NUM_NODES - 1)
     for i, j, op in arch.edges():  # edges are topologically ordered
-        if op != NONE and reach[i]:
+        if OP_SPECS[op].passes_signal and reach[i]:
             reach[j] = True
     return tuple(reach)
 
 
-def _reaches_output(arch: Arch) -> Tuple[bool, ...]:
+def reaches_output(arch) -> Tuple[bool, ...]:
+    """Per node: is there a path of signal-passing edges from it to the cell output?"""
+    arch = as_arch(arch)
     reach = [False] * (NUM_NODES - 1) + [True]
     for i, j, op in reversed(list(arch.edges())):
-        if op != NONE and reach[j]:
+        if OP_SPECS[op].passes_signal and reach[j]:
             reach[i] = True
     return tuple(reach)
 
@@ -30,14 +34,14 @@ def _reaches_output(arch: Arch) -> Tuple[bool, ...]:
 def live_edges(arch) -> Tuple[bool, ...]:
     """For each edge in string order: does it lie on a path input -> output through non-``none`` edges?"""
     arch = as_arch(arch)
-    fwd, bwd = _reachable_from_input(arch), _reaches_output(arch)
-    return tuple(op != NONE and fwd[i] and bwd[j] for i, j, op in arch.edges())
+    fwd, bwd = reachable_from_input(arch), reaches_output(arch)
+    return tuple(OP_SPECS[op].passes_signal and fwd[i] and bwd[j] for i, j, op in arch.edges())
 
 
 def is_constant_output(arch) -> bool:
     """True when no path of non-``none`` edges joins input and output: the cell outputs zeros,
     so the whole network's output does not depend on its input (341 of the 15,625 cells)."""
-    return not _reachable_from_input(as_arch(arch))[OUTPUT_NODE]
+    return not reachable_from_input(arch)[OUTPUT_NODE]
 
 
 def relu_sees_only_zeros(arch) -> bool:
@@ -50,8 +54,8 @@ def relu_sees_only_zeros(arch) -> bool:
     arch = as_arch(arch)
     if not is_constant_output(arch):
         return False
-    fwd = _reachable_from_input(arch)
-    return not any(op in (CONV1, CONV3) and fwd[i] for i, _, op in arch.edges())
+    fwd = reachable_from_input(arch)
+    return not any(OP_SPECS[op].hooked_relu and fwd[i] for i, _, op in arch.edges())
 
 
 def canonical_str(arch) -> str:
@@ -68,13 +72,13 @@ def canonical_str(arch) -> str:
     nodes = ["0"]
     incoming = [[] for _ in range(NUM_NODES)]
     for i, j, op in arch.edges():
-        src = nodes[i]
-        if op == NONE or src == "#":
+        src, spec = nodes[i], OP_SPECS[op]
+        if not spec.passes_signal or src == "#":
             term = "#"
-        elif op == SKIP:
+        elif spec.kind is OpKind.IDENTITY:
             term = src
         else:
-            term = f"({src})@{OPS[op]}"
+            term = f"({src})@{spec.name}"
         incoming[j].append(term)
         if len(incoming[j]) == j:  # all of node j's inputs are in: it is complete
             nodes.append("+".join(sorted(incoming[j])))
@@ -89,12 +93,13 @@ def functional_str(arch) -> str:
     arch = as_arch(arch)
     terms = [["x"]] + [[] for _ in range(NUM_NODES - 1)]
     for i, j, op in arch.edges():
-        if op == NONE or not terms[i]:
+        spec = OP_SPECS[op]
+        if not spec.passes_signal or not terms[i]:
             continue
-        if op == SKIP:
+        if spec.kind is OpKind.IDENTITY:
             terms[j].extend(terms[i])
         else:
-            terms[j].append(f"{OPS[op]}({'+'.join(sorted(terms[i]))})")
+            terms[j].append(f"{spec.name}({'+'.join(sorted(terms[i]))})")
     return "+".join(sorted(terms[OUTPUT_NODE])) or "0"
 
 
@@ -127,4 +132,5 @@ def class_size(arch) -> int:
 
 
 def num_isomorphism_classes() -> int:
+    """How many isomorphism classes (:func:`canonical_str`) the benchmark space has (6,466)."""
     return len(_classes())

@@ -1,0 +1,179 @@
+"""The SQLite file under a scan database (:mod:`nwot_fast.store`): whose it is (its header),
+whether it is whole (``PRAGMA quick_check``), whether this process may write it, the -wal, -shm
+and -journal files beside it, and sqlite3's errors mapped to the package's error kinds. Nothing
+here knows the ``scores`` table."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import sqlite3
+from typing import List
+
+from .errors import ResourceError
+
+__all__ = [
+    "APPLICATION_ID", "SCHEMA_VERSION", "ScanDatabaseError", "check_integrity", "check_owner", "quote_identifier",
+    "removed_if_left_empty", "sidecars", "sqlite_errors", "uri_path", "writable",
+]
+
+
+#: ``PRAGMA application_id`` of a scan database: "NWOT" in ASCII.
+APPLICATION_ID = 0x4E574F54
+#: ``PRAGMA user_version`` of a scan database: the layout of its ``scores`` table (:data:`nwot_fast.store._SCHEMA`).
+SCHEMA_VERSION = 1
+
+
+class ScanDatabaseError(ResourceError):
+    """The scan database cannot be written right now (locked by another process, read-only,
+    disk full): a resource problem, not a mistake in the input. Results already committed
+    are kept."""
+
+
+def sqlite_errors(path: str, action: str, timeout: float):
+    """Turn sqlite3 errors into the package's error kinds, naming the file."""
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            msg = str(e).lower()
+            if "locked" in msg or "busy" in msg:
+                raise ScanDatabaseError(
+                    f"scan database {path!r} is locked by another process or connection "
+                    f"(waited {timeout:g} s) while {action}; wait for it to finish, raise --db-timeout, "
+                    "or use another --db path"
+                ) from e
+            if "readonly" in msg or "read-only" in msg:
+                raise ScanDatabaseError(
+                    f"scan database {path!r} is read-only (file, directory or file system) while {action}; "
+                    "choose a writable --db path"
+                ) from e
+            if "unable to open" in msg:
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    raise FileNotFoundError(
+                        f"cannot create scan database {path!r}: directory {parent!r} does not exist"
+                    ) from e
+                if os.path.isdir(path):
+                    raise ValueError(f"scan database path {path!r} is a directory; give a file path") from e
+                raise ScanDatabaseError(
+                    f"cannot open scan database {path!r} for writing (read-only location or no permission) "
+                    f"while {action}; choose a writable --db path"
+                ) from e
+            if "disk" in msg or "full" in msg:
+                raise ScanDatabaseError(f"scan database {path!r}: {e} while {action}; free disk space") from e
+            raise ScanDatabaseError(f"scan database {path!r}: {e} while {action}") from e
+        except sqlite3.DatabaseError as e:
+            raise ValueError(
+                f"{path!r} is not a usable nwot_fast scan database ({e}); give a new path or a database "
+                "written by 'nwot-fast scan'"
+            ) from e
+
+    return ctx()
+
+
+def check_owner(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool:
+    """Whether the file is a new, empty one (``allow_new``: it may become a scan database);
+    a scan database of this layout returns False; anything else is a ValueError that names
+    what the file holds. Reads only the header and the schema."""
+    # One read transaction: the header and the schema from one snapshot. Read statement by
+    # statement, a scan creating the file in another process could commit in between (header 0,
+    # then its table), and the file would look like another program's.
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        app = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        objects = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+    finally:
+        if own:
+            conn.execute("COMMIT")
+    if app == APPLICATION_ID:
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path!r} is a scan database of another nwot_fast version (layout {version}; this version "
+                f"reads layout {SCHEMA_VERSION}); it is left unchanged; use a new --db path"
+            )
+        return False
+    if app == 0 and version == 0 and not objects:
+        if allow_new:
+            return True
+        raise ValueError(f"{path!r} is an empty SQLite file, not a scan database written by 'nwot-fast scan'")
+    held = "; ".join(
+        f"{kind}s: {', '.join(n for k, n in objects if k == kind)}" for kind in sorted({k for k, _ in objects})
+    )
+    header = ", ".join(f"{name} {value:#x}" if name == "application_id" else f"{name} {value}"
+                       for name, value in (("application_id", app), ("user_version", version)) if value)
+    found = "; ".join(part for part in (held, header) if part)
+    hint = ""
+    if app == 0 and version == 0 and [n for _, n in objects if not n.startswith("scores_by")] == ["scores"]:
+        # Databases of nwot_fast before the application_id: no migration code (pre-1.0 policy).
+        hint = (f"; if it is a scan database of an earlier nwot_fast, mark it as one with "
+                f"sqlite3 {shlex.quote(path)} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
+                f"{SCHEMA_VERSION}'")
+    raise ValueError(
+        f"{path!r} is another program's SQLite database ({found}); it was not written by 'nwot-fast scan' "
+        f"and is left unchanged; use a new --db path{hint}"
+    )
+
+
+def check_integrity(conn: sqlite3.Connection, path: str) -> None:
+    """``PRAGMA quick_check`` (the b-trees, pages and records; linear in the file's size):
+    a damaged database is refused before anything is read from or written into it."""
+    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+    if rows != ["ok"]:
+        problems = [line.strip() for r in rows for line in r.splitlines() if line.strip() and "***" not in line]
+        problems = problems or rows
+        raise ValueError(
+            f"scan database {path!r} is damaged (PRAGMA quick_check: {problems[0]}"
+            + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
+            + "); nothing was read from it or written to it; 'sqlite3 FILE .recover' copies out what can still "
+            "be read; scan into a new --db path"
+        )
+
+
+def quote_identifier(name: str) -> str:
+    """An SQL identifier, quoted (PRAGMA arguments cannot be bound as parameters)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def writable(path: str) -> bool:
+    """Whether this process may write ``path`` and create files beside it (SQLite's -wal and
+    -shm), as the kernel decides (root may write a 0444 file; nobody may on a read-only mount)."""
+    effective = os.access in os.supports_effective_ids
+    directory = os.path.dirname(os.path.abspath(path))
+    return (os.access(path, os.W_OK, effective_ids=effective)
+            and os.access(directory, os.W_OK | os.X_OK, effective_ids=effective))
+
+
+def sidecars(path: str) -> List[str]:
+    """The -wal, -shm and -journal files beside the database ``path`` that exist."""
+    return [path + s for s in ("-wal", "-shm", "-journal") if os.path.lexists(path + s)]
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: str, created: bool):
+    """On an error, remove the database file this call created while it is still empty (a full
+    disk leaves a 0-byte file) with its -wal, -shm and -journal: a refused command leaves no
+    file behind. A file with any content may already be another process's: it stays."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
+                    for leftover in [path] + sidecars(path):
+                        os.unlink(leftover)
+        raise
+
+
+def uri_path(path: str) -> str:
+    """``path`` made absolute and percent-encoded, for a ``file:`` URI (``?mode=ro``, ``immutable=1``)."""
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))
