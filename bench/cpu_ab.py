@@ -8,7 +8,7 @@ variant through ``ATEN_CPU_CAPABILITY``, ``PYTHONPATH`` of another build, glibc'
 tunables) and in-process options (``--a-option`` / ``--b-option``; ``mkldnn-off``: convolutions
 by ATen's im2col + BLAS instead of oneDNN). Some of these are read once per process, so each
 round starts one child per side, A then B (the order alternates between rounds so that a
-load change hits both alike). A child runs ``fast.run_plan`` over the first ``--archs`` of
+load change hits both alike). A child runs ``per_arch.run_plan`` over the first ``--archs`` of
 ``compare.fixed_archs(20)`` on the real CIFAR-10 batch, after one untimed warm-up arch, and
 reports the seconds of each method (wall and process CPU time: on a loaded machine the CPU
 time is the steadier of the two) and its scores. Printed: per method the median round of each
@@ -44,19 +44,19 @@ def _child(args) -> None:
         sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     import compare
-    from nwot_fast import fast
+    from nwot_fast import per_arch, plans
 
     archs = compare.fixed_archs(20)[: args.archs]
     x, _ = compare.load_batch(args.batch_size)
-    out = {"cpu": compare.cpu_facts(), "nwot_fast": os.path.dirname(fast.__file__), "threads": torch.get_num_threads(),
+    out = {"cpu": compare.cpu_facts(), "nwot_fast": os.path.dirname(per_arch.__file__), "threads": torch.get_num_threads(),
            "methods": {}}
     scope = torch.backends.mkldnn.flags(enabled=False) if "mkldnn-off" in args.option else contextlib.nullcontext()
     with scope:
         for method in args.methods:
-            plans = [fast.compile_plan(arch, method) for arch in archs]
-            fast.run_plan(plans[0], x)  # warm-up: first-call loading and allocations
+            plans = [plans.compile_plan(arch, method) for arch in archs]
+            per_arch.run_plan(plans[0], x)  # warm-up: first-call loading and allocations
             t, cpu = time.perf_counter(), time.process_time()
-            scores = [fast.run_plan(plan, x) for plan in plans]
+            scores = [per_arch.run_plan(plan, x) for plan in plans]
             out["methods"][method] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
                                       "scores": scores}
     print(json.dumps(out))
