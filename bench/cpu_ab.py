@@ -53,10 +53,10 @@ def _child(args) -> None:
     scope = torch.backends.mkldnn.flags(enabled=False) if "mkldnn-off" in args.option else contextlib.nullcontext()
     with scope:
         for method in args.methods:
-            plans = [plans.compile_plan(arch, method) for arch in archs]
-            per_arch.run_plan(plans[0], x)  # warm-up: first-call loading and allocations
+            arch_plans = [plans.compile_plan(arch, method) for arch in archs]
+            per_arch.run_plan(arch_plans[0], x)  # warm-up: first-call loading and allocations
             t, cpu = time.perf_counter(), time.process_time()
-            scores = [per_arch.run_plan(plan, x) for plan in plans]
+            scores = [per_arch.run_plan(plan, x) for plan in arch_plans]
             out["methods"][method] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
                                       "scores": scores}
     print(json.dumps(out))
