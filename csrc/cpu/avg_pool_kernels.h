@@ -178,7 +178,25 @@ void pool_planes(const scalar_t* ip, scalar_t* op, int64_t planes, int64_t H, in
         box_sum_planes_flat<true>(in, out, n, H, W);
         continue;
       }
-      for (int64_t q = 0; q < n; ++q) scale_by_taps(in + q * HW, scaled.data() + q * HW, H, W, int64_t{1});
+      // grad / taps: 9 taps for every pixel in one flat loop, then each plane's border again
+      // with its own divisor (scale_by_taps per plane would again run rows of W - 2).
+      const scalar_t d9 = 9;
+      scalar_t* sc = scaled.data();
+      for (int64_t i = 0; i < n * HW; ++i) sc[i] = in[i] / d9;
+      for (int64_t q = 0; q < n; ++q) {
+        const scalar_t* g = in + q * HW;
+        scalar_t* o = sc + q * HW;
+        for (int64_t w = 0; w < W; ++w) {
+          const scalar_t d = static_cast<scalar_t>(2 * taps(w, W));
+          o[w] = g[w] / d;
+          o[(H - 1) * W + w] = g[(H - 1) * W + w] / d;
+        }
+        const scalar_t d6 = 6;
+        for (int64_t h = 1; h < H - 1; ++h) {
+          o[h * W] = g[h * W] / d6;
+          o[h * W + W - 1] = g[h * W + W - 1] / d6;
+        }
+      }
       box_sum_planes_flat<false>(scaled.data(), out, n, H, W);
     }
   });
