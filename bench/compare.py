@@ -1,7 +1,7 @@
 """Side by side: the authors' procedure, the pure path and the fast path, in one process.
 
     python bench/compare.py [--json PATH] [--methods jacob_cov hook_logdet] [--batch-size 128]
-                            [--archs 20] [--repeats 3] [--seed 0]
+                            [--archs 20] [--repeats 3] [--seed 0] [--emulate-isa avx2]
 
 On the same fixed architectures, batch (real CIFAR-10 training images from
 ``../shared/data/cifar10_sample.npz`` when present, else Gaussian N(0, 1)) and weights
@@ -26,6 +26,13 @@ Each time includes building the network. The three are interleaved per repeat so
 load of a shared machine hits them alike; the per-architecture median is reported. The FLOP
 floor is the plan's convolution FLOPs (forward, plus the input-only backward for jacob_cov)
 at the rate of a large float32 matmul measured in the same process.
+
+Every figure is printed and stored with the CPU it was measured on (:func:`cpu_facts`: model,
+instruction set, ATen's CPU capability, the variant of nwot_fast's CPU kernels in use, the
+variables that lowered them). ``--emulate-isa avx2`` runs the whole comparison (authors'
+column included) with every library held to AVX2 (:data:`EMULATE_ISA`): the code paths of an
+AVX2-only CPU on this one, not the speed of such a CPU (caches, clocks and AVX-512 frequency
+behaviour stay this machine's).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +60,57 @@ from nwot_fast.scorer import Scorer
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
 EPS = 1e-5
+# The variables that hold each library of the process to an instruction set: ATen's kernels
+# and nwot_fast's CPU kernels (ATEN_CPU_CAPABILITY), oneDNN's convolutions, MKL (torch's BLAS
+# and LAPACK), OpenBLAS (numpy's, the authors' corrcoef / eig / slogdet). Read when the
+# libraries load, so --emulate-isa re-executes the script with them set.
+EMULATE_ISA = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+}
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
+
+
+def cpu_facts() -> dict:
+    """The CPU and what runs on it: ``model`` (/proc/cpuinfo's model name), ``isa`` (the widest
+    of AVX-512 (F, BW, DQ, VL), AVX2 (+FMA) the CPU reports), ``vpopcntdq``, ``aten_capability``
+    (the kernels ATen chose), ``cpu_kernels`` (the variant of nwot_fast's compiled CPU kernels
+    in use), ``forced`` (the variables of :data:`ISA_VARIABLES` that are set)."""
+    from nwot_fast import backend_info
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        isa = "AVX-512"
+    elif {"avx2", "fma"} <= flags:
+        isa = "AVX2"
+    else:
+        isa = "below AVX2" if flags else "unknown"
+    return {
+        "model": model,
+        "isa": isa,
+        "vpopcntdq": "avx512_vpopcntdq" in flags,
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kernels": backend_info().get("cpu_kernels"),
+        "forced": {k: os.environ[k] for k in ISA_VARIABLES if k in os.environ},
+    }
+
+
+def cpu_tag(facts: dict) -> str:
+    """One line for a log: the CPU, its instruction set and the kernels in use."""
+    forced = ", forced " + " ".join(f"{k}={v}" for k, v in facts["forced"].items()) if facts["forced"] else ""
+    return (f"{facts['model']} ({facts['isa']}); ATen {facts['aten_capability']}, nwot_fast CPU kernels "
+            f"{facts['cpu_kernels']}{forced}")
 
 
 def fixed_archs(n: int, seed: int = 2020):
@@ -214,9 +273,12 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=No
     indices = fixed_archs(n_archs)
     gflops = matmul_gflops()
     authors = {"jacob_cov": authors_jacob_cov, "hook_logdet": authors_hook_logdet}
+    facts = cpu_facts()
+    log(f"CPU: {cpu_tag(facts)}")
     report = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu": facts,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -302,10 +364,11 @@ def compare(methods, batch_size, n_archs, repeats, seed, log=print, json_path=No
             f"full space ({NUM_ARCHS} archs) estimate: fast {summary['full_space_estimate_s']['fast'] / 3600:.2f} h, "
             f"authors {summary['full_space_estimate_s']['authors'] / 3600:.2f} h")
         summary["set"] = _set_timings(indices, x, method, seed, repeats, authors[method], log)
+        summary["cpu"] = facts
         report["methods"][method] = {"rows": rows, "summary": summary}
     report["load_average_end"] = os.getloadavg()
     log(f"\nlarge-matmul rate {gflops:.1f} GFLOP/s; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"load average start {report['load_average_start']}, end {report['load_average_end']}")
+        f"load average start {report['load_average_start']}, end {report['load_average_end']}; CPU: {cpu_tag(facts)}")
     return report
 
 
@@ -320,7 +383,14 @@ def main(argv=None):
     p.add_argument("--skip-pure", action="store_true", help="do not time the pure path (2) (saves time on a busy machine)")
     p.add_argument("--set-only", action="store_true",
                    help="only the whole-set A/B (4): the authors' procedure against the front door")
+    p.add_argument("--emulate-isa", choices=sorted(EMULATE_ISA),
+                   help="hold every library (ATen, nwot_fast's kernels, oneDNN, MKL, OpenBLAS) to this instruction set")
     a = p.parse_args(argv)
+    if a.emulate_isa and any(os.environ.get(k) != v for k, v in EMULATE_ISA[a.emulate_isa].items()):
+        # The libraries read these when they load (torch and numpy are imported above): start again.
+        env = dict(os.environ, **EMULATE_ISA[a.emulate_isa])
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + (sys.argv[1:] if argv is None else argv),
+                  env)
     if a.batch_size < 2:
         p.error(f"--batch-size must be at least 2, got {a.batch_size}")
     if not 1 <= a.archs <= NUM_ARCHS:

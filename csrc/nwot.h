@@ -12,6 +12,8 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 // Element functions shared by the CPU and CUDA kernels.
 #ifdef __CUDACC__
@@ -62,14 +64,14 @@ at::Tensor avg_pool3x3_backward_cpu(const at::Tensor& grad);
 //   Dense channels-last input: the same, channels-last output, bitwise equal to ATen's
 //   channels-last kernels.
 
-// batch_norm_train(x [N, P*C, H, W] float32|float64, parts P) -> (y [P, N, C, H, W], invstd
-//   [P*C] float64): BatchNorm2d in train mode with weight 1 and bias 0, y = (x - mean) * invstd
-//   per channel, batch statistics (biased variance, eps 1e-5) summed in float64; each y[p] is a
-//   dense channels-last tensor (channels p*C .. p*C + C - 1 of the normalised x).
-// batch_norm_train_backward(grad [P, N, C, H, W], y, invstd) -> grad_x [N, P*C, H, W]
+// batch_norm_train(x [N, P*C, H, W] float32|float64, parts P) -> (y: P tensors [N, C, H, W],
+//   invstd [P*C] float64): BatchNorm2d in train mode with weight 1 and bias 0, y = (x - mean) *
+//   invstd per channel, batch statistics (biased variance, eps 1e-5) summed in float64; y[p] is
+//   a dense channels-last tensor of channels p*C .. p*C + C - 1 of the normalised x.
+// batch_norm_train_backward(grad: P tensors, y: P tensors, invstd) -> grad_x [N, P*C, H, W]
 //   channels-last: invstd * (grad - mean(grad) - y * mean(grad * y)) per channel.
-std::tuple<at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& x, int64_t parts);
-at::Tensor batch_norm_train_backward_cpu(const at::Tensor& grad, const at::Tensor& y, const at::Tensor& invstd);
+std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_train_cpu(const at::Tensor& x, int64_t parts);
+at::Tensor batch_norm_train_backward_cpu(at::TensorList grad, at::TensorList y, const at::Tensor& invstd);
 
 // relu_gather(x [N, C, H, W] float32|float64, index int64 [K] or None) -> [N, K, H, W]
 //   contiguous: out[:, k] = relu(x[:, index[k]]) (None: k), with ATen's CPU relu (clamp_min(v, 0):

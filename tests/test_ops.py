@@ -504,12 +504,29 @@ def test_batch_norm_train_gradcheck():
 def test_batch_norm_train_backward_accepts_other_grad_layouts():
     need_compiled("cpu")
     x = _bn_input((4, 32, 5, 6), torch.float64, 7)
-    y, invstd = torch.ops.nwot_fast.batch_norm_train(x, 2)
-    g = torch.randn(y.shape, generator=rng(3), dtype=torch.float64)  # dense [P, N, C, H, W], not y's strides
+    ys, invstd = torch.ops.nwot_fast.batch_norm_train(x, 2)
+    g = torch.randn((2,) + tuple(ys[0].shape), generator=rng(3), dtype=torch.float64)
+    grads = [g[0], g[1].transpose(2, 3).contiguous().transpose(2, 3)]  # NCHW and another layout, not y's
     xt = x.clone().requires_grad_(True)
-    (want,) = torch.autograd.grad(_aten_bn(xt), xt, torch.cat(g.unbind(0), 1))
-    got = torch.ops.nwot_fast.batch_norm_train_backward(g, y, invstd)
+    (want,) = torch.autograd.grad(_aten_bn(xt), xt, torch.cat(grads, 1))
+    got = torch.ops.nwot_fast.batch_norm_train_backward(grads, ys, invstd)
     assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_batch_norm_train_gives_one_tensor_per_part_and_takes_one_gradient_per_part():
+    # The parts are separate tensors (no views of one buffer), so autograd hands back one
+    # gradient per part and nothing stacks them; a part that gets no gradient counts as zeros.
+    need_compiled("cpu")
+    x = _bn_input((4, 48, 5, 6), torch.float64, 8)
+    ys, invstd = torch.ops.nwot_fast.batch_norm_train(x, 3)
+    assert len(ys) == 3 and len({t.untyped_storage().data_ptr() for t in ys}) == 3
+    xg = x.clone().requires_grad_(True)
+    parts = ops.batch_norm_train(xg, 3)
+    g = torch.randn(parts[1].shape, generator=rng(4), dtype=torch.float64)
+    (got,) = torch.autograd.grad(parts[1], xg, g)
+    xt = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(_aten_bn(xt)[:, 16:32], xt, g)
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
@@ -518,8 +535,9 @@ def test_opcheck_batch_norm_train(dtype):
     need_compiled("cpu")
     x = _bn_input((3, 8, 4, 5), dtype, 9).requires_grad_(True)
     torch.library.opcheck(torch.ops.nwot_fast.batch_norm_train.default, (x, 2))
-    y, invstd = torch.ops.nwot_fast.batch_norm_train(x.detach(), 2)
-    torch.library.opcheck(torch.ops.nwot_fast.batch_norm_train_backward.default, (torch.randn_like(y), y, invstd))
+    ys, invstd = torch.ops.nwot_fast.batch_norm_train(x.detach(), 2)
+    torch.library.opcheck(torch.ops.nwot_fast.batch_norm_train_backward.default,
+                          ([torch.randn_like(y) for y in ys], ys, invstd))
 
 
 def test_batch_norm_train_argument_errors():
@@ -540,8 +558,16 @@ def test_batch_norm_train_argument_errors():
         torch.ops.nwot_fast.batch_norm_train(torch.zeros(1, 4, 1, 1), 1)
     with pytest.raises(RuntimeError, match="x must be float32 or float64"):
         torch.ops.nwot_fast.batch_norm_train(torch.zeros(2, 4, 3, 3, dtype=torch.float16), 1)
-    y, invstd = torch.ops.nwot_fast.batch_norm_train(torch.randn(2, 4, 3, 3), 2)
+    ys, invstd = torch.ops.nwot_fast.batch_norm_train(torch.randn(2, 4, 3, 3), 2)
+    with pytest.raises(RuntimeError, match=r"grad must have one tensor per part of y \(2\), got 1"):
+        torch.ops.nwot_fast.batch_norm_train_backward(ys[:1], ys, invstd)
     with pytest.raises(RuntimeError, match="grad must have the shape of y"):
-        torch.ops.nwot_fast.batch_norm_train_backward(y[:1], y, invstd)
+        torch.ops.nwot_fast.batch_norm_train_backward([ys[0], ys[1][:1]], ys, invstd)
+    with pytest.raises(RuntimeError, match="grad must have the dtype of y"):
+        torch.ops.nwot_fast.batch_norm_train_backward([ys[0], ys[1].double()], ys, invstd)
+    with pytest.raises(RuntimeError, match="y parts must have one shape, dtype and device"):
+        torch.ops.nwot_fast.batch_norm_train_backward(ys, [ys[0], ys[1][:1]], invstd)
+    with pytest.raises(RuntimeError, match="y must hold at least one part"):
+        torch.ops.nwot_fast.batch_norm_train_backward([], [], invstd)
     with pytest.raises(RuntimeError, match="invstd must be float64"):
-        torch.ops.nwot_fast.batch_norm_train_backward(y, y, invstd.float())
+        torch.ops.nwot_fast.batch_norm_train_backward(ys, ys, invstd.float())

@@ -6,9 +6,9 @@
 // (sum = 0; sum += x[ih][iw] for ih, then iw) and divides by the number of in-bounds taps; the
 // backward scatters grad[oh][ow] / count into the window, outputs in row-major order. Both are
 // therefore the same 3x3 box sum of the neighbours of a pixel, added in row-major order of the
-// offsets, starting from 0 (backward: of grad / count). Here that box sum runs a whole row at a
-// time (the order per pixel is unchanged, so the compiler may vectorise across pixels), one
-// (n, c) plane per task.
+// offsets, starting from 0 (backward: of grad / count). Here each output's taps are summed in
+// registers in that order and written once: one flat loop over a block of (n, c) planes for the
+// 9-tap interior (vectorised across pixels), then each plane's border by its own rule.
 //
 // Channels-last input (dense NHWC, not also NCHW-contiguous) gets a channels-last output,
 // bitwise equal to ATen's channels-last kernels, which add the same taps in the same order per

@@ -2,72 +2,11 @@
 // include guard, included inside a variant namespace after the library headers. Each output is
 // the box sum of its in-bounds taps added in row-major order of the offsets (dh, then dw),
 // starting from 0, then divided by the taps: vectors hold independent pixels (NCHW) or
-// channels (NHWC), so every variant rounds each output the same way.
+// channels (NHWC) of one output row, so every variant rounds each output the same way.
 
 // Taps of a 3-wide window at position i of an axis of length n (1 at a border, else 3; 1 when
 // n == 1).
 inline int64_t taps(int64_t i, int64_t n) { return std::min(i + 2, n) - std::max<int64_t>(i - 1, 0); }
-
-// out[h][w] = sum over dh in {-1, 0, 1}, then dw in {-1, 0, 1} (in bounds) of in[h + dh][w + dw],
-// accumulated from 0 in that order; then divided by the taps when divide is set.
-template <typename scalar_t>
-void box_sum_plane(const scalar_t* in, scalar_t* out, int64_t H, int64_t W, bool divide, scalar_t* acc) {
-  for (int64_t h = 0; h < H; ++h) {
-    std::fill(acc, acc + W, scalar_t(0));
-    const int64_t h0 = std::max<int64_t>(h - 1, 0), h1 = std::min(h + 2, H);
-    for (int64_t r = h0; r < h1; ++r) {
-      const scalar_t* row = in + r * W;
-      if (W == 1) {
-        acc[0] += row[0];
-        continue;
-      }
-      // w = 0: taps dw = 0, +1.
-      acc[0] += row[0];
-      acc[0] += row[1];
-      // interior: dw = -1, 0, +1 in that order for every pixel.
-      for (int64_t w = 1; w < W - 1; ++w) {
-        scalar_t s = acc[w];
-        s += row[w - 1];
-        s += row[w];
-        s += row[w + 1];
-        acc[w] = s;
-      }
-      // w = W - 1: taps dw = -1, 0.
-      acc[W - 1] += row[W - 2];
-      acc[W - 1] += row[W - 1];
-    }
-    scalar_t* o = out + h * W;
-    if (divide) {
-      const int64_t th = h1 - h0;
-      for (int64_t w = 0; w < W; ++w) o[w] = acc[w] / static_cast<scalar_t>(th * taps(w, W));
-    } else {
-      std::copy(acc, acc + W, o);
-    }
-  }
-}
-
-// Every (n, c) plane of a contiguous [planes, H, W] tensor, in parallel: the forward
-// (box sum / taps) or the backward (grad / taps of each output, then the box sum of that).
-template <typename scalar_t>
-void pool_planes(const scalar_t* ip, scalar_t* op, int64_t planes, int64_t H, int64_t W, bool backward) {
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(W), scaled(backward ? H * W : 0);
-    for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* in = ip + p * H * W;
-      scalar_t* out = op + p * H * W;
-      if (!backward) {
-        box_sum_plane(in, out, H, W, true, acc.data());
-        continue;
-      }
-      // Each output's share, grad / taps, as ATen computes it before scattering.
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t th = taps(h, H);
-        for (int64_t w = 0; w < W; ++w) scaled[h * W + w] = in[h * W + w] / static_cast<scalar_t>(th * taps(w, W));
-      }
-      box_sum_plane(scaled.data(), out, H, W, false, acc.data());
-    }
-  });
-}
 
 // One output row of the channels-last box sum from its NR in-bounds input rows (dh order),
 // each row W x C values: o[w][c] = (sum over rows, then dw in {-1, 0, 1} in bounds, of
@@ -141,8 +80,25 @@ void box_sum_image_nhwc(const scalar_t* in, scalar_t* out, int64_t H, int64_t W,
   }
 }
 
-// Every image of a dense channels-last [N, H, W, C] tensor, in parallel: forward or backward
-// as pool_planes.
+// The backward's first step on one [H, W, C] image: each output's share, grad / taps, as
+// ATen computes it before scattering. A row of W x C values has one divisor at its two ends
+// and one inside (long vectorisable runs, also for C = 1).
+template <typename scalar_t>
+void scale_by_taps(const scalar_t* in, scalar_t* scaled, int64_t H, int64_t W, int64_t C) {
+  const int64_t row = W * C, mid_end = W > 1 ? row - C : C;
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t th = taps(h, H);
+    const scalar_t d_end = static_cast<scalar_t>(th * taps(0, W)), d_mid = static_cast<scalar_t>(th * 3);
+    const scalar_t* g = in + h * row;
+    scalar_t* s = scaled + h * row;
+    for (int64_t k = 0; k < C; ++k) s[k] = g[k] / d_end;
+    for (int64_t k = C; k < mid_end; ++k) s[k] = g[k] / d_mid;
+    for (int64_t k = mid_end; k < row; ++k) s[k] = g[k] / d_end;
+  }
+}
+
+// Every image of a dense channels-last [N, H, W, C] tensor, in parallel: the forward (box sum
+// / taps) or the backward (grad / taps of each output, then the box sum of that).
 template <typename scalar_t>
 void pool_images_nhwc(const scalar_t* ip, scalar_t* op, int64_t N, int64_t H, int64_t W, int64_t C, bool backward) {
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -154,16 +110,94 @@ void pool_images_nhwc(const scalar_t* ip, scalar_t* op, int64_t N, int64_t H, in
         box_sum_image_nhwc(in, out, H, W, C, true);
         continue;
       }
-      // Each output's share, grad / taps, as ATen computes it before scattering.
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t th = taps(h, H);
+      scale_by_taps(in, scaled.data(), H, W, C);
+      box_sum_image_nhwc(scaled.data(), out, H, W, C, false);
+    }
+  });
+}
+
+// The box sum of `planes` consecutive [H, W] planes (H, W >= 3), divided by the taps when
+// Divide. NCHW rows are short (NB201: 32, 16, 8 pixels), so a row-at-a-time loop is mostly
+// loop ends; instead one flat loop over the block applies the 9-tap interior rule to every
+// position that has both neighbouring rows in the block (border pixels get a wrong value
+// there), then each plane's border (top and bottom rows, first and last columns) is written
+// again by its own rule. Same taps, same order, from 0, as box_sum_image_nhwc.
+template <bool Divide, typename scalar_t>
+void box_sum_planes_flat(const scalar_t* in, scalar_t* out, int64_t planes, int64_t H, int64_t W) {
+  const int64_t HW = H * W, total = planes * HW;
+  const scalar_t d9 = 9, d6 = 6;
+  for (int64_t i = W + 1; i < total - W - 1; ++i) {
+    scalar_t s = 0;
+    s += in[i - W - 1];
+    s += in[i - W];
+    s += in[i - W + 1];
+    s += in[i - 1];
+    s += in[i];
+    s += in[i + 1];
+    s += in[i + W - 1];
+    s += in[i + W];
+    s += in[i + W + 1];
+    out[i] = Divide ? s / d9 : s;
+  }
+  for (int64_t p = 0; p < planes; ++p) {
+    const scalar_t* ip = in + p * HW;
+    scalar_t* o = out + p * HW;
+    const scalar_t* top[2] = {ip, ip + W};
+    const scalar_t* bottom[2] = {ip + (H - 2) * W, ip + (H - 1) * W};
+    box_sum_row_nhwc<2, Divide>(top, o, W, 1, scalar_t(4), d6);
+    box_sum_row_nhwc<2, Divide>(bottom, o + (H - 1) * W, W, 1, scalar_t(4), d6);
+    for (int64_t h = 1; h < H - 1; ++h) {
+      const scalar_t* r = ip + (h - 1) * W;
+      scalar_t left = 0, right = 0;
+      for (int k = 0; k < 3; ++k, r += W) {
+        left += r[0];
+        left += r[1];
+        right += r[W - 2];
+        right += r[W - 1];
+      }
+      o[h * W] = Divide ? left / d6 : left;
+      o[h * W + W - 1] = Divide ? right / d6 : right;
+    }
+  }
+}
+
+// Every plane of a contiguous NCHW tensor ([planes, H, W]), in parallel, forward or backward
+// as pool_images_nhwc: blocks of planes of about 64 KiB by the flat loop, planes narrower or
+// lower than 3 as one-channel channels-last images.
+template <typename scalar_t>
+void pool_planes(const scalar_t* ip, scalar_t* op, int64_t planes, int64_t H, int64_t W, bool backward) {
+  if (H < 3 || W < 3) return pool_images_nhwc(ip, op, planes, H, W, 1, backward);
+  const int64_t HW = H * W, block = std::max<int64_t>(1, (int64_t{1} << 16) / (HW * int64_t(sizeof(scalar_t))));
+  at::parallel_for(0, (planes + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> scaled(backward ? block * HW : 0);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * block, n = std::min(block, planes - first);
+      const scalar_t* in = ip + first * HW;
+      scalar_t* out = op + first * HW;
+      if (!backward) {
+        box_sum_planes_flat<true>(in, out, n, H, W);
+        continue;
+      }
+      // grad / taps: 9 taps for every pixel in one flat loop, then each plane's border again
+      // with its own divisor (scale_by_taps per plane would again run rows of W - 2).
+      const scalar_t d9 = 9;
+      scalar_t* sc = scaled.data();
+      for (int64_t i = 0; i < n * HW; ++i) sc[i] = in[i] / d9;
+      for (int64_t q = 0; q < n; ++q) {
+        const scalar_t* g = in + q * HW;
+        scalar_t* o = sc + q * HW;
         for (int64_t w = 0; w < W; ++w) {
-          const scalar_t d = static_cast<scalar_t>(th * taps(w, W));
-          const int64_t at = (h * W + w) * C;
-          for (int64_t c = 0; c < C; ++c) scaled[at + c] = in[at + c] / d;
+          const scalar_t d = static_cast<scalar_t>(2 * taps(w, W));
+          o[w] = g[w] / d;
+          o[(H - 1) * W + w] = g[(H - 1) * W + w] / d;
+        }
+        const scalar_t d6 = 6;
+        for (int64_t h = 1; h < H - 1; ++h) {
+          o[h * W] = g[h * W] / d6;
+          o[h * W + W - 1] = g[h * W + W - 1] / d6;
         }
       }
-      box_sum_image_nhwc(scaled.data(), out, H, W, C, false);
+      box_sum_planes_flat<false>(scaled.data(), out, n, H, W);
     }
   });
 }

@@ -5,9 +5,9 @@
 //
 // ATen's channels-last BatchNorm backward is slow on the CPU and its NCHW kernels walk the
 // tensor several times; here the forward reads x twice (statistics, then y) and writes y once,
-// the backward reads (grad, y) twice and writes grad_x once. The output is written per part
-// (a merged convolution's channel group) so that every part is a dense channels-last tensor:
-// the additions that consume the parts then see one memory format only.
+// the backward reads (grad, y) twice and writes grad_x once. The output is one tensor per part
+// (a merged convolution's channel group), each dense channels-last: the additions that consume
+// the parts then see one memory format only, and the backward takes one gradient per part.
 //
 // Statistics are summed in short runs of rows in the input dtype, then in float64 per block of
 // rows, and the blocks combined in block order: the result depends on the shape only, not on
@@ -44,61 +44,79 @@ void check_bn_input(const at::Tensor& x, int64_t parts) {
               "x must have more than 1 value per channel for train-mode BatchNorm, got shape ", x.sizes());
 }
 
-// [parts, N, C / parts, H, W], every part a dense channels-last tensor.
-at::Tensor empty_parts(const at::Tensor& like, int64_t parts) {
-  const int64_t N = like.size(0), C = like.size(1) / parts, H = like.size(2), W = like.size(3);
-  return at::empty_strided({parts, N, C, H, W}, {N * H * W * C, H * W * C, 1, W * C, C}, like.options());
+// A dense channels-last tensor, as the kernels read it ([rows = N*H*W, C] row-major); any other
+// layout is copied once.
+at::Tensor dense_channels_last(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& x_in, int64_t parts) {
+std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_train_cpu(const at::Tensor& x_in, int64_t parts) {
   check_bn_input(x_in, parts);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), PC = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t rows = N * H * W;
-  at::Tensor y = empty_parts(x, parts);
+  // One tensor per part (a merged convolution's edge), each its own allocation: autograd then
+  // hands back one gradient per part, which the backward reads where it is (no stack into one
+  // [parts, ...] tensor, as an unbind of a single output would need).
+  std::vector<at::Tensor> y;
+  for (int64_t p = 0; p < parts; ++p) {
+    y.push_back(at::empty({N, PC / parts, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)));
+  }
   at::Tensor invstd = at::empty({PC}, x.options().dtype(at::kDouble));
   double* inv = invstd.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_train_cpu", [&] {
+    std::vector<scalar_t*> y_parts;
+    for (auto& t : y) y_parts.push_back(t.data_ptr<scalar_t>());
     NWOT_CPU_DISPATCH(batch_norm_forward<scalar_t>)(x.const_data_ptr<scalar_t>(), rows, PC, parts, kBnEps,
-                                                    y.data_ptr<scalar_t>(), inv);
+                                                    y_parts.data(), inv);
   });
   return {y, invstd};
 }
 
-at::Tensor batch_norm_train_backward_cpu(const at::Tensor& grad_in, const at::Tensor& y, const at::Tensor& invstd) {
-  TORCH_CHECK(y.dim() == 5, "y must be 5-D [parts, batch, channels, height, width], got ", y.dim(), "-D");
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "y must be float32 or float64, got ", y.scalar_type());
-  TORCH_CHECK(y.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y.device());
-  TORCH_CHECK(grad_in.sizes() == y.sizes(), "grad must have the shape of y ", y.sizes(), ", got ", grad_in.sizes());
-  TORCH_CHECK(grad_in.scalar_type() == y.scalar_type(), "grad must have the dtype of y (", y.scalar_type(),
-              "), got ", grad_in.scalar_type());
-  TORCH_CHECK(grad_in.device() == y.device(), "grad must be on the device of y (", y.device(), "), got ",
-              grad_in.device());
-  const int64_t P = y.size(0), N = y.size(1), C = y.size(2), H = y.size(3), W = y.size(4);
+at::Tensor batch_norm_train_backward_cpu(at::TensorList grad, at::TensorList y, const at::Tensor& invstd) {
+  TORCH_CHECK(!y.empty(), "y must hold at least one part, got none");
+  TORCH_CHECK(grad.size() == y.size(), "grad must have one tensor per part of y (", y.size(), "), got ", grad.size());
+  const at::Tensor& y0 = y[0];
+  TORCH_CHECK(y0.dim() == 4, "y must be 4-D [batch, channels, height, width] parts, got ", y0.dim(), "-D");
+  TORCH_CHECK(y0.scalar_type() == at::kFloat || y0.scalar_type() == at::kDouble,
+              "y must be float32 or float64, got ", y0.scalar_type());
+  TORCH_CHECK(y0.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y0.device());
+  for (size_t p = 0; p < y.size(); ++p) {
+    TORCH_CHECK(y[p].sizes() == y0.sizes() && y[p].scalar_type() == y0.scalar_type() && y[p].device() == y0.device(),
+                "y parts must have one shape, dtype and device: part 0 is ", y0.scalar_type(), " ", y0.sizes(),
+                ", part ", p, " ", y[p].scalar_type(), " ", y[p].sizes());
+    TORCH_CHECK(grad[p].sizes() == y0.sizes(), "grad must have the shape of y ", y0.sizes(), ", got ",
+                grad[p].sizes(), " for part ", p);
+    TORCH_CHECK(grad[p].scalar_type() == y0.scalar_type(), "grad must have the dtype of y (", y0.scalar_type(),
+                "), got ", grad[p].scalar_type(), " for part ", p);
+    TORCH_CHECK(grad[p].device() == y0.device(), "grad must be on the device of y (", y0.device(), "), got ",
+                grad[p].device(), " for part ", p);
+  }
+  const int64_t P = static_cast<int64_t>(y.size()), N = y0.size(0), C = y0.size(1), H = y0.size(2), W = y0.size(3);
   const int64_t PC = P * C, rows = N * H * W;
   TORCH_CHECK(invstd.dim() == 1 && invstd.size(0) == PC && invstd.scalar_type() == at::kDouble,
               "invstd must be float64 [parts * channels] = [", PC, "], got ", invstd.scalar_type(), " ",
               invstd.sizes());
-  // The kernel reads both in the layout the forward wrote (autograd hands grad in it when the
-  // consumers of the parts are channels-last; anything else is copied once).
-  const std::vector<int64_t> want = {rows * C, H * W * C, 1, W * C, C};
-  auto dense = [&](const at::Tensor& t) {
-    if (t.strides() == at::IntArrayRef(want)) return t;
-    at::Tensor d = at::empty_strided(t.sizes(), want, t.options());
-    d.copy_(t);
-    return d;
-  };
-  const at::Tensor g = dense(grad_in);
-  const at::Tensor yd = dense(y);
-  at::Tensor gx = at::empty({N, PC, H, W}, y.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // The kernel reads every part in the layout the forward wrote (autograd hands the gradients
+  // in it when the consumers of the parts are channels-last; anything else is copied once).
+  std::vector<at::Tensor> g_dense, y_dense;
+  for (int64_t p = 0; p < P; ++p) {
+    g_dense.push_back(dense_channels_last(grad[p]));
+    y_dense.push_back(dense_channels_last(y[p]));
+  }
+  at::Tensor gx = at::empty({N, PC, H, W}, y0.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (rows == 0) return gx;
   const double* inv = invstd.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "batch_norm_train_backward_cpu", [&] {
-    NWOT_CPU_DISPATCH(batch_norm_backward<scalar_t>)(g.const_data_ptr<scalar_t>(), yd.const_data_ptr<scalar_t>(), inv,
-                                                     rows, P, C, gx.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "batch_norm_train_backward_cpu", [&] {
+    std::vector<const scalar_t*> g_parts, y_parts;
+    for (int64_t p = 0; p < P; ++p) {
+      g_parts.push_back(g_dense[p].const_data_ptr<scalar_t>());
+      y_parts.push_back(y_dense[p].const_data_ptr<scalar_t>());
+    }
+    NWOT_CPU_DISPATCH(batch_norm_backward<scalar_t>)(g_parts.data(), y_parts.data(), inv, rows, P, C,
+                                                     gx.data_ptr<scalar_t>());
   });
   return gx;
 }

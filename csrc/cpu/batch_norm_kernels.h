@@ -112,10 +112,10 @@ std::vector<double> column_sums_lanes(int64_t rows, int64_t per, RowFn rowfn) {
   return total;
 }
 
-// Forward: x [rows, PC] (PC = parts * C) -> y [parts][rows, C], invstd [PC].
+// Forward: x [rows, PC] (PC = parts * C) -> y_parts[p] [rows, C] for each part, invstd [PC].
 template <typename scalar_t>
-void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t parts, double eps, scalar_t* yp,
-                        double* inv) {
+void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t parts, double eps,
+                        scalar_t* const* y_parts, double* inv) {
   using V = typename Lanes<scalar_t>::vec;
   constexpr int64_t L = Lanes<scalar_t>::n;
   const int64_t C = PC / parts;
@@ -173,7 +173,7 @@ void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t pa
           const scalar_t* __restrict__ s = shift.data() + p * C;
           const scalar_t* __restrict__ k = scale.data() + p * C;
           const scalar_t* __restrict__ row = xp + r * PC + p * C;
-          scalar_t* __restrict__ o = yp + (p * rows + r) * C;
+          scalar_t* __restrict__ o = y_parts[p] + r * C;
           if constexpr (lane_width<scalar_t, decltype(width)>()) {
             for (int64_t j = 0; j < decltype(width)::value; j += L) {
               V v, sv, kv;
@@ -192,11 +192,11 @@ void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t pa
   });
 }
 
-// Backward: grad, y [P][rows, C], invstd [P C] -> grad_x [rows, P C]:
-// invstd * (grad - mean(grad) - y * mean(grad * y)) per channel.
+// Backward: grad_parts[p], y_parts[p] [rows, C] for each of the P parts, invstd [P C]
+// -> grad_x [rows, P C]: invstd * (grad - mean(grad) - y * mean(grad * y)) per channel.
 template <typename scalar_t>
-void batch_norm_backward(const scalar_t* gp, const scalar_t* ypp, const double* inv, int64_t rows, int64_t P,
-                         int64_t C, scalar_t* out) {
+void batch_norm_backward(const scalar_t* const* grad_parts, const scalar_t* const* y_parts, const double* inv,
+                         int64_t rows, int64_t P, int64_t C, scalar_t* out) {
   using V = typename Lanes<scalar_t>::vec;
   constexpr int64_t L = Lanes<scalar_t>::n;
   const int64_t PC = P * C;
@@ -211,8 +211,8 @@ void batch_norm_backward(const scalar_t* gp, const scalar_t* ypp, const double* 
       sums.resize(2 * PC);
       for (int64_t p = 0; p < P; ++p) {
         std::vector<double> part = column_sums_lanes<scalar_t, 2 * NV>(rows, block_rows(2 * PC), [&](int64_t r, V* inner) {
-          const scalar_t* gr = gp + (p * rows + r) * C;
-          const scalar_t* yr = ypp + (p * rows + r) * C;
+          const scalar_t* gr = grad_parts[p] + r * C;
+          const scalar_t* yr = y_parts[p] + r * C;
           for (int64_t j = 0; j < NV; ++j) {
             V g, y;
             NWOT_LOAD(g, gr + j * L);
@@ -226,8 +226,8 @@ void batch_norm_backward(const scalar_t* gp, const scalar_t* ypp, const double* 
     } else {
       sums = column_sums<scalar_t>(rows, 2 * PC, [&](int64_t r, scalar_t* __restrict__ acc) {
         for (int64_t p = 0; p < P; ++p) {
-          const scalar_t* __restrict__ gr = gp + (p * rows + r) * C;
-          const scalar_t* __restrict__ yr = ypp + (p * rows + r) * C;
+          const scalar_t* __restrict__ gr = grad_parts[p] + r * C;
+          const scalar_t* __restrict__ yr = y_parts[p] + r * C;
           scalar_t* __restrict__ a = acc + 2 * p * C;
           for (int64_t c = 0; c < width; ++c) {
             a[c] += gr[c];
@@ -249,8 +249,8 @@ void batch_norm_backward(const scalar_t* gp, const scalar_t* ypp, const double* 
           const scalar_t* __restrict__ a = mg.data() + p * C;
           const scalar_t* __restrict__ b = mgy.data() + p * C;
           const scalar_t* __restrict__ s = k.data() + p * C;
-          const scalar_t* __restrict__ gr = gp + (p * rows + r) * C;
-          const scalar_t* __restrict__ yr = ypp + (p * rows + r) * C;
+          const scalar_t* __restrict__ gr = grad_parts[p] + r * C;
+          const scalar_t* __restrict__ yr = y_parts[p] + r * C;
           scalar_t* __restrict__ o = out + r * PC + p * C;
           if constexpr (lane_width<scalar_t, decltype(width)>()) {
             for (int64_t j = 0; j < decltype(width)::value; j += L) {

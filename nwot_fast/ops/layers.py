@@ -76,8 +76,8 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
     """
     _check_bn_input(x, parts)
     if x.device.type == "cpu" and compiled("cpu"):
-        y, _ = torch.ops.nwot_fast.batch_norm_train(x, parts)
-        return y.unbind(0)
+        ys, _ = torch.ops.nwot_fast.batch_norm_train(x, parts)
+        return tuple(ys)
     y = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
     return y.split(x.shape[1] // parts, dim=1)
 
@@ -101,28 +101,26 @@ def _register_fakes() -> None:
     torch.library.register_autograd(
         "nwot_fast::avg_pool3x3_backward", lambda ctx, grad: torch.ops.nwot_fast.avg_pool3x3(grad))
 
-    def _parts_strides(N, C, H, W):
-        return (N * H * W * C, H * W * C, 1, W * C, C)
-
     @torch.library.register_fake("nwot_fast::batch_norm_train")
     def _batch_norm_train_fake(x, parts):
         _check_bn_input(x, parts)
         N, PC, H, W = x.shape
-        C = PC // parts
-        y = x.new_empty_strided((parts, N, C, H, W), _parts_strides(N, C, H, W))
-        return y, x.new_empty((PC,), dtype=torch.float64)
+        ys = [x.new_empty((N, PC // parts, H, W)).contiguous(memory_format=torch.channels_last) for _ in range(parts)]
+        return ys, x.new_empty((PC,), dtype=torch.float64)
 
     @torch.library.register_fake("nwot_fast::batch_norm_train_backward")
     def _batch_norm_train_backward_fake(grad, y, invstd):
-        P, N, C, H, W = y.shape
-        return y.new_empty((N, P * C, H, W)).contiguous(memory_format=torch.channels_last)
+        N, C, H, W = y[0].shape
+        return y[0].new_empty((N, len(y) * C, H, W)).contiguous(memory_format=torch.channels_last)
 
     def _bn_setup(ctx, inputs, output):
-        ctx.save_for_backward(*output)
+        ys, invstd = output
+        ctx.save_for_backward(invstd, *ys)
 
-    def _bn_backward(ctx, grad_y, grad_invstd):
-        y, invstd = ctx.saved_tensors
-        return torch.ops.nwot_fast.batch_norm_train_backward(grad_y, y, invstd), None
+    def _bn_backward(ctx, grad_ys, grad_invstd):
+        # One gradient per part, read where autograd put it (no stack into one tensor).
+        invstd, *ys = ctx.saved_tensors
+        return torch.ops.nwot_fast.batch_norm_train_backward(list(grad_ys), ys, invstd), None
 
     # First derivatives only: the fast engine differentiates the network once (jacob_cov).
     torch.library.register_autograd("nwot_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)
