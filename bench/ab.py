@@ -25,13 +25,34 @@ Per batch size and method: seconds for the set, architectures per second (all of
 those structure answers without a network pass), the speed-up over the first variant (its
 time / this one's) and the largest relative score difference from the first variant
 (nwot_fast.precision.relative_error: NaN and -inf match themselves).
+
+Between processes (set-ups read once per process: the CPU kernel variant, another build,
+malloc tunables, oneDNN off):
+
+    python bench/ab.py processes --b ATEN_CPU_CAPABILITY=default [--a VAR=VALUE ...]
+                       [--a-option mkldnn-off] [--b-option mkldnn-off] [--archs 6]
+                       [--batch-size 128] [--rounds 3] [--methods jacob_cov hook_logdet]
+
+Side A and side B are environments (``VAR=VALUE`` pairs added to this one; ``PYTHONPATH`` of
+another build) and in-process options (``mkldnn-off``: convolutions by ATen's im2col + BLAS
+instead of oneDNN). Each round starts one child per side, A then B (alternating between rounds
+so that a load change hits both alike); a child runs ``per_arch.run_plan`` over the first
+``--archs`` of ``compare.fixed_archs(20)`` on the real CIFAR-10 batch after one untimed
+warm-up arch and reports wall and process CPU time (the steadier of the two on a loaded
+machine) and its scores. Printed per method: each side's median round, A / B (above 1: B
+faster), the largest relative score difference, and each side's CPU (``compare.cpu_facts``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import statistics
+import subprocess
 import sys
+import time
 from functools import partial
 
 import torch
@@ -102,7 +123,94 @@ def run(archs, batch_sizes, methods, variants, rounds, seed, chunk=None, gaussia
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Between processes (``python bench/ab.py processes ...``)
+
+PROCESS_OPTIONS = ("mkldnn-off",)
+
+
+def _process_child(a) -> None:
+    """One side's timed run, in this process (nwot_fast as its environment finds it)."""
+    archs = compare.fixed_archs(20)[: a.archs]
+    x, _ = compare.load_batch(a.batch_size)
+    out = {"cpu": compare.cpu_facts(), "nwot_fast": os.path.dirname(per_arch.__file__),
+           "threads": torch.get_num_threads(), "methods": {}}
+    scope = torch.backends.mkldnn.flags(enabled=False) if "mkldnn-off" in a.option else contextlib.nullcontext()
+    with scope:
+        for method in a.methods:
+            arch_plans = [plans.compile_plan(arch, method) for arch in archs]
+            per_arch.run_plan(arch_plans[0], x)  # warm-up: first-call loading and allocations
+            t, cpu = time.perf_counter(), time.process_time()
+            scores = [per_arch.run_plan(plan, x) for plan in arch_plans]
+            out["methods"][method] = {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
+                                      "scores": scores}
+    print(json.dumps(out))
+
+
+def _side_env(p, pairs):
+    env = dict(os.environ)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            p.error(f"--a / --b take VAR=VALUE pairs, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def processes_main(argv) -> int:
+    """``python bench/ab.py processes``: see the module docstring."""
+    p = argparse.ArgumentParser(prog="python bench/ab.py processes",
+                                description="A/B of two process set-ups of the per-arch path, alternating child processes")
+    p.add_argument("--a", nargs="*", default=[], metavar="VAR=VALUE", help="environment of side A (added)")
+    p.add_argument("--b", nargs="*", default=[], metavar="VAR=VALUE", help="environment of side B (added)")
+    p.add_argument("--a-option", nargs="*", default=[], choices=PROCESS_OPTIONS)
+    p.add_argument("--b-option", nargs="*", default=[], choices=PROCESS_OPTIONS)
+    p.add_argument("--archs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=list(reference.METHODS), choices=reference.METHODS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--option", nargs="*", default=[], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        _process_child(a)
+        return 0
+    sides = {"A": (_side_env(p, a.a), a.a_option), "B": (_side_env(p, a.b), a.b_option)}
+    common_args = ["--archs", str(a.archs), "--batch-size", str(a.batch_size), "--methods", *a.methods]
+    results = {"A": [], "B": []}
+    for r in range(a.rounds):
+        for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
+            env, options = sides[side]
+            cmd = ([sys.executable, os.path.abspath(__file__), "processes", "--child", *common_args]
+                   + (["--option", *options] if options else []))
+            run_ = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if run_.returncode:
+                raise SystemExit(f"side {side} failed:\n{run_.stderr[-3000:]}")
+            results[side].append(json.loads(run_.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1} side {side}: " + ", ".join(
+                f"{m} {v['seconds']:.3f} s (CPU {v['cpu_seconds']:.3f} s)" for m, v in results[side][-1]["methods"].items())
+                + f"  (load {tuple(round(v, 1) for v in os.getloadavg())})", flush=True)
+    for side in ("A", "B"):
+        first = results[side][0]
+        print(f"side {side}: {' '.join(sides[side][1]) or 'no option'}; env "
+              f"{' '.join(getattr(a, side.lower())) or '(unchanged)'}; nwot_fast from {first['nwot_fast']}; "
+              f"{first['threads']} threads; cpu {first['cpu']}")
+    for method in a.methods:
+        med = {(s, k): statistics.median(r["methods"][method][k] for r in results[s])
+               for s in ("A", "B") for k in ("seconds", "cpu_seconds")}
+        diff = max(precision.relative_error(u, v) for u, v in zip(results["A"][0]["methods"][method]["scores"],
+                                                                  results["B"][0]["methods"][method]["scores"]))
+        print(f"{method:12s} wall A {med['A', 'seconds']:7.3f} s  B {med['B', 'seconds']:7.3f} s  A/B "
+              f"{med['A', 'seconds'] / med['B', 'seconds']:5.2f}x;  CPU A {med['A', 'cpu_seconds']:7.3f} s  "
+              f"B {med['B', 'cpu_seconds']:7.3f} s  A/B {med['A', 'cpu_seconds'] / med['B', 'cpu_seconds']:5.2f}x;  "
+              f"max rel score diff {diff:.1e}  ({a.archs} archs, batch {a.batch_size}, median of {a.rounds} rounds)")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["processes"]:
+        return processes_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["per-arch", "multi-arch"],

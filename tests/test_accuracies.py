@@ -69,33 +69,37 @@ def test_csv_missing_file(tmp_path):
         load_accuracies(tmp_path / "nope.csv")
 
 
-def test_csv_truncated_and_reordered(tmp_path):
-    header = ["index", "arch"] + list(CSV_COLUMNS.values())
-    rows = _small_csv_rows()
-    p = tmp_path / "truncated.csv"
-    _write_csv(p, header, rows[:1000])
-    with pytest.raises(ValueError, match=r"truncated\.csv: 1000 data rows; expected 15625"):
-        load_accuracies(p)
-    # Another order (the arch strings no longer match the official index): named row.
-    swapped = [list(r) for r in rows]
-    swapped[5][1], swapped[9][1] = swapped[9][1], swapped[5][1]
-    p = tmp_path / "other_order.csv"
-    _write_csv(p, header, swapped)
-    with pytest.raises(ValueError, match=r"other_order\.csv: row 5 has arch"):
-        load_accuracies(p)
-    bad = [list(r) for r in rows]
-    bad[3][4] = "n/a"
-    p = tmp_path / "bad_number.csv"
-    _write_csv(p, header, bad)
-    with pytest.raises(ValueError, match=r"bad_number\.csv: line 5: .* 'n/a' is not a number"):
-        load_accuracies(p)
-    p = tmp_path / "no_columns.csv"
-    _write_csv(p, ["index", "arch", "foo"], [r[:3] for r in rows])
-    with pytest.raises(ValueError, match="no_columns.csv: header"):
-        load_accuracies(p)
-    p = tmp_path / "empty.csv"
-    p.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty.csv: file is empty"):
+def _swap_arches(header, rows):  # another order: the arch strings no longer match the official index
+    rows = [list(r) for r in rows]
+    rows[5][1], rows[9][1] = rows[9][1], rows[5][1]
+    return header, rows
+
+
+def _bad_number(header, rows):
+    rows = [list(r) for r in rows]
+    rows[3][4] = "n/a"
+    return header, rows
+
+
+#: (file name, (header, rows) -> (header, rows) or None for an empty file, the error it must name)
+BAD_CSVS = [
+    ("truncated", lambda h, rows: (h, rows[:1000]), r"truncated\.csv: 1000 data rows; expected 15625"),
+    ("other_order", _swap_arches, r"other_order\.csv: row 5 has arch"),
+    ("bad_number", _bad_number, r"bad_number\.csv: line 5: .* 'n/a' is not a number"),
+    ("no_columns", lambda h, rows: (["index", "arch", "foo"], [r[:3] for r in rows]), r"no_columns\.csv: header"),
+    ("empty", lambda h, rows: None, r"empty\.csv: file is empty"),
+]
+
+
+@pytest.mark.parametrize("name, make, match", BAD_CSVS, ids=[c[0] for c in BAD_CSVS])
+def test_csv_refused_naming_file_and_row(tmp_path, name, make, match):
+    p = tmp_path / f"{name}.csv"
+    made = make(["index", "arch"] + list(CSV_COLUMNS.values()), _small_csv_rows())
+    if made is None:
+        p.write_bytes(b"")
+    else:
+        _write_csv(p, *made)
+    with pytest.raises(ValueError, match=match):
         load_accuracies(p)
 
 

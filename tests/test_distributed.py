@@ -8,6 +8,7 @@ by their PIDs and check that the database ends with every index exactly once. Th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -314,6 +315,28 @@ def _start_scan(cluster, db, stop, *extra) -> subprocess.Popen:
     )
 
 
+def _assert_every_row_once_as_local(db, n: int) -> dict:
+    """Indices 0..n-1 each in ``db`` exactly once (nothing lost, nothing twice), with the scores
+    of a local single-threaded scan bit for bit; returns those local scores by index."""
+    rows = _rows(db)
+    assert sorted(i for i, _ in rows) == list(range(n))
+    expected = _local_scores(range(n))
+    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
+    return expected
+
+
+@contextlib.contextmanager
+def _scan_process(cluster, db, stop, *extra):
+    """:func:`_start_scan`, killed on the way out if it still runs (a failing test leaks nothing)."""
+    proc = _start_scan(cluster, db, stop, *extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_rows(db, proc, at_least: int, timeout: float = 240) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -334,8 +357,7 @@ def _wait_rows(db, proc, at_least: int, timeout: float = 240) -> int:
 @pytest.mark.slow  # a subprocess
 def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     db, n = tmp_path / "w.db", 32
-    proc = _start_scan(cluster, db, n)
-    try:
+    with _scan_process(cluster, db, n) as proc:
         _wait_rows(db, proc, 1)
         # A worker process busy with a task (Ray names it after the task function).
         victim = None
@@ -348,31 +370,19 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
         before = len(_rows(db))
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert before < n, "the scan had finished before the worker was killed"
     assert proc.returncode == 0, err
     assert json.loads(out)["computed"] == n
-    rows = _rows(db)
-    assert sorted(i for i, _ in rows) == list(range(n))  # nothing lost, nothing twice
-    expected = _local_scores(range(n))
-    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
+    _assert_every_row_once_as_local(db, n)
 
 
 @pytest.mark.slow  # a subprocess
 def test_killed_driver_resumes(cluster, tmp_path):
     db, n = tmp_path / "d.db", 32
-    proc = _start_scan(cluster, db, n)
-    try:
+    with _scan_process(cluster, db, n) as proc:
         _wait_rows(db, proc, 3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     kept = {i for i, _ in _rows(db)}
     assert 3 <= len(kept) < n
     again = _start_scan(cluster, db, n)
@@ -380,10 +390,7 @@ def test_killed_driver_resumes(cluster, tmp_path):
     assert again.returncode == 0, err
     result = json.loads(out)
     assert result["resumed"] == len(kept) and result["computed"] == n - len(kept)  # only the rest was sent
-    rows = _rows(db)
-    assert sorted(i for i, _ in rows) == list(range(n))
-    expected = _local_scores(range(n))
-    assert_scores_close([float(t) for _, t in rows], [expected[i] for i, _ in rows], 0)
+    expected = _assert_every_row_once_as_local(db, n)
     assert_scores_close([float(r["score"]) for r in result["records"]], [expected[r["arch_index"]] for r in result["records"]], 0)
 
 
