@@ -255,7 +255,9 @@ def cmake_variables(csrc: str, with_cuda: bool, environ=os.environ) -> Dict[str,
         "NWOT_CXX_FLAGS": spec["cxx_flags"],
         "NWOT_NVCC_FLAGS": spec["nvcc_flags"],
         "NWOT_INCLUDE_DIRS": spec["include_dirs"],
-        "NWOT_LIBRARY_DIRS": spec["library_dirs"],
+        # torch's own library directory, which setup.py's CppExtension / CUDAExtension add by
+        # themselves (torch.utils.cpp_extension.library_paths): -ltorch_cuda_linalg is found there.
+        "NWOT_LIBRARY_DIRS": spec["library_dirs"] + [os.path.join(os.path.dirname(torch.__file__), "lib")],
         "NWOT_LINK_FLAGS": spec["link_flags"],
         "NWOT_CUDA_ARCH_LIST": spec["record"]["cuda_arch_list"] or "",
         "NWOT_NVRTC": (library_file("nvrtc", wheel_libs) or "") if with_cuda else "",
