@@ -68,9 +68,10 @@ def _weights(plan: Plan, seed: int, device: torch.device, dtype: torch.dtype = t
         return (prep(f"{prefix}.op.1.weight", True),) + bn(prefix + ".op.2")
 
     def bn(prefix):
-        # Channels-last: BatchNorm at its initial affine (weight 1, bias 0: never drawn, so
-        # every network's, nwot_fast.weights) runs as ops.batch_norm_train, marked by (None, None).
-        if channels_last:
+        # On the CPU (either layout) and in channels-last plans: BatchNorm at its initial affine
+        # (weight 1, bias 0: never drawn, so every network's, nwot_fast.weights) runs as
+        # ops.batch_norm_train, marked by (None, None).
+        if channels_last or torch.device(device).type == "cpu":
             return None, None
         return prep(f"{prefix}.weight"), prep(f"{prefix}.bias")
 
@@ -124,8 +125,9 @@ def _uses_channels_last(plan: Plan, device: torch.device) -> bool:
 def _bn_parts(x, weight, bias, parts: int = 1) -> Tuple[torch.Tensor, ...]:
     """Train-mode BatchNorm from batch statistics, split into ``parts`` channel groups; the
     running statistics the reference updates never reach the output of this pass. ``weight``
-    None (channels-last plans at the initial affine): ``ops.batch_norm_train``, whose groups are
-    dense channels-last tensors, so that the node sums add tensors of one memory format."""
+    None (CPU and channels-last plans at the initial affine): ``ops.batch_norm_train``, whose
+    groups are dense tensors in ``x``'s layout, so that the node sums add tensors of one memory
+    format and autograd hands one gradient per group (no ``cat``)."""
     if weight is None:
         return ops.batch_norm_train(x, parts)
     y = F.batch_norm(x, None, None, weight, bias, True, BN_MOMENTUM, BN_EPS)
