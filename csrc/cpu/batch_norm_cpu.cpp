@@ -7,7 +7,7 @@
 // ATen's channels-last BatchNorm backward is slow on the CPU and its NCHW kernels walk the
 // tensor several times; here the forward reads x twice (statistics, then y) and writes y once,
 // the backward reads (grad, y) twice and writes grad_x once. The output is one tensor per part
-// (a merged convolution's channel group), each dense channels-last: the additions that consume
+// (a merged convolution's channel group), each dense in the layout it runs in: the additions that consume
 // the parts then see one memory format only, and the backward takes one gradient per part.
 //
 // Statistics are summed in short runs of rows in the input dtype, then in float64 per block of
