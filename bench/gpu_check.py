@@ -571,8 +571,6 @@ PRECISION_ARCHS = [
 
 
 def child_precision(args) -> dict:
-    from functools import partial
-
     import torch
 
     from nwot_fast import precision as contract

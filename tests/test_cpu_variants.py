@@ -20,7 +20,6 @@ nothing wider than the baseline runs before the CPU has been asked.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
