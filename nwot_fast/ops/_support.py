@@ -21,6 +21,16 @@ def check_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def check_feature_map(t, name: str) -> None:
+    """TypeError / ValueError unless ``t`` is a float32 or float64 ``[batch, channels, height,
+    width]`` tensor (what the pooling, BatchNorm and channel-move operators take)."""
+    check_tensor(t, name)
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {t.dim()}-D")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
 def check_device(t: torch.Tensor, name: str) -> None:
     """ValueError unless ``t`` is on a CPU or CUDA device (the fake kernels skip this check).
     Meta tensors pass: shapes only (bench/gpu_cost.py counts a GPU's work on them)."""

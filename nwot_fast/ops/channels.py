@@ -18,17 +18,9 @@ from typing import Optional
 
 import torch
 
-from nwot_fast.ops._support import check_device, check_tensor, compiled_switch
+from nwot_fast.ops._support import check_device, check_feature_map, check_tensor, compiled_switch
 
 __all__ = ["relu_gather", "scatter_channels_", "relu_gather_fallback", "scatter_channels_fallback"]
-
-
-def _check_channel_tensor(t, name: str) -> None:
-    check_tensor(t, name)
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {t.dim()}-D")
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
 
 
 def _check_index(index, name: str, ref: torch.Tensor, whole: int) -> int:
@@ -45,13 +37,13 @@ def _check_index(index, name: str, ref: torch.Tensor, whole: int) -> int:
 
 
 def _check_gather(x, index) -> int:
-    _check_channel_tensor(x, "x")
+    check_feature_map(x, "x")
     return _check_index(index, "index", x, x.shape[1])
 
 
 def _check_scatter(dest, dest_index, src, src_index, relu_out) -> int:
-    _check_channel_tensor(dest, "dest")
-    _check_channel_tensor(src, "src")
+    check_feature_map(dest, "dest")
+    check_feature_map(src, "src")
     if src.dtype != dest.dtype:
         raise TypeError(f"src must have the dtype of dest ({dest.dtype}), got {src.dtype}")
     if src.device != dest.device:
@@ -65,7 +57,7 @@ def _check_scatter(dest, dest_index, src, src_index, relu_out) -> int:
         raise ValueError(f"dest_index and src_index must move as many channels (None: all of dest / src): {k_dest} "
                          f"into dest {list(dest.shape)}, {k_src} from src {list(src.shape)}")
     if relu_out is not None:
-        _check_channel_tensor(relu_out, "relu_out")
+        check_feature_map(relu_out, "relu_out")
         if relu_out.dtype != dest.dtype:
             raise TypeError(f"relu_out must have the dtype of dest ({dest.dtype}), got {relu_out.dtype}")
         if relu_out.device != dest.device:

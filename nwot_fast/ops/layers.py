@@ -16,21 +16,13 @@ from typing import Tuple
 import torch
 
 from nwot_fast._common import BN_EPS
-from nwot_fast.ops._support import check_tensor, compiled_switch
+from nwot_fast.ops._support import check_feature_map, compiled_switch
 
 __all__ = ["avg_pool3x3", "batch_norm_train"]
 
 
-def _check_pool_input(x, name: str) -> None:
-    check_tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D [batch, channels, height, width], got {x.dim()}-D")
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-
-
 def _check_bn_input(x, parts) -> None:
-    _check_pool_input(x, "x")
+    check_feature_map(x, "x")
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"parts must be a positive int, got {parts!r}")
     if x.shape[1] % parts:
@@ -85,7 +77,7 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
 def _register_fakes() -> None:
     def _pool_fake(name):
         def fake(x):
-            _check_pool_input(x, name)
+            check_feature_map(x, name)
             nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
             return torch.empty_like(x, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
