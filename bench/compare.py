@@ -54,8 +54,8 @@ import torch
 
 from nwot_fast import per_arch, plans, reference
 from nwot_fast.config import ScoreConfig
-from nwot_fast.nb201 import NUM_ARCHS, arch_at, build_network
-from nwot_fast.scorer import Scorer
+from nwot_fast.nb201 import NUM_ARCHS, arch_at
+from nwot_fast.scorer import Scorer, score_with_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10_sample.npz"
@@ -202,10 +202,7 @@ def authors_hook_logdet(arch, x, seed):
 
 
 def pure_score(arch, x, method, seed):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_network(arch)
-    return reference.score(net, x, method)
+    return score_with_reference(arch, x, method=method, seed=seed)
 
 
 def fast_score(arch, x, method, seed):
