@@ -130,15 +130,10 @@ def jacobian_correlation_entries(index: int, x, seed: int = 0) -> np.ndarray:
     """Off-diagonal entries (upper triangle) of Sigma_J, the correlation matrix of the input
     Jacobian rows, for the untrained NB201 network at ``index`` built after
     ``torch.manual_seed(seed)`` and run in train mode on batch ``x`` (the pure path)."""
-    import torch
-
     from . import reference
-    from .nb201 import arch_at, build_network
+    from .nb201 import seeded_network
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_network(arch_at(index))
-    J = reference.input_jacobian(model, x).numpy()
+    J = reference.input_jacobian(seeded_network(index, seed), x).numpy()
     if reference.has_zero_variance_row(J):
         return np.array([], dtype=np.float64)
     C = reference.jacobian_correlation(J)

@@ -39,7 +39,7 @@ from . import multi_arch, per_arch, reference
 from ._common import check_index, check_seed, resolve_device, torch_dtype
 from .config import ScoreConfig
 from .errors import is_allocation_failure
-from .nb201 import Arch, arch_at, build_network
+from .nb201 import Arch, arch_at, seeded_network
 from .plans import check_method, compile_plan
 from .transfer import to_device
 
@@ -154,10 +154,7 @@ def score_with_reference(arch, x: torch.Tensor, *, method: str, seed: int, relu_
     """The pure path for one architecture: ``build_network`` right after ``torch.manual_seed(seed)``,
     scored by :func:`nwot_fast.reference.score` on ``x [B, 3, H, W]`` (the caller's RNG state is
     kept)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_network(arch).to(x.device)
-    return reference.score(model, x, method, relu_match=relu_match, dtype=dtype)
+    return reference.score(seeded_network(arch, seed).to(x.device), x, method, relu_match=relu_match, dtype=dtype)
 
 
 class _Batches:

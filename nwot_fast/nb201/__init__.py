@@ -5,7 +5,7 @@ from .arch import Arch
 from .constants import EDGES, OPS
 from .index import NUM_ARCHS, arch_at, as_arch, index_of
 from .layers import ParamSpec
-from .network import build_network, initial_parameters, parameter_specs
+from .network import build_network, initial_parameters, parameter_specs, seeded_network
 from .registry import REGISTRY, OpKind, OpSpec, op_spec
 from .structure import (
     canonical_str,
@@ -28,6 +28,7 @@ __all__ = [
     "as_arch",
     "index_of",
     "build_network",
+    "seeded_network",
     "initial_parameters",
     "parameter_specs",
     "ParamSpec",

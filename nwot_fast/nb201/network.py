@@ -103,6 +103,14 @@ def build_network(arch, *, num_classes: int = 1, C: int = C_STEM, N: int = N_CEL
     return TinyNetwork(arch, C=C, N=N, num_classes=num_classes)
 
 
+def seeded_network(arch, seed: int) -> TinyNetwork:
+    """:func:`build_network` right after ``torch.manual_seed(seed)`` (the weights every score
+    of ``arch`` uses), leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_network(arch)
+
+
 def parameter_specs(arch, *, num_classes: int = 1, C: int = C_STEM, N: int = N_CELLS) -> List[ParamSpec]:
     """The parameters ``build_network(arch, ...)`` creates, in creation (= RNG draw) order: stem,
     cells (their convolution edges in string order), reduction blocks, final BN, classifier."""
