@@ -126,9 +126,7 @@ class ScoreDB:
                 "choose a writable --db path"
             )
         with self._errors("opening it"):
-            # mode=rw: a file is created only by _create, whole; a file removed since is an error here.
-            self.conn = sqlite3.connect("file:" + uri_path(self.path) + "?mode=rw", uri=True, timeout=self.timeout,
-                                        isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 # Whose file, whole or damaged, and the layout first, before anything is changed:
                 # another tool's SQLite file is refused as it was found (no WAL switch, no -wal /
