@@ -1,7 +1,8 @@
 """The SQLite file under a scan database (:mod:`nwot_fast.store`): whose it is (its header),
 whether it is whole (``PRAGMA quick_check``), whether this process may write it, the -wal, -shm
-and -journal files beside it, and sqlite3's errors mapped to the package's error kinds. Nothing
-here knows the ``scores`` table."""
+and -journal files beside it, sqlite3's errors mapped to the package's error kinds, and the
+statements retried where SQLite refuses a lock without waiting. Nothing here knows the ``scores``
+table."""
 
 from __future__ import annotations
 

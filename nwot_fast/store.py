@@ -7,6 +7,8 @@ NULL), and ``score_text`` holds ``repr(score)`` (``'nan'``, ``'-inf'`` or the sh
 round-tripping decimal), which is what the readers parse, so scores come back bitwise.
 The file uses the WAL journal: readers never block the writer, and several scan processes
 can write to one database (each transaction takes the write lock for one architecture).
+A new database is made whole under a private name and linked into place: scans started at
+once on a missing path all open the one complete file, and none removes it under another.
 
 A scan database says so in its header: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
 ``PRAGMA user_version`` the layout :data:`SCHEMA_VERSION`. Only such a file, or an empty one
