@@ -1,7 +1,8 @@
 """The SQLite file under a scan database (:mod:`nwot_fast.store`): whose it is (its header),
 whether it is whole (``PRAGMA quick_check``), whether this process may write it, the -wal, -shm
-and -journal files beside it, and sqlite3's errors mapped to the package's error kinds. Nothing
-here knows the ``scores`` table."""
+and -journal files beside it, sqlite3's errors mapped to the package's error kinds, and the
+statements retried where SQLite refuses a lock without waiting. Nothing here knows the ``scores``
+table."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import contextlib
 import os
 import shlex
 import sqlite3
-from typing import List
+import time
+from typing import Callable, List, TypeVar
 
 from .errors import ResourceError
 
 __all__ = [
     "APPLICATION_ID", "SCHEMA_VERSION", "ScanDatabaseError", "check_integrity", "check_owner", "quote_identifier",
-    "removed_if_left_empty", "sidecars", "sqlite_errors", "uri_path", "writable",
+    "remove_with_sidecars", "retried_while_busy", "sidecars", "sqlite_errors", "uri_path", "writable",
 ]
 
+
+_T = TypeVar("_T")
 
 #: ``PRAGMA application_id`` of a scan database: "NWOT" in ASCII.
 APPLICATION_ID = 0x4E574F54
@@ -40,7 +44,7 @@ def sqlite_errors(path: str, action: str, timeout: float):
             yield
         except sqlite3.OperationalError as e:
             msg = str(e).lower()
-            if "locked" in msg or "busy" in msg:
+            if _busy(e):
                 raise ScanDatabaseError(
                     f"scan database {path!r} is locked by another process or connection "
                     f"(waited {timeout:g} s) while {action}; wait for it to finish, raise --db-timeout, "
@@ -73,6 +77,32 @@ def sqlite_errors(path: str, action: str, timeout: float):
             ) from e
 
     return ctx()
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    msg = str(error).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def retried_while_busy(run: Callable[[], _T], timeout: float) -> _T:
+    """``run()``, run again after a short pause while SQLite answers that the database is locked,
+    until ``timeout`` seconds have passed (then its error is raised). For the statements SQLite
+    refuses at once instead of waiting in its busy handler: those that upgrade the read lock
+    they hold to a write lock (``PRAGMA journal_mode=WAL`` on a rollback-journal file), where
+    two connections waiting for each other would deadlock. A refused statement has given its
+    read lock back, so the other connection can finish while this one pauses."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as e:
+            left = deadline - time.monotonic()
+            if not _busy(e) or left <= 0:
+                raise
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, 0.05)
 
 
 def check_owner(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool:
@@ -156,20 +186,14 @@ def sidecars(path: str) -> List[str]:
     return [path + s for s in ("-wal", "-shm", "-journal") if os.path.lexists(path + s)]
 
 
-@contextlib.contextmanager
-def removed_if_left_empty(path: str, created: bool):
-    """On an error, remove the database file this call created while it is still empty (a full
-    disk leaves a 0-byte file) with its -wal, -shm and -journal: a refused command leaves no
-    file behind. A file with any content may already be another process's: it stays."""
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                if os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) == 0:
-                    for leftover in [path] + sidecars(path):
-                        os.unlink(leftover)
-        raise
+def remove_with_sidecars(path: str) -> None:
+    """Remove the database file ``path`` and its -wal, -shm and -journal, those that exist. Only
+    for a file no other process can have opened (a private name this process made): a file
+    another process has open would be lost to it, its commits failing or landing in a removed
+    file."""
+    for leftover in [path] + sidecars(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)
 
 
 def uri_path(path: str) -> str:

@@ -7,6 +7,8 @@ NULL), and ``score_text`` holds ``repr(score)`` (``'nan'``, ``'-inf'`` or the sh
 round-tripping decimal), which is what the readers parse, so scores come back bitwise.
 The file uses the WAL journal: readers never block the writer, and several scan processes
 can write to one database (each transaction takes the write lock for one architecture).
+A new database is made whole under a private name and linked into place: scans started at
+once on a missing path all open the one complete file, and none removes it under another.
 
 A scan database says so in its header: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
 ``PRAGMA user_version`` the layout :data:`SCHEMA_VERSION`. Only such a file, or an empty one
@@ -21,13 +23,14 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from ._common import NUM_ARCHS, check_input_file
 from .dbfile import (APPLICATION_ID, SCHEMA_VERSION, ScanDatabaseError, check_integrity, check_owner, quote_identifier,
-                     removed_if_left_empty, sidecars, sqlite_errors, uri_path, writable)
+                     remove_with_sidecars, retried_while_busy, sidecars, sqlite_errors, uri_path, writable)
 from .scorefile import score_from_text
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
@@ -112,19 +115,19 @@ class ScoreDB:
             check_input_file(self.path, what)
             self._open_readonly()
             return
-        created = not os.path.lexists(self.path)
-        if not created:
-            if os.path.isdir(self.path):
-                raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
-            check_input_file(self.path, what)
-            if not writable(self.path):
-                # Said before SQLite opens it: it would open the file read-only without a word,
-                # leave a -wal and -shm beside it, and fail only at the first result.
-                raise ScanDatabaseError(
-                    f"scan database {self.path!r} is read-only (file, directory or file system) while opening it; "
-                    "choose a writable --db path"
-                )
-        with self._errors("opening it"), removed_if_left_empty(self.path, created):
+        if not os.path.lexists(self.path):
+            self._create()
+        if os.path.isdir(self.path):
+            raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
+        check_input_file(self.path, what)
+        if not writable(self.path):
+            # Said before SQLite opens it: it would open the file read-only without a word,
+            # leave a -wal and -shm beside it, and fail only at the first result.
+            raise ScanDatabaseError(
+                f"scan database {self.path!r} is read-only (file, directory or file system) while opening it; "
+                "choose a writable --db path"
+            )
+        with self._errors("opening it"):
             self.conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
                 # Whose file, whole or damaged, and the layout first, before anything is changed:
@@ -135,23 +138,61 @@ class ScoreDB:
                 self._check_schema(require=not new)
                 # WAL: readers never block the writer, and a killed writer leaves every committed
                 # transaction intact. synchronous=NORMAL survives any process crash (only a power
-                # loss can drop the last commits, never corrupt the file).
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                # loss can drop the last commits, never corrupt the file). A no-op on a scan
+                # database; on an empty file that another scan is making one at this moment,
+                # SQLite refuses the switch at once rather than wait: retried within the timeout.
+                retried_while_busy(lambda: self.conn.execute("PRAGMA journal_mode=WAL"), self.timeout)
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 # A real write now, so that a read-only or locked database fails before any scoring.
                 with self.transaction():
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            self.conn.execute(stmt)
-                    if new:  # in the same transaction as the table: a file is ours whole or not at all
-                        self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    _create_tables(self.conn, new)
                     # A write statement takes the write lock for real even when it changes no row
                     # (CREATE TABLE IF NOT EXISTS of an existing table does not).
                     self.conn.execute("DELETE FROM scores WHERE 0")
             except BaseException:
                 self.conn.close()
                 raise
+
+    def _create(self) -> None:
+        """Put a new, empty scan database at ``self.path``, unless another process (or anything
+        else) puts a file there first: then that file is the one opened, as any existing file.
+
+        The database is made whole under a private name beside the path and linked into place
+        (a link never replaces an existing name), so that the path never shows a half-made file.
+        A failure (a full disk) removes only the private file, which no other process can have
+        opened. Made in place instead, as before, two scans started at once both took the new
+        file for their own, and the one that failed removed it, still empty, under the other's
+        feet (which then failed with a disk I/O error)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        private = os.path.join(directory, f".nwot-fast-new-{secrets.token_hex(8)}.sqlite")
+        try:
+            with self._errors("creating it"):
+                conn = sqlite3.connect(private, timeout=self.timeout, isolation_level=None)
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    _create_tables(conn, True)
+                    conn.execute("COMMIT")
+                    # The WAL flag in the header; closing removes the (empty) -wal and the -shm.
+                    conn.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    conn.close()
+            try:
+                os.link(private, self.path)
+            except FileExistsError:
+                pass  # another process was first: its database is opened
+            except OSError:
+                # A file system without hard links (FAT, some network shares): a rename, which
+                # replaces a file that appeared since, so only while none has. (Two scans
+                # started within that instant could still both rename; the earlier one's file
+                # would be replaced under it.)
+                try:
+                    if not os.path.lexists(self.path):
+                        os.rename(private, self.path)
+                except OSError as e:
+                    raise ScanDatabaseError(f"cannot create scan database {self.path!r}: {e.strerror or e}; "
+                                            "choose a writable --db path") from e
+        finally:
+            remove_with_sidecars(private)
 
     def _open_readonly(self) -> None:
         """Open for reading only. A WAL database normally needs its -shm file beside it, even
@@ -395,6 +436,18 @@ class ScoreDB:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _create_tables(conn: sqlite3.Connection, new: bool) -> None:
+    """The ``scores`` table and its index (kept when there); on a ``new`` (empty) file also the
+    header that marks it a scan database, in the same transaction as the table, so that a file
+    is ours whole or not at all."""
+    for stmt in _SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    if new:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _config_hash(config_or_hash) -> str:
