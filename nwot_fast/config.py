@@ -91,14 +91,11 @@ class ScoreConfig:
         part of it: the fast and the reference engine, or the CPU and a GPU, agree to about
         1e-9 relative, not bitwise, so their results are kept apart. ``mode`` is part of it
         when it is not ``"auto"`` (a mode asked for by name computes in another order than the
-        device's choice may); ``dtype`` when it is float64, so that float32 configurations
-        keep the hash they had before the option existed (rows of older databases are float32
-        rows).
+        device's choice may). ``dtype`` always (``"float32"`` or ``"float64"``).
 
         The data is identified by its content (:func:`nwot_fast.data.data_fingerprint`), not by
         the path: the same file by a relative or an absolute path is one configuration, a file
-        replaced at the same path is another. (Before, the path text was the key: rows of
-        older databases scored on images are kept and listed, but no longer resumed.)"""
+        replaced at the same path is another."""
         c = self.resolved()
         ident = {
             "method": c.method,
@@ -111,11 +108,10 @@ class ScoreConfig:
             "relu_match": c.relu_match,
             "engine": c.engine,
             "device_type": device_type(c.device),
+            "dtype": c.dtype,
         }
         if c.mode != "auto":
             ident["mode"] = c.mode
-        if c.dtype != "float32":
-            ident["dtype"] = c.dtype
         return ident
 
     def data_identity(self) -> Optional[str]:

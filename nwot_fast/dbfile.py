@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import sqlite3
 import time
 from typing import Callable, List, TypeVar
@@ -25,8 +24,10 @@ _T = TypeVar("_T")
 
 #: ``PRAGMA application_id`` of a scan database: "NWOT" in ASCII.
 APPLICATION_ID = 0x4E574F54
-#: ``PRAGMA user_version`` of a scan database: the layout of its ``scores`` table (:data:`nwot_fast.store._SCHEMA`).
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` of a scan database: the layout of its ``scores`` table (:data:`nwot_fast.store._SCHEMA`)
+#: and of the keys in it. 2: every ``config_hash`` is of an identity that names the dtype (in
+#: layout 1 float32 ones did not, so the same configuration has another key there).
+SCHEMA_VERSION = 2
 
 
 class ScanDatabaseError(ResourceError):
@@ -125,9 +126,13 @@ def check_owner(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool
             conn.execute("COMMIT")
     if app == APPLICATION_ID:
         if version != SCHEMA_VERSION:
+            # No migration code before 1.0: the keys of another layout are not this version's.
+            which = "an older" if version < SCHEMA_VERSION else "a newer"
             raise ValueError(
-                f"{path!r} is a scan database of another nwot_fast version (layout {version}; this version "
-                f"reads layout {SCHEMA_VERSION}); it is left unchanged; use a new --db path"
+                f"{path!r} is a scan database written by {which} nwot_fast (user_version {version}; this version "
+                f"reads and writes user_version {SCHEMA_VERSION}, whose configuration keys differ); it is left "
+                "unchanged and nothing was read from it: scan again into a new --db path, or read it with the "
+                "nwot_fast version that wrote it"
             )
         return False
     if app == 0 and version == 0 and not objects:
@@ -142,10 +147,8 @@ def check_owner(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool
     found = "; ".join(part for part in (held, header) if part)
     hint = ""
     if app == 0 and version == 0 and [n for _, n in objects if not n.startswith("scores_by")] == ["scores"]:
-        # Databases of nwot_fast before the application_id: no migration code (pre-1.0 policy).
-        hint = (f"; if it is a scan database of an earlier nwot_fast, mark it as one with "
-                f"sqlite3 {shlex.quote(path)} 'PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = "
-                f"{SCHEMA_VERSION}'")
+        hint = ("; if it is a scan database of an nwot_fast before the header existed, this version does not "
+                "read it (its configuration keys differ): scan again into a new --db path")
     raise ValueError(
         f"{path!r} is another program's SQLite database ({found}); it was not written by 'nwot-fast scan' "
         f"and is left unchanged; use a new --db path{hint}"

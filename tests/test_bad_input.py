@@ -148,7 +148,7 @@ ISSUE23_FILES = {"list_row": "list_row.jsonl", "null_row": "null_row.jsonl", "st
 #: The header of a scan database (store.APPLICATION_ID, store.SCHEMA_VERSION), written out here:
 #: the file format is pinned by the tests, not taken from the code under test.
 SCAN_DB_APPLICATION_ID = 0x4E574F54  # "NWOT"
-SCAN_DB_LAYOUT = 1
+SCAN_DB_LAYOUT = 2
 
 
 def _issue23_files(d, template) -> None:
@@ -730,16 +730,49 @@ def test_scores_table_without_unique_is_refused_before_scoring(files, tmp_path, 
     assert scored == []
 
 
-def test_scan_database_header_and_earlier_databases(files, tmp_path):
-    """A scan database says so in its header (application_id "NWOT", layout 1). One written before
-    the header existed is refused (no migration code before 1.0) with the two PRAGMAs that mark it;
-    marked, it resumes."""
+def test_scan_database_header(files):
+    """A scan database says so in its header: application_id "NWOT", user_version 2 (its layout,
+    whose configuration keys all name the dtype)."""
     conn = sqlite3.connect(f"file:{files['template']}?mode=ro", uri=True)
     try:
         header = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version")]
     finally:
         conn.close()
     assert header == [SCAN_DB_APPLICATION_ID, SCAN_DB_LAYOUT]
+
+
+@pytest.mark.parametrize("version, which", [(1, "older"), (0, "older"), (3, "newer")])
+def test_database_of_another_user_version_is_refused_unchanged(files, tmp_path, capsys, version, which):
+    """No migration before 1.0: a scan database of another user_version (1: its float32
+    configuration keys lack the dtype, so a resumed scan would silently score everything again
+    under a new key) is refused by scan, db and the API, read-only or not, with the file, both
+    versions and what to do; nothing is read from it or written to it."""
+    db = str(tmp_path / "other_version.sqlite")
+    shutil.copy(files["template"], db)
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    before = _snapshot(db)
+    words = [repr(db), f"{which} nwot_fast", f"user_version {version}", f"user_version {SCAN_DB_LAYOUT}",
+             "new --db path"]
+    for readonly in (False, True):
+        with pytest.raises(ValueError) as info:
+            ScoreDB(db, readonly=readonly)
+        assert all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(ValueError, match=f"user_version {version}"):
+        scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=db)
+    assert main([a.replace("{db}", db) for a in _scan_args(files)]) == 2
+    assert main(["db", db]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("user_version") == 4 and "Traceback" not in err, err
+    assert _snapshot(db) == before
+
+
+def test_database_from_before_the_header_is_refused_without_adopting_it(files, tmp_path):
+    """A scan database written before the header existed (application_id and user_version 0) is
+    refused unchanged, and the message says to scan again: marking it with this version's header
+    would read its float32 rows under keys that are no longer theirs."""
     old = str(tmp_path / "before_the_header.sqlite")
     shutil.copy(files["template"], old)
     conn = sqlite3.connect(old)
@@ -747,15 +780,11 @@ def test_scan_database_header_and_earlier_databases(files, tmp_path):
     conn.execute("PRAGMA user_version = 0")
     conn.commit()
     conn.close()
-    with pytest.raises(ValueError, match="earlier nwot_fast") as info:
+    before = _snapshot(old)
+    with pytest.raises(ValueError, match="before the header existed") as info:
         scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
-    pragmas = str(info.value).split("'")[-2]
-    assert pragmas == f"PRAGMA application_id = {SCAN_DB_APPLICATION_ID}; PRAGMA user_version = {SCAN_DB_LAYOUT}"
-    conn = sqlite3.connect(old)
-    conn.executescript(pragmas)
-    conn.close()
-    res = scan("0:3", batch_size=BATCH, engine=ENGINE, data=files["npz"], db=old)
-    assert (res.resumed, res.computed) == (2, 1)
+    assert "new --db path" in str(info.value) and "PRAGMA" not in str(info.value)
+    assert _snapshot(old) == before
 
 
 def test_api_flags_have_one_spelling():

@@ -133,7 +133,7 @@ def test_dtype_float64_through_main(capsys, tmp_path, tiny_npz):
     code64, out64, _ = run(capsys, "score", "42", *small(tiny_npz), "--dtype", "float64", "--json")
     f64 = json.loads(out64)
     assert (code, code64) == (0, 0)
-    assert "dtype" not in f32["config"] and f64["config"]["dtype"] == "float64"
+    assert f32["config"]["dtype"] == "float32" and f64["config"]["dtype"] == "float64"
     assert f64["config_hash"] != f32["config_hash"]
     s32, s64 = f32["results"][0]["score"], f64["results"][0]["score"]
     assert s32 != s64 and s64 == pytest.approx(s32, rel=1e-3)

@@ -279,8 +279,8 @@ def test_float64_rows_are_keyed_apart_from_float32_rows(tmp_path, tiny_npz):
     f32 = ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz)
     f64 = ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz, dtype="float64")
     assert f32.config_hash() != f64.config_hash()
-    assert "dtype" not in f32.identity() and f64.identity()["dtype"] == "float64"
-    # float32 keeps the hash of configurations written before the option existed
+    assert f32.identity()["dtype"] == "float32" and f64.identity()["dtype"] == "float64"
+    assert dict(f32.identity(), dtype="float64") == f64.identity()  # the dtype is all that tells them apart
     assert ScoreConfig(batch_size=BATCH, engine=ENGINE, data=tiny_npz, dtype=torch.float32) == f32
     a = scan([7], config=f32, db=db)
     b = scan([7], config=f64, db=db)

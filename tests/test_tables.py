@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -152,6 +153,30 @@ def test_export_refuses_other_data_and_bad_commit(built, source, tmp_path):
         tables.build(db, data=source, out_dir=tmp_path, commit=COMMIT, indices="0")
     with pytest.raises(ValueError, match="commit"):
         tables.build(db, data=built["data"], out_dir=tmp_path, commit="HEAD", indices="0")
+
+
+def test_export_refuses_a_database_of_user_version_1(built, tmp_path, capsys):
+    """A scan database of user_version 1 (float32 configuration keys without the dtype) is not
+    exported: `tables build` names the file, its version, the version it reads and what to do,
+    and leaves the file as it was (it is exported with the code that wrote it)."""
+    db = str(tmp_path / "old.db")
+    shutil.copy(built["root"] / "jc.db", db)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    before = open(db, "rb").read()
+    out = tmp_path / "out"
+    out.mkdir()
+    words = [repr(db), "older nwot_fast", "user_version 1", "user_version 2", "new --db path"]
+    with pytest.raises(ValueError) as info:
+        tables.build(db, data=built["data"], out_dir=out, commit=COMMIT, indices=",".join(map(str, INDICES)))
+    assert all(w in str(info.value) for w in words), str(info.value)
+    code, _, err = run(capsys, "tables", "build", "--db", db, "--data", built["data"], "--out", str(out),
+                       "--commit", COMMIT, "--indices", ",".join(map(str, INDICES)))
+    assert code == 2 and all(w in err for w in words) and "Traceback" not in err, err
+    assert open(db, "rb").read() == before and os.listdir(out) == []
+    assert sorted(os.listdir(tmp_path)) == ["old.db", "out"]  # no -wal / -shm left beside it
 
 
 def test_loader_detects_a_changed_csv(built, tmp_path):

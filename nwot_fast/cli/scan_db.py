@@ -27,7 +27,7 @@ architecture per isomorphism class (6,466 for the whole space) and gives the oth
 its score, flagged in the 'representative' column / field. In CSV, non-finite scores are
 written 'nan' / '-inf'; in JSON as the strings "nan" / "-inf". Rows are keyed by the
 configuration (method, data, dataset, batch size, augmentation, fixed batch, seed, ReLU rule,
-engine, device type, and dtype when float64): scores of another engine, device type or dtype
+engine, device type, dtype): scores of another engine, device type or dtype
 are kept apart. Several scan processes may share one database (each takes the write lock
 for one transaction per architecture); give them disjoint --indices. SIGTERM stops the
 scan cleanly (exit 143); 'nwot-fast db PATH' shows what a database holds. With --ray the
@@ -112,12 +112,11 @@ def cmd_db(args) -> int:
         data = cfg.get("data") or "Gaussian inputs"
         if cfg.get("data"):
             # The key is the images' fingerprint; the paths they were read from are descriptions.
-            # Rows of versions before 0.1 keyed the data by its path: their "data" is that path.
-            paths = [p for p in c.get("data_paths", []) if p and p != data]
+            paths = [p for p in c.get("data_paths", []) if p]
             data = f"{data}" + (f" read from {', '.join(paths)}" if paths else "")
         print(
             f"\n{c['config_hash']}  {cfg.get('method')}  batch {cfg.get('batch_size')}  seed {cfg.get('seed')}  "
-            f"{cfg.get('dtype', 'float32')}  data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
+            f"{cfg.get('dtype')}  data {data}" + (f" ({cfg['dataset']})" if cfg.get("dataset") else "")
         )
         print(
             f"  {c['rows']}/{NUM_ARCHS} architectures ({c['reused']} reused from a representative), "

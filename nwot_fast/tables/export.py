@@ -81,13 +81,13 @@ def cpu_description() -> str:
 def _pick_config(configs: List[dict], db: str, method, dtype, config_hash) -> dict:
     def describe(c):
         cfg = c["config"]
-        return (f"{c['config_hash']} ({cfg.get('method')} {cfg.get('dtype', 'float32')} batch {cfg.get('batch_size')} "
+        return (f"{c['config_hash']} ({cfg.get('method')} {cfg.get('dtype')} batch {cfg.get('batch_size')} "
                 f"seed {cfg.get('seed')}, {c['rows']} rows)")
 
     chosen = [c for c in configs
               if (config_hash is None or c["config_hash"] == config_hash)
               and (method is None or c["config"].get("method") == method)
-              and (dtype is None or c["config"].get("dtype", "float32") == dtype)]
+              and (dtype is None or c["config"].get("dtype") == dtype)]
     if len(chosen) != 1:
         what = "no configuration" if not chosen else f"{len(chosen)} configurations"
         raise ValueError(f"{db}: {what} match (method {method or 'any'}, dtype {dtype or 'any'}, config hash "
@@ -131,7 +131,7 @@ def _scan_command(cfg: dict, selection: dict, count: int, threads: Optional[int]
     env = f"OMP_NUM_THREADS={threads} " if threads is not None else ""
     scan = [f"{env}nwot-fast scan --indices {indices} --db {shlex.quote(db_name)} --method {cfg['method']}",
             f"--data first{count}.npz --batch-size {cfg['batch_size']} --fixed-batch --no-augment --seed {cfg['seed']}"]
-    if cfg.get("dtype", "float32") != "float32":
+    if cfg["dtype"] != "float32":
         scan.append(f"--dtype {cfg['dtype']}")
     if cfg.get("engine", "fast") != "fast":
         scan.append(f"--engine {cfg['engine']}")
@@ -236,7 +236,7 @@ def build_table(
     if covered.size == 0:
         raise ValueError(f"{db}: configuration {chosen['config_hash']} holds none of the rows asked for")
     scores = np.asarray([rows[int(i)].score for i in covered], dtype=np.float64)
-    dtype_name = cfg.get("dtype", "float32")
+    dtype_name = cfg["dtype"]
     name = name or f"{cfg['method']}.{dtype_name}"
     secs = [rows[int(i)].seconds for i in covered]
     provenance = {
