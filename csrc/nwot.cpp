@@ -47,10 +47,6 @@ TORCH_LIBRARY(nwot_fast, m) {
   m.def("relu_gather(Tensor x, Tensor? index) -> Tensor");
   m.def("scatter_channels_(Tensor(a!) dest, Tensor? dest_index, Tensor src, Tensor? src_index, Tensor? relu_out, "
         "bool accumulate) -> ()");
-  // An NB201 node's sum of its incoming edges fused with the ReLU its convolutions read (node
-  // and relu(node) in one pass), and its backward (the parts' gradient in one pass).
-  m.def("sum_relu(Tensor[] parts) -> (Tensor, Tensor)");
-  m.def("sum_relu_backward(Tensor grad_node, Tensor grad_relu, Tensor relu) -> Tensor");
   // Backend-independent: what this binary was built with, for the loader's check.
   m.def("build_info() -> str", &nwot_fast::build_info);
 }

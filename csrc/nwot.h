@@ -13,7 +13,6 @@
 #include <optional>
 #include <string>
 #include <tuple>
-#include <utility>
 #include <vector>
 
 // Element functions shared by the CPU and CUDA kernels.
@@ -90,17 +89,6 @@ at::Tensor relu_gather_cpu(const at::Tensor& x, const std::optional<at::Tensor>&
 void scatter_channels_cpu(const at::Tensor& dest, const std::optional<at::Tensor>& dest_index, const at::Tensor& src,
                           const std::optional<at::Tensor>& src_index, const std::optional<at::Tensor>& relu_out,
                           bool accumulate);
-
-// sum_relu(parts: k >= 1 tensors [N, C, H, W] float32|float64, one shape, dtype and device)
-//   -> (node, relu): node = ((parts[0] + parts[1]) + parts[2]) + ..., each add rounded as ATen's
-//   `+`, and relu = relu_value(node) (ATen's relu), bitwise the ATen composition; an NB201 node
-//   and the ReLU its convolutions read. Both outputs channels-last when every part is dense
-//   channels-last, else contiguous NCHW. Any strides.
-// sum_relu_backward(grad_node, grad_relu, relu: [N, C, H, W], one shape, dtype and device) ->
-//   grad_node + threshold_backward(grad_relu, relu, 0): the gradient of every part, bitwise the
-//   ATen composition (its layout chosen as the forward's).
-std::tuple<at::Tensor, at::Tensor> sum_relu_cpu(at::TensorList parts);
-at::Tensor sum_relu_backward_cpu(const at::Tensor& grad_node, const at::Tensor& grad_relu, const at::Tensor& relu);
 
 // build_info() -> "key=value;..." with torch (version built against), cuda (version or
 // "none"), cusolver, backends ("cpu" or "cpu,cuda"), eigensolver, openmp, cpu_kernels (the CPU
@@ -207,37 +195,6 @@ inline int64_t check_scatter_channels(const at::Tensor& dest, const std::optiona
                 "] (the channels moved), got ", r.sizes());
   }
   return k_dest;
-}
-
-// The parts of sum_relu: at least one, each a 4-D float32|float64 tensor of the first one's
-// shape, dtype and device.
-inline void check_sum_relu_parts(at::TensorList parts) {
-  TORCH_CHECK(!parts.empty(), "parts must hold at least 1 tensor, got 0");
-  const at::Tensor& ref = parts[0];
-  check_channel_tensor(ref, "parts[0]");
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const at::Tensor& t = parts[i];
-    TORCH_CHECK(t.sizes() == ref.sizes(), "parts[", i, "] must have the shape of parts[0] ", ref.sizes(), ", got ",
-                t.sizes());
-    TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "parts[", i, "] must have the dtype of parts[0] (",
-                ref.scalar_type(), "), got ", t.scalar_type());
-    TORCH_CHECK(t.device() == ref.device(), "parts[", i, "] must be on the device of parts[0] (", ref.device(),
-                "), got ", t.device());
-  }
-}
-
-// The arguments of sum_relu_backward: three 4-D float32|float64 tensors of relu's shape, dtype
-// and device.
-inline void check_sum_relu_backward(const at::Tensor& grad_node, const at::Tensor& grad_relu, const at::Tensor& relu) {
-  check_channel_tensor(relu, "relu");
-  const std::pair<const at::Tensor*, const char*> grads[] = {{&grad_node, "grad_node"}, {&grad_relu, "grad_relu"}};
-  for (const auto& [t, name] : grads) {
-    TORCH_CHECK(t->sizes() == relu.sizes(), name, " must have the shape of relu ", relu.sizes(), ", got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == relu.scalar_type(), name, " must have the dtype of relu (", relu.scalar_type(),
-                "), got ", t->scalar_type());
-    TORCH_CHECK(t->device() == relu.device(), name, " must be on the device of relu (", relu.device(), "), got ",
-                t->device());
-  }
 }
 
 // ATen's CPU relu (clamp_min(v, 0)): NaN and -0.0 pass unchanged.

@@ -169,37 +169,13 @@ class ArchCodes:
         return torch.cat(self.packed, 1)[None], mult[None], units
 
 
-def _sum(terms: List[torch.Tensor], with_relu: bool):
-    """A node: the sum of ``terms`` in order, and its ReLU when ``with_relu`` (else None). Two
-    or more terms with the ReLU: one fused pass, forward and backward (``ops.sum_relu``, bitwise
-    ATen's adds and ReLU; bench/RESULTS.md, "node sum + ReLU")."""
-    if with_relu and len(terms) > 1:
-        return ops.sum_relu(terms)
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total, (F.relu(total) if with_relu else None)
-
-
-def _cell_reads_relu(plan: Plan) -> bool:
-    """Whether a cell's convolutions read the ReLU of its input (node 0)."""
-    return any(isinstance(s, Relu) and s.node == 0 for s in plan.cell_steps)
-
-
-def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[ArchCodes],
-              x_relu: Optional[torch.Tensor] = None, out_relu: bool = False):
-    """The cell on ``x`` (``x_relu``: its ReLU when the previous step made it): the output node,
-    and its ReLU when ``out_relu`` (for the next cell or reduction; else None)."""
+def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[ArchCodes]):
     nodes: List[Optional[torch.Tensor]] = [x] + [None] * OUTPUT_NODE
-    relus: List[Optional[torch.Tensor]] = [x_relu] + [None] * OUTPUT_NODE
+    relus: List[Optional[torch.Tensor]] = [None] * OUTPUT_NODE
     edges: Dict[int, torch.Tensor] = {}
-    relu_nodes = {s.node for s in plan.cell_steps if isinstance(s, Relu)}
-    if out_relu:
-        relu_nodes.add(OUTPUT_NODE)
     for s in plan.cell_steps:
         if isinstance(s, Relu):
-            if relus[s.node] is None:  # else its Sum made it
-                relus[s.node] = F.relu(nodes[s.node])
+            relus[s.node] = F.relu(nodes[s.node])
         elif isinstance(s, ConvBN):
             w, g, b = cw.conv[s.edges]
             parts = _bn_parts(F.conv2d(relus[s.node], w, padding=s.kernel // 2), g, b, len(s.edges))
@@ -207,30 +183,30 @@ def _run_cell(plan: Plan, cw: _CellWeights, x: torch.Tensor, codes: Optional[Arc
         elif isinstance(s, Pool):
             edges[s.edge] = ops.avg_pool3x3(nodes[s.node])
         elif isinstance(s, Sum):
-            terms = [nodes[t.source] if t.identity else edges[t.edge] for t in s.terms]
-            nodes[s.node], relus[s.node] = _sum(terms, s.node in relu_nodes)
+            first, *rest = s.terms
+            total = nodes[first.source] if first.identity else edges[first.edge]
+            for t in rest:
+                total = total + (nodes[t.source] if t.identity else edges[t.edge])
+            nodes[s.node] = total
         elif isinstance(s, Codes):
             codes.add(nodes[s.node], s.multiplicity)
         else:  # pragma: no cover - compile_plan emits only the steps above
             raise RuntimeError(f"unknown cell step {s!r}")
     if codes is not None and plan.zero_conv_edges:
         codes.add_zero(x[0].numel(), plan.zero_conv_edges * plan.code_multiplier)
-    return nodes[OUTPUT_NODE], relus[OUTPUT_NODE] if out_relu else None
+    return nodes[OUTPUT_NODE]
 
 
-def _reduction(weights, x, codes: Optional[ArchCodes], per_edge: int, x_relu: Optional[torch.Tensor],
-               out_relu: bool):
-    """The residual reduction block on ``x`` (``x_relu``: its ReLU, or None): its output and,
-    when ``out_relu``, the output's ReLU (else None)."""
+def _reduction(weights, x, codes: Optional[ArchCodes], per_edge: int):
     wa, ga, ba, wb, gb, bb, wd = weights
     if codes is not None:
         codes.add(x, per_edge)
-    a = _bn(F.conv2d(F.relu(x) if x_relu is None else x_relu, wa, stride=2, padding=1), ga, ba)
+    a = _bn(F.conv2d(F.relu(x), wa, stride=2, padding=1), ga, ba)
     if codes is not None:
         codes.add(a, per_edge)
     b = _bn(F.conv2d(F.relu(a), wb, padding=1), gb, bb)
     shortcut = F.conv2d(F.avg_pool2d(x, 2, 2), wd)
-    return _sum([shortcut, b], out_relu)
+    return shortcut + b
 
 
 def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[ArchCodes]) -> torch.Tensor:
@@ -240,17 +216,12 @@ def _forward(plan: Plan, w: _Weights, x: torch.Tensor, codes: Optional[ArchCodes
         _run_cell(plan, w.cells[0], h, codes)
         _add_zero_rest(plan, codes, x)
         return None
-    # Each cell output and reduction output comes with the ReLU that the next cell's
-    # convolutions or the next reduction read, made with the sum (one pass).
-    cell_reads_relu = _cell_reads_relu(plan)
-    h_relu = None
     cell_index = 0
     for stage in range(3):
         if stage:
-            h, h_relu = _reduction(w.reductions[stage - 1], h, codes, plan.code_multiplier, h_relu, cell_reads_relu)
-        for i in range(N_CELLS):
-            next_reads_relu = cell_reads_relu if i < N_CELLS - 1 else stage < 2  # then a reduction, or the head
-            h, h_relu = _run_cell(plan, w.cells[cell_index], h, codes, h_relu, next_reads_relu)
+            h = _reduction(w.reductions[stage - 1], h, codes, plan.code_multiplier)
+        for _ in range(N_CELLS):
+            h = _run_cell(plan, w.cells[cell_index], h, codes)
             cell_index += 1
     g, b, lw, lb = w.head
     h = _bn(h, g, b)

@@ -8,9 +8,7 @@ and a pure-PyTorch fallback with the same semantics (batched over architectures)
 - :mod:`nwot_fast.ops.layers`: :func:`avg_pool3x3`, :func:`batch_norm_train` (NB201's
   pooling and train-mode BatchNorm, compiled on the CPU);
 - :mod:`nwot_fast.ops.channels`: :func:`relu_gather`, :func:`scatter_channels_` (the
-  multi-arch engine's channel moves, each fused with its ReLU);
-- :mod:`nwot_fast.ops.sums`: :func:`sum_relu` (a node's sum fused with its ReLU, the per-arch
-  plans' cells).
+  multi-arch engine's channel moves, each fused with its ReLU).
 
 Shapes: A architectures, B samples, D input features, W 64-bit code words. Each family checks
 its arguments with the words of csrc/nwot.h's TORCH_CHECKs, uses the compiled extension when
@@ -21,7 +19,7 @@ time the extension serves it (never at import).
 
 from __future__ import annotations
 
-from nwot_fast.ops import channels, codes, jacobian, layers, sums
+from nwot_fast.ops import channels, codes, jacobian, layers
 from nwot_fast.ops.channels import relu_gather, relu_gather_fallback, scatter_channels_, scatter_channels_fallback
 from nwot_fast.ops.codes import (
     hamming_kernel,
@@ -37,7 +35,6 @@ from nwot_fast.ops.codes import (
 )
 from nwot_fast.ops.jacobian import jacob_cov_score, jacob_cov_score_fallback
 from nwot_fast.ops.layers import avg_pool3x3, batch_norm_train
-from nwot_fast.ops.sums import sum_relu, sum_relu_fallback
 
 __all__ = [
     "compiled",
@@ -50,7 +47,6 @@ __all__ = [
     "batch_norm_train",
     "relu_gather",
     "scatter_channels_",
-    "sum_relu",
     "pack_layers",
     "stack_codes",
     "jacob_cov_score_fallback",
@@ -60,7 +56,6 @@ __all__ = [
     "hook_logdet_score_fallback",
     "relu_gather_fallback",
     "scatter_channels_fallback",
-    "sum_relu_fallback",
 ]
 
 
@@ -68,5 +63,5 @@ def compiled(device_type: str) -> bool:
     """Whether the compiled operators serve ``device_type`` (``"cpu"`` or ``"cuda"``); when
     they do, every family's fake kernels are registered (``torch.library.opcheck`` and
     ``torch.compile`` need them)."""
-    served = [family.compiled(device_type) for family in (jacobian, codes, layers, channels, sums)]
+    served = [family.compiled(device_type) for family in (jacobian, codes, layers, channels)]
     return all(served)
