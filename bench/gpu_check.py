@@ -18,7 +18,10 @@ device, build included):
   tests      pytest on tests/test_ops.py, test_ops_degenerate.py, test_ops_cuda.py and
              test_ops_channels.py, only their CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
   precision  the per-arch and the multi-arch mode (CUDA's default) on the device against the float64
-             truth and the authors' float32 procedure: the contract of docs/PRECISION.md.
+             truth and the authors' float32 procedure: the contract of docs/PRECISION.md. With
+             --smoke (1 arch, batch 8, 16x16) the float32 max / median are reported, not judged:
+             at batch 8 they are a coin toss for any float32 route that is not a bit copy of the
+             authors' (bench/RESULTS.md); NaN / -inf and float64 to 1e-9 are judged as on the device.
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
              users run, for jacob_cov and hook_logdet at batch 128, without and then with
              --dedup (6,466 classes); a scan stopped by its share of the time is reported as a
@@ -50,6 +53,7 @@ import csv
 import ctypes
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -270,7 +274,8 @@ def markdown(d: dict) -> str:
                       "| method | engine | dtype | max | median | reference max | reference median |",
                       "|---|---|---|---|---|---|---|"]
             for r in s["summary"]:
-                lines.append(f"| {r['method']} | {r['engine']} | {r['dtype']} | " + " | ".join(
+                dtype = r["dtype"] + (" (reported, not judged)" if r.get("judged") is False else "")
+                lines.append(f"| {r['method']} | {r['engine']} | {dtype} | " + " | ".join(
                     _fmt(r.get(k)) for k in ("max", "median", "reference_max", "reference_median")) + " |")
         if s["name"] == "timing" and s.get("scans"):
             lines += ["", f"## timing ({s.get('data')}, batch {s.get('batch')}, {s.get('archs_in_space')} archs)", "",
@@ -584,14 +589,24 @@ def child_precision(args) -> dict:
     engines = contract.scorers(dev)
     # fast: one plan per architecture; batched: the multi-arch mode (CUDA's default).
     candidates = {"fast": engines["per_arch"], "batched": engines["multi_arch"]}
+    # The smoke's size cannot decide the float32 envelope on every CPU: at batch 8, jacob_cov's
+    # 8 x 8 correlations put eigenvalues near the 1e-5 offset, so a float32 route that rounds
+    # differently from the authors' (the multi-arch mode's grouped convolutions, a BatchNorm that
+    # sums in float64) is 0.01x to 40x their error per arch, and even over 15 archs its max
+    # exceeded 2x theirs on 1 of 3 batches (bench/RESULTS.md, issue 24). Its max / median are
+    # therefore reported, not judged (factor inf); tests/test_precision.py decides the CPU's
+    # contract (16 archs, batch 64) and the device run decides the device's. NaN / -inf and
+    # float64 are exact decisions and are judged here as on the device.
+    factor = math.inf if args.smoke else contract.FACTOR
     rows, problems = [], []
     for method in ("jacob_cov", "hook_logdet"):
         # float32 on the device against the float64 truth and the authors' float32 procedure
         # (the pure path on the CPU at 1 and 2 threads): the contract of docs/PRECISION.md.
         env = contract.measure(archs, x, method, candidates=candidates)
         for name in candidates:
-            problems += env.violations(name)
-            rows.append({"method": method, "engine": name, "dtype": "float32", **env.summary(name)})
+            problems += env.violations(name, factor=factor)
+            rows.append({"method": method, "engine": name, "dtype": "float32", "judged": not args.smoke,
+                         **env.summary(name)})
         # float64 on the device: the truth (env's, measured once) to 1e-9, per plan and in every layout.
         for name, scorer in candidates.items():
             scores = scorer(archs, x, method=method, seed=0, relu_match="name", dtype=torch.float64)

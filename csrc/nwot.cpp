@@ -36,8 +36,8 @@ TORCH_LIBRARY(nwot_fast, m) {
   m.def("avg_pool3x3(Tensor x) -> Tensor");
   m.def("avg_pool3x3_backward(Tensor grad) -> Tensor");
   // CPU only: train-mode BatchNorm without affine (NB201's at initialisation) in the
-  // channels-last layout; y: one dense channels-last [N, C / parts, H, W] tensor per part,
-  // invstd [C] float64. Elsewhere the Python wrapper (ops.batch_norm_train) uses ATen's.
+  // channels-last or the NCHW layout (x's); y: one dense [N, C / parts, H, W] tensor per part in
+  // that layout, invstd [C] float64. Elsewhere the Python wrapper (ops.batch_norm_train) uses ATen's.
   m.def("batch_norm_train(Tensor x, int parts) -> (Tensor[], Tensor)");
   m.def("batch_norm_train_backward(Tensor[] grad, Tensor[] y, Tensor invstd) -> Tensor");
   // The multi-arch engine's channel moves (nwot_fast/multi_arch/sparse.py), fused so that each

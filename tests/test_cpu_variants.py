@@ -52,20 +52,24 @@ def _gen(seed: int) -> torch.Generator:
 
 def bn_inputs():
     """(name, x, parts, grad) for batch_norm_train: channels-last and NCHW inputs, NB201 widths
-    (unrolled loops) and others (run-time trip counts), float32 and float64."""
+    (unrolled loops) and others (run-time trip counts), NCHW planes of whole lane blocks, partial
+    ones and runs longer than a float64 flush, float32 and float64."""
     cases = []
     specs = [((8, 32, 5, 7), 2, torch.float32, True), ((6, 48, 4, 4), 3, torch.float32, True),
              ((4, 24, 3, 5), 1, torch.float32, True), ((3, 40, 2, 3), 2, torch.float32, False),
              ((5, 16, 6, 6), 1, torch.float64, True), ((2, 64, 1, 2), 2, torch.float32, True),
-             ((4, 7, 3, 3), 1, torch.float32, True)]
+             ((4, 7, 3, 3), 1, torch.float32, True), ((8, 32, 8, 8), 2, torch.float32, False),
+             ((3, 16, 20, 20), 1, torch.float32, False), ((3, 24, 5, 7), 3, torch.float64, False),
+             ((4, 7, 1, 1), 1, torch.float32, False)]
     for k, (shape, parts, dtype, channels_last) in enumerate(specs):
         g = _gen(100 + k)
         x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 0.5).to(dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         N, PC, H, W = shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         grad = [torch.randn((N, PC // parts, H, W), generator=g, dtype=torch.float64).to(dtype)
-                .contiguous(memory_format=torch.channels_last) for _ in range(parts)]
+                .contiguous(memory_format=fmt) for _ in range(parts)]
         cases.append((f"bn{k}", x, parts, grad))
     return cases
 

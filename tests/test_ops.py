@@ -461,15 +461,20 @@ def _bn_input(shape, dtype, seed, channels_last=True):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("shape, parts", [((16, 32, 8, 8), 2), ((8, 16, 6, 5), 1), ((4, 48, 3, 3), 3), ((2, 64, 1, 2), 2),
-                                          ((5, 3, 4, 4), 1), ((2, 7, 1, 1), 7)])
-def test_batch_norm_train_matches_float64_aten(shape, parts, dtype, tol):
+                                          ((5, 3, 4, 4), 1), ((2, 7, 1, 1), 7), ((6, 16, 32, 32), 1),
+                                          ((3, 12, 9, 11), 3)])
+def test_batch_norm_train_matches_float64_aten(shape, parts, dtype, tol, channels_last):
     # Forward and input gradient against ATen's BatchNorm in float64 (the truth); float32 within
-    # a few ulps of it. Runs with the extension absent too (ATen's BatchNorm then).
-    x = _bn_input(shape, dtype, sum(shape) + parts)
+    # a few ulps of it. Both layouts: channels-last (loops along the channels) and NCHW (runs of
+    # H*W values: NB201's 32x32 planes, planes that are not whole lane blocks). Runs with the
+    # extension absent too (ATen's BatchNorm then).
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = _bn_input(shape, dtype, sum(shape) + parts, channels_last=channels_last)
     grads = [torch.randn((shape[0], shape[1] // parts) + shape[2:], generator=rng(parts), dtype=dtype)
-             .contiguous(memory_format=torch.channels_last) for _ in range(parts)]
+             .contiguous(memory_format=fmt) for _ in range(parts)]
     xt = x.double().requires_grad_(True)
     want = _aten_bn(xt)
     (want_grad,) = torch.autograd.grad(want, xt, torch.cat([g.double() for g in grads], 1))
@@ -477,8 +482,10 @@ def test_batch_norm_train_matches_float64_aten(shape, parts, dtype, tol):
     got = ops.batch_norm_train(xg, parts)
     assert len(got) == parts and all(p.dtype == dtype and p.shape == grads[0].shape for p in got)
     if compiled("cpu"):
-        assert all(p.is_contiguous(memory_format=torch.channels_last) for p in got)
+        assert all(p.is_contiguous(memory_format=fmt) for p in got)
     (got_grad,) = torch.autograd.grad(got, xg, grads)
+    if compiled("cpu"):
+        assert got_grad.is_contiguous(memory_format=fmt)
     scale = want.abs().max().item()
     assert (torch.cat(got, 1).double() - want).abs().max().item() <= tol * scale
     # The gradient is a difference of terms of size |grad| * invstd (nearly cancelling when a
@@ -501,16 +508,21 @@ def test_batch_norm_train_gradcheck():
     assert torch.autograd.gradcheck(lambda t: ops.batch_norm_train(t, 1), (x,))
 
 
-def test_batch_norm_train_backward_accepts_other_grad_layouts():
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_batch_norm_train_backward_accepts_other_grad_layouts(channels_last):
     need_compiled("cpu")
-    x = _bn_input((4, 32, 5, 6), torch.float64, 7)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = _bn_input((4, 32, 5, 6), torch.float64, 7, channels_last=channels_last)
     ys, invstd = torch.ops.nwot_fast.batch_norm_train(x, 2)
+    assert all(y.is_contiguous(memory_format=fmt) for y in ys)
     g = torch.randn((2,) + tuple(ys[0].shape), generator=rng(3), dtype=torch.float64)
-    grads = [g[0], g[1].transpose(2, 3).contiguous().transpose(2, 3)]  # NCHW and another layout, not y's
+    other = torch.contiguous_format if channels_last else torch.channels_last
+    # The other layout, and one that is neither (not y's).
+    grads = [g[0].contiguous(memory_format=other), g[1].transpose(2, 3).contiguous().transpose(2, 3)]
     xt = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(_aten_bn(xt), xt, torch.cat(grads, 1))
     got = torch.ops.nwot_fast.batch_norm_train_backward(grads, ys, invstd)
-    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert got.is_contiguous(memory_format=fmt)
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 

@@ -1,12 +1,13 @@
 // batch_norm_train on the CPU: NB201's BatchNorm2d in train mode at initialisation (weight 1,
 // bias 0, so no affine step), forward and input gradient, for float32 / float64 tensors in the
 // channels-last layout, where a batch is a [rows = N*H*W, channels] matrix and every loop runs
-// along the contiguous channels.
+// along the contiguous channels, and in the NCHW layout, where a channel is N contiguous runs of
+// H*W values and the threads split the channels (jacob_cov's per-arch plans run NCHW on the CPU).
 //
 // ATen's channels-last BatchNorm backward is slow on the CPU and its NCHW kernels walk the
 // tensor several times; here the forward reads x twice (statistics, then y) and writes y once,
 // the backward reads (grad, y) twice and writes grad_x once. The output is one tensor per part
-// (a merged convolution's channel group), each dense channels-last: the additions that consume
+// (a merged convolution's channel group), each dense in the layout it runs in: the additions that consume
 // the parts then see one memory format only, and the backward takes one gradient per part.
 //
 // Statistics are summed in short runs of rows in the input dtype, then in float64 per block of
@@ -44,17 +45,24 @@ void check_bn_input(const at::Tensor& x, int64_t parts) {
               "x must have more than 1 value per channel for train-mode BatchNorm, got shape ", x.sizes());
 }
 
-// A dense channels-last tensor, as the kernels read it ([rows = N*H*W, C] row-major); any other
-// layout is copied once.
-at::Tensor dense_channels_last(const at::Tensor& t) {
-  return t.is_contiguous(at::MemoryFormat::ChannelsLast) ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+// The layout the kernels run in, from the input's (the forward's x, the backward's y): channels-last
+// for a dense channels-last tensor that is not also NCHW-contiguous (as avg_pool3x3 decides),
+// NCHW otherwise; the outputs are dense in that layout and any other input is copied into it once.
+bool reads_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor dense_in(const at::Tensor& t, at::MemoryFormat fmt) {
+  return t.is_contiguous(fmt) ? t : t.contiguous(fmt);
 }
 
 }  // namespace
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_train_cpu(const at::Tensor& x_in, int64_t parts) {
   check_bn_input(x_in, parts);
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nhwc = reads_channels_last(x_in);
+  const at::MemoryFormat fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = dense_in(x_in, fmt);
   const int64_t N = x.size(0), PC = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t rows = N * H * W;
   // One tensor per part (a merged convolution's edge), each its own allocation: autograd then
@@ -62,15 +70,20 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> batch_norm_train_cpu(const at::T
   // [parts, ...] tensor, as an unbind of a single output would need).
   std::vector<at::Tensor> y;
   for (int64_t p = 0; p < parts; ++p) {
-    y.push_back(at::empty({N, PC / parts, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)));
+    y.push_back(at::empty({N, PC / parts, H, W}, x.options().memory_format(fmt)));
   }
   at::Tensor invstd = at::empty({PC}, x.options().dtype(at::kDouble));
   double* inv = invstd.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_train_cpu", [&] {
     std::vector<scalar_t*> y_parts;
     for (auto& t : y) y_parts.push_back(t.data_ptr<scalar_t>());
-    NWOT_CPU_DISPATCH(batch_norm_forward<scalar_t>)(x.const_data_ptr<scalar_t>(), rows, PC, parts, kBnEps,
-                                                    y_parts.data(), inv);
+    if (nhwc) {
+      NWOT_CPU_DISPATCH(batch_norm_forward<scalar_t>)(x.const_data_ptr<scalar_t>(), rows, PC, parts, kBnEps,
+                                                      y_parts.data(), inv);
+    } else {
+      NWOT_CPU_DISPATCH(batch_norm_forward_nchw<scalar_t>)(x.const_data_ptr<scalar_t>(), N, PC, H * W, parts,
+                                                           kBnEps, y_parts.data(), inv);
+    }
   });
   return {y, invstd};
 }
@@ -100,13 +113,15 @@ at::Tensor batch_norm_train_backward_cpu(at::TensorList grad, at::TensorList y, 
               "invstd must be float64 [parts * channels] = [", PC, "], got ", invstd.scalar_type(), " ",
               invstd.sizes());
   // The kernel reads every part in the layout the forward wrote (autograd hands the gradients
-  // in it when the consumers of the parts are channels-last; anything else is copied once).
+  // in it when the consumers of the parts use that layout; anything else is copied once).
+  const bool nhwc = reads_channels_last(y0);
+  const at::MemoryFormat fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   std::vector<at::Tensor> g_dense, y_dense;
   for (int64_t p = 0; p < P; ++p) {
-    g_dense.push_back(dense_channels_last(grad[p]));
-    y_dense.push_back(dense_channels_last(y[p]));
+    g_dense.push_back(dense_in(grad[p], fmt));
+    y_dense.push_back(dense_in(y[p], fmt));
   }
-  at::Tensor gx = at::empty({N, PC, H, W}, y0.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor gx = at::empty({N, PC, H, W}, y0.options().memory_format(fmt));
   if (rows == 0) return gx;
   const double* inv = invstd.const_data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(y0.scalar_type(), "batch_norm_train_backward_cpu", [&] {
@@ -115,8 +130,13 @@ at::Tensor batch_norm_train_backward_cpu(at::TensorList grad, at::TensorList y, 
       g_parts.push_back(g_dense[p].const_data_ptr<scalar_t>());
       y_parts.push_back(y_dense[p].const_data_ptr<scalar_t>());
     }
-    NWOT_CPU_DISPATCH(batch_norm_backward<scalar_t>)(g_parts.data(), y_parts.data(), inv, rows, P, C,
-                                                     gx.data_ptr<scalar_t>());
+    if (nhwc) {
+      NWOT_CPU_DISPATCH(batch_norm_backward<scalar_t>)(g_parts.data(), y_parts.data(), inv, rows, P, C,
+                                                       gx.data_ptr<scalar_t>());
+    } else {
+      NWOT_CPU_DISPATCH(batch_norm_backward_nchw<scalar_t>)(g_parts.data(), y_parts.data(), inv, N, H * W, P, C,
+                                                            gx.data_ptr<scalar_t>());
+    }
   });
   return gx;
 }

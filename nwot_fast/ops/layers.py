@@ -6,7 +6,7 @@ on the CPU (channels-last aware) or ATen's, with their fake kernels and autograd
   NCHW and channels-last.
 - :func:`batch_norm_train` ``x [N, P C, H, W] float32|float64, parts P -> P tensors [N, C, H, W]``:
   NB201's BatchNorm2d in train mode at initialisation (weight 1, bias 0), with autograd; on
-  the CPU a compiled channels-last kernel whose outputs are dense channels-last tensors.
+  the CPU a compiled kernel (channels-last or NCHW, the input's) whose outputs are dense tensors in that layout.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
     variance, no affine: NB201's BatchNorm2d at initialisation), with autograd, split along the
     channels into ``parts`` equal groups (a merged convolution's edges). On the CPU (float32 or
     float64, 4-D) the compiled kernel: statistics summed in float64, every group returned as a
-    dense channels-last tensor (any input memory format is read as channels-last); elsewhere ATen's
-    BatchNorm, split into channel slices.
+    dense tensor in the input's layout (channels-last for a channels-last input, else NCHW: any
+    other memory format is read as NCHW); elsewhere ATen's BatchNorm, split into channel slices.
 
     Args:
         x: ``[N, P*C, H, W]`` float32 or float64 with more than one value per channel.
@@ -72,6 +72,14 @@ def batch_norm_train(x: torch.Tensor, parts: int = 1) -> Tuple[torch.Tensor, ...
         return tuple(ys)
     y = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.0, BN_EPS)
     return y.split(x.shape[1] // parts, dim=1)
+
+
+def _bn_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout the compiled BatchNorm runs in for ``t`` (its forward's x, its backward's y) and
+    hands back: channels-last for a dense channels-last tensor that is not NCHW-contiguous, NCHW
+    otherwise (the C++ kernel's reads_channels_last)."""
+    nhwc = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def _register_fakes() -> None:
@@ -97,13 +105,14 @@ def _register_fakes() -> None:
     def _batch_norm_train_fake(x, parts):
         _check_bn_input(x, parts)
         N, PC, H, W = x.shape
-        ys = [x.new_empty((N, PC // parts, H, W)).contiguous(memory_format=torch.channels_last) for _ in range(parts)]
+        fmt = _bn_memory_format(x)
+        ys = [x.new_empty((N, PC // parts, H, W)).contiguous(memory_format=fmt) for _ in range(parts)]
         return ys, x.new_empty((PC,), dtype=torch.float64)
 
     @torch.library.register_fake("nwot_fast::batch_norm_train_backward")
     def _batch_norm_train_backward_fake(grad, y, invstd):
         N, C, H, W = y[0].shape
-        return y[0].new_empty((N, len(y) * C, H, W)).contiguous(memory_format=torch.channels_last)
+        return y[0].new_empty((N, len(y) * C, H, W)).contiguous(memory_format=_bn_memory_format(y[0]))
 
     def _bn_setup(ctx, inputs, output):
         ys, invstd = output
