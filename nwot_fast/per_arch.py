@@ -109,11 +109,22 @@ def channels_last_by_default(method: str, device: torch.device) -> bool:
     """The per-arch plans' memory format unless a plan fixes it: channels-last only for
     hook_logdet on the CPU (the one rule; :func:`nwot_fast.scorer.resolve_execution` asks it).
 
-    jacob_cov in channels-last breaks the float32 contract on real 32x32 images at batch 128
-    (architecture 304: 1.69e-5 relative against the authors' 2.4e-6; 6111: 9.8e-6 against 4.9e-6;
-    the convolutions' float32 accumulation order, the compiled BatchNorm sums in float64), so it
-    runs NCHW, where its scores equal the authors' procedure's. hook_logdet's codes are signs,
-    which those rounding differences do not move beyond the contract."""
+    jacob_cov runs NCHW on the CPU: in channels-last it breaks the float32 contract on real
+    32x32 images at batch 128 (seed 0; relative errors against the authors' float32 ones,
+    bench/RESULTS.md). Two causes, measured apart:
+    - the channels-last BatchNorm forward computed y from mean and invstd rounded to float32
+      (architecture 304: 1.69e-5 against 2.4e-6); it now rounds y once from float64, as the
+      NCHW kernel does, and 304 is at 1.8e-6 (6111: 5.9e-7 against 4.9e-6);
+    - the channels-last convolutions' float32 accumulation order: with float64 BatchNorm
+      (forward and backward) around them, architecture 10152 is still at 1.2e-5 against the
+      authors' 3.2e-6; with the compiled channels-last BatchNorm, 10152 / 10983 are at
+      1.6e-5 / 1.6e-5 against 3.2e-6 / 6.2e-6 (1.0e-6 / 4.3e-6 before the BatchNorm change):
+      which architectures miss moves with any change of rounding, that some do stays.
+    In NCHW its float32 operations are the authors' (ATen's convolutions and BatchNorm), so its
+    errors are theirs.
+    Channels-last would run jacob_cov's per-arch path 1.20x faster (1.19x under AVX2 emulation).
+    hook_logdet's codes are signs, which those rounding differences do not move beyond the
+    contract."""
     return torch.device(device).type == "cpu" and method == "hook_logdet"
 
 

@@ -495,6 +495,24 @@ def test_batch_norm_train_matches_float64_aten(shape, parts, dtype, tol, channel
     assert (got_grad.double() - want_grad).abs().max().item() <= tol * gscale
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("shape, parts", [((64, 16, 32, 32), 1), ((32, 48, 16, 16), 3), ((64, 7, 32, 32), 1)])
+def test_batch_norm_train_float32_forward_rounds_y_once(shape, parts, channels_last):
+    # y = (x - mean) * invstd in float64, rounded to float32 once: the error against float64
+    # ATen is then about half an ulp per value (measured <= 0.44 eps * max|y|) with little in
+    # common per channel (mean error per channel <= 8.1e-8: the float32 partial sums of the
+    # statistics). Rounding mean and invstd to float32 first, as the channels-last forward did,
+    # gave 0.71-0.89 eps * max|y| and 1.2e-7 - 3.3e-7 per channel here: a shift of every value
+    # of a channel alike, which jacob_cov's ill-conditioned correlations amplify. NB201 lane
+    # widths (16, 3 x 16) and a run-time width (7); 8k-64k values per channel.
+    need_compiled("cpu")
+    x = _bn_input(shape, torch.float32, 11, channels_last=channels_last)
+    y = torch.cat(ops.batch_norm_train(x, parts), 1).double()
+    err = y - _aten_bn(x.double())
+    assert err.abs().max().item() <= 0.6 * torch.finfo(torch.float32).eps * y.abs().max().item()
+    assert err.mean(dim=(0, 2, 3)).abs().max().item() <= 1e-7
+
+
 def test_batch_norm_train_reads_any_layout():
     x = _bn_input((4, 32, 5, 6), torch.float64, 3, channels_last=False)
     for t in (x, x.contiguous(memory_format=torch.channels_last), torch.cat([x, x], 1)[:, 16:48]):

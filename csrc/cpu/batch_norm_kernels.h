@@ -69,6 +69,13 @@ struct Lanes {
   typedef T vec __attribute__((vector_size(kLaneBytes)));
   static constexpr int64_t n = kLaneBytes / static_cast<int64_t>(sizeof(T));
 };
+// As many scalar_t lanes as one register of float64 holds (half a register of float32): the
+// input of a float64 computation lane for lane (a class template: GCC drops vector_size on a
+// dependent typedef inside a function template).
+template <typename T>
+struct HalfLanes {
+  typedef T vec __attribute__((vector_size(Lanes<double>::n * sizeof(T))));
+};
 #define NWOT_LOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(v))
 #define NWOT_STORE(p, v) __builtin_memcpy((p), &(v), sizeof(v))
 
@@ -119,7 +126,10 @@ void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t pa
   using V = typename Lanes<scalar_t>::vec;
   constexpr int64_t L = Lanes<scalar_t>::n;
   const int64_t C = PC / parts;
-  std::vector<scalar_t> shift(PC), scale(PC);
+  // shift: the mean in scalar_t for the variance pass; mean_d / scale_d: the float64 mean and
+  // invstd that y is computed from.
+  std::vector<scalar_t> shift(PC);
+  std::vector<double> mean_d(PC), scale_d(PC);
   // Mean, then the biased variance about it (two passes: no cancellation).
   with_width(PC, [&](auto width) {
     std::vector<double> mean, var;
@@ -163,28 +173,38 @@ void batch_norm_forward(const scalar_t* xp, int64_t rows, int64_t PC, int64_t pa
     }
     for (int64_t c = 0; c < PC; ++c) {
       inv[c] = 1.0 / std::sqrt(var[c] / static_cast<double>(rows) + eps);
-      scale[c] = static_cast<scalar_t>(inv[c]);
+      mean_d[c] = mean[c] / static_cast<double>(rows);
+      scale_d[c] = inv[c];
     }
   });
+  // y in float64, rounded once, as in the NCHW forward below: (x - float32(mean)) * float32(invstd)
+  // shifted every value of a channel by the same rounding of the mean (jacob_cov's correlations
+  // are ill-conditioned). One register of float64 lanes at a time, fed by half a register of
+  // scalar_t (for float64 inputs the same arithmetic as before, bit for bit).
+  using D = typename Lanes<double>::vec;
+  constexpr int64_t LD = Lanes<double>::n;
+  using Half = typename HalfLanes<scalar_t>::vec;
   with_width(C, [&](auto width) {
     at::parallel_for(0, rows, block_rows(PC), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t p = 0; p < parts; ++p) {
-          const scalar_t* __restrict__ s = shift.data() + p * C;
-          const scalar_t* __restrict__ k = scale.data() + p * C;
+          const double* __restrict__ s = mean_d.data() + p * C;
+          const double* __restrict__ k = scale_d.data() + p * C;
           const scalar_t* __restrict__ row = xp + r * PC + p * C;
           scalar_t* __restrict__ o = y_parts[p] + r * C;
           if constexpr (lane_width<scalar_t, decltype(width)>()) {
-            for (int64_t j = 0; j < decltype(width)::value; j += L) {
-              V v, sv, kv;
+            static_assert(decltype(width)::value % LD == 0, "a lane width is a whole number of float64 registers");
+            for (int64_t j = 0; j < decltype(width)::value; j += LD) {
+              Half v;
+              D sv, kv;
               NWOT_LOAD(v, row + j);
               NWOT_LOAD(sv, s + j);
               NWOT_LOAD(kv, k + j);
-              const V out = (v - sv) * kv;
+              const Half out = __builtin_convertvector((__builtin_convertvector(v, D) - sv) * kv, Half);
               NWOT_STORE(o + j, out);
             }
           } else {
-            for (int64_t c = 0; c < width; ++c) o[c] = (row[c] - s[c]) * k[c];
+            for (int64_t c = 0; c < width; ++c) o[c] = static_cast<scalar_t>((static_cast<double>(row[c]) - s[c]) * k[c]);
           }
         }
       }
