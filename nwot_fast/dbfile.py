@@ -1,13 +1,14 @@
 """The SQLite file under a scan database (:mod:`nwot_fast.store`): whose it is (its header),
 whether it is whole (``PRAGMA quick_check``), whether this process may write it, the -wal, -shm
-and -journal files beside it, sqlite3's errors mapped to the package's error kinds, and the
-statements retried where SQLite refuses a lock without waiting. Nothing here knows the ``scores``
-table."""
+and -journal files beside it, a new database put in place whole (never half-made), sqlite3's
+errors mapped to the package's error kinds, and the statements retried where SQLite refuses a
+lock without waiting. Nothing here knows the ``scores`` table."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import time
 from typing import Callable, List, TypeVar
@@ -15,8 +16,8 @@ from typing import Callable, List, TypeVar
 from .errors import ResourceError
 
 __all__ = [
-    "APPLICATION_ID", "SCHEMA_VERSION", "ScanDatabaseError", "check_integrity", "check_owner", "quote_identifier",
-    "remove_with_sidecars", "retried_while_busy", "sidecars", "sqlite_errors", "uri_path", "writable",
+    "APPLICATION_ID", "SCHEMA_VERSION", "ScanDatabaseError", "check_integrity", "check_owner", "create_database",
+    "quote_identifier", "remove_with_sidecars", "retried_while_busy", "sidecars", "sqlite_errors", "uri_path", "writable",
 ]
 
 
@@ -187,6 +188,49 @@ def writable(path: str) -> bool:
 def sidecars(path: str) -> List[str]:
     """The -wal, -shm and -journal files beside the database ``path`` that exist."""
     return [path + s for s in ("-wal", "-shm", "-journal") if os.path.lexists(path + s)]
+
+
+def create_database(path: str, build: Callable[[sqlite3.Connection], None], timeout: float) -> None:
+    """Put a new scan database at ``path``, made by ``build(conn)`` (the tables and the header),
+    unless another process (or anything else) puts a file there first: then that file stays,
+    and the caller opens it as any existing file.
+
+    The database is made whole under a private name beside the path and linked into place
+    (a link never replaces an existing name), so that the path never shows a half-made file.
+    A failure (a full disk) removes only the private file, which no other process can have
+    opened. Made in place instead, two scans started at once both took the new file for their
+    own, and the one that failed removed it, still empty, under the other's feet (which then
+    failed with a disk I/O error)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    private = os.path.join(directory, f".nwot-fast-new-{secrets.token_hex(8)}.sqlite")
+    try:
+        with sqlite_errors(path, "creating it", timeout):
+            conn = sqlite3.connect(private, timeout=timeout, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                build(conn)
+                conn.execute("COMMIT")
+                # The WAL flag in the header; closing removes the (empty) -wal and the -shm.
+                conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                conn.close()
+        try:
+            os.link(private, path)
+        except FileExistsError:
+            pass  # another process was first: its database is opened
+        except OSError:
+            # A file system without hard links (FAT, some network shares): a rename, which
+            # replaces a file that appeared since, so only while none has. (Two scans started
+            # within that instant could still both rename; the earlier one's file would be
+            # replaced under it.)
+            try:
+                if not os.path.lexists(path):
+                    os.rename(private, path)
+            except OSError as e:
+                raise ScanDatabaseError(f"cannot create scan database {path!r}: {e.strerror or e}; "
+                                        "choose a writable --db path") from e
+    finally:
+        remove_with_sidecars(private)
 
 
 def remove_with_sidecars(path: str) -> None:

@@ -23,14 +23,13 @@ import contextlib
 import json
 import math
 import os
-import secrets
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from ._common import NUM_ARCHS, check_input_file
 from .dbfile import (APPLICATION_ID, SCHEMA_VERSION, ScanDatabaseError, check_integrity, check_owner, quote_identifier,
-                     remove_with_sidecars, retried_while_busy, sidecars, sqlite_errors, uri_path, writable)
+                     create_database, retried_while_busy, sidecars, sqlite_errors, uri_path, writable)
 from .scorefile import score_from_text
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ScoreDB", "ScanDatabaseError", "StoredScore", "load_scores"]
@@ -116,7 +115,7 @@ class ScoreDB:
             self._open_readonly()
             return
         if not os.path.lexists(self.path):
-            self._create()
+            create_database(self.path, lambda conn: _create_tables(conn, True), self.timeout)
         if os.path.isdir(self.path):
             raise ValueError(f"scan database path {self.path!r} is a directory; give a file path")
         check_input_file(self.path, what)
@@ -152,47 +151,6 @@ class ScoreDB:
             except BaseException:
                 self.conn.close()
                 raise
-
-    def _create(self) -> None:
-        """Put a new, empty scan database at ``self.path``, unless another process (or anything
-        else) puts a file there first: then that file is the one opened, as any existing file.
-
-        The database is made whole under a private name beside the path and linked into place
-        (a link never replaces an existing name), so that the path never shows a half-made file.
-        A failure (a full disk) removes only the private file, which no other process can have
-        opened. Made in place instead, as before, two scans started at once both took the new
-        file for their own, and the one that failed removed it, still empty, under the other's
-        feet (which then failed with a disk I/O error)."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        private = os.path.join(directory, f".nwot-fast-new-{secrets.token_hex(8)}.sqlite")
-        try:
-            with self._errors("creating it"):
-                conn = sqlite3.connect(private, timeout=self.timeout, isolation_level=None)
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    _create_tables(conn, True)
-                    conn.execute("COMMIT")
-                    # The WAL flag in the header; closing removes the (empty) -wal and the -shm.
-                    conn.execute("PRAGMA journal_mode=WAL")
-                finally:
-                    conn.close()
-            try:
-                os.link(private, self.path)
-            except FileExistsError:
-                pass  # another process was first: its database is opened
-            except OSError:
-                # A file system without hard links (FAT, some network shares): a rename, which
-                # replaces a file that appeared since, so only while none has. (Two scans
-                # started within that instant could still both rename; the earlier one's file
-                # would be replaced under it.)
-                try:
-                    if not os.path.lexists(self.path):
-                        os.rename(private, self.path)
-                except OSError as e:
-                    raise ScanDatabaseError(f"cannot create scan database {self.path!r}: {e.strerror or e}; "
-                                            "choose a writable --db path") from e
-        finally:
-            remove_with_sidecars(private)
 
     def _open_readonly(self) -> None:
         """Open for reading only. A WAL database normally needs its -shm file beside it, even
