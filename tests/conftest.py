@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import random
+import signal
 from typing import Iterable, Union
 
 import numpy as np
@@ -16,6 +17,15 @@ import torch
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The real reference data: ../shared/data beside the checkout, or the folder NWOT_SHARED_DATA names.
 SHARED_DATA = pathlib.Path(os.environ.get("NWOT_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+def pytest_configure(config):
+    """Tests that send SIGINT need it handled. A shell without job control starts a background
+    command (`make test &`, nohup) with SIGINT ignored, and nwot_fast deliberately keeps an ignored
+    SIGINT ignored, in itself and in the processes it starts. Run the suite as from a terminal:
+    Python's own handler here, so every child it starts gets the default disposition back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def shared_file(name: str) -> pathlib.Path:
