@@ -391,3 +391,13 @@ def test_shipped_table_verifies_here(name):
     assert table.provenance["coverage"]["complete"]
     result = tables.verify(table, str(shared_file("cifar10_sample.npz")), sample=3, sample_seed=0)
     assert not result.problems and len(result.rows) == 3, result.format_text()
+
+
+def test_reports_name_a_shipped_table_without_a_machine_path(whole_space_table):
+    """What evaluate and report print for a table: a shipped one by name ("shipped with
+    nwot_fast", so a committed report names no install path); any other by its path."""
+    table, _ = whole_space_table
+    assert table.csv_path in table.as_score_file().source
+    shipped = tables.load(tables.list_tables()[0]["name"])
+    source = shipped.as_score_file().source
+    assert "shipped with nwot_fast" in source and os.sep + "shipped" + os.sep not in source

@@ -135,7 +135,13 @@ class ScoreTable:
                   "data_description": self.describe(), "provenance": self.provenance}
         return ScoreFile(indices=self.indices.copy(), scores=self.scores.copy(),
                          seconds=np.full(self.indices.shape, mean), method=self.method, config=config,
-                         source=f"score table {self.name} ({self.csv_path})")
+                         source=f"score table {self.name} ({self._where()})")
+
+    def _where(self) -> str:
+        """Where the CSV is, for reports: "shipped with nwot_fast" for a package table (its
+        absolute path names one machine's install), else the path as it was given."""
+        shipped = os.path.dirname(os.path.abspath(self.csv_path)) == os.path.abspath(SHIPPED_DIR)
+        return f"{os.path.basename(self.csv_path)}, shipped with nwot_fast" if shipped else str(self.csv_path)
 
 
 def _csv_text(indices: np.ndarray, scores: np.ndarray) -> str:
