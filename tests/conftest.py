@@ -83,7 +83,8 @@ def subprocess_env() -> dict:
     """The environment for a child process that must import this checkout, on one thread."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
+    # torch takes its thread count from MKL_NUM_THREADS when that is set, else OMP_NUM_THREADS
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     return env
 
 

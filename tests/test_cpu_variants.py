@@ -167,7 +167,7 @@ def _run_child(tmp_path, capability, threads: int) -> dict:
     from conftest import subprocess_env
 
     env = subprocess_env()
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)  # torch reads MKL's first
     env.pop("ATEN_CPU_CAPABILITY", None)
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
