@@ -79,12 +79,12 @@ def tiny_npz(tmp_path_factory) -> str:
     return str(path)
 
 
-def subprocess_env() -> dict:
-    """The environment for a child process that must import this checkout, on one thread."""
+def subprocess_env(threads: int = 1) -> dict:
+    """The environment for a child process that must import this checkout, on ``threads`` threads."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # torch takes its thread count from MKL_NUM_THREADS when that is set, else OMP_NUM_THREADS
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 

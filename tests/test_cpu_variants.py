@@ -166,8 +166,7 @@ def _child(path: str) -> None:
 def _run_child(tmp_path, capability, threads: int) -> dict:
     from conftest import subprocess_env
 
-    env = subprocess_env()
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)  # torch reads MKL's first
+    env = subprocess_env(threads)
     env.pop("ATEN_CPU_CAPABILITY", None)
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability

@@ -140,7 +140,7 @@ class ScoreTable:
     def _where(self) -> str:
         """Where the CSV is, for reports: "shipped with nwot_fast" for a package table (its
         absolute path names one machine's install), else the path as it was given."""
-        shipped = os.path.dirname(os.path.abspath(self.csv_path)) == os.path.abspath(SHIPPED_DIR)
+        shipped = os.path.dirname(os.path.abspath(self.csv_path)) == SHIPPED_DIR
         return f"{os.path.basename(self.csv_path)}, shipped with nwot_fast" if shipped else str(self.csv_path)
 
 
