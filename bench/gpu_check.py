@@ -15,8 +15,9 @@ device, build included):
   build      python setup.py build_ext --inplace (FORCE_CUDA=1, MAX_JOBS = cores; the visible
              GPU's architecture); skipped with --smoke or --no-build.
   backend    nwot_fast.backend_info(): compiled, the CUDA backend, which eigensolver; the device.
-  tests      pytest on tests/test_ops.py, test_ops_degenerate.py, test_ops_cuda.py and
-             test_ops_channels.py, only their CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
+  tests      pytest on tests/test_ops.py, test_ops_degenerate.py, test_ops_cuda.py,
+             test_ops_channels.py (the operators), test_fast.py and test_batched.py (the engines),
+             only their CUDA cases (-k cuda; CI runs the CPU ones); a skipped CUDA case fails the step.
   precision  the per-arch and the multi-arch mode (CUDA's default) on the device against the float64
              truth and the authors' float32 procedure: the contract of docs/PRECISION.md. With
              --smoke (1 arch, batch 8, 16x16) the float32 max / median are reported, not judged:
@@ -74,7 +75,10 @@ from nwot_fast._common import atomic_write, jsonable  # noqa: E402  (torch-free)
 
 SPACE = 15625
 STEPS = ("build", "backend", "tests", "precision", "timing")
-OP_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py", "tests/test_ops_channels.py"]
+# The operators' CUDA cases, and the engines' (the per-arch and the multi-arch mode on the device
+# against the CPU).
+DEVICE_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py",
+                     "tests/test_ops_channels.py", "tests/test_fast.py", "tests/test_batched.py"]
 # Skips that are not a missing CUDA backend.
 BY_DESIGN_SKIPS = ("the fallback is checked on the CPU", "the GPU's arithmetic is fused")
 LOGS = {"build": "logs/build.log", "backend": "logs/checks.log", "tests": "logs/tests.log",
@@ -382,7 +386,7 @@ def tests(args, report):
             junit = os.path.join(tmp, "junit.xml")
             cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={junit}"]
             # Smoke: the exact-decision cases on the CPU, and the CUDA file collected (skipped).
-            cmd += OP_TEST_FILES + ["-k", "cuda"] if not args.smoke else \
+            cmd += DEVICE_TEST_FILES + ["-k", "cuda"] if not args.smoke else \
                 ["tests/test_ops_degenerate.py", "tests/test_ops_cuda.py", "-k", "cuda or cancelled or minus_inf"]
             rc, _ = run_logged(cmd, path, timeout, env=child_env(args))
             with open(path, errors="replace") as f:
