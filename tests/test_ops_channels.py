@@ -55,6 +55,18 @@ def assert_bitwise(got: torch.Tensor, want: torch.Tensor) -> None:
     assert torch.equal(bits(got), bits(want))
 
 
+def assert_bitwise_but_nan_payloads(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bit for bit (zeros' signs included) wherever ``want`` is a number, and NaN exactly where
+    ``want`` is NaN, whatever the NaN's sign and payload: a float32 addition on CUDA returns the
+    canonical NaN (0x7fffffff) where x86 returns the NaN operand or its default NaN (0xffc00000)
+    for inf + -inf (seen on an H200: bench/RESULTS.md)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    got, want = got.cpu(), want.cpu()
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    numbers = ~torch.isnan(want)
+    assert torch.equal(bits(got)[numbers], bits(want)[numbers])
+
+
 def random_index(n: int, high: int, seed: int, distinct: bool = True) -> torch.Tensor:
     g = rng(seed)
     if distinct:
@@ -310,7 +322,11 @@ def test_cuda_scatter_channels_matches_cpu(dtype, masked, accumulate, dest_kind)
     move = (lambda t: None if t is None else t.cuda())
     ops.scatter_channels_(cuda_dest, move(dest_index), src.cuda(), move(src_index), move(relu_out), accumulate)
     ops.scatter_channels_(dest, dest_index, src, src_index, relu_out, accumulate)
-    assert_bitwise(cuda_buffer, buffer)
+    if accumulate:  # an addition: the NaNs it makes (NaN + x, inf + -inf) are encoded per device
+        assert_bitwise_but_nan_payloads(cuda_buffer, buffer)
+        assert torch.isnan(buffer).any() and torch.isinf(buffer).any()  # the case holds specials
+    else:  # copies: the same bits
+        assert_bitwise(cuda_buffer, buffer)
 
 
 @needs_cuda
