@@ -23,6 +23,10 @@ device, build included):
              --smoke (1 arch, batch 8, 16x16) the float32 max / median are reported, not judged:
              at batch 8 they are a coin toss for any float32 route that is not a bit copy of the
              authors' (bench/RESULTS.md); NaN / -inf and float64 to 1e-9 are judged as on the device.
+  profile    the front door (Scorer.score_many) at batch 128 on the scans' inputs, each method in
+             the multi-arch and the per-arch mode: architectures per second after a warm-up, and
+             for the multi-arch mode a torch.profiler trace: device kernel time per architecture,
+             the device's busy fraction, the launch queue found full, the top kernels.
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
              users run, for jacob_cov and hook_logdet at batch 128, without and then with
              --dedup (6,466 classes); a scan stopped by its share of the time is reported as a
@@ -37,7 +41,8 @@ Report, in DIR (at most 8 files, none deeper than DIR/logs):
   gpu_check.md      the same, as tables.
   nb201_scores.csv  index, arch, jacob_cov, hook_logdet: the scores of the timing scans
                     (rewritten after each scan).
-  logs/build.log, logs/tests.log, logs/checks.log (backend, precision), logs/timing.log:
+  logs/build.log, logs/tests.log, logs/checks.log (backend, precision), logs/profile.log,
+  logs/timing.log:
                     the output of every subprocess.
 
 Data: cifar10_sample.npz in $NWOT_SHARED_DATA or ../shared/data beside the checkout if present,
@@ -65,6 +70,7 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +80,7 @@ if ROOT not in sys.path:
 from nwot_fast._common import atomic_write, jsonable  # noqa: E402  (torch-free)
 
 SPACE = 15625
-STEPS = ("build", "backend", "tests", "precision", "timing")
+STEPS = ("build", "backend", "tests", "precision", "profile", "timing")
 # The operators' CUDA cases, and the engines' (the per-arch and the multi-arch mode on the device
 # against the CPU).
 DEVICE_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests/test_ops_cuda.py",
@@ -82,13 +88,14 @@ DEVICE_TEST_FILES = ["tests/test_ops.py", "tests/test_ops_degenerate.py", "tests
 # Skips that are not a missing CUDA backend.
 BY_DESIGN_SKIPS = ("the fallback is checked on the CPU", "the GPU's arithmetic is fused")
 LOGS = {"build": "logs/build.log", "backend": "logs/checks.log", "tests": "logs/tests.log",
-        "precision": "logs/checks.log", "timing": "logs/timing.log"}
+        "precision": "logs/checks.log", "profile": "logs/profile.log", "timing": "logs/timing.log"}
 REPORT_FILES = ("gpu_check.json", "gpu_check.md", "nb201_scores.csv")
 RESULT_MARK = "GPU_CHECK_RESULT "
 # Seconds each step may take at most (device, smoke); the timing step takes what is left. A
 # step also leaves RESERVE seconds to each step after it, so that a slow build cannot starve them.
-CAPS = {"build": (200, None), "backend": (40, 180), "tests": (120, 420), "precision": (110, 420)}
-RESERVE = {"backend": 15, "tests": 40, "precision": 30, "timing": 30}
+CAPS = {"build": (200, None), "backend": (40, 180), "tests": (120, 420), "precision": (110, 420),
+        "profile": (100, 420)}
+RESERVE = {"backend": 15, "tests": 40, "precision": 30, "profile": 30, "timing": 30}
 # Scans of the timing step, in the order they get the time.
 SCANS = (("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True))
 
@@ -281,6 +288,15 @@ def markdown(d: dict) -> str:
                 dtype = r["dtype"] + (" (reported, not judged)" if r.get("judged") is False else "")
                 lines.append(f"| {r['method']} | {r['engine']} | {dtype} | " + " | ".join(
                     _fmt(r.get(k)) for k in ("max", "median", "reference_max", "reference_median")) + " |")
+        if s["name"] == "profile" and s.get("rows"):
+            lines += ["", f"## profile (the front door, batch {s.get('batch')}, {s.get('data')})", "",
+                      "| method | mode | execution | archs/s | whole space (s) | kernel ms/arch | device busy | "
+                      "queue full | top kernels (ms/arch) |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in s["rows"]:
+                top = "; ".join(f"{k['name'][:40]} {k['ms_per_arch']:.3g}" for k in r.get("top", [])[:3])
+                lines.append(f"| {r['method']} | {r['mode']} | {r['execution']} | " + " | ".join(_fmt(r.get(k)) for k in (
+                    "archs_per_second", "whole_space_seconds", "kernel_ms_per_arch", "device_busy_fraction",
+                    "launch_queue_full_events")) + f" | {top or '-'} |")
         if s["name"] == "timing" and s.get("scans"):
             lines += ["", f"## timing ({s.get('data')}, batch {s.get('batch')}, {s.get('archs_in_space')} archs)", "",
                       "| method | dedup | archs scored | seconds | archs/s after start-up | whole space (s) | "
@@ -622,17 +638,122 @@ def child_precision(args) -> dict:
             "summary": rows}
 
 
-CHILDREN = {"backend": child_backend, "precision": child_precision}
+# The profile step's sizes (device, smoke): warm-up archs and archs timed in the multi-arch mode
+# (the per-arch mode, slower, a quarter of each), archs traced by torch.profiler; indices in
+# order from 0.
+PROFILE_SIZES = {False: (256, 1024, 384), True: (1, 2, 1)}
+# Device "events" that are not work: the launch queue found full (the host waiting on the device).
+QUEUE_FULL = "Command Buffer Full"
 
 
-def run_child(args) -> int:
+def _sync(dev: str) -> None:
+    import torch
+
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def _drain(scorer, indices) -> int:
+    return sum(1 for _ in scorer.score_many(indices))
+
+
+def _union_seconds(intervals) -> float:
+    """Seconds covered by the union of (start, end) intervals in microseconds."""
+    total, end = 0.0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total / 1e6
+
+
+def _trace(scorer, indices, dev: str) -> dict:
+    """Score ``indices`` under torch.profiler: the device's kernel time (CUDA), or the operators'
+    self CPU time (CPU), per architecture and by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+    _sync(dev)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        n = _drain(scorer, indices)
+        _sync(dev)
+    wall = time.perf_counter() - t0
+    by_name: dict = {}
+    out = {"profiled_archs": n, "profiled_seconds": round(wall, 3)}
+    if dev == "cuda":
+        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        work = [e for e in events if e.name != QUEUE_FULL]
+        for e in work:
+            by_name[e.name] = by_name.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
+        busy = _union_seconds((e.time_range.start, e.time_range.end) for e in work)
+        out.update(device_busy_fraction=round(busy / wall, 3), launch_queue_full_events=len(events) - len(work))
+    else:
+        for e in prof.key_averages():
+            by_name[e.key] = e.self_cpu_time_total / 1e6
+    total = sum(by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:10]
+    out.update(kernel_ms_per_arch=round(1e3 * total / max(n, 1), 3), top=[
+        {"name": name[:90], "ms_per_arch": round(1e3 * t / max(n, 1), 3), "share": round(t / total, 3)}
+        for name, t in top])
+    return out
+
+
+def child_profile(args) -> dict:
+    """The front door on the device: archs/s per method and mode, and where the multi-arch mode's
+    device time goes (see the module's docstring)."""
+    import torch
+
+    from nwot_fast import Scorer, ScoreConfig
+
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        return {"ok": False, "failures": ["no CUDA device (torch.cuda.is_available() is False)"]}
+    warm, timed, traced = PROFILE_SIZES[args.smoke]
+    data = _data_file(args)
+    rows = []
+    for method in ("jacob_cov", "hook_logdet"):
+        for mode in ("multi-arch", "per-arch"):
+            scorer = Scorer(ScoreConfig(method=method, data=data, batch_size=args.batch, device=dev, mode=mode))
+            n, w = (timed, warm) if mode == "multi-arch" else (max(1, timed // 4), max(1, warm // 4))
+            _drain(scorer, range(0, w))
+            _sync(dev)
+            t0 = time.perf_counter()
+            _drain(scorer, range(w, w + n))
+            _sync(dev)
+            seconds = time.perf_counter() - t0
+            row = {"method": method, "mode": mode, "execution": scorer.execution.describe(), "archs": n,
+                   "seconds": round(seconds, 3), "archs_per_second": round(n / seconds, 2),
+                   "whole_space_seconds": round(args.space * seconds / n, 1)}
+            if mode == "multi-arch":
+                row.update(_trace(scorer, range(w + n, w + n + traced), dev))
+            print(json.dumps(jsonable(row)), flush=True)
+            rows.append(row)
+            del scorer
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+    return {"ok": True, "failures": [], "batch": args.batch, "data": data or "Gaussian N(0, 1) inputs",
+            "rows": rows}
+
+
+CHILDREN = {"backend": child_backend, "precision": child_precision, "profile": child_profile}
+
+
+def run_child(args) -> typing.NoReturn:
     try:
         result = CHILDREN[args.child](args)
     except Exception as exc:  # reported as the step's failure, with the traceback in its log
         traceback.print_exc()
         result = {"ok": False, "failures": [f"{type(exc).__name__}: {exc}"]}
     print(RESULT_MARK + json.dumps(jsonable(result), allow_nan=False), flush=True)
-    return 0
+    sys.stderr.flush()
+    # The result is out: skip the interpreter's teardown (a CUDA context or a profiler that is
+    # slow to close would otherwise count against the step's timeout).
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,7 +819,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     makers = {"build": build, "backend": partial_child("backend"), "tests": tests,
-              "precision": partial_child("precision"), "timing": timing}
+              "precision": partial_child("precision"), "profile": partial_child("profile"), "timing": timing}
     code = 0
     try:
         for name in args.steps:

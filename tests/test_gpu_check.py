@@ -72,7 +72,7 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     report = strict_json(tmp_path / "gpu_check.json")
     assert proc.returncode == 0 and report["ok"], (report["failures"], proc.stdout[-3000:], proc.stderr[-3000:])
-    assert [s["name"] for s in report["steps"]] == ["backend", "tests", "precision", "timing"]
+    assert [s["name"] for s in report["steps"]] == ["backend", "tests", "precision", "profile", "timing"]
     assert report["running"] is None and report["pending"] == [] and report["failures"] == []
     tests = report["steps"][1]
     assert tests["passed"] > 0 and tests["failed"] == 0 and tests["skipped"] > 0  # CUDA cases collected, skipped
@@ -81,7 +81,17 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
         (m, e, d) for m in ("jacob_cov", "hook_logdet") for e in ("fast", "batched") for d in ("float32", "float64")}
     assert all(r["judged"] is False for r in precision["summary"] if r["dtype"] == "float32")
     assert all(r["max"] <= 1e-9 for r in precision["summary"] if r["dtype"] == "float64")
-    timing = report["steps"][3]
+    profile = report["steps"][3]  # the front door, both methods and modes; the multi-arch mode traced
+    assert [(r["method"], r["mode"]) for r in profile["rows"]] == [
+        (m, mode) for m in ("jacob_cov", "hook_logdet") for mode in ("multi-arch", "per-arch")]
+    for row in profile["rows"]:
+        assert row["archs_per_second"] > 0 and row["execution"].startswith(f"fast engine on cpu, {row['mode']}")
+        if row["mode"] == "multi-arch":
+            assert row["profiled_archs"] == 1 and row["kernel_ms_per_arch"] > 0
+            assert any("convolution" in k["name"] for k in row["top"])  # the network pass was traced
+            shares = [k["share"] for k in row["top"]]
+            assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    timing = report["steps"][4]
     assert [(s["method"], s["dedup"]) for s in timing["scans"]] == [
         ("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True)]
     for scan in timing["scans"]:
@@ -92,8 +102,8 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
     assert all(len(r.split(",")) == 4 and r.split(",")[2] and r.split(",")[3] for r in rows[1:])
     assert (tmp_path / "gpu_check.md").read_text().startswith("# nwot_fast gpu_check (smoke, CPU)")
     assert proc.stdout.strip().splitlines()[-1] == report["summary"]
-    assert report["summary"].startswith("gpu_check OK: 4 step(s)")
-    assert {"logs/checks.log", "logs/tests.log", "logs/timing.log"} <= set(report_files(tmp_path))
+    assert report["summary"].startswith("gpu_check OK: 5 step(s)")
+    assert {"logs/checks.log", "logs/tests.log", "logs/profile.log", "logs/timing.log"} <= set(report_files(tmp_path))
     assert_report_layout(tmp_path)
 
 
@@ -163,6 +173,14 @@ def test_out_defaults_to_OUT_and_is_required_otherwise(monkeypatch, tmp_path):
         gc.parse_args(["--out", str(tmp_path), "--steps", "cases"])
 
 
+def test_device_busy_time_is_the_union_of_the_kernels_intervals():
+    """Overlapping kernels (two streams) count once; gaps do not count (microseconds in, seconds out)."""
+    gc = load_gpu_check()
+    assert gc._union_seconds([]) == 0
+    assert gc._union_seconds([(0, 10), (5, 20), (30, 40), (32, 35), (40, 41)]) == pytest.approx(31e-6)
+    assert gc._union_seconds([(30, 40), (0, 10)]) == pytest.approx(20e-6)
+
+
 def test_pytest_outcomes_from_a_killed_verbose_log_and_from_junit(tmp_path):
     gc = load_gpu_check()
     text = "\n".join([
@@ -199,7 +217,7 @@ def test_report_is_strict_json_whatever_the_figures(tmp_path):
     got = strict_json(tmp_path / "gpu_check.json")
     assert got["steps"][0]["ratio"] == "nan" and got["steps"][0]["bound"] == "inf"
     assert got["failures"] == ["backend: a check"] and got["running"] is None and not got["ok"]
-    assert got["pending"] == ["tests", "precision", "timing"]
+    assert got["pending"] == ["tests", "precision", "profile", "timing"]
 
 
 def test_run_logged_kills_the_process_group_at_its_timeout(tmp_path):
@@ -216,12 +234,12 @@ def test_run_logged_kills_the_process_group_at_its_timeout(tmp_path):
 
 def test_budget_leaves_time_to_every_later_step(tmp_path):
     """A step's timeout is its cap, cut so that each later step keeps its reserve before the
-    deadline: a slow build cannot starve the tests, the precision check and the timing."""
+    deadline: a slow build cannot starve the tests, the precision check, the profile and the timing."""
     gc = load_gpu_check()
     args = gc.parse_args(["--out", str(tmp_path), "--deadline", "300"])
     report = gc.Report(args)
     report.data["pending"].remove("build")
-    later = sum(gc.RESERVE[s] for s in ("backend", "tests", "precision", "timing"))
+    later = sum(gc.RESERVE[s] for s in ("backend", "tests", "precision", "profile", "timing"))
     assert 300 - later - 5 < report.timeout_for("build", 1000) <= 300 - later
     assert report.timeout_for("build", 20) == 20
 
