@@ -24,8 +24,9 @@ device, build included):
              at batch 8 they are a coin toss for any float32 route that is not a bit copy of the
              authors' (bench/RESULTS.md); NaN / -inf and float64 to 1e-9 are judged as on the device.
   profile    the front door (Scorer.score_many) at batch 128 on the scans' inputs, each method in
-             the multi-arch and the per-arch mode: architectures per second after a warm-up, and
-             for the multi-arch mode a torch.profiler trace: device kernel time per architecture,
+             the multi-arch mode (also with cudnn.benchmark on) and the per-arch mode:
+             architectures per second after a warm-up, and for the default multi-arch mode a
+             torch.profiler trace: device kernel time per architecture,
              the device's busy fraction, the launch queue found full, the top kernels.
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
              users run, for jacob_cov and hook_logdet at batch 128, without and then with
@@ -290,11 +291,11 @@ def markdown(d: dict) -> str:
                     _fmt(r.get(k)) for k in ("max", "median", "reference_max", "reference_median")) + " |")
         if s["name"] == "profile" and s.get("rows"):
             lines += ["", f"## profile (the front door, batch {s.get('batch')}, {s.get('data')})", "",
-                      "| method | mode | execution | archs/s | whole space (s) | kernel ms/arch | device busy | "
-                      "queue full | top kernels (ms/arch) |", "|---|---|---|---|---|---|---|---|---|"]
+                      "| method | mode | variant | execution | archs/s | whole space (s) | kernel ms/arch | device busy | "
+                      "queue full | top kernels (ms/arch) |", "|---|---|---|---|---|---|---|---|---|---|"]
             for r in s["rows"]:
                 top = "; ".join(f"{k['name'][:40]} {k['ms_per_arch']:.3g}" for k in r.get("top", [])[:3])
-                lines.append(f"| {r['method']} | {r['mode']} | {r['execution']} | " + " | ".join(_fmt(r.get(k)) for k in (
+                lines.append(f"| {r['method']} | {r['mode']} | {r['variant']} | {r['execution']} | " + " | ".join(_fmt(r.get(k)) for k in (
                     "archs_per_second", "whole_space_seconds", "kernel_ms_per_arch", "device_busy_fraction",
                     "launch_queue_full_events")) + f" | {top or '-'} |")
         if s["name"] == "timing" and s.get("scans"):
@@ -642,6 +643,11 @@ def child_precision(args) -> dict:
 # (the per-arch mode, slower, a quarter of each), archs traced by torch.profiler; indices in
 # order from 0.
 PROFILE_SIZES = {False: (256, 1024, 384), True: (1, 2, 1)}
+# What the profile step times, per method: (mode, variant). "cudnn.benchmark": the same pass
+# with torch.backends.cudnn.benchmark on (cuDNN times its algorithms per new convolution shape;
+# the chunks' group counts vary, so whether that pays is what this row measures). Only the
+# default multi-arch row is traced.
+PROFILE_RUNS = (("multi-arch", "default"), ("multi-arch", "cudnn.benchmark"), ("per-arch", "default"))
 # Device "events" that are not work: the launch queue found full (the host waiting on the device).
 QUEUE_FULL = "Command Buffer Full"
 
@@ -717,20 +723,25 @@ def child_profile(args) -> dict:
     data = _data_file(args)
     rows = []
     for method in ("jacob_cov", "hook_logdet"):
-        for mode in ("multi-arch", "per-arch"):
+        for mode, variant in PROFILE_RUNS:
             scorer = Scorer(ScoreConfig(method=method, data=data, batch_size=args.batch, device=dev, mode=mode))
             n, w = (timed, warm) if mode == "multi-arch" else (max(1, timed // 4), max(1, warm // 4))
-            _drain(scorer, range(0, w))
-            _sync(dev)
-            t0 = time.perf_counter()
-            _drain(scorer, range(w, w + n))
-            _sync(dev)
-            seconds = time.perf_counter() - t0
-            row = {"method": method, "mode": mode, "execution": scorer.execution.describe(), "archs": n,
-                   "seconds": round(seconds, 3), "archs_per_second": round(n / seconds, 2),
-                   "whole_space_seconds": round(args.space * seconds / n, 1)}
-            if mode == "multi-arch":
-                row.update(_trace(scorer, range(w + n, w + n + traced), dev))
+            benchmark = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = variant == "cudnn.benchmark"
+            try:
+                _drain(scorer, range(0, w))
+                _sync(dev)
+                t0 = time.perf_counter()
+                _drain(scorer, range(w, w + n))
+                _sync(dev)
+                seconds = time.perf_counter() - t0
+                row = {"method": method, "mode": mode, "variant": variant, "execution": scorer.execution.describe(),
+                       "archs": n, "seconds": round(seconds, 3), "archs_per_second": round(n / seconds, 2),
+                       "whole_space_seconds": round(args.space * seconds / n, 1)}
+                if mode == "multi-arch" and variant == "default":
+                    row.update(_trace(scorer, range(w + n, w + n + traced), dev))
+            finally:
+                torch.backends.cudnn.benchmark = benchmark
             print(json.dumps(jsonable(row)), flush=True)
             rows.append(row)
             del scorer

@@ -82,11 +82,13 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
     assert all(r["judged"] is False for r in precision["summary"] if r["dtype"] == "float32")
     assert all(r["max"] <= 1e-9 for r in precision["summary"] if r["dtype"] == "float64")
     profile = report["steps"][3]  # the front door, both methods and modes; the multi-arch mode traced
-    assert [(r["method"], r["mode"]) for r in profile["rows"]] == [
-        (m, mode) for m in ("jacob_cov", "hook_logdet") for mode in ("multi-arch", "per-arch")]
+    assert [(r["method"], r["mode"], r["variant"]) for r in profile["rows"]] == [
+        (m, mode, v) for m in ("jacob_cov", "hook_logdet")
+        for mode, v in (("multi-arch", "default"), ("multi-arch", "cudnn.benchmark"), ("per-arch", "default"))]
     for row in profile["rows"]:
         assert row["archs_per_second"] > 0 and row["execution"].startswith(f"fast engine on cpu, {row['mode']}")
-        if row["mode"] == "multi-arch":
+        assert ("top" in row) == ((row["mode"], row["variant"]) == ("multi-arch", "default"))
+        if "top" in row:
             assert row["profiled_archs"] == 1 and row["kernel_ms_per_arch"] > 0
             assert any("convolution" in k["name"] for k in row["top"])  # the network pass was traced
             shares = [k["share"] for k in row["top"]]
