@@ -92,10 +92,11 @@ LOGS = {"build": "logs/build.log", "backend": "logs/checks.log", "tests": "logs/
         "precision": "logs/checks.log", "profile": "logs/profile.log", "timing": "logs/timing.log"}
 REPORT_FILES = ("gpu_check.json", "gpu_check.md", "nb201_scores.csv")
 RESULT_MARK = "GPU_CHECK_RESULT "
+ROW_MARK = "GPU_CHECK_ROW "  # a child's figures as it goes: kept when the step times out
 # Seconds each step may take at most (device, smoke); the timing step takes what is left. A
 # step also leaves RESERVE seconds to each step after it, so that a slow build cannot starve them.
 CAPS = {"build": (200, None), "backend": (40, 180), "tests": (120, 420), "precision": (110, 420),
-        "profile": (100, 420)}
+        "profile": (150, 420)}
 RESERVE = {"backend": 15, "tests": 40, "precision": 30, "profile": 30, "timing": 30}
 # Scans of the timing step, in the order they get the time.
 SCANS = (("jacob_cov", False), ("hook_logdet", False), ("jacob_cov", True), ("hook_logdet", True))
@@ -182,6 +183,13 @@ def read_result(log_path: str, offset: int) -> dict:
     if not lines:
         raise RuntimeError("the step printed no result (crashed or killed: see its log)")
     return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def read_rows(log_path: str, offset: int) -> list:
+    """The figures a child step printed as it went (its ROW_MARK lines after ``offset``)."""
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)
+        return [json.loads(line[len(ROW_MARK):]) for line in f if line.startswith(ROW_MARK)]
 
 
 def log_tail(path: str, chars: int = 3000) -> str:
@@ -339,7 +347,7 @@ def child_step(name: str, args, report):
         rc, _ = run_logged(cmd, path, timeout, env=child_env(args))
         if rc is None:
             return {"ok": False, "failures": [f"timed out after {timeout:.0f} s: see {LOGS[name]}"],
-                    "log_tail": log_tail(path)}
+                    "log_tail": log_tail(path), "rows": read_rows(path, offset)}
         try:
             result = read_result(path, offset)
         except RuntimeError as exc:
@@ -639,9 +647,9 @@ def child_precision(args) -> dict:
             "summary": rows}
 
 
-# The profile step's sizes (device, smoke): warm-up archs and archs timed in the multi-arch mode
-# (the per-arch mode, slower, a quarter of each), archs traced by torch.profiler; indices in
-# order from 0.
+# The profile step's sizes (device, smoke): warm-up archs and archs timed in the default
+# multi-arch mode (its cudnn.benchmark variant half of each, the per-arch mode, slower, a
+# quarter), archs traced by torch.profiler; indices in order from 0.
 PROFILE_SIZES = {False: (256, 1024, 384), True: (1, 2, 1)}
 # What the profile step times, per method: (mode, variant). "cudnn.benchmark": the same pass
 # with torch.backends.cudnn.benchmark on (cuDNN times its algorithms per new convolution shape;
@@ -725,7 +733,8 @@ def child_profile(args) -> dict:
     for method in ("jacob_cov", "hook_logdet"):
         for mode, variant in PROFILE_RUNS:
             scorer = Scorer(ScoreConfig(method=method, data=data, batch_size=args.batch, device=dev, mode=mode))
-            n, w = (timed, warm) if mode == "multi-arch" else (max(1, timed // 4), max(1, warm // 4))
+            share = 1 if (mode, variant) == PROFILE_RUNS[0] else (2 if mode == "multi-arch" else 4)
+            n, w = max(1, timed // share), max(1, warm // share)
             benchmark = torch.backends.cudnn.benchmark
             torch.backends.cudnn.benchmark = variant == "cudnn.benchmark"
             try:
@@ -742,7 +751,7 @@ def child_profile(args) -> dict:
                     row.update(_trace(scorer, range(w + n, w + n + traced), dev))
             finally:
                 torch.backends.cudnn.benchmark = benchmark
-            print(json.dumps(jsonable(row)), flush=True)
+            print(ROW_MARK + json.dumps(jsonable(row), allow_nan=False), flush=True)
             rows.append(row)
             del scorer
             if dev == "cuda":

@@ -183,6 +183,17 @@ def test_device_busy_time_is_the_union_of_the_kernels_intervals():
     assert gc._union_seconds([(30, 40), (0, 10)]) == pytest.approx(20e-6)
 
 
+def test_a_timed_out_child_keeps_the_rows_it_printed(tmp_path):
+    """Rows printed before the timeout are read back from the step's log (after its offset)."""
+    gc = load_gpu_check()
+    log = tmp_path / "profile.log"
+    log.write_text(gc.ROW_MARK + '{"method": "old"}\n')
+    offset = log.stat().st_size
+    with open(log, "a") as f:
+        f.write("noise\n" + gc.ROW_MARK + '{"method": "jacob_cov", "archs_per_second": 98.4}\nmore noise\n')
+    assert gc.read_rows(str(log), offset) == [{"method": "jacob_cov", "archs_per_second": 98.4}]
+
+
 def test_pytest_outcomes_from_a_killed_verbose_log_and_from_junit(tmp_path):
     gc = load_gpu_check()
     text = "\n".join([
