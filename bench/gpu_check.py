@@ -9,7 +9,7 @@ The same steps on the CPU with tiny sizes and no build (what CI runs, through te
     python3 bench/gpu_check.py --smoke --out DIR
 
 Steps, in order; every one runs whatever the others did, each in subprocesses with a timeout
-(a hang or a crash ends that step only), and the whole run within --deadline (7 minutes on the
+(a hang or a crash ends that step only), and the whole run within --deadline (8 minutes on the
 device, build included):
 
   build      python setup.py build_ext --inplace (FORCE_CUDA=1, MAX_JOBS = cores; the visible
@@ -789,7 +789,7 @@ def parse_args(argv):
     p.add_argument("--steps", default=None,
                    help=f"comma-separated subset of {','.join(STEPS)} (default: all; --smoke: all but build)")
     p.add_argument("--deadline", type=float, default=None,
-                   help="seconds for the whole run, build included (default 420; --smoke 900)")
+                   help="seconds for the whole run, build included (default 480; --smoke 900)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="at most this many seconds for the timing scans (default: what the deadline leaves)")
     p.add_argument("--gaussian", action="store_true", help="Gaussian inputs even if the CIFAR-10 sample exists")
@@ -802,7 +802,7 @@ def parse_args(argv):
     args.argv = list(argv)
     args.out = os.path.abspath(args.out)
     args.device = "cpu" if args.smoke else "cuda"
-    args.deadline = args.deadline if args.deadline is not None else (900.0 if args.smoke else 420.0)
+    args.deadline = args.deadline if args.deadline is not None else (900.0 if args.smoke else 480.0)
     args.batch = 8 if args.smoke else 128
     if args.space is not None and not 1 <= args.space <= SPACE:
         p.error(f"--space: {args.space} is not an arch count in 1..{SPACE}")

@@ -170,7 +170,7 @@ def test_out_defaults_to_OUT_and_is_required_otherwise(monkeypatch, tmp_path):
     with pytest.raises(SystemExit):
         gc.parse_args([])
     args = gc.parse_args(["--out", str(tmp_path), "--steps", "tests,timing"])
-    assert args.steps == ["tests", "timing"] and args.deadline == 420.0 and args.device == "cuda"
+    assert args.steps == ["tests", "timing"] and args.deadline == 480.0 and args.device == "cuda"
     with pytest.raises(SystemExit):
         gc.parse_args(["--out", str(tmp_path), "--steps", "cases"])
 
