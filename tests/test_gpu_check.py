@@ -78,7 +78,8 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
     assert tests["passed"] > 0 and tests["failed"] == 0 and tests["skipped"] > 0  # CUDA cases collected, skipped
     precision = report["steps"][2]  # smoke: float32 reported, not judged (batch 8 cannot decide it)
     assert {(r["method"], r["engine"], r["dtype"]) for r in precision["summary"]} == {
-        (m, e, d) for m in ("jacob_cov", "hook_logdet") for e in ("fast", "batched") for d in ("float32", "float64")}
+        (m, e, d) for m in ("jacob_cov", "hook_logdet") for e in ("fast", "batched", "reference")
+        for d in ("float32", "float64")}
     assert all(r["judged"] is False for r in precision["summary"] if r["dtype"] == "float32")
     assert all(r["max"] <= 1e-9 for r in precision["summary"] if r["dtype"] == "float64")
     profile = report["steps"][3]  # the front door, both methods and modes; the multi-arch mode traced
