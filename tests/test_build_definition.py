@@ -97,8 +97,8 @@ def test_cmake_compiles_the_sources_of_setup_py_with_its_flags(tmp_path, with_cu
         cuda = c["file"].endswith(".cu")
         ours = spec["nvcc_flags"] if cuda else spec["cxx_flags"]
         where = os.path.basename(c["file"])
-        if not cuda:  # every optimisation and code-generation flag is the spec's, in its order
-            assert [a for a in args if re.match(r"-[Ofm]", a) and a != "-fPIC"] == ours, where
+        if not cuda:  # every optimisation, code-generation and debug-information flag is the spec's, in its order
+            assert [a for a in args if re.match(r"-[Ofmg]", a) and a != "-fPIC"] == ours, where
         else:
             assert all(flag in args for flag in ours), where
         assert sorted(a for a in args if a.startswith("-D") and not _TORCH_OR_CMAKE_DEFINE.match(a)) == defines, where
