@@ -35,7 +35,9 @@ runs before the count (the seed's weight streams drawn, the operators loaded); w
 the device once (per seed or per data set) is counted, divided over the whole space.
 
 Whole-space time on one H200, the stated roofline (``--help`` shows the figures):
-per operator ``max(FLOPs / 67 TFLOP/s, bytes / 4.8 TB/s)`` (FP32 without TF32, HBM3e), plus
+per operator ``max(FLOPs / 67 TFLOP/s, bytes / 4.8 TB/s)`` (FP32 without TF32, HBM3e;
+convolutions at ``--conv-tflops`` instead when given: the first H200 run measured far less than
+the roofline for these grouped convolutions, bench/RESULTS.md), plus
 5 us per launch, 20 us per sync, host -> device copies at 25 GB/s. The host work (its Python
 time and the launches it issues) overlaps the device work when no sync interrupts the chunk
 before its end (0 syncs per architecture: the host runs ahead of the GPU's queue), and so do
@@ -89,6 +91,7 @@ _GATHER = {_aten.index_select, _aten.index, _aten.gather, _aten.embedding}
 _SCATTER = {_aten.index_add, _aten.index_add_, _aten.index_put_, _aten.scatter_add_, _aten.scatter_add}
 _COPY_INTO = {_aten.index_copy_, _aten.index_copy}  # write the part they touch, read only the source
 _FILL = {_aten.index_fill_, _aten.index_fill}  # write the part they touch
+_CONV = {_aten.convolution, _aten.convolution_backward, _aten.cudnn_convolution}  # priced by --conv-tflops
 # Copies made on behalf of these are the inputs': the scorer's batch source (any method of a
 # class named like these, e.g. nwot_fast.scorer._SampledBatches) and the data package.
 INPUT_CLASSES = ("_Batches",)
@@ -168,8 +171,9 @@ def _from_data_path() -> bool:
 class CostMode(TorchDispatchMode):
     """Counts what every dispatched operator would cost the device (module docstring)."""
 
-    def __init__(self):
+    def __init__(self, conv_flops: float = PEAK_FLOPS):
         super().__init__()
+        self.conv_flops = conv_flops  # FLOP/s the convolutions are priced at (the roofline's, or --conv-tflops)
         self.ops = 0  # operators on the device, views included
         self.launches = 0
         self.flops = 0.0
@@ -261,7 +265,8 @@ class CostMode(TorchDispatchMode):
         self.flops += flops
         self.bytes += moved
         self.bytes_by_op[packet.__name__] += moved
-        self.roofline_s += max(flops / PEAK_FLOPS, moved / PEAK_BYTES)
+        rate = self.conv_flops if packet in _CONV else PEAK_FLOPS
+        self.roofline_s += max(flops / rate, moved / PEAK_BYTES)
         return out
 
 
@@ -296,9 +301,10 @@ def dispatch_overhead(n: int = 3000) -> float:
     return max(0.0, total - mode.device_s) / max(1, mode.dispatches)
 
 
-def measure(scorer: Scorer, archs: List[int], per_dispatch_s: float = 0.0) -> Measurement:
-    """Score ``archs`` (one chunk) under a :class:`CostMode`."""
-    mode = CostMode()
+def measure(scorer: Scorer, archs: List[int], per_dispatch_s: float = 0.0,
+            conv_flops: float = PEAK_FLOPS) -> Measurement:
+    """Score ``archs`` (one chunk) under a :class:`CostMode` (convolutions priced at ``conv_flops``)."""
+    mode = CostMode(conv_flops)
     start = time.thread_time()  # CPU time of this thread: other processes on the machine do not count
     with mode:
         for _ in scorer.score_many(archs):
@@ -314,8 +320,10 @@ def synthetic_images(n: int, seed: int) -> ImageSet:
 
 
 def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "float32", inputs: str = "images",
-          seed: int = 0, sample_seed: int = 2020, log=print) -> dict:
-    """The cost model's figures for one method and layout (the keys of :data:`KEYS` and more)."""
+          seed: int = 0, sample_seed: int = 2020, log=print, conv_tflops: Optional[float] = None) -> dict:
+    """The cost model's figures for one method and layout (the keys of :data:`KEYS` and more);
+    ``conv_tflops``: the rate convolutions are priced at (default: the roofline's)."""
+    conv_flops = PEAK_FLOPS if conv_tflops is None else conv_tflops * 1e12
     settings = default_data_settings(method)
     images = synthetic_images(CIFAR_TRAIN, seed) if inputs == "images" else None
     config = ScoreConfig(method=method, batch_size=batch_size, seed=seed, dtype=dtype,
@@ -333,7 +341,7 @@ def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "f
     scorer = Scorer(config, images=images, execution=meta)
     warm_run = measure(scorer, warm)
     overhead = dispatch_overhead()
-    run = measure(scorer, chosen, overhead)
+    run = measure(scorer, chosen, overhead, conv_flops)
     half = measure(scorer, chosen[: max(1, archs // 2)])
     plan = measure(Scorer(config, images=images, execution=dataclasses.replace(
         meta, mode="per-arch", chunk=1, channels_last=False)), chosen)
@@ -377,6 +385,7 @@ def model(method: str, layout: str, archs: int, batch_size: int, dtype: str = "f
         "launches_per_arch": m.launches / A,
         "measurement_overhead_us_per_dispatch": 1e6 * overhead,
         "roofline_device_ms_per_arch": 1e3 * device_s / A,
+        "conv_tflops": conv_flops / 1e12,
         "issue_ms_per_arch": 1e3 * issue_s / A,
         "h2d_ms_per_arch": 1e3 * h2d_s / A,
         "blocking_h2d_bytes_per_arch": m.h2d_blocking / A,
@@ -416,11 +425,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="images: a CIFAR-10-sized uint8 data set (the method's data protocol); gaussian: N(0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
     p.add_argument("--sample-seed", type=int, default=2020, help="seed of the architecture sample")
+    p.add_argument("--conv-tflops", type=float, default=None, metavar="R",
+                   help=f"price convolutions at R TFLOP/s instead of the roofline's {PEAK_FLOPS / 1e12:g} (the first "
+                        "H200 run measured 2.6 for jacob_cov's and 2.9 for hook_logdet's grouped convolutions, "
+                        "cuDNN's layout transposes included: bench/RESULTS.md)")
     p.add_argument("--json", metavar="PATH", help="write the figures (the issue's keys) as JSON")
     a = p.parse_args(argv)
     if a.archs < 2:
         p.error("--archs must be at least 2")
-    result = model(a.method, a.layout, a.archs, a.batch_size, a.dtype, a.inputs, a.seed, a.sample_seed)
+    if a.conv_tflops is not None and not (math.isfinite(a.conv_tflops) and a.conv_tflops > 0):
+        p.error(f"--conv-tflops must be a positive number, got {a.conv_tflops}")
+    result = model(a.method, a.layout, a.archs, a.batch_size, a.dtype, a.inputs, a.seed, a.sample_seed,
+                   conv_tflops=a.conv_tflops)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({k: result["figures"][k] for k in KEYS}, f, indent=1)

@@ -258,9 +258,7 @@ def test_compiled_kernels_reject_bad_indices():
 # What bench/gpu_cost.py counts
 
 
-def test_gpu_cost_counts_the_channels_moved():
-    """The compiled channel moves cost the channels they touch, not their whole buffers."""
-    need_compiled("cpu")
+def load_gpu_cost():
     path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "gpu_cost.py"
     spec = importlib.util.spec_from_file_location("gpu_cost_under_test", path)
     gpu_cost = importlib.util.module_from_spec(spec)
@@ -269,6 +267,13 @@ def test_gpu_cost_counts_the_channels_moved():
         spec.loader.exec_module(gpu_cost)
     finally:
         del sys.modules[spec.name]
+    return gpu_cost
+
+
+def test_gpu_cost_counts_the_channels_moved():
+    """The compiled channel moves cost the channels they touch, not their whole buffers."""
+    need_compiled("cpu")
+    gpu_cost = load_gpu_cost()
     node = torch.empty(8, 100, 16, 16, device="meta")
     index = torch.arange(10, device="meta")
     plane = 8 * 16 * 16 * 4  # one channel of the batch, float32
@@ -284,6 +289,30 @@ def test_gpu_cost_counts_the_channels_moved():
     with mode:
         ops.scatter_channels_(node, None, node, None)  # a whole copy: read and write
     assert mode.bytes == 2 * 100 * plane
+
+
+def test_gpu_cost_prices_convolutions_at_the_given_rate():
+    """--conv-tflops: a convolution (forward and backward) costs its FLOPs at that rate; other
+    operators keep the roofline."""
+    gpu_cost = load_gpu_cost()
+    x = torch.empty(8, 64, 32, 32, device="meta")
+    w = torch.empty(64, 4, 3, 3, device="meta")  # 16 groups
+
+    def roofline(conv_flops):
+        mode = gpu_cost.CostMode(conv_flops)
+        with mode:
+            y = torch.nn.functional.conv2d(x, w, padding=1, groups=16)
+            torch.ops.aten.convolution_backward(y, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 16,
+                                                [True, False, False])
+            conv_s, conv_flops_counted = mode.roofline_s, mode.flops
+            torch.relu(y)
+        return conv_s, conv_flops_counted, mode.roofline_s - conv_s
+
+    fast, flops, other = roofline(gpu_cost.PEAK_FLOPS)
+    slow, flops_again, other_again = roofline(1e12)
+    assert flops == flops_again == 2 * 2 * 8 * 64 * 32 * 32 * 4 * 9  # forward + input gradient
+    assert slow == pytest.approx(flops / 1e12) and fast < slow / 10
+    assert other == pytest.approx(other_again) and other > 0
 
 
 # ---------------------------------------------------------------------------------------------
