@@ -91,7 +91,7 @@ def test_gpu_check_smoke_runs_every_step_and_reports(tmp_path):
         assert ("top" in row) == ((row["mode"], row["variant"]) == ("multi-arch", "default"))
         if "top" in row:
             assert row["profiled_archs"] == 1 and row["kernel_ms_per_arch"] > 0
-            assert any("convolution" in k["name"] for k in row["top"])  # the network pass was traced
+            assert any("conv" in k["name"] for k in row["top"])  # the network pass was traced (any conv kernel)
             shares = [k["share"] for k in row["top"]]
             assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
     timing = report["steps"][4]
