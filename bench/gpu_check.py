@@ -743,16 +743,19 @@ def child_profile(args) -> dict:
     import torch
 
     from nwot_fast import Scorer, ScoreConfig
+    from nwot_fast.data import load_images
 
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         return {"ok": False, "failures": ["no CUDA device (torch.cuda.is_available() is False)"]}
     warm, timed, traced = PROFILE_SIZES[args.smoke]
     data = _data_file(args)
+    images = load_images(data) if data else None  # read once for the six scorers
     rows = []
     for method in ("jacob_cov", "hook_logdet"):
         for mode, variant in PROFILE_RUNS:
-            scorer = Scorer(ScoreConfig(method=method, data=data, batch_size=args.batch, device=dev, mode=mode))
+            scorer = Scorer(ScoreConfig(method=method, data=data, batch_size=args.batch, device=dev, mode=mode),
+                            images=images)
             share = 1 if (mode, variant) == PROFILE_RUNS[0] else (2 if mode == "multi-arch" else 4)
             n, w = max(1, timed // share), max(1, warm // share)
             benchmark = torch.backends.cudnn.benchmark
