@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.nwot_fast-installed
 RUNTIME_DEPS := numpy scipy tqdm matplotlib nas-bench-201
 BUILD_DEPS := setuptools wheel pybind11 ninja
-TEST_DEPS := pytest pytest-benchmark 'ray>=2.60,<3' statsmodels 'pytorchcv==0.0.67'
+TEST_DEPS := pytest pytest-benchmark pytest-xdist 'ray>=2.60,<3' statsmodels 'pytorchcv==0.0.67'
 SOURCES := setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 
 DEMO_ARGS := --n-samples 10 --runs 3
@@ -39,8 +39,11 @@ $(STAMP): $(SOURCES)
 demo: install
 	$(BIN)/nwot-fast search $(DEMO_ARGS)
 
+# Two workers (pytest-xdist), one intra-op thread each (tests/conftest.py); PYTEST_WORKERS=0
+# runs the suite in this process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The second build of csrc/ (CMake against the venv's torch) and its C++ tests (ctest).
 CMAKE ?= $(shell command -v cmake 2>/dev/null || echo $(BIN)/cmake)

@@ -5,7 +5,15 @@
 // B = samples (batch), D = input features, W = 64-bit code words.
 #pragma once
 
-#include <ATen/ATen.h>
+// What the operators use, not <ATen/ATen.h> (every ATen function): a translation unit then
+// parses about half the headers (bench/RESULTS.md, "Building the operators").
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 
 #include <cmath>
 #include <cstdint>
