@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - creates .venv, installs nwot_fast (with its compiled extension), runs a short search
 #   make test   - the same install, then the test suite
+# The install reruns when the Makefile (its package lists) or a source changes.
 # Variables: PYTHON (the interpreter that creates the venv), VENV, TORCH (the torch requirement),
 # DATA (image data for the demo; default: Gaussian inputs), ACCURACIES (NB201 accuracy table).
 
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.nwot_fast-installed
 RUNTIME_DEPS := numpy scipy tqdm matplotlib nas-bench-201
 BUILD_DEPS := setuptools wheel pybind11 ninja
 TEST_DEPS := pytest pytest-benchmark pytest-xdist 'ray>=2.60,<3' statsmodels 'pytorchcv==0.0.67'
-SOURCES := setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
+SOURCES := Makefile setup.py pyproject.toml $(shell find csrc nwot_fast -type f \( -name '*.py' -o -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) 2>/dev/null)
 
 DEMO_ARGS := --n-samples 10 --runs 3
 ifdef DATA
