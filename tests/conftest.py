@@ -44,6 +44,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def load_bench_script(name: str):
+    """``bench/<name>.py`` as a module (bench/ is not a package). It is in ``sys.modules`` while it
+    runs, so that its dataclasses can look their module up, and removed after."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
 def shared_file(name: str) -> pathlib.Path:
     """A file of the real reference data in ``../shared/data``; skips the test if it is absent."""
     path = SHARED_DATA / name

@@ -7,14 +7,12 @@ them."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import re
-import sys
 
 import pytest
 import torch
 
+from conftest import load_bench_script
 from nwot_fast import _ext, ops
 
 DTYPES = [torch.float32, torch.float64]
@@ -258,22 +256,10 @@ def test_compiled_kernels_reject_bad_indices():
 # What bench/gpu_cost.py counts
 
 
-def load_gpu_cost():
-    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "gpu_cost.py"
-    spec = importlib.util.spec_from_file_location("gpu_cost_under_test", path)
-    gpu_cost = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gpu_cost  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(gpu_cost)
-    finally:
-        del sys.modules[spec.name]
-    return gpu_cost
-
-
 def test_gpu_cost_counts_the_channels_moved():
     """The compiled channel moves cost the channels they touch, not their whole buffers."""
     need_compiled("cpu")
-    gpu_cost = load_gpu_cost()
+    gpu_cost = load_bench_script("gpu_cost")
     node = torch.empty(8, 100, 16, 16, device="meta")
     index = torch.arange(10, device="meta")
     plane = 8 * 16 * 16 * 4  # one channel of the batch, float32
@@ -294,7 +280,7 @@ def test_gpu_cost_counts_the_channels_moved():
 def test_gpu_cost_prices_convolutions_at_the_given_rate():
     """--conv-tflops: a convolution (forward and backward) costs its FLOPs at that rate; other
     operators keep the roofline."""
-    gpu_cost = load_gpu_cost()
+    gpu_cost = load_bench_script("gpu_cost")
     x = torch.empty(8, 64, 32, 32, device="meta")
     w = torch.empty(64, 4, 3, 3, device="meta")  # 16 groups
 
