@@ -28,7 +28,9 @@ device, build included):
              the multi-arch mode (also with cudnn.benchmark on) and the per-arch mode:
              architectures per second after a warm-up, and for the default multi-arch mode a
              torch.profiler trace: device kernel time per architecture,
-             the device's busy fraction, the launch queue found full, the top kernels.
+             the device's busy fraction, the launch queue found full, the top kernels; then the
+             pass's grouped 3x3 convolutions alone, NCHW against channels-last, cudnn.benchmark
+             off and on (forward + input gradient, TFLOP/s).
   timing     `python -m nwot_fast scan` over the whole NB201 space (15,625 architectures), what
              users run, for jacob_cov and hook_logdet at batch 128, without and then with
              --dedup (6,466 classes); a scan stopped by its share of the time is reported as a
@@ -307,6 +309,13 @@ def markdown(d: dict) -> str:
                 lines.append(f"| {r['method']} | {r['mode']} | {r['variant']} | {r['execution']} | " + " | ".join(_fmt(r.get(k)) for k in (
                     "archs_per_second", "whole_space_seconds", "kernel_ms_per_arch", "device_busy_fraction",
                     "launch_queue_full_events")) + f" | {top or '-'} |")
+        if s["name"] == "profile" and s.get("conv_layouts"):
+            lines += ["", f"## grouped 3x3 convolutions alone (forward + input gradient, batch {s.get('batch')})", "",
+                      "| channels per group | side | groups | format | cudnn.benchmark | ms | TFLOP/s |",
+                      "|---|---|---|---|---|---|---|"]
+            for r in s["conv_layouts"]:
+                lines.append("| " + " | ".join(str(r[k]) for k in (
+                    "channels", "side", "groups", "format", "cudnn_benchmark", "ms", "tflops")) + " |")
         if s["name"] == "timing" and s.get("scans"):
             lines += ["", f"## timing ({s.get('data')}, batch {s.get('batch')}, {s.get('archs_in_space')} archs)", "",
                       "| method | dedup | archs scored | seconds | archs/s after start-up | whole space (s) | "
@@ -780,7 +789,55 @@ def child_profile(args) -> dict:
             if dev == "cuda":
                 torch.cuda.empty_cache()
     return {"ok": True, "failures": [], "batch": args.batch, "data": data or "Gaussian N(0, 1) inputs",
-            "rows": rows}
+            "rows": rows, "conv_layouts": _conv_layouts(args, dev)}
+
+
+# The grouped 3x3 convolutions of a multi-arch pass, timed alone per memory format and
+# cudnn.benchmark setting: (stage channels C, side, groups P), each group C -> C channels, batch
+# --batch. The device's profile spends ~70 % of jacob_cov's kernel time in these, 30 % of it in
+# cuDNN's NCHW <-> NHWC transposes: whether a channels-last pass would pay is what this measures.
+CONV_SHAPES = {False: ((16, 32, 128), (64, 8, 128)), True: ((16, 8, 2),)}
+
+
+def _conv_layouts(args, dev: str) -> list:
+    """Forward and input-gradient time of one grouped convolution per shape, NCHW against
+    channels-last, cudnn.benchmark off and on (warm-up untimed, the best of 3 runs of 5)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = []
+    g = torch.Generator(device=dev).manual_seed(0)
+    for C, side, P in CONV_SHAPES[args.smoke]:
+        x0 = torch.randn(args.batch, P * C, side, side, device=dev, generator=g)
+        w0 = torch.randn(P * C, C, 3, 3, device=dev, generator=g)
+        flop = 2 * 2 * x0.numel() * C * 9  # forward + input gradient
+        for fmt in ("nchw", "channels_last"):
+            mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            x, w = x0.contiguous(memory_format=mf), w0.contiguous(memory_format=mf)
+            for bench in (False, True):
+                old = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = bench
+                try:
+                    def once():
+                        y = F.conv2d(x, w, padding=1, groups=P)
+                        torch.ops.aten.convolution_backward(y, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
+                                                            P, [True, False, False])
+                    once()
+                    _sync(dev)
+                    best = float("inf")
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        for _ in range(5):
+                            once()
+                        _sync(dev)
+                        best = min(best, (time.perf_counter() - t0) / 5)
+                finally:
+                    torch.backends.cudnn.benchmark = old
+                row = {"channels": C, "side": side, "groups": P, "format": fmt, "cudnn_benchmark": bench,
+                       "ms": round(1e3 * best, 3), "tflops": round(flop / best / 1e12, 2)}
+                print("conv layout " + json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
 
 
 CHILDREN = {"backend": child_backend, "precision": child_precision, "profile": child_profile}
