@@ -796,14 +796,26 @@ def child_profile(args) -> dict:
 # cudnn.benchmark setting: (stage channels C, side, groups P), each group C -> C channels, batch
 # --batch. The device's profile spends ~70 % of jacob_cov's kernel time in these, 30 % of it in
 # cuDNN's NCHW <-> NHWC transposes: whether a channels-last pass would pay is what this measures.
-CONV_SHAPES = {False: ((16, 32, 128), (64, 8, 128)), True: ((16, 8, 2),)}
+CONV_SHAPES = {False: ((16, 32, 128), (32, 16, 128), (64, 8, 128)), True: ((16, 8, 2),)}
 
 
 def _conv_layouts(args, dev: str) -> list:
     """Forward and input-gradient time of one grouped convolution per shape, NCHW against
-    channels-last, cudnn.benchmark off and on (warm-up untimed, the best of 3 runs of 5)."""
+    channels-last, cudnn.benchmark off and on, TF32 off as in the engine (warm-up untimed, the
+    best of 3 runs of 5)."""
     import torch
     import torch.nn.functional as F
+
+    from nwot_fast.reference import full_float32
+
+    @contextlib.contextmanager
+    def _cudnn_benchmark(on: bool):
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = on
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
 
     rows = []
     g = torch.Generator(device=dev).manual_seed(0)
@@ -815,9 +827,7 @@ def _conv_layouts(args, dev: str) -> list:
             mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
             x, w = x0.contiguous(memory_format=mf), w0.contiguous(memory_format=mf)
             for bench in (False, True):
-                old = torch.backends.cudnn.benchmark
-                torch.backends.cudnn.benchmark = bench
-                try:
+                with full_float32(), _cudnn_benchmark(bench):  # TF32 off, as in the engine's pass
                     def once():
                         y = F.conv2d(x, w, padding=1, groups=P)
                         torch.ops.aten.convolution_backward(y, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
@@ -831,8 +841,6 @@ def _conv_layouts(args, dev: str) -> list:
                             once()
                         _sync(dev)
                         best = min(best, (time.perf_counter() - t0) / 5)
-                finally:
-                    torch.backends.cudnn.benchmark = old
                 row = {"channels": C, "side": side, "groups": P, "format": fmt, "cudnn_benchmark": bench,
                        "ms": round(1e3 * best, 3), "tflops": round(flop / best / 1e12, 2)}
                 print("conv layout " + json.dumps(row), flush=True)
