@@ -36,7 +36,7 @@ std::string build_info() {
       "no";
 #endif
   // The CPU kernel variant in use (cpu/cpu_isa.h) and the variants built.
-  s << ";cpu_kernels=" << cpu::isa_name(cpu::kernel_isa()) << ";cpu_kernels_built=" << cpu::compiled_isas();
+  s << ";cpu_kernels=" << cpu::kernel_isa_report() << ";cpu_kernels_built=" << cpu::compiled_isas();
   return s.str();
 }
 

@@ -175,16 +175,34 @@ def torch_facts() -> dict:
     }
 
 
-def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optional[str] = None) -> dict:
+# The CPU kernel variants (csrc/cpu/cpu_isa.h), by ATen's capability names.
+CPU_VARIANTS = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+
+
+def cpu_variant(capability: str) -> int:
+    """The CPU kernel variant (0 default, 1 AVX2, 2 AVX-512) that a process whose ATen
+    capability is ``capability`` (``torch.backends.cpu.get_cpu_capability()``) runs; any
+    capability without a variant of its own (another architecture's) runs the default one."""
+    return CPU_VARIANTS.get(capability.upper(), 0)
+
+
+def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optional[str] = None,
+               cpu_only_variant: Optional[int] = None) -> dict:
     """Everything a compiler needs: sources, defines, include and library dirs, compiler and
     linker flags, CUDA architectures, and the record of what the build is against.
 
     ``rpath_origin``: where the library will be installed (site-packages/nwot_fast) for
     ``$ORIGIN``-relative run paths (ahead of time); None: absolute run paths (on first use,
-    the build stays where it was made).
+    the build stays where it was made). ``cpu_only_variant``: compile that one CPU kernel
+    variant (:func:`cpu_variant`; a first-use build, for the machine that makes it), not all
+    three (None: ahead of time, for any x86-64 CPU); the record names it.
     """
     with_cuda = want_cuda(environ, facts["torch_cuda"], facts["cuda_home"])
     defines = [("NDEBUG", None), ("NWOT_TORCH_VERSION", facts["torch_version"])]
+    if cpu_only_variant is not None:
+        if cpu_only_variant not in CPU_VARIANTS.values():
+            raise ValueError(f"cpu_only_variant must be one of {sorted(CPU_VARIANTS.values())}, got {cpu_only_variant!r}")
+        defines.append(("NWOT_CPU_ISA_ONLY", str(cpu_only_variant)))
     cxx = list(CXX_FLAGS)
     link: List[str] = []
     if facts["openmp"]:
@@ -196,6 +214,8 @@ def build_spec(csrc: str, facts: dict, environ=os.environ, rpath_origin: Optiona
     rpaths: List[str] = []
     record = {"torch": facts["torch_version"], "backends": "cpu", "cuda": None, "cusolver": None,
               "cuda_arch_list": None}
+    if cpu_only_variant is not None:
+        record["cpu_variant"] = cpu_only_variant
     if with_cuda:
         defines.append(("WITH_CUDA", None))
         nv_includes, nv_libdirs = nvidia_wheel_dirs(facts.get("site_dirs"))

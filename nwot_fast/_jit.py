@@ -1,7 +1,8 @@
 """Compiles the operators on first use (``torch.utils.cpp_extension.load``, ninja) when no
 usable ahead-of-time build is installed, with the build definition of :mod:`nwot_fast._build`.
 
-One build per torch version, CUDA version, Python version, flags and source hash, cached in
+One build per torch version, CUDA version, Python version, CPU kernel variant (only the one this
+machine's processes run is compiled: csrc/cpu/cpu_isa.h), flags and source hash, cached in
 ``$NWOT_FAST_BUILD_DIR``, else torch's extensions directory (``$TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/torch_extensions/py311_cu130``), under ``nwot_fast/<key>``. A file lock keeps two
 processes (the workers of a parallel scan) from building at once: the second waits and loads
@@ -77,7 +78,10 @@ def plan(environ=os.environ) -> dict:
     """The build for the running torch: its spec (:func:`nwot_fast._build.build_spec`), its
     cache key and directory."""
     csrc = _build.find_csrc(package_dir())
-    spec = _build.build_spec(csrc, _build.torch_facts(), environ)
+    # One CPU kernel variant, this machine's (about 30 s less of compiling on 2 cores than all
+    # three, bench/RESULTS.md); the record, and so the key, names it.
+    variant = _build.cpu_variant(torch.backends.cpu.get_cpu_capability())
+    spec = _build.build_spec(csrc, _build.torch_facts(), environ, cpu_only_variant=variant)
     record = dict(spec["record"], route="jit", sources_sha256=_build.source_digest(csrc))
     h = hashlib.sha256(json.dumps([record, spec["cxx_flags"], spec["nvcc_flags"], spec["link_flags"],
                                    spec["include_dirs"], sys.version], sort_keys=True).encode())

@@ -1,6 +1,7 @@
 """`pip install .` as a new user types it (issue 15): a fresh venv with only torch and numpy,
 an isolated build (no torch in it, so no compiled operators at install), then the operators
-compiled on first use (once), the build reused by the next process, and a damaged build not loaded.
+compiled on first use (once, this machine's CPU kernel variant only), the build reused by the
+next process, and a damaged build not loaded.
 
 The venv is a plain one (not --system-site-packages: it would see the development install). It
 gets the running torch and numpy, with the packages they require, through a .pth file that names
@@ -21,7 +22,7 @@ import textwrap
 import pytest
 import torch
 
-from nwot_fast import _jit
+from nwot_fast import _build, _jit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,6 +159,26 @@ def test_isolated_install_compiles_on_first_use_and_reuses_the_build(installed):
     finally:
         torch.set_num_threads(threads)
     assert results[0][0]["scores"] == pytest.approx(expected, rel=1e-7)
+
+    # The first-use build holds one CPU kernel variant, the one this machine's processes run
+    # (the AOT build holds all three); a process allowed less refuses it with a clear error.
+    variant = _build.cpu_variant(torch.backends.cpu.get_cpu_capability())
+    names = ["default", "avx2", "avx512"]
+    for backend in backends:
+        assert backend["cpu_kernels_built"] == backend["cpu_kernels"] == names[variant], backend
+    if variant > 0:
+        refuse = textwrap.dedent(f"""
+            import torch
+            torch.ops.load_library({backends[0]['library']!r})
+            assert "cpu_kernels=none" in torch.ops.nwot_fast.build_info()
+            try:
+                torch.ops.nwot_fast.pack_codes(torch.randn(8, 16, 4, 4))
+            except RuntimeError as e:
+                print(e)
+        """)
+        env = dict(installed["env"], ATEN_CPU_CAPABILITY=names[variant - 1])
+        out = _run([installed["python"], "-c", refuse], env=env, cwd=installed["cwd"]).stdout
+        assert f"holds only the {names[variant]} CPU kernels" in out and f"at most {names[variant - 1]}" in out, out
 
     # A later process loads the cached build: nothing compiled, nothing rewritten.
     build_dir = backends[0]["build_dir"]

@@ -105,6 +105,33 @@ def test_cache_key_and_directory(monkeypatch, tmp_path):
     assert _jit.plan()["key"] == plan["key"]  # the key depends on what is built, not where
 
 
+@pytest.mark.parametrize("capability, variant", [("AVX512", 2), ("AVX2", 1), ("DEFAULT", 0), ("SVE256", 0)])
+def test_a_first_use_build_compiles_the_cpu_variant_of_this_machine(monkeypatch, tmp_path, capability, variant):
+    """One CPU kernel variant on first use, ATen's choice here; its number is in the defines and
+    the record, so a process that chooses another variant gets another cache entry."""
+    monkeypatch.setenv("NWOT_FAST_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("FORCE_ONLY_CPU", "1")
+    keys = {}
+    for cap in ("AVX512", capability):
+        monkeypatch.setattr(_jit.torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        keys[cap] = _jit.plan()
+    plan = keys[capability]
+    assert ("NWOT_CPU_ISA_ONLY", str(variant)) in plan["spec"]["define_macros"]
+    assert plan["record"]["cpu_variant"] == variant
+    assert (plan["key"] == keys["AVX512"]["key"]) == (variant == 2)
+    # Ahead of time (setup.py, CMake): every variant, no such define.
+    facts = _build.torch_facts()
+    aot = _build.build_spec(_build.find_csrc(_jit.package_dir()), facts, {"FORCE_ONLY_CPU": "1"})
+    assert not any(name == "NWOT_CPU_ISA_ONLY" for name, _ in aot["define_macros"]) and "cpu_variant" not in aot["record"]
+
+
+def test_cpu_variant_names_and_a_bad_variant():
+    assert [_build.cpu_variant(c) for c in ("DEFAULT", "AVX2", "AVX512", "avx512", "VSX", "ZVECTOR")] == [0, 1, 2, 2, 0, 0]
+    facts = _build.torch_facts()
+    with pytest.raises(ValueError, match="cpu_only_variant must be one of"):
+        _build.build_spec(_build.find_csrc(_jit.package_dir()), facts, {}, cpu_only_variant=3)
+
+
 def test_build_definition_is_torch_free():
     """setup.py loads _build.py by path in a build environment that may lack torch."""
     import subprocess

@@ -1,6 +1,7 @@
 // The CPU kernel variant of this process (cpu_isa.h): ATen's capability, never above what the
 // CPU reports for the instruction sets a variant was compiled with.
 #include <ATen/Version.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <string>
@@ -35,16 +36,42 @@ Isa aten_capability() {
   return Isa::Default;
 }
 
-Isa decide() {
+// The variant this process may use at most: ATen's choice, never above what the CPU supports.
+Isa allowed() {
   const Isa isa = std::min(aten_capability(), best_supported());
   return NWOT_X86_VARIANTS ? isa : Isa::Default;
+}
+
+// The variant the kernels run: the allowed one, or a one-variant build's variant
+// (NWOT_CPU_ISA_ONLY), which kernel_isa() refuses above the allowed one.
+Isa chosen() {
+#if NWOT_X86_VARIANTS && defined(NWOT_CPU_ISA_ONLY)
+  return static_cast<Isa>(NWOT_CPU_ISA_ONLY);
+#else
+  return allowed();
+#endif
 }
 
 }  // namespace
 
 Isa kernel_isa() {
-  static const Isa isa = decide();
+  static const Isa isa = chosen();
+  static const Isa limit = allowed();
+  // A first-use build holds the variant its machine's processes choose, and its cache key names
+  // that variant, so another choice finds another build. This one only runs here when
+  // ATEN_CPU_CAPABILITY names more than the CPU has (ATen then says AVX-512, the CPU lacks it):
+  // refused, since it may hold instructions this CPU lacks.
+  TORCH_CHECK(isa <= limit, "nwot_fast: this first-use build of the operators holds only the ", isa_name(isa),
+              " CPU kernels, and this process may use at most ", isa_name(limit),
+              " (what the CPU supports, capped by ATEN_CPU_CAPABILITY); set ATEN_CPU_CAPABILITY to at most ",
+              isa_name(limit), ", or install an ahead-of-time build (pip install --no-build-isolation .), which "
+              "holds every variant");
   return isa;
+}
+
+const char* kernel_isa_report() {
+  static const bool usable = chosen() <= allowed();
+  return usable ? isa_name(chosen()) : "none";
 }
 
 bool avx512_popcount() {
@@ -76,7 +103,13 @@ const char* isa_name(Isa isa) {
   }
 }
 
-std::string compiled_isas() { return NWOT_X86_VARIANTS ? "default,avx2,avx512" : "default"; }
+std::string compiled_isas() {
+#if NWOT_X86_VARIANTS && defined(NWOT_CPU_ISA_ONLY)
+  return isa_name(static_cast<Isa>(NWOT_CPU_ISA_ONLY));
+#else
+  return NWOT_X86_VARIANTS ? "default,avx2,avx512" : "default";
+#endif
+}
 
 }  // namespace cpu
 }  // namespace nwot_fast

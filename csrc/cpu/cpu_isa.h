@@ -32,8 +32,12 @@ namespace cpu {
 // Ordered: a variant may run on any CPU that supports a greater or equal one.
 enum class Isa : int { Default = 0, Avx2 = 1, Avx512 = 2 };
 
-// The variant the CPU kernels use in this process (decided on the first call).
+// The variant the CPU kernels use in this process (decided on the first call; a one-variant
+// build whose variant this process may not run raises, see NWOT_CPU_ISA_ONLY below).
 Isa kernel_isa();
+
+// kernel_isa()'s name, or "none" where it would refuse (build_info: reported, not raised).
+const char* kernel_isa_report();
 
 // "default", "avx2" or "avx512" (the spelling of ATEN_CPU_CAPABILITY).
 const char* isa_name(Isa isa);
@@ -60,6 +64,19 @@ std::string compiled_isas();
 #define NWOT_X86_VARIANTS 0
 #endif
 
+// NWOT_CPU_ISA_ONLY (0, 1 or 2, set by a first-use build, nwot_fast/_jit.py): only that variant
+// is compiled, the one the processes of the machine that builds it choose (ATen's capability
+// there); the other two namespaces are aliases of it (cpu_variants.h), and kernel_isa() refuses
+// to run it where the CPU or ATEN_CPU_CAPABILITY forbids it. Unset (ahead-of-time builds, which
+// may run on any x86-64 CPU): all three.
+#if NWOT_X86_VARIANTS && defined(NWOT_CPU_ISA_ONLY)
+#define NWOT_HAS_VARIANT(isa) (NWOT_CPU_ISA_ONLY == (isa))
+#elif NWOT_X86_VARIANTS
+#define NWOT_HAS_VARIANT(isa) 1
+#else
+#define NWOT_HAS_VARIANT(isa) ((isa) == 0)
+#endif
+
 // The target strings of the variants (GCC's spelling), used by cpu_variants.h.
 #define NWOT_TARGET_AVX2 "avx2,fma,popcnt"
 #define NWOT_TARGET_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,popcnt,prefer-vector-width=512"
@@ -73,7 +90,7 @@ std::string compiled_isas();
 #define NWOT_TARGET_AVX512_POPCOUNT NWOT_TARGET_AVX512 ",avx512vpopcntdq"
 
 // NWOT_CPU_DISPATCH(fn)(args...): fn of the variant in use (fn must exist in all three
-// namespaces; in baseline-only builds the other two are never referenced).
+// namespaces, compiled or aliased; in baseline-only builds the other two are never referenced).
 #if NWOT_X86_VARIANTS
 #define NWOT_CPU_DISPATCH(fn)                                                         \
   (::nwot_fast::cpu::kernel_isa() == ::nwot_fast::cpu::Isa::Avx512 ? cpu_avx512::fn \
