@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import secrets
 import shutil
 import os
@@ -417,3 +418,38 @@ def test_evaluate_on_cluster_equals_local(cluster, tmp_path, accuracies):
     assert remote.indices.tolist() == local.indices.tolist() == list(range(100, 112))
     assert_scores_close(remote.scores.tolist(), local.scores.tolist(), 0)
     assert sorted(i for i, _ in _rows(db)) == list(range(100, 112))
+
+
+@pytest.mark.slow  # a subprocess
+def test_ray_workers_reach_the_one_scorer(cluster, tmp_path):
+    """A Ray scan in the many-architecture mode (tests/test_scorer.py checks every other
+    command): each worker's rows are the front door's, bit for bit. A scan of a few indices
+    sends one index per Ray task (distributed.indices_per_task), so each worker's scorer scores
+    it alone: the oracle is the Scorer given that index alone; and the rows differ from the
+    per-arch mode's, so the workers reached the many-architecture engine."""
+    from nwot_fast.config import ScoreConfig
+    from nwot_fast.random_search import search
+    from nwot_fast.scorer import Scorer
+
+    options = dict(method="jacob_cov", batch_size=4, mode="multi-arch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker is
+    try:
+        run = search(n_samples=6, runs=1, seed=11, **options).runs[0]
+        unique = list(dict.fromkeys(run.indices))
+        assert indices_per_task(len(unique), 2) == 1
+        proc = subprocess.run(
+            _cli("scan", "--indices", ",".join(map(str, unique)), "--seed", str(run.seed), "--batch-size", "4",
+                 "--mode", "multi-arch", "--ray", cluster["address"], "--json", "-q", "--db", str(tmp_path / "ray.db")),
+            env=_env(), capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        got = {r["arch_index"]: float(r["score"]) for r in json.loads(proc.stdout)["records"]}
+        config = ScoreConfig(seed=run.seed, **options)
+        alone = [next(Scorer(config).score_many([i])).score for i in unique]
+        per_arch = list(Scorer(ScoreConfig(seed=run.seed, method="jacob_cov", batch_size=4,
+                                           mode="per-arch")).score_many(unique))
+    finally:
+        torch.set_num_threads(threads)
+    assert [repr(got[i]) for i in unique] == [repr(float(a)) for a in alone]
+    assert any(a != p.score for a, p in zip(alone, per_arch) if math.isfinite(a))

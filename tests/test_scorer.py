@@ -1,8 +1,8 @@
 """The front door (nwot_fast.scorer): every command reaches the one Scorer, which decides once.
 
 The commands are called through their public entry points (search / scan / evaluate, the
-functions nwot_fast exports, imported from their modules),
-``nwot-fast score``, a Ray scan) with the many-architecture engine forced on the CPU
+functions nwot_fast exports, imported from their modules, and ``nwot-fast score``; a Ray scan in
+tests/test_distributed.py, on its cluster) with the many-architecture engine forced on the CPU
 (``mode="multi-arch"``). Each command's rows must equal, bit for bit, the rows of a Scorer given
 the same sequence of indices, and differ from the per-arch engine's in the last bits: so the
 command reached the many-architecture engine through the scorer, not another path.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
 
 import pytest
 import torch
@@ -86,30 +85,6 @@ def test_every_command_reaches_the_one_scorer(searched, synthetic_csv, capsys): 
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["arch_index"] for r in rows] == unique
     assert _bits(r["score"] for r in rows) == _bits(want[i] for i in unique)
-
-
-@pytest.mark.slow
-def test_ray_workers_reach_the_one_scorer(searched, tmp_path):
-    pytest.importorskip("ray")
-    from test_distributed import _cli, _env
-
-    seed, drawn, _ = searched
-    unique = list(dict.fromkeys(drawn))
-    proc = subprocess.run(
-        _cli("scan", "--indices", ",".join(map(str, unique)), "--seed", str(seed), "--batch-size", str(BATCH),
-             "--mode", "multi-arch", "--ray", "--json", "-q", "--db", str(tmp_path / "ray.db")),
-        env=_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    got = {r["arch_index"]: float(r["score"]) for r in json.loads(proc.stdout)["records"]}
-    # A scan of a few indices sends one index per Ray task (distributed.indices_per_task), so each
-    # worker's scorer scores it alone: the oracle is the scorer given that index alone.
-    config = ScoreConfig(seed=seed, **OPTIONS)
-    alone = [next(Scorer(config).score_many([i])).score for i in unique]
-    assert _bits(got[i] for i in unique) == _bits(alone)
-    per_arch = list(Scorer(ScoreConfig(seed=seed, method="jacob_cov", batch_size=BATCH,
-                                       mode="per-arch")).score_many(unique))
-    assert any(a != p.score for a, p in zip(alone, per_arch) if math.isfinite(a))
 
 
 # ---------------------------------------------------------------------------------------------
