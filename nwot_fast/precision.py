@@ -185,12 +185,15 @@ class Envelope:
 
 def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Optional[Mapping[str, Scorer]] = None,
             seed: int = 0, relu_match: str = "name", thread_counts: Sequence[int] = THREADS,
-            dtype=torch.float32) -> Envelope:
+            dtype=torch.float32, truth: Optional[Sequence[float]] = None) -> Envelope:
     """Score ``archs`` on batch ``x [B, 3, H, W]`` (floating): the truth (reference engine,
     float64), the float32 reference engine at each of ``thread_counts`` (restored after), and
     each candidate scorer (name -> scorer) in ``dtype`` (float32 by default; float64 to check a
-    float64 path against the truth) at the current thread count. Returns the
-    :class:`Envelope`; decide with :meth:`Envelope.violations`."""
+    float64 path against the truth) at the current thread count. ``truth``: the float64 scores
+    of ``archs``, when the caller has them (the fast engine's float64, which agrees with the
+    reference engine's to 1e-9, tests/test_precision.py, costs a third as much on the CPU); else
+    computed by the reference engine. Returns the :class:`Envelope`; decide with
+    :meth:`Envelope.violations`."""
     if method not in reference.METHODS:
         raise ValueError(f"unknown score method {method!r}; allowed: {', '.join(reference.METHODS)}")
     candidates = {} if candidates is None else candidates
@@ -201,7 +204,12 @@ def measure(archs: Sequence, x: torch.Tensor, method: str, *, candidates: Option
         raise ValueError("archs must not be empty")
     names = [str(as_arch(a)) for a in archs]
     kwargs = dict(method=method, seed=seed, relu_match=relu_match)
-    truth = reference_scores(archs, x, dtype=torch.float64, **kwargs)
+    if truth is None:
+        truth = reference_scores(archs, x, dtype=torch.float64, **kwargs)
+    else:
+        truth = [float(t) for t in truth]
+        if len(truth) != len(archs):
+            raise ValueError(f"truth has {len(truth)} scores for {len(archs)} archs")
     ref = {}
     for n in thread_counts:
         with threads(n):

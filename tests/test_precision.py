@@ -177,6 +177,8 @@ def test_measure_checks_its_arguments(batch):
         precision.measure([], batch, "jacob_cov")
     with pytest.raises(TypeError, match="candidates"):
         precision.measure([0], batch, "jacob_cov", candidates=[precision.fast_scores])
+    with pytest.raises(ValueError, match="truth has 2 scores for 1 archs"):
+        precision.measure([0], batch, "jacob_cov", truth=[1.0, 2.0])
 
 
 def test_measure_with_a_small_batch_and_a_custom_candidate():
@@ -199,6 +201,10 @@ def test_measure_with_a_small_batch_and_a_custom_candidate():
     assert "ref@1" in table and "ref@2" in table and "biased" in table and "\n1459 | " in table
     with pytest.raises(ValueError, match="no candidate"):
         env.errors("other")
+    # A truth the caller gives is the one measured against.
+    given = precision.measure([1459, 15624], x, "jacob_cov", truth=[2 * t for t in env.truth], thread_counts=(1,))
+    assert given.truth == [2 * t for t in env.truth]
+    assert min(given.reference_errors()) > 0.4  # the reference is half of that made-up truth
 
 
 @pytest.mark.slow
@@ -208,11 +214,15 @@ def test_per_arch_jacob_cov_keeps_the_contract_on_full_size_real_images():
     channels-last jacob_cov broke the contract there on architecture 304 (1.69e-5 relative
     against the authors' 2.4e-6) while its BatchNorm rounded mean and invstd to float32, which
     the 16 x 16 test above did not see; with that fixed, on 10152 and 10983 (1.6e-5 against
-    3.2e-6 / 6.2e-6: the convolutions' accumulation order), so jacob_cov runs NCHW there."""
+    3.2e-6 / 6.2e-6: the convolutions' accumulation order), so jacob_cov runs NCHW there. The
+    truth is the fast engine's float64 (what `tables verify` uses; equal to the reference
+    engine's to 1e-9 above), a third of the reference engine's time at this size."""
     from nwot_fast.data import load_images
     from nwot_fast.data.sampler import normalize
 
     x = normalize(load_images(str(SHARED_DATA / "cifar10_sample.npz"), dataset="cifar10").images[:128], "cifar10")
-    env = precision.measure([304, 6111, 10152, 10983], x, "jacob_cov", seed=0,
+    archs = [304, 6111, 10152, 10983]
+    truth = precision.fast_scores(archs, x, method="jacob_cov", seed=0, dtype=torch.float64)
+    env = precision.measure(archs, x, "jacob_cov", seed=0, truth=truth,
                             candidates={"per_arch": precision.scorers()["per_arch"]})
     assert env.violations("per_arch") == [], "\n" + env.table()
