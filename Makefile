@@ -40,9 +40,10 @@ $(STAMP): $(SOURCES)
 demo: install
 	$(BIN)/nwot-fast search $(DEMO_ARGS)
 
-# Two workers (pytest-xdist), one intra-op thread each (tests/conftest.py); PYTEST_WORKERS=0
-# runs the suite in this process.
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers, one intra-op thread each (tests/conftest.py): one more than the cores,
+# so that the tests that wait on subprocesses (Ray, signals, builds) leave no core idle (2 cores:
+# 3 workers, bench/RESULTS.md); PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$((n + 1)))
 test: install
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 

@@ -38,10 +38,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The ``slow`` tests first, in collection order otherwise. A parallel run (``make test``:
-    pytest-xdist, ``--dist loadfile --no-loadscope-reorder``) hands out whole files in this
-    order, so the files with the longest tests start first instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The ``heavy`` modules first, then the other ``slow`` tests, in collection order otherwise.
+    A parallel run (``make test``: pytest-xdist, ``--dist loadfile --no-loadscope-reorder``) hands
+    out whole files in this order, so the longest files start first instead of ending the run
+    alone."""
+    items.sort(key=lambda item: (item.get_closest_marker("heavy") is None, item.get_closest_marker("slow") is None))
 
 
 def load_bench_script(name: str):
