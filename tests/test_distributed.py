@@ -33,8 +33,6 @@ from nwot_fast.distributed import check_ray_target, indices_per_task
 from nwot_fast.nb201 import NUM_ARCHS, arch_at
 from nwot_fast.scanning import scan
 
-pytestmark = pytest.mark.heavy  # started first by a parallel run (tests/conftest.py)
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = "8"  # tiny batches: these tests are about the plumbing, not the scores' quality
 

@@ -23,8 +23,6 @@ from nwot_fast.nb201 import is_constant_output, relu_sees_only_zeros
 from nwot_fast.nb201.constants import CONV1, CONV3, POOL, SKIP
 from nwot_fast.nb201.index import as_arch
 
-pytestmark = pytest.mark.heavy  # started first by a parallel run (tests/conftest.py)
-
 ARCHS = [
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",  # all conv
     "|nor_conv_1x1~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_3x3~1|nor_conv_3x3~2|",  # all conv
