@@ -78,8 +78,8 @@ def plan(environ=os.environ) -> dict:
     """The build for the running torch: its spec (:func:`nwot_fast._build.build_spec`), its
     cache key and directory."""
     csrc = _build.find_csrc(package_dir())
-    # One CPU kernel variant, this machine's (about 30 s less of compiling on 2 cores than all
-    # three, bench/RESULTS.md); the record, and so the key, names it.
+    # One CPU kernel variant, this machine's (on 2 cores 13 s less wall and 29 s less CPU than
+    # all three, bench/RESULTS.md); the record, and so the key, names it.
     variant = _build.cpu_variant(torch.backends.cpu.get_cpu_capability())
     spec = _build.build_spec(csrc, _build.torch_facts(), environ, cpu_only_variant=variant)
     record = dict(spec["record"], route="jit", sources_sha256=_build.source_digest(csrc))
