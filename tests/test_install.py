@@ -162,10 +162,12 @@ def test_isolated_install_compiles_on_first_use_and_reuses_the_build(installed):
 
     # The first-use build holds one CPU kernel variant, the one this machine's processes run
     # (the AOT build holds all three); a process allowed less refuses it with a clear error.
-    variant = _build.cpu_variant(torch.backends.cpu.get_cpu_capability())
     names = ["default", "avx2", "avx512"]
-    for backend in backends:
-        assert backend["cpu_kernels_built"] == backend["cpu_kernels"] == names[variant], backend
+    built = backends[0]["cpu_kernels_built"]
+    assert all(b["cpu_kernels_built"] == b["cpu_kernels"] == built for b in backends), backends
+    # ATen's choice here, or the baseline where the compiler builds no x86 variants (not GCC).
+    assert built in (names[_build.cpu_variant(torch.backends.cpu.get_cpu_capability())], "default"), backends
+    variant = names.index(built)
     if variant > 0:
         refuse = textwrap.dedent(f"""
             import torch
