@@ -696,6 +696,19 @@ def _sync(dev: str) -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """torch.backends.cudnn.benchmark set to ``on`` inside the block, restored after."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _drain(scorer, indices) -> int:
     return sum(1 for _ in scorer.score_many(indices))
 
@@ -767,9 +780,7 @@ def child_profile(args) -> dict:
                             images=images)
             share = 1 if (mode, variant) == PROFILE_RUNS[0] else (2 if mode == "multi-arch" else 4)
             n, w = max(1, timed // share), max(1, warm // share)
-            benchmark = torch.backends.cudnn.benchmark
-            torch.backends.cudnn.benchmark = variant == "cudnn.benchmark"
-            try:
+            with _cudnn_benchmark(variant == "cudnn.benchmark"):
                 _drain(scorer, range(0, w))
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -781,8 +792,6 @@ def child_profile(args) -> dict:
                        "whole_space_seconds": round(args.space * seconds / n, 1)}
                 if mode == "multi-arch" and variant == "default":
                     row.update(_trace(scorer, range(w + n, w + n + traced), dev))
-            finally:
-                torch.backends.cudnn.benchmark = benchmark
             print(ROW_MARK + json.dumps(jsonable(row), allow_nan=False), flush=True)
             rows.append(row)
             del scorer
@@ -807,15 +816,6 @@ def _conv_layouts(args, dev: str) -> list:
     import torch.nn.functional as F
 
     from nwot_fast.reference import full_float32
-
-    @contextlib.contextmanager
-    def _cudnn_benchmark(on: bool):
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = on
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.benchmark = before
 
     rows = []
     g = torch.Generator(device=dev).manual_seed(0)

@@ -10,7 +10,7 @@ import random
 import signal
 from typing import Iterable, Union
 
-# Under pytest-xdist (`make test` runs two workers, -n 2), each worker computes on one intra-op
+# Under pytest-xdist (`make test` runs cores + 1 workers), each worker computes on one intra-op
 # thread, and so do the processes it starts (tests that need two threads set them); and an
 # OpenMP thread that waits yields its core instead of spinning. Otherwise two workers on two
 # cores make a two-thread test wait for a descheduled thread at every barrier (4-5x slower,

@@ -45,9 +45,10 @@ def _first_use_build() -> bool:
     return nwot_fast.backend_info(build=False).get("route") == "jit"
 
 
+_COMPILED = _compiled_cpu()
 pytestmark = [
-    pytest.mark.skipif(not _compiled_cpu(), reason="compiled CPU operators not available"),
-    pytest.mark.skipif(_compiled_cpu() and _first_use_build(),
+    pytest.mark.skipif(not _COMPILED, reason="compiled CPU operators not available"),
+    pytest.mark.skipif(_COMPILED and _first_use_build(),
                        reason="a first-use build holds only this machine's variant (tests/test_install.py checks it): "
                               "these tests compare the variants of an ahead-of-time build"),
 ]

@@ -162,7 +162,7 @@ def test_isolated_install_compiles_on_first_use_and_reuses_the_build(installed):
 
     # The first-use build holds one CPU kernel variant, the one this machine's processes run
     # (the AOT build holds all three); a process allowed less refuses it with a clear error.
-    names = ["default", "avx2", "avx512"]
+    names = sorted((n.lower() for n in _build.CPU_VARIANTS), key=lambda n: _build.CPU_VARIANTS[n.upper()])
     built = backends[0]["cpu_kernels_built"]
     assert all(b["cpu_kernels_built"] == b["cpu_kernels"] == built for b in backends), backends
     # ATen's choice here, or the baseline where the compiler builds no x86 variants (not GCC).

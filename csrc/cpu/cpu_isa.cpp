@@ -52,20 +52,27 @@ Isa chosen() {
 #endif
 }
 
-}  // namespace
-
-Isa kernel_isa() {
-  static const Isa isa = chosen();
-  static const Isa limit = allowed();
-  // A first-use build holds the variant its machine's processes choose, and its cache key names
-  // that variant, so another choice finds another build. This one only runs here when
-  // ATEN_CPU_CAPABILITY names more than the CPU has (ATen then says AVX-512, the CPU lacks it):
-  // refused, since it may hold instructions this CPU lacks.
+// chosen(), refused where it is above allowed(). A first-use build holds the variant its
+// machine's processes choose, and its cache key names that variant, so another choice finds
+// another build; this one only runs here when ATEN_CPU_CAPABILITY names more than the CPU has
+// (ATen then says AVX-512, the CPU lacks it): refused, since it may hold instructions this CPU
+// lacks.
+Isa checked() {
+  const Isa isa = chosen();
+  const Isa limit = allowed();
   TORCH_CHECK(isa <= limit, "nwot_fast: this first-use build of the operators holds only the ", isa_name(isa),
               " CPU kernels, and this process may use at most ", isa_name(limit),
               " (what the CPU supports, capped by ATEN_CPU_CAPABILITY); set ATEN_CPU_CAPABILITY to at most ",
               isa_name(limit), ", or install an ahead-of-time build (pip install --no-build-isolation .), which "
               "holds every variant");
+  return isa;
+}
+
+}  // namespace
+
+Isa kernel_isa() {
+  // Decided once; a refusal throws from the initialiser, so every call raises it again.
+  static const Isa isa = checked();
   return isa;
 }
 
